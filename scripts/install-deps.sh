@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages wharf's tests and benchmarks drive: the real CNCF
+# distribution registry as upstream, and the real clients that pull through wharf.
+# Idempotent: a package already present costs nothing, so CI can call it every run.
+set -euo pipefail
+
+pkgs=(
+  docker-registry   # CNCF distribution 2.8: the upstream (plain, basic, token auth)
+  skopeo podman     # registries.conf mirror clients
+  containerd        # ctr with hosts.toml, sends ?ns=
+  umoci busybox-static  # build test images offline
+  apache2-utils     # htpasswd (bcrypt) for the basic-auth upstream
+  openssl socat curl ca-certificates
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: need root to install: ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts services on install; the tests run their own private instances.
+for svc in docker-registry containerd; do
+  systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  pkill -x "$svc" >/dev/null 2>&1 || true
+done

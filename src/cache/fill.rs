@@ -1,0 +1,467 @@
+//! Blob fills: one upstream download per missing blob, read by every client that
+//! wants it while it is still being written.
+//!
+//! This is the stampede-control component (pingora-cache's `lock.rs` idea): the
+//! first request for a missing digest becomes the leader and gets a
+//! [`FillWriter`]; every later request gets a [`FillReader`] on the same temp file.
+//! Readers wait on a `watch` channel for more bytes, never in a sleep loop.
+//!
+//! What a reader may see is what keeps the cache honest while streaming:
+//! - until the digest is verified, the last byte is held back, so no client ever
+//!   receives a complete body whose digest did not match;
+//! - if the fill fails, every reader gets an error and the HTTP layer closes the
+//!   connection before `Content-Length` is reached;
+//! - a [`FillWriter`] dropped without [`FillWriter::finish`] is a failed fill, and
+//!   its temp file is deleted (nothing partial is ever cached).
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::registry::{Digest, Hasher};
+
+use super::store::{BlobStore, TempFile};
+use super::CacheError;
+
+/// Why a fill did not produce a verified blob.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    #[error("upstream fetch failed: {0}")]
+    Upstream(#[source] Arc<dyn StdError + Send + Sync>),
+    #[error("upstream sent {actual} bytes for a blob of {expected} bytes")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error(transparent)]
+    Cache(#[from] Arc<CacheError>),
+    #[error("the fill was abandoned before it finished")]
+    Aborted,
+}
+
+impl From<CacheError> for FillError {
+    fn from(e: CacheError) -> Self {
+        FillError::Cache(Arc::new(e))
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    /// Waiting for the upstream's response headers.
+    Starting,
+    Streaming {
+        size: Option<u64>,
+    },
+    Done {
+        size: u64,
+    },
+    Failed(FillError),
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    phase: Phase,
+    written: u64,
+}
+
+struct Fill {
+    state: watch::Sender<State>,
+    file: Arc<File>,
+    /// Who started the fill (the mirror passes `upstream/repository`), so a
+    /// follower from elsewhere knows it must check its own access first.
+    origin: String,
+}
+
+/// The registry of fills in flight, keyed by digest.
+#[derive(Clone, Default)]
+pub struct Fills {
+    inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+}
+
+/// What [`Fills::join`] found.
+pub enum Join {
+    /// The blob is already in the store.
+    Cached,
+    /// Nobody was fetching it: the caller must fetch it and feed the writer.
+    Leader(FillWriter, FillReader),
+    /// Someone is already fetching it: read along. The flag says whether the
+    /// fill was started with the same origin as this request.
+    Follower(FillReader, bool),
+}
+
+impl Fills {
+    /// Joins the fill for `digest`, starting one if none runs and the store does
+    /// not have the blob. The store is checked under the lock, and a finished fill
+    /// leaves the map only after its file is in place, so no request can miss
+    /// both and start a second download.
+    pub fn join(
+        &self,
+        digest: &Digest,
+        store: &BlobStore,
+        origin: &str,
+    ) -> Result<Join, CacheError> {
+        let mut map = self.inflight.lock();
+        if let Some(f) = map.get(digest) {
+            return Ok(Join::Follower(
+                FillReader::new(f.clone()),
+                f.origin == origin,
+            ));
+        }
+        if store.contains(digest) {
+            return Ok(Join::Cached);
+        }
+        let temp = store.temp()?;
+        let (tx, _) = watch::channel(State {
+            phase: Phase::Starting,
+            written: 0,
+        });
+        let fill = Arc::new(Fill {
+            state: tx,
+            file: temp.handle(),
+            origin: origin.to_owned(),
+        });
+        map.insert(digest.clone(), fill.clone());
+        let writer = FillWriter {
+            fills: self.clone(),
+            digest: digest.clone(),
+            fill: fill.clone(),
+            temp: Some(temp),
+            hasher: Some(Hasher::new(digest.algorithm())),
+            written: 0,
+            size: None,
+        };
+        Ok(Join::Leader(writer, FillReader::new(fill)))
+    }
+
+    /// Number of fills in flight (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, digest: &Digest, fill: &Arc<Fill>) {
+        let mut map = self.inflight.lock();
+        if map.get(digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            map.remove(digest);
+        }
+    }
+}
+
+/// The leader's handle: feed it the upstream's bytes in order.
+pub struct FillWriter {
+    fills: Fills,
+    digest: Digest,
+    fill: Arc<Fill>,
+    temp: Option<TempFile>,
+    hasher: Option<Hasher>,
+    written: u64,
+    size: Option<u64>,
+}
+
+impl FillWriter {
+    /// The upstream answered: readers may now start their responses.
+    pub fn start(&mut self, size: Option<u64>) {
+        self.size = size;
+        self.fill
+            .state
+            .send_modify(|s| s.phase = Phase::Streaming { size });
+    }
+
+    /// Appends bytes (blocking file I/O: call from a blocking thread).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), FillError> {
+        let end = self.written + bytes.len() as u64;
+        if let Some(size) = self.size.filter(|&s| end > s) {
+            return Err(FillError::SizeMismatch {
+                expected: size,
+                actual: end,
+            });
+        }
+        let temp = self.temp.as_ref().expect("temp lives until finish");
+        temp.write_at(self.written, bytes)
+            .map_err(CacheError::from)?;
+        self.hasher
+            .as_mut()
+            .expect("hasher lives until finish")
+            .update(bytes);
+        self.written = end;
+        self.fill.state.send_modify(|s| s.written = end);
+        Ok(())
+    }
+
+    /// Verifies size and digest, moves the file into the store, runs
+    /// `on_commit` (metadata) and only then releases the held-back byte to readers.
+    /// Blocking: call from a blocking thread.
+    pub fn finish(
+        mut self,
+        store: &BlobStore,
+        on_commit: impl FnOnce(u64) -> Result<(), CacheError>,
+    ) -> Result<u64, FillError> {
+        let r = self.finish_inner(store, on_commit);
+        match &r {
+            Ok(size) => {
+                let size = *size;
+                self.fill
+                    .state
+                    .send_modify(|s| s.phase = Phase::Done { size });
+                self.fills.remove(&self.digest, &self.fill);
+            }
+            Err(e) => self.fail_with(e.clone()),
+        }
+        r
+    }
+
+    fn finish_inner(
+        &mut self,
+        store: &BlobStore,
+        on_commit: impl FnOnce(u64) -> Result<(), CacheError>,
+    ) -> Result<u64, FillError> {
+        if let Some(size) = self.size.filter(|&s| s != self.written) {
+            return Err(FillError::SizeMismatch {
+                expected: size,
+                actual: self.written,
+            });
+        }
+        let actual = self.hasher.take().expect("finish runs once").finish();
+        if actual != self.digest {
+            return Err(CacheError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            }
+            .into());
+        }
+        let temp = self.temp.take().expect("finish runs once");
+        temp.commit(&store.path(&self.digest))
+            .map_err(CacheError::from)?;
+        on_commit(self.written)?;
+        Ok(self.written)
+    }
+
+    /// Ends the fill with an error: readers abort, the temp file goes.
+    pub fn fail(mut self, err: FillError) {
+        self.fail_with(err);
+    }
+
+    fn fail_with(&mut self, err: FillError) {
+        self.temp = None; // deletes the temp file
+        self.fill.state.send_modify(|s| {
+            if !matches!(s.phase, Phase::Done { .. }) {
+                s.phase = Phase::Failed(err)
+            }
+        });
+        self.fills.remove(&self.digest, &self.fill);
+    }
+}
+
+impl Drop for FillWriter {
+    fn drop(&mut self) {
+        if self.temp.is_some() || self.hasher.is_some() {
+            self.fail_with(FillError::Aborted);
+        }
+    }
+}
+
+/// A reader following a fill.
+pub struct FillReader {
+    rx: watch::Receiver<State>,
+    file: Arc<File>,
+    handle: tokio::runtime::Handle,
+}
+
+impl FillReader {
+    fn new(fill: Arc<Fill>) -> FillReader {
+        FillReader {
+            rx: fill.state.subscribe(),
+            file: fill.file.clone(),
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Waits for the upstream's answer: the blob size if it sent one, or the
+    /// error that ended the fill before any byte came.
+    pub async fn ready(&mut self) -> Result<Option<u64>, FillError> {
+        let s = self
+            .rx
+            .wait_for(|s| !matches!(s.phase, Phase::Starting))
+            .await
+            .map_err(|_| FillError::Aborted)?;
+        match &s.phase {
+            Phase::Starting => unreachable!("waited for a later phase"),
+            Phase::Streaming { size } => Ok(*size),
+            Phase::Done { size } => Ok(Some(*size)),
+            Phase::Failed(e) => Err(e.clone()),
+        }
+    }
+
+    /// Positional read that waits for the bytes to be written. Returns 0 at the
+    /// end of a verified blob. Blocking: call from a blocking thread.
+    pub fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let readable = {
+            let rx = &mut self.rx;
+            let state = self
+                .handle
+                .block_on(rx.wait_for(|s| match s.phase {
+                    Phase::Done { .. } | Phase::Failed(_) => true,
+                    // Hold back the last byte until the digest is verified.
+                    _ => s.written.saturating_sub(1) > pos,
+                }))
+                .map_err(|_| io::Error::other(FillError::Aborted))?;
+            match &state.phase {
+                Phase::Failed(e) => return Err(io::Error::other(e.clone())),
+                Phase::Done { size } => size.saturating_sub(pos),
+                _ => state.written.saturating_sub(1) - pos,
+            }
+        };
+        if readable == 0 {
+            return Ok(0);
+        }
+        let n = buf.len().min(readable as usize);
+        self.file.read_at(&mut buf[..n], pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Arc<BlobStore>, Fills) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        (dir, store, Fills::default())
+    }
+
+    fn read_all(mut r: FillReader) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 7];
+        loop {
+            let n = r.read_at(out.len() as u64, &mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_follow_the_writer_and_get_verified_bytes() {
+        let (_dir, store, fills) = setup();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let d = Digest::sha256_of(&data);
+        let Join::Leader(mut w, r0) = fills.join(&d, &store, "o").unwrap() else {
+            panic!("first join leads")
+        };
+        let Join::Follower(mut r1, true) = fills.join(&d, &store, "o").unwrap() else {
+            panic!("second join follows")
+        };
+        assert_eq!(fills.len(), 1);
+        let readers: Vec<_> = [r0]
+            .into_iter()
+            .map(|r| tokio::task::spawn_blocking(move || read_all(r)))
+            .collect();
+        let (store2, data2) = (store.clone(), data.clone());
+        let writer = tokio::task::spawn_blocking(move || {
+            w.start(Some(data2.len() as u64));
+            for c in data2.chunks(4096) {
+                w.write(c).unwrap();
+            }
+            w.finish(&store2, |_| Ok(())).unwrap()
+        });
+        assert_eq!(r1.ready().await.unwrap(), Some(data.len() as u64));
+        let r1 = tokio::task::spawn_blocking(move || read_all(r1));
+        assert_eq!(writer.await.unwrap(), data.len() as u64);
+        for r in readers {
+            assert_eq!(r.await.unwrap().unwrap(), data);
+        }
+        assert_eq!(r1.await.unwrap().unwrap(), data);
+        assert!(fills.is_empty());
+        assert!(store.contains(&d));
+        assert!(matches!(fills.join(&d, &store, "o").unwrap(), Join::Cached));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn digest_mismatch_fails_every_reader_and_caches_nothing() {
+        let (dir, store, fills) = setup();
+        let d = Digest::sha256_of(b"the real content");
+        let Join::Leader(mut w, r) = fills.join(&d, &store, "o").unwrap() else {
+            panic!()
+        };
+        let reader = tokio::task::spawn_blocking(move || read_all(r));
+        let store2 = store.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            w.start(Some(16));
+            w.write(b"the fake content").unwrap();
+            w.finish(&store2, |_| Ok(()))
+        })
+        .await
+        .unwrap();
+        assert!(matches!(res, Err(FillError::Cache(_))));
+        let err = reader.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("digest"), "{err}");
+        assert!(!store.contains(&d));
+        assert!(fills.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn last_byte_is_held_back_until_verified() {
+        let (_dir, store, fills) = setup();
+        let d = Digest::sha256_of(b"abcd");
+        let Join::Leader(mut w, mut r) = fills.join(&d, &store, "o").unwrap() else {
+            panic!()
+        };
+        w.start(Some(4));
+        w.write(b"abcd").unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::task::block_in_place(|| r.read_at(0, &mut buf)).unwrap();
+        assert_eq!(&buf[..n], b"abc", "the 4th byte waits for verification");
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 8];
+            let n = r.read_at(3, &mut buf).unwrap();
+            (buf[..n].to_vec(), r.read_at(4, &mut buf).unwrap())
+        });
+        let store2 = store.clone();
+        tokio::task::spawn_blocking(move || w.finish(&store2, |_| Ok(())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(reader.await.unwrap(), (b"d".to_vec(), 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_writer_aborts_readers() {
+        let (_dir, store, fills) = setup();
+        let d = Digest::sha256_of(b"x");
+        let Join::Leader(w, mut r) = fills.join(&d, &store, "o").unwrap() else {
+            panic!()
+        };
+        drop(w);
+        assert!(matches!(r.ready().await, Err(FillError::Aborted)));
+        assert!(fills.is_empty());
+        // A new request starts a fresh fill.
+        assert!(matches!(
+            fills.join(&d, &store, "o").unwrap(),
+            Join::Leader(..)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_upstream_body_is_refused() {
+        let (_dir, store, fills) = setup();
+        let d = Digest::sha256_of(b"ab");
+        let Join::Leader(mut w, _r) = fills.join(&d, &store, "o").unwrap() else {
+            panic!()
+        };
+        w.start(Some(2));
+        assert!(matches!(
+            w.write(b"abc"),
+            Err(FillError::SizeMismatch { .. })
+        ));
+    }
+}

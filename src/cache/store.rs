@@ -1,0 +1,263 @@
+//! The content-addressed blob store on local disk.
+//!
+//! Layout under the cache directory:
+//! `blobs/<algorithm>/<first two hex>/<hex>` for verified content, and `tmp/` for
+//! fills in progress. A file appears under `blobs/` only by `rename` after its bytes
+//! were fsynced and its digest matched (the Garage `block/manager.rs` recipe), so
+//! a crash leaves at worst a stray temp file, which [`BlobStore::open`] removes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::registry::{Digest, Hasher};
+
+use super::CacheError;
+
+pub struct BlobStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    seq: AtomicU64,
+}
+
+impl BlobStore {
+    /// Opens (creating) the store and removes temp files a previous run left.
+    pub fn open(dir: &Path) -> io::Result<BlobStore> {
+        let blobs = dir.join("blobs");
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&blobs)?;
+        fs::create_dir_all(&tmp)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&tmp)? {
+            fs::remove_file(entry?.path())?;
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed temp files left by an interrupted run");
+        }
+        Ok(BlobStore {
+            blobs,
+            tmp,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.blobs
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// Opens a verified blob for reading, with its length.
+    pub fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
+        match File::open(self.path(d)) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.path(d).is_file()
+    }
+
+    /// Reads a whole (small) verified object, such as a manifest.
+    pub fn read(&self, d: &Digest) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(d)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new temp file in the store's `tmp/`, deleted on drop unless committed.
+    pub fn temp(&self) -> io::Result<TempFile> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .tmp
+            .join(format!("{}-{}-{n}", std::process::id(), nanos()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TempFile {
+            path,
+            file: Arc::new(file),
+            committed: false,
+        })
+    }
+
+    /// Stores a complete object (a manifest) after checking its digest.
+    pub fn put_verified(&self, expected: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
+        let actual = Digest::of(expected.algorithm(), bytes);
+        if &actual != expected {
+            return Err(CacheError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        if self.contains(expected) {
+            return Ok(());
+        }
+        let t = self.temp()?;
+        t.write_at(0, bytes)?;
+        t.commit(&self.path(expected))?;
+        Ok(())
+    }
+
+    /// Verifies every stored blob against its name. Returns the digests whose
+    /// content no longer matches (they are removed). For tests and `wharf gc`.
+    pub fn verify_all(&self) -> io::Result<Vec<PathBuf>> {
+        let mut bad = Vec::new();
+        for alg in fs::read_dir(&self.blobs)? {
+            let alg = alg?;
+            for shard in fs::read_dir(alg.path())? {
+                for f in fs::read_dir(shard?.path())? {
+                    let f = f?;
+                    let name = format!(
+                        "{}:{}",
+                        alg.file_name().to_string_lossy(),
+                        f.file_name().to_string_lossy()
+                    );
+                    let ok = match name.parse::<Digest>() {
+                        Ok(d) => {
+                            let mut h = Hasher::new(d.algorithm());
+                            let mut r = File::open(f.path())?;
+                            io::copy(&mut r, &mut HashWriter(&mut h))?;
+                            h.finish() == d
+                        }
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        fs::remove_file(f.path())?;
+                        bad.push(f.path());
+                    }
+                }
+            }
+        }
+        Ok(bad)
+    }
+}
+
+struct HashWriter<'a>(&'a mut Hasher);
+impl Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A file being filled. Readers may share the handle (positional reads only);
+/// the file is removed on drop unless [`TempFile::commit`] moved it into place.
+pub struct TempFile {
+    path: PathBuf,
+    file: Arc<File>,
+    committed: bool,
+}
+
+impl TempFile {
+    pub fn handle(&self) -> Arc<File> {
+        self.file.clone()
+    }
+    pub fn write_at(&self, pos: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, pos)
+    }
+    /// fsync, rename into `dest`, fsync the directory: after this returns the
+    /// blob survives power loss, and before it nothing under `blobs/` changed.
+    pub fn commit(mut self, dest: &Path) -> io::Result<()> {
+        self.file.sync_all()?;
+        let parent = dest.parent().expect("blob paths have a parent");
+        fs::create_dir_all(parent)?;
+        fs::rename(&self.path, dest)?;
+        self.committed = true;
+        File::open(parent)?.sync_all()?;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_verified_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::sha256_of(b"hello");
+        s.put_verified(&d, b"hello").unwrap();
+        assert_eq!(s.read(&d).unwrap().unwrap(), b"hello");
+        let (_, len) = s.open_blob(&d).unwrap().unwrap();
+        assert_eq!(len, 5);
+        assert!(s
+            .path(&d)
+            .ends_with(format!("sha256/{}/{}", &d.hex()[..2], d.hex())));
+    }
+
+    #[test]
+    fn mismatch_is_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::sha256_of(b"hello");
+        assert!(matches!(
+            s.put_verified(&d, b"HELLO"),
+            Err(CacheError::DigestMismatch { .. })
+        ));
+        assert!(!s.contains(&d));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropped_temp_files_vanish_and_leftovers_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let t = s.temp().unwrap();
+        t.write_at(0, b"partial").unwrap();
+        drop(t);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // A crash leaves a temp file behind: the next open removes it.
+        fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn verify_all_removes_corrupted_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let good = Digest::sha256_of(b"good");
+        let bad = Digest::sha256_of(b"bad");
+        s.put_verified(&good, b"good").unwrap();
+        s.put_verified(&bad, b"bad").unwrap();
+        fs::write(s.path(&bad), b"flipped").unwrap();
+        let removed = s.verify_all().unwrap();
+        assert_eq!(removed, vec![s.path(&bad)]);
+        assert!(s.contains(&good) && !s.contains(&bad));
+    }
+}

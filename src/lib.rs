@@ -1,0 +1,21 @@
+//! wharf: a pull-through caching mirror for container registries.
+//!
+//! # Layout
+//!
+//! Dependencies point one way: `server → mirror → {cache, upstream} → registry`.
+//!
+//! - [`registry`]: protocol words (digests, names, references, media types), the
+//!   request [`registry::Endpoint`] and OCI error codes. No I/O.
+//! - [`config`]: the TOML file and its validation into a typed [`config::Config`].
+//! - [`cache`]: verified content on disk, metadata (sled behind a small trait),
+//!   and the fill and coalescing components.
+//! - [`upstream`]: the HTTP client for each upstream registry and its auth.
+//! - [`mirror`]: routing and cache policy: what is served from where.
+//! - [`server`]: HTTP: parse, dispatch, map errors, stream bodies.
+
+pub mod cache;
+pub mod config;
+pub mod mirror;
+pub mod registry;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,134 @@
+//! The `wharf` command: parse arguments, run, map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wharf::config::Config;
+use wharf::mirror::Mirror;
+
+#[derive(Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "A pull-through caching mirror for container registries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry pull API, filling the cache from the upstreams.
+    Serve {
+        /// Configuration file; without it, the embedded default (Docker Hub).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print what it means.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wharf: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let what = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the embedded default configuration".into());
+    Config::load(path.as_deref()).with_context(|| format!("invalid configuration in {what}"))
+}
+
+fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let c = load(path)?;
+    for w in &c.warnings {
+        println!("warning: {w}");
+    }
+    println!("listen: {}", c.listen);
+    println!("cache dir: {}", c.cache_dir.display());
+    println!("tag ttl: {}", humantime::format_duration(c.tag_ttl));
+    for u in &c.upstreams {
+        println!(
+            "upstream {}: {}{}{}{}{}",
+            u.name,
+            u.url,
+            if u.default { " (default)" } else { "" },
+            u.prefix
+                .as_ref()
+                .map(|p| format!(" prefix=/v2/{p}/"))
+                .unwrap_or_default(),
+            if u.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" ns={}", u.aliases.join(","))
+            },
+            u.credentials
+                .as_ref()
+                .map(|c| format!(" credentials={}", c.username))
+                .unwrap_or_default(),
+        );
+    }
+    println!("configuration OK");
+    Ok(())
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load(path)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let mirror = Mirror::open(&config)
+            .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            cache = %config.cache_dir.display(),
+            upstreams = config.upstreams.len(),
+            "wharf is serving"
+        );
+        wharf::server::run(listener, mirror, shutdown_signal(), Duration::from_secs(30)).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

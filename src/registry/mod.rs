@@ -1,0 +1,55 @@
+//! Registry protocol types: validated newtypes, media types, OCI error codes and
+//! the request [`Endpoint`]. This module does no I/O; everything above it may
+//! assume a `RepoName` or `Digest` is safe to put in a path or URL.
+
+mod digest;
+mod endpoint;
+mod error;
+mod media;
+mod name;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use endpoint::{Endpoint, Route};
+pub use error::{error_json, OciCode};
+pub use media::{Accept, MediaType, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
+pub use name::{Reference, RepoName, Tag, MAX_NAME_LEN};
+
+/// A client sent something that is not a valid protocol word.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("{0}")]
+    Name(String),
+    #[error("{0}")]
+    Reference(String),
+    #[error("{0}")]
+    Digest(String),
+    #[error("{0}")]
+    MediaType(String),
+    #[error("{0}")]
+    Query(String),
+}
+
+impl ParseError {
+    pub fn code(&self) -> OciCode {
+        match self {
+            ParseError::Name(_) | ParseError::Query(_) => OciCode::NameInvalid,
+            ParseError::Reference(_) | ParseError::MediaType(_) => OciCode::ManifestInvalid,
+            ParseError::Digest(_) => OciCode::DigestInvalid,
+        }
+    }
+}
+
+/// Shortens client input quoted in error messages, so a 2 KiB name does not come
+/// back as a 2 KiB error.
+pub(crate) fn truncate(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        s.to_owned()
+    } else {
+        let mut end = MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    }
+}

@@ -1,0 +1,77 @@
+//! The HTTP server: accepts connections, serves HTTP/1.1 and HTTP/2 with hyper,
+//! hands each request to [`handler::handle`], and shuts down gracefully.
+//!
+//! `run(listener, mirror, shutdown)` takes an already-bound listener and a
+//! shutdown future (mini-redis style), so tests bind port 0 and stop it cleanly.
+
+mod body;
+mod error;
+mod handler;
+mod range;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::mirror::Mirror;
+
+pub use error::{classify, Blame, ErrorParts};
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish for up
+/// to `grace` and flushes metadata.
+pub async fn run(
+    listener: TcpListener,
+    mirror: Mirror,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Registry clients pull large layers: let HTTP/2 windows grow with the link.
+    builder.http2().adaptive_window(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let m = mirror.clone();
+                let svc = service_fn(move |req| {
+                    let m = m.clone();
+                    async move { Ok::<_, Infallible>(handler::handle(&m, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+    mirror
+        .flush()
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}

@@ -1,0 +1,268 @@
+//! Upstream authentication pieces: `WWW-Authenticate` challenge parsing and the
+//! bearer token cache.
+//!
+//! Spec: RFC 7235 §4.1 (challenge syntax) and the Docker token authentication
+//! specification (`docs/spec/auth/token.md` in distribution): `GET realm?service=
+//! &scope=repository:NAME:pull`, answered with `{"token"|"access_token",
+//! "expires_in", "issued_at"}`; `expires_in` defaults to 60 seconds.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::config::Secret;
+
+/// A parsed authentication challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+/// Parses one `WWW-Authenticate` value. Unknown schemes give `None`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = match header.find(char::is_whitespace) {
+        Some(i) => (&header[..i], &header[i..]),
+        None => (header, ""),
+    };
+    let params = parse_params(rest);
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => Some(Challenge::Bearer {
+            realm: params.get("realm")?.clone(),
+            service: params.get("service").cloned(),
+            scope: params.get("scope").cloned(),
+        }),
+        _ => None,
+    }
+}
+
+/// `key=value` or `key="quoted \"value\""`, comma-separated. Keys lowercased.
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b',' || b[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        let ks = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b',' {
+            i += 1;
+        }
+        let key = s[ks..i].trim().to_ascii_lowercase();
+        if i >= b.len() || b[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        let mut val = String::new();
+        if i < b.len() && b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    i += 1;
+                }
+                // Push whole UTF-8 characters.
+                let ch = s[i..].chars().next().expect("in bounds");
+                val.push(ch);
+                i += ch.len_utf8();
+            }
+            i += 1; // closing quote
+        } else {
+            let vs = i;
+            while i < b.len() && b[i] != b',' {
+                i += 1;
+            }
+            val = s[vs..i].trim().to_owned();
+        }
+        if !key.is_empty() {
+            out.insert(key, val);
+        }
+    }
+    out
+}
+
+/// A bearer token and when wharf stops using it.
+#[derive(Clone)]
+pub struct Token {
+    pub value: Secret,
+    pub refresh_at: Instant,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &self.value)
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
+}
+
+/// Tokens are dropped this long before they expire (or at 90% of a short
+/// lifetime), so a request never leaves with a token about to die in flight.
+fn refresh_margin(lifetime: Duration) -> Duration {
+    Duration::from_secs(10).min(lifetime / 10)
+}
+
+impl Token {
+    pub fn new(value: Secret, expires_in: Duration, now: Instant) -> Token {
+        Token {
+            value,
+            refresh_at: now + expires_in - refresh_margin(expires_in),
+        }
+    }
+}
+
+/// The token response body.
+#[derive(serde::Deserialize)]
+pub struct TokenResponse {
+    pub token: Option<String>,
+    pub access_token: Option<String>,
+    pub expires_in: Option<u64>,
+}
+
+impl TokenResponse {
+    pub const DEFAULT_EXPIRES_IN: u64 = 60;
+    pub fn into_token(self, now: Instant) -> Option<Token> {
+        let value = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
+        let secs = self
+            .expires_in
+            .filter(|&s| s > 0)
+            .unwrap_or(Self::DEFAULT_EXPIRES_IN);
+        Some(Token::new(
+            Secret::new(value),
+            Duration::from_secs(secs),
+            now,
+        ))
+    }
+}
+
+/// Bearer tokens of one upstream, keyed by scope (`repository:NAME:pull`).
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<String, Token>>,
+}
+
+impl TokenCache {
+    pub fn get(&self, scope: &str, now: Instant) -> Option<Secret> {
+        let mut map = self.tokens.lock();
+        match map.get(scope) {
+            Some(t) if t.refresh_at > now => Some(t.value.clone()),
+            Some(_) => {
+                map.remove(scope);
+                None
+            }
+            None => None,
+        }
+    }
+    pub fn put(&self, scope: &str, token: Token) {
+        self.tokens.lock().insert(scope.to_owned(), token);
+    }
+    pub fn invalidate(&self, scope: &str) {
+        self.tokens.lock().remove(scope);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_challenge() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/busybox:pull".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn odd_but_valid_challenges() {
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("basic"), Some(Challenge::Basic));
+        let c =
+            parse_challenge(r#"bearer   Realm=http://127.0.0.1:1/t , service="a \"b\"""#).unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "http://127.0.0.1:1/t".into(),
+                service: Some("a \"b\"".into()),
+                scope: None
+            }
+        );
+        // GitLab puts the realm on another host; still just a URL here.
+        let c = parse_challenge(
+            r#"Bearer realm="https://gitlab.example.com/jwt/auth",service="container_registry",scope="repository:g/p:pull",error="insufficient_scope""#,
+        );
+        assert!(matches!(c, Some(Challenge::Bearer { .. })));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(parse_challenge(""), None);
+        assert_eq!(parse_challenge("Negotiate abc"), None);
+        assert_eq!(
+            parse_challenge("Bearer service=x"),
+            None,
+            "bearer needs a realm"
+        );
+        // Unterminated quotes and stray bytes do not panic.
+        for s in [
+            "Bearer realm=\"",
+            "Bearer realm=\"\\",
+            "Bearer ,,,=,=",
+            "Bearer realm=\"é\\é\"",
+        ] {
+            let _ = parse_challenge(s);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_expire_before_their_lifetime() {
+        let cache = TokenCache::default();
+        let now = Instant::now();
+        let tok = TokenResponse {
+            token: Some("t".into()),
+            access_token: None,
+            expires_in: Some(20),
+        }
+        .into_token(now)
+        .unwrap();
+        cache.put("s", tok);
+        assert!(cache.get("s", Instant::now()).is_some());
+        tokio::time::advance(Duration::from_secs(17)).await;
+        assert!(cache.get("s", Instant::now()).is_some());
+        tokio::time::advance(Duration::from_secs(1)).await; // 18 s = 90% of 20
+        assert!(cache.get("s", Instant::now()).is_none());
+        assert!(cache.get("other", Instant::now()).is_none());
+    }
+
+    #[test]
+    fn token_response_defaults() {
+        let now = Instant::now();
+        let t: TokenResponse = serde_json::from_str(r#"{"access_token":"a"}"#).unwrap();
+        let t = t.into_token(now).unwrap();
+        assert_eq!(t.refresh_at - now, Duration::from_secs(54));
+        assert_eq!(format!("{t:?}").contains("\"a\""), false);
+        let t: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
+        assert!(t.into_token(now).is_none());
+    }
+}

@@ -1,0 +1,422 @@
+//! The HTTP client for one upstream registry: anonymous, Basic or Bearer auth,
+//! manifest and blob fetches, tag listing.
+//!
+//! Spec: distribution-spec `spec.md#pull` and the token auth flow in `auth.rs`.
+//! Redirects (Docker Hub sends blobs to a CDN) are followed by reqwest, which
+//! drops `Authorization` when the host changes; a redirect is never cached since
+//! only verified bytes are.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::time::Instant;
+
+use crate::config::{Credentials, UpstreamConfig};
+use crate::registry::{Digest, MediaType, Reference, RepoName, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
+
+use super::auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
+use super::UpstreamError;
+
+pub struct UpstreamClient {
+    name: String,
+    base: reqwest::Url,
+    http: reqwest::Client,
+    credentials: Option<Credentials>,
+    tokens: TokenCache,
+    /// The last challenge seen, so later requests authenticate up front instead
+    /// of collecting a 401 each time.
+    challenge: parking_lot::Mutex<Option<Challenge>>,
+}
+
+/// A manifest as the upstream sent it.
+#[derive(Clone, Debug)]
+pub struct ManifestBody {
+    pub bytes: Bytes,
+    pub media_type: MediaType,
+    pub digest: Digest,
+}
+
+/// What a manifest HEAD says.
+#[derive(Clone, Debug)]
+pub struct ManifestHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<MediaType>,
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &UpstreamConfig) -> Result<UpstreamClient, UpstreamError> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(cfg.connect_timeout)
+            // A stalled upstream must not hold clients forever; a slow one may.
+            .read_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if let Some(pem) = &cfg.ca_pem {
+            for c in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| UpstreamError::Config(format!("{}: ca_file: {e}", cfg.name)))?
+            {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| UpstreamError::Config(format!("{}: {e}", cfg.name)))?;
+        Ok(UpstreamClient {
+            name: cfg.name.clone(),
+            base: cfg.url.clone(),
+            http,
+            credentials: cfg.credentials.clone(),
+            tokens: TokenCache::default(),
+            challenge: parking_lot::Mutex::new(None),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut u = self.base.clone();
+        u.set_path(path);
+        u
+    }
+
+    fn manifest_accept() -> HeaderValue {
+        HeaderValue::from_str(&MANIFEST_TYPES.join(", ")).expect("static types are valid")
+    }
+
+    /// Sends a request with whatever auth the upstream asks for: one retry after a
+    /// 401 with a fresh token; a second 401 is reported, not retried again.
+    async fn send(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        repo: &RepoName,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let scope = format!("repository:{repo}:pull");
+        let mut retried = false;
+        loop {
+            let challenge = self.challenge.lock().clone();
+            let auth = match &challenge {
+                Some(c) => self.authorization(c, &scope, retried).await?,
+                None => None,
+            };
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(a) = auth {
+                req = req.header(http::header::AUTHORIZATION, a);
+            }
+            let resp = req.send().await.map_err(|e| self.transport(e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let new = resp
+                .headers()
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(parse_challenge);
+            let can_retry = match &new {
+                Some(Challenge::Basic) => self.credentials.is_some(),
+                Some(Challenge::Bearer { .. }) => true,
+                None => false,
+            };
+            if retried || !can_retry {
+                return Err(UpstreamError::Unauthorized {
+                    upstream: self.name.clone(),
+                    repo: repo.to_string(),
+                    with_credentials: self.credentials.is_some(),
+                });
+            }
+            self.tokens.invalidate(&scope);
+            *self.challenge.lock() = new;
+            retried = true;
+        }
+    }
+
+    /// The `Authorization` value for a challenge, fetching a token if needed.
+    async fn authorization(
+        &self,
+        c: &Challenge,
+        scope: &str,
+        fresh: bool,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        match c {
+            Challenge::Basic => Ok(self.credentials.as_ref().map(basic)),
+            Challenge::Bearer { realm, service, .. } => {
+                let now = Instant::now();
+                let token = match self.tokens.get(scope, now).filter(|_| !fresh) {
+                    Some(t) => t,
+                    None => {
+                        let t = self.fetch_token(realm, service.as_deref(), scope).await?;
+                        let v = t.value.clone();
+                        self.tokens.put(scope, t);
+                        v
+                    }
+                };
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| self.protocol("token has characters not valid in a header"))?;
+                v.set_sensitive(true);
+                Ok(Some(v))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<super::auth::Token, UpstreamError> {
+        let mut url =
+            reqwest::Url::parse(realm).map_err(|_| self.protocol("token realm is not a URL"))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.credentials {
+            req = req.header(http::header::AUTHORIZATION, basic(c));
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(UpstreamError::Unauthorized {
+                upstream: self.name.clone(),
+                repo: scope.to_owned(),
+                with_credentials: self.credentials.is_some(),
+            });
+        }
+        if !status.is_success() {
+            return Err(self.protocol(&format!("token service answered {status}")));
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            self.protocol("token service answered with something other than token JSON")
+        })?;
+        tracing::debug!(upstream = %self.name, scope, "fetched a bearer token");
+        parsed
+            .into_token(Instant::now())
+            .ok_or_else(|| self.protocol("token service answered without a token"))
+    }
+
+    fn transport(&self, e: reqwest::Error) -> UpstreamError {
+        // reqwest's Display includes the URL, never headers: safe to report.
+        UpstreamError::Unreachable {
+            upstream: self.name.clone(),
+            reason: error_chain(&e),
+        }
+    }
+
+    fn protocol(&self, what: &str) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            what: what.to_owned(),
+        }
+    }
+
+    /// Turns a non-success answer into an error, keeping the upstream's OCI code.
+    async fn check(
+        &self,
+        resp: reqwest::Response,
+        is_head: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let code = if is_head {
+            None
+        } else {
+            let body = resp.bytes().await.unwrap_or_default();
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned))
+        };
+        Err(match status {
+            StatusCode::NOT_FOUND => UpstreamError::NotFound {
+                upstream: self.name.clone(),
+                code,
+            },
+            StatusCode::TOO_MANY_REQUESTS => UpstreamError::TooManyRequests {
+                upstream: self.name.clone(),
+            },
+            StatusCode::FORBIDDEN => UpstreamError::Unauthorized {
+                upstream: self.name.clone(),
+                repo: String::new(),
+                with_credentials: self.credentials.is_some(),
+            },
+            _ => UpstreamError::Status {
+                upstream: self.name.clone(),
+                status: status.as_u16(),
+                code,
+            },
+        })
+    }
+
+    /// `HEAD /v2/<name>/manifests/<reference>`: cheap (Docker Hub does not count
+    /// it against the pull limit), used to revalidate tags.
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, Self::manifest_accept());
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self.send(Method::HEAD, url, repo, h).await?;
+        let resp = self.check(resp, true).await?;
+        Ok(ManifestHead {
+            digest: header_str(resp.headers(), "docker-content-digest")
+                .and_then(|s| s.parse().ok()),
+            media_type: header_str(resp.headers(), "content-type").and_then(|s| s.parse().ok()),
+        })
+    }
+
+    /// `GET` a manifest, bounded in size, with its digest computed and checked
+    /// against the reference (by digest) or the upstream's header (by tag).
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestBody, UpstreamError> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, Self::manifest_accept());
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self.send(Method::GET, url, repo, h).await?;
+        let mut resp = self.check(resp, false).await?;
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(self.protocol("manifest larger than 4 MiB"));
+        }
+        let media_type: MediaType = header_str(resp.headers(), "content-type")
+            .ok_or_else(|| self.protocol("manifest without Content-Type"))?
+            .parse()
+            .map_err(|_| self.protocol("manifest with an invalid Content-Type"))?;
+        let header_digest: Option<Digest> =
+            header_str(resp.headers(), "docker-content-digest").and_then(|s| s.parse().ok());
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(self.protocol("manifest larger than 4 MiB"));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let expected = match reference {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(_) => header_digest,
+        };
+        let digest = match expected {
+            Some(e) => {
+                let actual = Digest::of(e.algorithm(), &buf);
+                if actual != e {
+                    return Err(UpstreamError::DigestMismatch {
+                        upstream: self.name.clone(),
+                        expected: e.to_string(),
+                        actual: actual.to_string(),
+                    });
+                }
+                e
+            }
+            None => Digest::sha256_of(&buf),
+        };
+        Ok(ManifestBody {
+            bytes: buf.into(),
+            media_type,
+            digest,
+        })
+    }
+
+    /// `HEAD` a blob: does this repository have it? (Used before serving a blob
+    /// cached for another repository.)
+    pub async fn head_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self.send(Method::HEAD, url, repo, HeaderMap::new()).await?;
+        let resp = self.check(resp, true).await?;
+        Ok(header_str(resp.headers(), "content-length").and_then(|s| s.parse().ok()))
+    }
+
+    /// `GET` a blob; the caller streams and verifies the body.
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self.send(Method::GET, url, repo, HeaderMap::new()).await?;
+        self.check(resp, false).await
+    }
+
+    /// `GET /v2/<name>/tags/list`, passed through.
+    pub async fn tags_list(
+        &self,
+        repo: &RepoName,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<(Bytes, Option<String>), UpstreamError> {
+        let mut url = self.url(&format!("/v2/{repo}/tags/list"));
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(l) = last {
+                q.append_pair("last", l);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let resp = self.send(Method::GET, url, repo, HeaderMap::new()).await?;
+        let resp = self.check(resp, false).await?;
+        let link = header_str(resp.headers(), "link").map(str::to_owned);
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        Ok((body, link))
+    }
+}
+
+fn basic(c: &Credentials) -> HeaderValue {
+    use base64::Engine as _;
+    let raw = format!("{}:{}", c.username, c.password.expose());
+    let mut v = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))
+    .expect("base64 is a valid header value");
+    v.set_sensitive(true);
+    v
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// reqwest's top-level message is often just "error sending request"; the cause
+/// chain says "connection refused".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,45 @@
+//! Talking to upstream registries: one [`UpstreamClient`] per configured upstream,
+//! with its own connection pool, credentials and token cache.
+
+mod auth;
+mod client;
+
+pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
+pub use client::{ManifestBody, ManifestHead, UpstreamClient};
+
+/// Something went wrong between wharf and an upstream. Messages name the upstream
+/// and never include credentials or tokens.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    Unreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} has no such object ({})", code.as_deref().unwrap_or("404"))]
+    NotFound {
+        upstream: String,
+        code: Option<String>,
+    },
+    #[error("upstream {upstream} refused access{}{}", if repo.is_empty() { String::new() } else { format!(" to {repo}") }, if *with_credentials { " with wharf's credentials" } else { " (no credentials configured)" })]
+    Unauthorized {
+        upstream: String,
+        repo: String,
+        with_credentials: bool,
+    },
+    #[error("upstream {upstream} is rate-limiting wharf (429)")]
+    TooManyRequests { upstream: String },
+    #[error("upstream {upstream} answered {status}{}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Status {
+        upstream: String,
+        status: u16,
+        code: Option<String>,
+    },
+    #[error("upstream {upstream} sent content that does not match its digest (expected {expected}, got {actual})")]
+    DigestMismatch {
+        upstream: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("upstream {upstream}: {what}")]
+    Protocol { upstream: String, what: String },
+    #[error("upstream configuration: {0}")]
+    Config(String),
+}
