@@ -86,7 +86,7 @@ pub enum Join {
     /// The blob is already in the store.
     Cached,
     /// Nobody was fetching it: the caller must fetch it and feed the writer.
-    Leader(FillWriter, FillReader),
+    Leader(Box<FillWriter>, FillReader),
     /// Someone is already fetching it: read along. The flag says whether the
     /// fill was started with the same origin as this request.
     Follower(FillReader, bool),
@@ -124,7 +124,7 @@ impl Fills {
             origin: origin.to_owned(),
         });
         map.insert(digest.clone(), fill.clone());
-        let writer = FillWriter {
+        let writer = Box::new(FillWriter {
             fills: self.clone(),
             digest: digest.clone(),
             fill: fill.clone(),
@@ -132,7 +132,7 @@ impl Fills {
             hasher: Some(Hasher::new(digest.algorithm())),
             written: 0,
             size: None,
-        };
+        });
         Ok(Join::Leader(writer, FillReader::new(fill)))
     }
 
@@ -249,8 +249,10 @@ impl FillWriter {
 
     fn fail_with(&mut self, err: FillError) {
         self.temp = None; // deletes the temp file
+        self.hasher = None;
+        // The first failure is the one readers hear about.
         self.fill.state.send_modify(|s| {
-            if !matches!(s.phase, Phase::Done { .. }) {
+            if !matches!(s.phase, Phase::Done { .. } | Phase::Failed(_)) {
                 s.phase = Phase::Failed(err)
             }
         });
@@ -448,6 +450,23 @@ mod tests {
         assert!(matches!(
             fills.join(&d, &store, "o").unwrap(),
             Join::Leader(..)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_explicit_failure_reaches_readers_unchanged() {
+        let (_dir, store, fills) = setup();
+        let d = Digest::sha256_of(b"x");
+        let Join::Leader(w, mut r) = fills.join(&d, &store, "o").unwrap() else {
+            panic!()
+        };
+        w.fail(FillError::SizeMismatch {
+            expected: 1,
+            actual: 2,
+        });
+        assert!(matches!(
+            r.ready().await,
+            Err(FillError::SizeMismatch { .. })
         ));
     }
 

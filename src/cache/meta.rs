@@ -226,10 +226,13 @@ impl Metadata {
     }
 }
 
+/// (tree name, key) -> value
+type MemMap = BTreeMap<(&'static str, Vec<u8>), Vec<u8>>;
+
 /// In-memory engine for tests.
 #[derive(Default)]
 pub struct MemKv {
-    trees: Mutex<BTreeMap<(&'static str, Vec<u8>), Vec<u8>>>,
+    trees: Mutex<MemMap>,
 }
 
 impl Kv for MemKv {

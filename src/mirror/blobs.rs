@@ -143,7 +143,7 @@ impl Mirror {
 
     /// Downloads a blob into the fill. Runs in its own task so the download
     /// finishes (and is cached) even if the client that started it leaves.
-    fn spawn_fill(&self, r: Routed, d: Digest, mut w: FillWriter) {
+    fn spawn_fill(&self, r: Routed, d: Digest, mut w: Box<FillWriter>) {
         let this = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();

@@ -88,13 +88,16 @@ pub(crate) struct Upstream {
     pub client: UpstreamClient,
 }
 
+/// (upstream index, repository, reference) of a manifest fetch.
+type ManifestKey = (usize, String, String);
+type ManifestResult = Result<(manifests::Fetched, CacheStatus), MirrorError>;
+
 pub(crate) struct Inner {
     pub upstreams: Vec<Upstream>,
     pub store: BlobStore,
     pub meta: Metadata,
     pub fills: Fills,
-    pub manifests:
-        Coalescer<(usize, String, String), Result<(manifests::Fetched, CacheStatus), MirrorError>>,
+    pub manifests: Coalescer<ManifestKey, ManifestResult>,
     pub tag_ttl: Duration,
 }
 

@@ -261,7 +261,7 @@ mod tests {
         let t: TokenResponse = serde_json::from_str(r#"{"access_token":"a"}"#).unwrap();
         let t = t.into_token(now).unwrap();
         assert_eq!(t.refresh_at - now, Duration::from_secs(54));
-        assert_eq!(format!("{t:?}").contains("\"a\""), false);
+        assert!(!format!("{t:?}").contains("\"a\""), "token value redacted");
         let t: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert!(t.into_token(now).is_none());
     }

@@ -1,0 +1,619 @@
+//! Shared helpers: real components on loopback ports, cleaned up on drop.
+//!
+//! - [`Upstream`]: a CNCF distribution registry (`docker-registry`), plain, with
+//!   htpasswd basic auth, or with token auth against [`TokenServer`].
+//! - [`TokenServer`]: issues RS256 JWTs with an `x5c` header, as Docker Hub's
+//!   token service does, from a key pair made with openssl at test time.
+//! - [`Wharf`]: wharf in-process on port 0 with its own cache directory.
+//! - client helpers for skopeo, podman and containerd's ctr.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const DEAD_PORT: u16 = 1; // nothing listens on loopback port 1: never a fallback
+
+/// Fails with a clear message when the Debian packages are missing.
+pub fn require(tools: &[&str]) {
+    for t in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{t} is missing: run scripts/install-deps.sh (as root)"
+        );
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
+    hex::encode(buf)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, returning (success, stdout+stderr).
+pub fn try_run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+/// The OCI layout with the test images (built once, shared by every test).
+pub fn images() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-images");
+    BUILD.call_once(|| {
+        require(&["umoci", "python3", "flock"]);
+        run(Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/build-images.sh"
+            ))
+            .arg(&dir));
+    });
+    dir.join("oci")
+}
+
+/// Polls until `addr` accepts TCP connections (bounded: 20 s).
+pub fn wait_listening(addr: SocketAddr, child: &mut Option<&mut Child>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                panic!("process exited before listening on {addr}: {st}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listening on {addr} after 20 s");
+}
+
+// ------------------------------------------------------------------ upstream
+
+pub enum Auth {
+    None,
+    Basic,
+    Token,
+}
+
+pub struct Upstream {
+    pub port: u16,
+    pub dir: TempDir,
+    child: Option<Child>,
+    pub user: String,
+    pub pass: String,
+    pub token: Option<TokenServer>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Upstream {
+    pub fn start(auth: Auth, rt: &tokio::runtime::Runtime) -> Upstream {
+        require(&["docker-registry", "skopeo", "htpasswd", "openssl"]);
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let user = format!("u{}", random_hex(4));
+        let pass = random_hex(16);
+        let mut token = None;
+        let auth_yaml = match auth {
+            Auth::None => String::new(),
+            Auth::Basic => {
+                let f = dir.path().join("htpasswd");
+                run(Command::new("htpasswd")
+                    .args(["-Bbc"])
+                    .arg(&f)
+                    .args([&user, &pass]));
+                format!(
+                    "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                    f.display()
+                )
+            }
+            Auth::Token => {
+                let t = TokenServer::start(rt, dir.path(), &user, &pass);
+                let s = format!(
+                    "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+                    t.port,
+                    t.cert.display()
+                );
+                token = Some(t);
+                s
+            }
+        };
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  accesslog:\n    disabled: false\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("registry.log");
+        let mut u = Upstream {
+            port,
+            dir,
+            child: None,
+            user,
+            pass,
+            token,
+            config,
+            log,
+        };
+        u.resume();
+        u
+    }
+
+    /// Starts (again) the registry process on the same port and storage.
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry starts");
+        wait_listening(self.addr(), &mut Some(&mut child));
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's on-disk storage (to corrupt content on purpose).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data/docker/registry/v2")
+    }
+
+    fn creds(&self) -> Vec<String> {
+        if self.token.is_some() || self.has_basic() {
+            vec![
+                "--dest-creds".into(),
+                format!("{}:{}", self.user, self.pass),
+            ]
+        } else {
+            vec![]
+        }
+    }
+
+    fn has_basic(&self) -> bool {
+        self.dir.path().join("htpasswd").exists()
+    }
+
+    /// Pushes a tag of the test layout. `format` is `None` (as built, OCI) or
+    /// `Some("v2s2")`; `all` copies every platform of an index.
+    pub fn push(&self, tag: &str, dest: &str, format: Option<&str>, all: bool) {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        c.args(self.creds());
+        if let Some(f) = format {
+            c.args(["--format", f]);
+        }
+        if all {
+            c.arg("--all");
+        }
+        c.arg(format!("oci:{}:{tag}", images().display()));
+        c.arg(format!("docker://127.0.0.1:{}/{dest}", self.port));
+        run(&mut c);
+    }
+
+    /// How many GETs for `path` (e.g. `/v2/library/big/blobs/sha256:…`) the
+    /// registry's access log shows.
+    pub fn gets(&self, path: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let needle = format!("\"GET {path} ");
+        log.lines().filter(|l| l.contains(&needle)).count()
+    }
+
+    /// Every request line in the access log.
+    pub fn requests(&self) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("\" 20") || l.contains("\" 40") || l.contains("\" 50"))
+            .count()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ------------------------------------------------------------- token server
+
+/// A token service as Docker Hub runs one: `GET /token?service=&scope=`, Basic
+/// credentials optional, RS256 JWTs with the signing certificate in `x5c`.
+/// Anonymous callers get `pull` on repositories outside `private/`; the test
+/// user gets every action asked for.
+pub struct TokenServer {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub issued: Arc<AtomicUsize>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TokenServer {
+    pub fn start(rt: &tokio::runtime::Runtime, dir: &Path, user: &str, pass: &str) -> TokenServer {
+        let key = dir.join("token.key");
+        let cert = dir.join("token.crt");
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test-token-issuer",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null()));
+        let pem = std::fs::read_to_string(&cert).unwrap();
+        // The PEM body is the base64 of the DER certificate: exactly what x5c holds.
+        let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let enc_key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let state = Arc::new((
+            enc_key,
+            der_b64,
+            user.to_owned(),
+            pass.to_owned(),
+            issued.clone(),
+        ));
+        rt.spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
+                    _ = &mut rx => return,
+                };
+                let st = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(token_response(&st, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TokenServer {
+            port,
+            cert,
+            issued,
+            shutdown: Some(tx),
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+type TokenState = (
+    jsonwebtoken::EncodingKey,
+    String,
+    String,
+    String,
+    Arc<AtomicUsize>,
+);
+
+fn token_response(
+    st: &TokenState,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use base64::Engine as _;
+    let (key, x5c, user, pass, issued) = st;
+    let reply = |status: u16, body: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    let mut sub = String::new();
+    if let Some(h) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        let ok = h
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|raw| raw == format!("{user}:{pass}").as_bytes())
+            .unwrap_or(false);
+        if !ok {
+            return reply(
+                401,
+                r#"{"details":"incorrect username or password"}"#.into(),
+            );
+        }
+        sub = user.clone();
+    }
+    let query = req.uri().query().unwrap_or("");
+    let mut service = String::new();
+    let mut access = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "service" => service = v.into_owned(),
+            "scope" => {
+                let parts: Vec<&str> = v.splitn(3, ':').collect();
+                if parts.len() == 3 && parts[0] == "repository" {
+                    let asked: Vec<&str> = parts[2].split(',').collect();
+                    let granted: Vec<&str> = if !sub.is_empty() {
+                        asked
+                    } else if parts[1].starts_with("private/") {
+                        vec![]
+                    } else {
+                        asked.into_iter().filter(|a| *a == "pull").collect()
+                    };
+                    access.push(serde_json::json!({"type": "repository", "name": parts[1], "actions": granted}));
+                }
+            }
+            _ => {}
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expires_in = 300u64;
+    let claims = serde_json::json!({
+        "iss": "test-issuer", "sub": sub, "aud": service,
+        "exp": now + expires_in, "nbf": now - 10, "iat": now,
+        "jti": random_hex(8), "access": access,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.x5c = Some(vec![x5c.clone()]);
+    let token = jsonwebtoken::encode(&header, &claims, key).unwrap();
+    issued.fetch_add(1, Ordering::SeqCst);
+    reply(
+        200,
+        serde_json::json!({"token": token, "access_token": token, "expires_in": expires_in, "issued_at": "2026-01-01T00:00:00Z"}).to_string(),
+    )
+}
+
+// ---------------------------------------------------------------------- wharf
+
+pub struct Wharf {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub mirror: wharf::mirror::Mirror,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Wharf {
+    /// Starts wharf with `upstreams` (TOML `[[upstream]]` blocks) and extra
+    /// `[cache]` lines, on a fresh cache directory.
+    pub fn start(rt: &tokio::runtime::Runtime, upstreams: &str, cache_extra: &str) -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[cache]\ndir = {:?}\n{cache_extra}\n{upstreams}",
+            dir.path().join("cache")
+        );
+        let config = wharf::config::Config::from_toml(&text, Some(dir.path())).unwrap();
+        let _g = rt.enter();
+        let mirror = wharf::mirror::Mirror::open(&config).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let m = mirror.clone();
+        let done = rt.spawn(wharf::server::run(
+            listener,
+            m,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Wharf {
+            addr,
+            dir,
+            mirror,
+            shutdown: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    /// The usual test upstream block: `up` as Docker Hub stand-in (default,
+    /// alias docker.io), with credentials when it has auth.
+    pub fn hub_block(up: &Upstream, with_creds: bool, dir: &Path) -> String {
+        let mut s = format!(
+            "[[upstream]]\nname = \"hub\"\nurl = \"{}\"\naliases = [\"docker.io\"]\nprefix = \"hub\"\ndefault = true\n",
+            up.url()
+        );
+        if with_creds {
+            let f = dir.join(format!("pw-{}", up.port));
+            std::fs::write(&f, &up.pass).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+            s += &format!(
+                "[upstream.credentials]\nusername = \"{}\"\npassword_file = {:?}\n",
+                up.user, f
+            );
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Files under the cache's blob directory.
+    pub fn cached_blobs(&self) -> usize {
+        fn count(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                count(&e.path())
+                            } else {
+                                1
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&self.cache_dir().join("blobs"))
+    }
+
+    pub fn stop(&mut self, rt: &tokio::runtime::Runtime) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(d) = self.done.take() {
+            rt.block_on(d).unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// -------------------------------------------------------------------- clients
+
+/// A registries.conf whose docker.io primary is a dead port and whose mirror
+/// is wharf, so a failing mirror can never fall back to the real Docker Hub.
+pub fn registries_conf(dir: &Path, wharf: SocketAddr) -> PathBuf {
+    let p = dir.join("registries.conf");
+    std::fs::write(
+        &p,
+        format!(
+            "unqualified-search-registries = [\"docker.io\"]\n[[registry]]\nprefix = \"docker.io\"\nlocation = \"127.0.0.1:{DEAD_PORT}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{wharf}\"\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// `skopeo copy` of `src` (a docker:// reference) into a `dir:` directory, which
+/// keeps manifests and blobs byte for byte, so two copies can be compared.
+pub fn skopeo_to_dir(reg_conf: Option<&Path>, src: &str, dest: &Path, all: bool) -> (bool, String) {
+    let mut c = Command::new("skopeo");
+    if let Some(r) = reg_conf {
+        c.arg("--registries-conf").arg(r);
+    }
+    c.args(["copy", "--src-tls-verify=false"]);
+    if all {
+        c.arg("--all");
+    }
+    c.arg(src).arg(format!("dir:{}", dest.display()));
+    try_run(&mut c)
+}
+
+/// Every file of a `dir:` copy with its bytes, for comparisons.
+pub fn dir_contents(p: &Path) -> HashMap<String, Vec<u8>> {
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A plain blocking HTTP client for direct requests to wharf.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}

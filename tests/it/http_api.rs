@@ -1,0 +1,187 @@
+//! The pull API's headers and semantics, checked with a plain HTTP client
+//! against a real upstream: what the clients' tests do not pin down exactly.
+
+use crate::harness::*;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+#[test]
+fn headers_ranges_accept_and_routing() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:1", None, false);
+    up.push("small", "library/test:2", None, false);
+    up.push("small", "library/test:3", None, false);
+    let w = Wharf::start(
+        &rt,
+        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
+        "",
+    );
+    let c = http();
+
+    let r = c.get(format!("{}/v2/", w.url())).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+
+    // HEAD by tag: the upstream's type, digest and length, no body.
+    let want = crate::pull::manifest_digest(&up.url(), "library/test", "1");
+    let r = c
+        .head(format!("{}/v2/library/test/manifests/1", w.url()))
+        .header("accept", DOCKER_MANIFEST)
+        .header("accept", OCI_MANIFEST) // a second Accept line, as skopeo sends
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+    assert_eq!(r.headers()["docker-content-digest"], want.as_str());
+    let len: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(len > 100);
+
+    // GET: exact upstream bytes.
+    let body = c
+        .get(format!("{}/v2/library/test/manifests/1", w.url()))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(body.len(), len);
+    assert_eq!(wharf::registry::Digest::sha256_of(&body).to_string(), want);
+
+    // A client that accepts only Docker types does not get an OCI manifest.
+    let r = c
+        .get(format!("{}/v2/library/test/manifests/1", w.url()))
+        .header("accept", DOCKER_MANIFEST)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("MANIFEST_UNKNOWN"));
+
+    // Routing: one-component names get library/, prefixes work both ways.
+    for path in [
+        "/v2/test/manifests/1",
+        "/v2/hub/library/test/manifests/1",
+        "/hub/v2/library/test/manifests/1",
+        "/v2/library/test/manifests/1?ns=docker.io",
+    ] {
+        let r = c.head(format!("{}{path}", w.url())).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            want.as_str(),
+            "{path}"
+        );
+    }
+
+    // Blob: full, HEAD, ranges on the cached file.
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let full = c
+        .get(format!("{}/v2/library/test/blobs/{layer}", w.url()))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let size = full.len();
+    let r = c
+        .head(format!("{}/v2/library/test/blobs/{layer}", w.url()))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["content-length"], size.to_string().as_str());
+    assert_eq!(r.headers()["docker-content-digest"], layer.as_str());
+    let r = c
+        .get(format!("{}/v2/library/test/blobs/{layer}", w.url()))
+        .header("range", "bytes=10-19")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{size}").as_str()
+    );
+    assert_eq!(&r.bytes().unwrap()[..], &full[10..20]);
+    let r = c
+        .get(format!("{}/v2/library/test/blobs/{layer}", w.url()))
+        .header("range", "bytes=-7")
+        .send()
+        .unwrap();
+    assert_eq!(&r.bytes().unwrap()[..], &full[size - 7..]);
+    let r = c
+        .get(format!("{}/v2/library/test/blobs/{layer}", w.url()))
+        .header("range", format!("bytes={size}-"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{size}").as_str()
+    );
+
+    // tags/list passes through exactly, with pagination.
+    for q in ["", "?n=1", "?n=1&last=1"] {
+        let via = c
+            .get(format!("{}/v2/library/test/tags/list{q}", w.url()))
+            .send()
+            .unwrap();
+        let direct = c
+            .get(format!("{}/v2/library/test/tags/list{q}", up.url()))
+            .send()
+            .unwrap();
+        assert_eq!(via.status(), 200);
+        assert_eq!(
+            via.headers()
+                .get("link")
+                .map(|l| l.to_str().unwrap().to_owned()),
+            direct
+                .headers()
+                .get("link")
+                .map(|l| l.to_str().unwrap().to_owned()),
+            "{q}: pagination Link passed through"
+        );
+        let (a, b): (serde_json::Value, serde_json::Value) =
+            (via.json().unwrap(), direct.json().unwrap());
+        assert_eq!(a, b, "{q}");
+        // (distribution 2.8 itself decides how to page; wharf only relays.)
+        assert!(!a["tags"].as_array().unwrap().is_empty(), "{q}: {a}");
+    }
+}
+
+#[test]
+fn a_moved_tag_is_noticed_after_its_ttl_and_heads_do_not_refetch() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:moving", None, false);
+    let w = Wharf::start(
+        &rt,
+        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
+        "tag_ttl = \"0s\"",
+    );
+    let c = http();
+    let url = format!("{}/v2/library/test/manifests/moving", w.url());
+    let first = c.get(&url).send().unwrap();
+    let d1 = first.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Unchanged tag: revalidated with a HEAD, the body is not fetched again.
+    c.get(&url).send().unwrap();
+    assert_eq!(up.gets("/v2/library/test/manifests/moving"), 1);
+    // The tag moves upstream: the next request sees the new digest.
+    up.push("large", "library/test:moving", None, false);
+    let d2 = c.get(&url).send().unwrap().headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(d1, d2);
+    assert_eq!(
+        d2,
+        crate::pull::manifest_digest(&up.url(), "library/test", "moving")
+    );
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real CNCF distribution upstreams, real clients (skopeo,
+//! podman, containerd's ctr), wharf on loopback. One binary, shared helpers in
+//! `harness`. Needs the Debian packages from `scripts/install-deps.sh`.
+
+mod bad_input;
+mod cli;
+mod coalescing;
+mod harness;
+mod http_api;
+mod pull;
