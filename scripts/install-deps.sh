@@ -10,7 +10,7 @@ pkgs=(
   containerd        # ctr with hosts.toml, sends ?ns=
   umoci busybox-static  # build test images offline
   apache2-utils     # htpasswd (bcrypt) for the basic-auth upstream
-  openssl socat curl ca-certificates
+  openssl socat curl ca-certificates bc
 )
 
 missing=()

@@ -8,3 +8,4 @@ mod coalescing;
 mod harness;
 mod http_api;
 mod pull;
+mod redirect;
