@@ -37,13 +37,8 @@ const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b
 
 #[test]
 fn invalid_requests_are_refused_before_any_io() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
-        "",
-    );
+    let f = Fixture::plain(&[], "");
+    let (up, w) = (&f.up, &f.w);
     let before = up.requests();
     let long_name = format!("/v2/{}x/manifests/latest", "a/".repeat(200));
     let long_tag = format!("/v2/a/manifests/{}", "t".repeat(129));
@@ -151,14 +146,8 @@ fn invalid_requests_are_refused_before_any_io() {
 
 #[test]
 fn missing_objects_are_reported_with_the_right_code() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    up.push("small", "library/test:1", None, false);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
-        "",
-    );
+    let f = Fixture::plain(&[("small", "library/test:1")], "");
+    let w = &f.w;
     let (s, b) = raw(w.addr, "GET", "/v2/library/test/manifests/nope");
     assert_eq!((s, oci_code(&b).as_str()), (404, "MANIFEST_UNKNOWN"), "{b}");
     let (s, b) = raw(w.addr, "GET", &format!("/v2/library/test/blobs/{D}"));
@@ -169,16 +158,10 @@ fn missing_objects_are_reported_with_the_right_code() {
 
 #[test]
 fn a_manifest_not_matching_its_digest_is_refused_and_not_cached() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    up.push("small", "library/test:1", None, false);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
-        "",
-    );
+    let f = Fixture::plain(&[("small", "library/test:1")], "");
+    let (up, w) = (&f.up, &f.w);
     let digest = crate::pull::manifest_digest(&up.url(), "library/test", "1");
-    crate::coalescing::corrupt_upstream_manifest(&up, &digest);
+    crate::coalescing::corrupt_upstream_manifest(up, &digest);
     for path in [
         format!("/v2/library/test/manifests/{digest}"),
         "/v2/library/test/manifests/1".to_string(),
@@ -196,14 +179,8 @@ fn a_manifest_not_matching_its_digest_is_refused_and_not_cached() {
 
 #[test]
 fn a_client_going_away_does_not_break_the_fill() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    up.push("large", "library/big:1", None, false);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
-        "",
-    );
+    let f = Fixture::plain(&[("large", "library/big:1")], "");
+    let (up, w) = (&f.up, &f.w);
     let r = http()
         .get(format!("{}/v2/library/big/manifests/1", w.url()))
         .header("accept", "application/vnd.oci.image.manifest.v1+json")

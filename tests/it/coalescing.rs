@@ -68,15 +68,9 @@ fn fire(url: &str, n: usize) -> Vec<Result<(u16, String, usize), String>> {
 
 #[test]
 fn twelve_cold_clients_share_one_upstream_fetch_of_a_large_blob() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    up.push("large", "library/big:1", None, false);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
-        "",
-    );
-    let (digest, size) = largest_layer(&up, "library/big", "1");
+    let f = Fixture::plain(&[("large", "library/big:1")], "");
+    let (up, w) = (&f.up, &f.w);
+    let (digest, size) = largest_layer(up, "library/big", "1");
     assert!(
         size >= 64 * 1024 * 1024,
         "the large layer is at least 64 MiB: {size}"
@@ -136,16 +130,10 @@ pub fn corrupt_upstream_manifest(up: &Upstream, digest: &str) {
 
 #[test]
 fn a_lying_upstream_fails_every_waiting_client_and_nothing_is_cached() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    up.push("large", "library/big:1", None, false);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
-        "",
-    );
-    let (digest, size) = largest_layer(&up, "library/big", "1");
-    corrupt_upstream_blob(&up, &digest);
+    let f = Fixture::plain(&[("large", "library/big:1")], "");
+    let (up, w) = (&f.up, &f.w);
+    let (digest, size) = largest_layer(up, "library/big", "1");
+    corrupt_upstream_blob(up, &digest);
 
     for round in 0..2 {
         let results = fire(&format!("{}/v2/library/big/blobs/{digest}", w.url()), 10);

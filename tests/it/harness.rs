@@ -557,6 +557,32 @@ impl Drop for Wharf {
     }
 }
 
+/// The common case: a plain upstream seeded with `pushes` (layout tag, dest),
+/// and wharf in front of it as the default upstream. Fields drop in order:
+/// wharf, then the upstream, then the runtime they run on.
+pub struct Fixture {
+    pub w: Wharf,
+    pub up: Upstream,
+    /// Runs wharf and the token server; kept alive for the fixture's lifetime.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    pub fn plain(pushes: &[(&str, &str)], cache_extra: &str) -> Fixture {
+        let rt = runtime();
+        let up = Upstream::start(Auth::None, &rt);
+        for (tag, dest) in pushes {
+            up.push(tag, dest, None, false);
+        }
+        let w = Wharf::start(
+            &rt,
+            &Wharf::hub_block(&up, false, Path::new("/")),
+            cache_extra,
+        );
+        Fixture { w, up, _rt: rt }
+    }
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -8,16 +8,15 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 
 #[test]
 fn headers_ranges_accept_and_routing() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    up.push("small", "library/test:1", None, false);
-    up.push("small", "library/test:2", None, false);
-    up.push("small", "library/test:3", None, false);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
+    let f = Fixture::plain(
+        &[
+            ("small", "library/test:1"),
+            ("small", "library/test:2"),
+            ("small", "library/test:3"),
+        ],
         "",
     );
+    let (up, w) = (&f.up, &f.w);
     let c = http();
 
     let r = c.get(format!("{}/v2/", w.url())).send().unwrap();
@@ -155,14 +154,8 @@ fn headers_ranges_accept_and_routing() {
 
 #[test]
 fn a_moved_tag_is_noticed_after_its_ttl_and_heads_do_not_refetch() {
-    let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    up.push("small", "library/test:moving", None, false);
-    let w = Wharf::start(
-        &rt,
-        &Wharf::hub_block(&up, false, std::path::Path::new("/")),
-        "tag_ttl = \"0s\"",
-    );
+    let f = Fixture::plain(&[("small", "library/test:moving")], "tag_ttl = \"0s\"");
+    let (up, w) = (&f.up, &f.w);
     let c = http();
     let url = format!("{}/v2/library/test/manifests/moving", w.url());
     let first = c.get(&url).send().unwrap();
