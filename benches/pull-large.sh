@@ -37,6 +37,7 @@ wp=$(free_port)
 cat > "$work/wharf.toml" <<TOML
 [server]
 listen = "127.0.0.1:$wp"
+plain_http = true
 [cache]
 dir = "$work/cache"
 [[upstream]]

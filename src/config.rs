@@ -61,6 +61,28 @@ pub struct FileConfig {
 pub struct FileServer {
     /// Address to listen on, `host:port`.
     pub listen: Option<String>,
+    /// Serve plain HTTP instead of TLS. Must be said explicitly.
+    pub plain_http: Option<bool>,
+    pub tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Mint the server certificate from wharf's own CA (default when no
+    /// cert_file is given).
+    pub auto: Option<bool>,
+    /// DNS names and IP addresses for the auto certificate.
+    pub names: Option<Vec<String>>,
+    /// PEM certificate chain (leaf first) and its private key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// "required" (default with client_ca_file) or "optional".
+    pub client_auth: Option<String>,
+    /// How often cert_file/key_file are checked for replacement.
+    pub reload_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -99,9 +121,28 @@ pub struct FileCredentials {
 
 // ---------------------------------------------------------------- typed config
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain HTTP, configured explicitly.
+    Plain,
+    /// A server certificate minted from wharf's own CA for these names.
+    Auto { names: Vec<String> },
+    /// A certificate and key from files, reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth_required: bool,
+    pub reload_interval: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub tls: TlsConfig,
     pub cache_dir: PathBuf,
     pub tag_ttl: Duration,
     pub upstreams: Vec<UpstreamConfig>,
@@ -239,6 +280,104 @@ pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
 }
 
+fn validate_tls(
+    plain_http: Option<bool>,
+    tls: Option<FileTls>,
+    listen: SocketAddr,
+    base: Option<&Path>,
+    warnings: &mut Vec<String>,
+) -> Result<TlsConfig, ConfigError> {
+    let plain = plain_http.unwrap_or(false);
+    if plain && tls.is_some() {
+        return Err(invalid(
+            "server.plain_http",
+            "cannot be combined with [server.tls]",
+        ));
+    }
+    let t = tls.unwrap_or_default();
+    let reload_interval = parse_duration(
+        "server.tls.reload_interval",
+        t.reload_interval.as_deref().unwrap_or("30s"),
+    )?;
+    let client_auth_required = match t.client_auth.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            return Err(invalid(
+                "server.tls.client_auth",
+                format!("{other:?} is not \"required\" or \"optional\""),
+            ))
+        }
+    };
+    if t.client_auth.is_some() && t.client_ca_file.is_none() {
+        return Err(invalid("server.tls.client_auth", "needs client_ca_file"));
+    }
+    let mode = if plain {
+        if !listen.ip().is_loopback() {
+            warnings.push(format!(
+                "server.plain_http: serving plain HTTP on {listen}, which is not loopback: clients need an insecure-registries entry and traffic is readable on the network"
+            ));
+        }
+        TlsMode::Plain
+    } else {
+        match (t.auto, t.cert_file, t.key_file) {
+            (Some(true), Some(_), _) | (Some(true), _, Some(_)) => {
+                return Err(invalid(
+                    "server.tls.auto",
+                    "auto = true cannot be combined with cert_file/key_file",
+                ))
+            }
+            (_, Some(c), Some(k)) => {
+                if t.names.is_some() {
+                    return Err(invalid("server.tls.names", "only used with auto = true"));
+                }
+                TlsMode::Files {
+                    cert: resolve(base, &c),
+                    key: resolve(base, &k),
+                }
+            }
+            (_, Some(_), None) => {
+                return Err(invalid("server.tls.key_file", "cert_file needs key_file"))
+            }
+            (_, None, Some(_)) => {
+                return Err(invalid("server.tls.cert_file", "key_file needs cert_file"))
+            }
+            (Some(false), None, None) => {
+                return Err(invalid(
+                    "server.tls.auto",
+                    "auto = false needs cert_file and key_file (or set server.plain_http = true)",
+                ))
+            }
+            (_, None, None) => {
+                let names = t.names.unwrap_or_else(|| crate::tls::default_names(listen));
+                if names.is_empty() {
+                    return Err(invalid("server.tls.names", "give at least one name"));
+                }
+                for n in &names {
+                    if n.parse::<std::net::IpAddr>().is_err()
+                        && !(n.len() <= 253
+                            && n.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*'
+                            }))
+                    {
+                        return Err(invalid(
+                            "server.tls.names",
+                            format!("{n:?} is neither a DNS name nor an IP address"),
+                        ));
+                    }
+                }
+                TlsMode::Auto { names }
+            }
+        }
+    };
+    Ok(TlsConfig {
+        mode,
+        client_ca: t.client_ca_file.map(|p| resolve(base, &p)),
+        client_auth_required,
+        reload_interval,
+    })
+}
+
 impl FileConfig {
     pub fn validate(self, base: Option<&Path>) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
@@ -249,6 +388,13 @@ impl FileConfig {
             .unwrap_or("127.0.0.1:5000")
             .parse::<SocketAddr>()
             .map_err(|e| invalid("server.listen", format!("{e} (expected host:port)")))?;
+        let tls = validate_tls(
+            self.server.plain_http,
+            self.server.tls,
+            listen,
+            base,
+            &mut warnings,
+        )?;
         let cache_dir = self
             .cache
             .dir
@@ -400,6 +546,7 @@ impl FileConfig {
         }
         Ok(Config {
             listen,
+            tls,
             cache_dir,
             tag_ttl,
             upstreams,
@@ -472,6 +619,64 @@ mod tests {
         let cred = c.upstreams[0].credentials.as_ref().unwrap();
         assert_eq!(cred.password.expose(), "s3cret-value");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn tls_modes() {
+        let up = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n";
+        let c = Config::from_toml(up, None).unwrap();
+        assert!(
+            matches!(c.tls.mode, TlsMode::Auto { ref names } if names.contains(&"localhost".to_string())),
+            "TLS by default"
+        );
+        let c = Config::from_toml(&format!("[server]\nplain_http = true\n{up}"), None).unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Plain);
+        assert!(c.warnings.is_empty(), "loopback plain HTTP is fine");
+        let c = Config::from_toml(
+            &format!("[server]\nlisten = \"0.0.0.0:5000\"\nplain_http = true\n{up}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "plain HTTP off loopback warns");
+        let c = Config::from_toml(
+            &format!("[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\nclient_auth = \"optional\"\n{up}"),
+            Some(Path::new("/etc/wharf")),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.mode,
+            TlsMode::Files {
+                cert: "/etc/wharf/c.pem".into(),
+                key: "/etc/wharf/k.pem".into()
+            }
+        );
+        assert!(!c.tls.client_auth_required);
+        for (text, key) in [
+            (
+                "[server]\nplain_http = true\n[server.tls]\nauto = true\n",
+                "server.plain_http",
+            ),
+            ("[server.tls]\ncert_file = \"c\"\n", "server.tls.key_file"),
+            (
+                "[server.tls]\nauto = true\ncert_file = \"c\"\nkey_file = \"k\"\n",
+                "server.tls.auto",
+            ),
+            ("[server.tls]\nauto = false\n", "server.tls.auto"),
+            ("[server.tls]\nnames = [\"a b\"]\n", "server.tls.names"),
+            (
+                "[server.tls]\nclient_auth = \"maybe\"\n",
+                "server.tls.client_auth",
+            ),
+            (
+                "[server.tls]\nclient_auth = \"optional\"\n",
+                "server.tls.client_auth",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{text}{up}"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{key}: {e}");
+        }
     }
 
     #[test]

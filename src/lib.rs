@@ -12,10 +12,12 @@
 //! - [`upstream`]: the HTTP client for each upstream registry and its auth.
 //! - [`mirror`]: routing and cache policy: what is served from where.
 //! - [`server`]: HTTP: parse, dispatch, map errors, stream bodies.
+//! - [`tls`]: TLS termination, wharf's own CA, certificate reloads.
 
 pub mod cache;
 pub mod config;
 pub mod mirror;
 pub mod registry;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use wharf::config::Config;
+use wharf::config::{Config, TlsMode};
 use wharf::mirror::Mirror;
+use wharf::tls::Tls;
 
 #[derive(Parser)]
 #[command(
@@ -112,16 +113,32 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     rt.block_on(async move {
         let mirror = Mirror::open(&config)
             .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
+        let tls = Tls::new(&config.tls, &config.cache_dir).context("cannot set up TLS")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(
             listen = %listener.local_addr()?,
+            scheme = if tls.is_some() { "https" } else { "http" },
             cache = %config.cache_dir.display(),
             upstreams = config.upstreams.len(),
             "wharf is serving"
         );
-        wharf::server::run(listener, mirror, shutdown_signal(), Duration::from_secs(30)).await?;
+        if let TlsMode::Auto { names } = &config.tls.mode {
+            tracing::info!(
+                ca = %config.cache_dir.join("tls/ca.crt").display(),
+                names = %names.join(","),
+                "TLS certificate minted from wharf's CA; `wharf trust` shows how clients trust it"
+            );
+        }
+        wharf::server::run(
+            listener,
+            mirror,
+            tls,
+            shutdown_signal(),
+            Duration::from_secs(30),
+        )
+        .await?;
         Ok(())
     })
 }

@@ -11,6 +11,7 @@ mod range;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -20,14 +21,20 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::mirror::Mirror;
+use crate::tls::Tls;
 
 pub use error::{classify, Blame, ErrorParts};
 
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves until `shutdown` completes, then lets in-flight requests finish for up
-/// to `grace` and flushes metadata.
+/// to `grace` and flushes metadata. With `tls`, every connection is TLS and the
+/// certificate is kept fresh in the background while serving.
 pub async fn run(
     listener: TcpListener,
     mirror: Mirror,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -45,6 +52,7 @@ pub async fn run(
         .timer(TokioTimer::new())
         .adaptive_window(true)
         .keep_alive_interval(Duration::from_secs(30));
+    let maintenance = tls.as_ref().map(|t| t.spawn_maintenance());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -64,10 +72,33 @@ pub async fn run(
                     let m = m.clone();
                     async move { Ok::<_, Infallible>(handler::handle(&m, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+                // The handshake runs in the connection's task, never in the
+                // accept loop, so one slow client cannot stall the others.
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let result = match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(tls) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+                                Ok(Ok(s)) => {
+                                    let conn = builder.serve_connection(TokioIo::new(s), svc);
+                                    watcher.watch(conn.into_owned()).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::info!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -80,6 +111,9 @@ pub async fn run(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+    if let Some(m) = maintenance {
+        m.abort();
     }
     mirror
         .flush()

@@ -47,7 +47,7 @@ fn serve_answers_and_stops_on_sigterm() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[cache]\ndir = \"cache\"\n{}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{}",
             Wharf::hub_block(&up, false, dir.path())
         ),
     )

@@ -457,17 +457,29 @@ pub struct Wharf {
 }
 
 impl Wharf {
-    /// Starts wharf with `upstreams` (TOML `[[upstream]]` blocks) and extra
-    /// `[cache]` lines, on a fresh cache directory.
+    /// Starts wharf over plain HTTP with `upstreams` (TOML `[[upstream]]`
+    /// blocks) and extra `[cache]` lines, on a fresh cache directory.
     pub fn start(rt: &tokio::runtime::Runtime, upstreams: &str, cache_extra: &str) -> Wharf {
+        Wharf::start_with(rt, "plain_http = true\n", upstreams, cache_extra)
+    }
+
+    /// Starts wharf with `server` as the body of its `[server]` section (which
+    /// may open `[server.tls]`); `listen` is always 127.0.0.1 on a free port.
+    pub fn start_with(
+        rt: &tokio::runtime::Runtime,
+        server: &str,
+        upstreams: &str,
+        cache_extra: &str,
+    ) -> Wharf {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[cache]\ndir = {:?}\n{cache_extra}\n{upstreams}",
+            "[cache]\ndir = {:?}\n{cache_extra}\n[server]\nlisten = \"127.0.0.1:0\"\n{server}\n{upstreams}",
             dir.path().join("cache")
         );
         let config = wharf::config::Config::from_toml(&text, Some(dir.path())).unwrap();
         let _g = rt.enter();
         let mirror = wharf::mirror::Mirror::open(&config).unwrap();
+        let tls = wharf::tls::Tls::new(&config.tls, &config.cache_dir).unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -477,6 +489,7 @@ impl Wharf {
         let done = rt.spawn(wharf::server::run(
             listener,
             m,
+            tls,
             async {
                 let _ = rx.await;
             },
