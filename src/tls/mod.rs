@@ -44,7 +44,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Where the server certificate comes from.
 enum Source {
     Auto {
-        ca: Ca,
+        ca: Box<Ca>,
         names: Vec<String>,
     },
     Files {
@@ -108,7 +108,7 @@ impl Tls {
                 let ck = certified_key(chain.as_bytes(), key.as_bytes(), "minted certificate")?;
                 (
                     Source::Auto {
-                        ca,
+                        ca: Box::new(ca),
                         names: names.clone(),
                     },
                     ck,
