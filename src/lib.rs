@@ -13,6 +13,7 @@
 //! - [`mirror`]: routing and cache policy: what is served from where.
 //! - [`server`]: HTTP: parse, dispatch, map errors, stream bodies.
 //! - [`tls`]: TLS termination, wharf's own CA, certificate reloads.
+//! - [`trust`]: what each client needs to trust wharf (`wharf trust`).
 
 pub mod cache;
 pub mod config;
@@ -20,4 +21,5 @@ pub mod mirror;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod trust;
 pub mod upstream;

@@ -34,6 +34,19 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print (or write) what each client needs to trust wharf's TLS: the CA, the
+    /// dockerd certs.d path and daemon.json entry, containerd hosts.toml files,
+    /// a registries.conf block. Creates the auto CA if it does not exist yet.
+    Trust {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// host:port clients use to reach wharf (default: from the TLS names).
+        #[arg(long)]
+        host: Option<String>,
+        /// Write the files under this directory (etc/docker/..., etc/containerd/...).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::Trust { config, host, out } => trust(config, host, out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +112,38 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     println!("configuration OK");
+    Ok(())
+}
+
+fn trust(path: Option<PathBuf>, host: Option<String>, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let ca_pem = match &config.tls.mode {
+        TlsMode::Plain => anyhow::bail!("wharf is configured for plain HTTP (server.plain_http): there is no certificate to trust"),
+        TlsMode::Auto { .. } => wharf::tls::Ca::load_or_create(&config.cache_dir.join("tls"))
+            .context("cannot open wharf's CA")?
+            .pem()
+            .to_owned(),
+        TlsMode::Files { cert, .. } => {
+            let chain = std::fs::read_to_string(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            eprintln!(
+                "note: wharf serves {}; the last certificate of that chain is printed as the CA. If the chain does not include its root, give clients the issuing CA instead.",
+                cert.display()
+            );
+            wharf::trust::last_certificate(&chain).context("no certificate in cert_file")?
+        }
+    };
+    let host = host.unwrap_or_else(|| wharf::trust::default_host(&config));
+    match out {
+        None => print!("{}", wharf::trust::text(&config, &host, &ca_pem)),
+        Some(dir) => {
+            let files = wharf::trust::files(&config, &host, &ca_pem);
+            wharf::trust::write(&dir, &files)
+                .with_context(|| format!("cannot write to {}", dir.display()))?;
+            for f in &files {
+                println!("{}", dir.join(&f.path).display());
+            }
+        }
+    }
     Ok(())
 }
 

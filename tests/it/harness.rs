@@ -607,13 +607,20 @@ pub fn runtime() -> tokio::runtime::Runtime {
 // -------------------------------------------------------------------- clients
 
 /// A registries.conf whose docker.io primary is a dead port and whose mirror
-/// is wharf, so a failing mirror can never fall back to the real Docker Hub.
+/// is wharf over plain HTTP, so a failing mirror can never fall back to the
+/// real Docker Hub.
 pub fn registries_conf(dir: &Path, wharf: SocketAddr) -> PathBuf {
+    registries_conf_for(dir, &wharf.to_string(), true)
+}
+
+/// The same for a mirror at `host` (`name:port`); `insecure` only for plain HTTP.
+pub fn registries_conf_for(dir: &Path, host: &str, insecure: bool) -> PathBuf {
     let p = dir.join("registries.conf");
     std::fs::write(
         &p,
         format!(
-            "unqualified-search-registries = [\"docker.io\"]\n[[registry]]\nprefix = \"docker.io\"\nlocation = \"127.0.0.1:{DEAD_PORT}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{wharf}\"\ninsecure = true\n"
+            "unqualified-search-registries = [\"docker.io\"]\n[[registry]]\nprefix = \"docker.io\"\nlocation = \"127.0.0.1:{DEAD_PORT}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{host}\"\n{}",
+            if insecure { "insecure = true\n" } else { "" }
         ),
     )
     .unwrap();

@@ -9,3 +9,4 @@ mod harness;
 mod http_api;
 mod pull;
 mod redirect;
+mod tls;

@@ -187,13 +187,13 @@ pub fn manifest_digest(base: &str, repo: &str, tag: &str) -> String {
         .to_owned()
 }
 
-struct Containerd {
+pub struct Containerd {
     child: std::process::Child,
     sock: std::path::PathBuf,
 }
 
 impl Containerd {
-    fn start(dir: &std::path::Path) -> Containerd {
+    pub fn start(dir: &std::path::Path) -> Containerd {
         require(&["containerd", "ctr"]);
         std::fs::create_dir_all(dir).unwrap();
         let sock = dir.join("containerd.sock");
@@ -225,7 +225,7 @@ impl Containerd {
         Containerd { child, sock }
     }
 
-    fn ctr(&self, args: &[&str]) -> (bool, String) {
+    pub fn ctr(&self, args: &[&str]) -> (bool, String) {
         let mut c = Command::new("ctr");
         c.arg("-a").arg(&self.sock).args(["-n", "test"]).args(args);
         try_run(&mut c)
