@@ -11,6 +11,7 @@ pkgs=(
   umoci busybox-static  # build test images offline
   apache2-utils     # htpasswd (bcrypt) for the basic-auth upstream
   openssl socat curl ca-certificates bc
+  docker.io iproute2 util-linux   # dockerd (registry-mirrors) in a network namespace
 )
 
 missing=()
@@ -28,7 +29,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install; the tests run their own private instances.
-for svc in docker-registry containerd; do
+for svc in docker-registry containerd docker docker.socket; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
   pkill -x "$svc" >/dev/null 2>&1 || true
 done

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod coalescing;
+mod dockerd;
 mod harness;
 mod http_api;
 mod pull;
