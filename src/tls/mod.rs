@@ -266,6 +266,72 @@ pub fn default_names(listen: std::net::SocketAddr) -> Vec<String> {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current_leaf(t: &Tls) -> Vec<u8> {
+        t.resolver.current.read().cert[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn auto_renewal_mints_a_new_certificate_from_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TlsConfig {
+            mode: TlsMode::Auto {
+                names: vec!["wharf.test".into()],
+            },
+            client_ca: None,
+            client_auth_required: true,
+            reload_interval: Duration::from_secs(30),
+        };
+        let tls = Tls::new(&cfg, dir.path()).unwrap().unwrap();
+        let before = current_leaf(&tls);
+        tls.reload().unwrap();
+        let after = current_leaf(&tls);
+        assert_ne!(before, after, "a fresh certificate");
+        let ca = std::fs::read_to_string(dir.path().join("tls/ca.crt")).unwrap();
+        let pem = |der: &[u8]| {
+            use base64::Engine as _;
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                base64::engine::general_purpose::STANDARD.encode(der)
+            )
+        };
+        verify_for_tests(&pem(&after), &ca, "wharf.test").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broken_replacement_keeps_the_current_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(&dir.path().join("ca")).unwrap();
+        let (chain, key) = ca.issue_server(&["wharf.test".into()]).unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, &chain).unwrap();
+        std::fs::write(&k, &key).unwrap();
+        let cfg = TlsConfig {
+            mode: TlsMode::Files {
+                cert: c.clone(),
+                key: k.clone(),
+            },
+            client_ca: None,
+            client_auth_required: true,
+            reload_interval: Duration::from_secs(30),
+        };
+        let tls = Tls::new(&cfg, dir.path()).unwrap().unwrap();
+        let before = current_leaf(&tls);
+        // Half-deployed: a new certificate with the old key.
+        let (chain2, _) = ca.issue_server(&["wharf.test".into()]).unwrap();
+        std::fs::write(&c, &chain2).unwrap();
+        let e = tls.reload().unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+        assert_eq!(current_leaf(&tls), before);
+        std::fs::write(&c, "garbage").unwrap();
+        assert!(tls.reload().is_err());
+        assert_eq!(current_leaf(&tls), before);
+    }
+}
+
+#[cfg(test)]
 pub(crate) fn verify_for_tests(chain_pem: &str, ca_pem: &str, name: &str) -> Result<(), String> {
     use rustls::client::danger::ServerCertVerifier;
     use rustls::client::WebPkiServerVerifier;

@@ -333,3 +333,99 @@ fn a_replaced_certificate_is_used_by_new_connections_while_a_download_completes(
     assert_eq!(total as u64, layer["size"].as_u64().unwrap());
     assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), digest);
 }
+
+/// `openssl s_client` against wharf, sending one HTTP/1.1 request and reading
+/// until the server closes (so TLS 1.3 session tickets, which arrive after the
+/// handshake, are received). Returns everything it printed.
+fn s_client(port: u16, args: &[&str]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+            "-ign_eof",
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn tls_versions_alpn_and_session_resumption() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    let w = Wharf::start_with(&rt, AUTO, &Wharf::hub_block(&up, false, Path::new("/")), "");
+    let port = w.addr.port();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = w.cache_dir().join("tls/ca.crt");
+    let ca = ca.to_str().unwrap();
+
+    let out = s_client(port, &["-CAfile", ca, "-alpn", "h2,http/1.1", "-brief"]);
+    assert!(out.contains("Verification: OK"), "{out}");
+    assert!(
+        out.contains("ALPN protocol: h2") || out.contains("Protocol version: TLSv1.3"),
+        "{out}"
+    );
+    let out = s_client(port, &["-CAfile", ca, "-alpn", "h2,http/1.1"]);
+    assert!(out.contains("ALPN protocol: h2"), "{out}");
+    assert!(out.contains("TLSv1.3"), "{out}");
+    let out = s_client(port, &["-CAfile", ca, "-tls1_2", "-alpn", "http/1.1"]);
+    assert!(
+        out.contains("Verify return code: 0 (ok)") && out.contains("TLSv1.2"),
+        "{out}"
+    );
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+    for old in ["-tls1_1", "-tls1"] {
+        let out = s_client(port, &["-CAfile", ca, old, "-cipher", "DEFAULT@SECLEVEL=0"]);
+        assert!(
+            out.contains("no peer certificate available"),
+            "{old} must be refused: {out}"
+        );
+    }
+
+    // Resumption, as clients that reconnect per request need it: TLS 1.3
+    // tickets and TLS 1.2 sessions.
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = tmp.path().join(format!("sess{version}"));
+        let sess = sess.to_str().unwrap();
+        let first = s_client(
+            port,
+            &[
+                "-CAfile",
+                ca,
+                version,
+                "-alpn",
+                "http/1.1",
+                "-sess_out",
+                sess,
+            ],
+        );
+        assert!(first.contains("HTTP/1.1 200"), "{first}");
+        assert!(first.contains("Verify return code: 0 (ok)"), "{first}");
+        let again = s_client(
+            port,
+            &[
+                "-CAfile", ca, version, "-alpn", "http/1.1", "-sess_in", sess,
+            ],
+        );
+        assert!(
+            again.contains("Reused, TLSv1."),
+            "{version} session resumed: {again}"
+        );
+    }
+}
