@@ -266,6 +266,27 @@ pub fn default_names(listen: std::net::SocketAddr) -> Vec<String> {
 }
 
 #[cfg(test)]
+pub(crate) fn verify_for_tests(chain_pem: &str, ca_pem: &str, name: &str) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .unwrap();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let sn = ServerName::try_from(name.to_owned()).unwrap();
+    v.verify_server_cert(&certs[0], &certs[1..], &sn, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -329,25 +350,4 @@ mod tests {
         assert!(tls.reload().is_err());
         assert_eq!(current_leaf(&tls), before);
     }
-}
-
-#[cfg(test)]
-pub(crate) fn verify_for_tests(chain_pem: &str, ca_pem: &str, name: &str) -> Result<(), String> {
-    use rustls::client::danger::ServerCertVerifier;
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::pki_types::{ServerName, UnixTime};
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .unwrap();
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .map(|c| c.unwrap())
-        .collect();
-    let sn = ServerName::try_from(name.to_owned()).unwrap();
-    v.verify_server_cert(&certs[0], &certs[1..], &sn, &[], UnixTime::now())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
