@@ -88,6 +88,28 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         println!("warning: {w}");
     }
     println!("listen: {}", c.listen);
+    match &c.tls.mode {
+        TlsMode::Plain => println!("tls: off (plain HTTP)"),
+        TlsMode::Auto { names } => println!(
+            "tls: auto, certificate from wharf's CA in {} for {}",
+            c.cache_dir.join("tls").display(),
+            names.join(", ")
+        ),
+        TlsMode::Files { cert, key } => {
+            println!("tls: {} with key {}", cert.display(), key.display())
+        }
+    }
+    if let Some(ca) = &c.tls.client_ca {
+        println!(
+            "client certificates: {} from {}",
+            if c.tls.client_auth_required {
+                "required"
+            } else {
+                "optional"
+            },
+            ca.display()
+        );
+    }
     println!("cache dir: {}", c.cache_dir.display());
     println!("tag ttl: {}", humantime::format_duration(c.tag_ttl));
     for u in &c.upstreams {
