@@ -194,8 +194,9 @@ impl FillWriter {
         Ok(())
     }
 
-    /// Verifies size and digest, moves the file into the store, runs
-    /// `on_commit` (metadata) and only then releases the held-back byte to readers.
+    /// Verifies size and digest, releases the held-back byte to readers, then
+    /// moves the file into the store and runs `on_commit` (metadata). The fill
+    /// leaves the in-flight map only once the file is in place.
     /// Blocking: call from a blocking thread.
     pub fn finish(
         mut self,
@@ -204,13 +205,7 @@ impl FillWriter {
     ) -> Result<u64, FillError> {
         let r = self.finish_inner(store, on_commit);
         match &r {
-            Ok(size) => {
-                let size = *size;
-                self.fill
-                    .state
-                    .send_modify(|s| s.phase = Phase::Done { size });
-                self.fills.remove(&self.digest, &self.fill);
-            }
+            Ok(_) => self.fills.remove(&self.digest, &self.fill),
             Err(e) => self.fail_with(e.clone()),
         }
         r
@@ -235,6 +230,14 @@ impl FillWriter {
             }
             .into());
         }
+        // Verified: readers may have the last byte now. The fsync below makes
+        // the *cache* durable; it is no business of the clients', who would
+        // otherwise wait for 64 MiB to reach the disk. If the commit fails they
+        // still got verified bytes, and nothing is cached.
+        let size = self.written;
+        self.fill
+            .state
+            .send_modify(|s| s.phase = Phase::Done { size });
         let temp = self.temp.take().expect("finish runs once");
         temp.commit(&store.path(&self.digest))
             .map_err(CacheError::from)?;
@@ -297,6 +300,16 @@ impl FillReader {
             Phase::Streaming { size } => Ok(*size),
             Phase::Done { size } => Ok(Some(*size)),
             Phase::Failed(e) => Err(e.clone()),
+        }
+    }
+
+    /// Once the fill is verified (digest matched, perhaps not yet on disk), its
+    /// complete content as a file of its own, so it can be served like a cached
+    /// blob, ranges included.
+    pub fn verified_file(&self) -> Option<File> {
+        match self.rx.borrow().phase {
+            Phase::Done { .. } => self.file.try_clone().ok(),
+            _ => None,
         }
     }
 

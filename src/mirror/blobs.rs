@@ -34,6 +34,30 @@ pub struct BlobResponse {
     pub status: CacheStatus,
 }
 
+/// A fill already verified (only its fsync pending) is served like a file.
+fn fill_response(
+    d: &Digest,
+    size: Option<u64>,
+    reader: FillReader,
+    status: CacheStatus,
+) -> BlobResponse {
+    // A verified file is complete: its length is the size, whatever the
+    // upstream's headers said (or did not say).
+    let (body, size) = match reader.verified_file() {
+        Some(f) => match f.metadata() {
+            Ok(m) => (BlobBody::File(f), Some(m.len())),
+            Err(_) => (BlobBody::Fill(reader), size),
+        },
+        None => (BlobBody::Fill(reader), size),
+    };
+    BlobResponse {
+        digest: d.clone(),
+        size,
+        body,
+        status,
+    }
+}
+
 impl Mirror {
     pub async fn blob(&self, r: &Routed, d: &Digest) -> Result<BlobResponse, MirrorError> {
         let inner = &self.inner;
@@ -60,24 +84,14 @@ impl Mirror {
             Join::Leader(writer, mut reader) => {
                 self.spawn_fill(r.clone(), d.clone(), writer);
                 let size = reader.ready().await?;
-                Ok(BlobResponse {
-                    digest: d.clone(),
-                    size,
-                    body: BlobBody::Fill(reader),
-                    status: CacheStatus::Miss,
-                })
+                Ok(fill_response(d, size, reader, CacheStatus::Miss))
             }
             Join::Follower(mut reader, same_origin) => {
                 if !same_origin && !linked {
                     self.confirm_access(r, d).await?;
                 }
                 let size = reader.ready().await?;
-                Ok(BlobResponse {
-                    digest: d.clone(),
-                    size,
-                    body: BlobBody::Fill(reader),
-                    status: CacheStatus::Coalesced,
-                })
+                Ok(fill_response(d, size, reader, CacheStatus::Coalesced))
             }
         }
     }

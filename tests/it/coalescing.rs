@@ -88,7 +88,7 @@ fn twelve_cold_clients_share_one_upstream_fetch_of_a_large_blob() {
         1,
         "the upstream served the blob once"
     );
-    assert_eq!(w.mirror.fills_in_flight(), 0);
+    w.wait_fills_settled();
 
     // And from cache now: still once upstream.
     let again = fire(&format!("{}/v2/library/big/blobs/{digest}", w.url()), 3);
@@ -151,7 +151,7 @@ fn a_lying_upstream_fails_every_waiting_client_and_nothing_is_cached() {
             }
         }
         assert_eq!(w.cached_blobs(), 0, "nothing cached");
-        assert_eq!(w.mirror.fills_in_flight(), 0);
+        w.wait_fills_settled();
     }
     // Each round tried the upstream again: a failure is not cached either.
     assert_eq!(up.gets(&format!("/v2/library/big/blobs/{digest}")), 2);

@@ -528,6 +528,16 @@ impl Wharf {
         format!("http://{}", self.addr)
     }
 
+    /// Waits (at most 30 s) until no fill is in flight. Clients finish as soon
+    /// as the digest is verified; the fill leaves the map after its fsync.
+    pub fn wait_fills_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.mirror.fills_in_flight() > 0 {
+            assert!(Instant::now() < deadline, "a fill never finished");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
