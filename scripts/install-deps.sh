@@ -2,6 +2,7 @@
 # Installs the Debian packages wharf's tests and benchmarks drive: the real CNCF
 # distribution registry as upstream, and the real clients that pull through wharf.
 # Idempotent: a package already present costs nothing, so CI can call it every run.
+# With --bench, also what the benchmarks need.
 set -euo pipefail
 
 pkgs=(
@@ -13,6 +14,12 @@ pkgs=(
   openssl socat curl ca-certificates bc
   docker.io iproute2 util-linux   # dockerd (registry-mirrors) in a network namespace
 )
+
+# The benchmark (benches/compare.py) also drives nginx (the physical limit),
+# wrk and ab (request rates) and perf (profiles).
+if [ "${1:-}" = "--bench" ]; then
+  pkgs+=(nginx-light wrk linux-perf)
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -29,7 +36,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install; the tests run their own private instances.
-for svc in docker-registry containerd docker docker.socket; do
+for svc in docker-registry containerd docker docker.socket nginx; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
   pkill -x "$svc" >/dev/null 2>&1 || true
 done
