@@ -16,9 +16,9 @@ pkgs=(
 )
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),
-# wrk and ab (request rates) and perf (profiles).
+# wrk and ab (request rates, ab from apache2-utils) and perf (profiles).
 if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(nginx-light wrk linux-perf)
+  pkgs+=(nginx-light wrk apache2-utils linux-perf)
 fi
 
 missing=()

@@ -1,0 +1,680 @@
+#!/usr/bin/env python3
+"""wharf beside CNCF distribution (plain and in proxy mode) and nginx, in one run.
+
+Sets up, all on loopback:
+  upstream      distribution 2.8 holding library/bench:1 (busybox, a 1 MiB and a
+                512 MiB random layer), access log on: it counts upstream bytes
+  dist          distribution serving the same storage, access log off
+                (what a registry without a cache in front costs)
+  proxy         distribution in proxy mode in front of the upstream
+  wharf         wharf over plain HTTP, and wharf-tls with its auto CA
+  nginx         the 512 MiB and 1 MiB blob files at the registry paths, with
+                `sendfile on` and with `sendfile off; output_buffers 2 256k`,
+                and over TLS (the physical limit of this machine)
+
+Then runs, interleaved round by round (the order of servers rotates), the
+measures of issue 4, and prints the medians with ratios and the targets, to
+stdout and target/bench/compare.{txt,json}. Loopback only; every load is
+bounded in time or count.
+
+    python3 benches/compare.py [--rounds 5] [--secs 3] [--quick]
+
+--quick (2 rounds, 1 s loads, no 50-client round) is for trying the script,
+not for quoting figures.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK = os.sysconf("SC_CLK_TCK")
+MANIFEST_ACCEPT = (
+    "application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json"
+)
+MB = 1e6
+GIB = 1 << 30
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, secs=20):
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server for port {port} exited: {proc.args}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Server:
+    """A server process (and its children, for nginx's workers): started,
+    stopped, and measured from /proc: CPU seconds and peak RSS."""
+
+    def __init__(self, name, cmd, port, logfile, scheme="http", env=None):
+        self.name, self.cmd, self.port, self.logfile = name, cmd, port, logfile
+        self.scheme, self.env, self.proc = scheme, env, None
+
+    def start(self):
+        out = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=out, stderr=out, env=self.env, start_new_session=True
+        )
+        wait_port(self.port, self.proc)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def url(self, path):
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def pids(self):
+        pids, todo = [], [self.proc.pid]
+        while todo:
+            p = todo.pop()
+            pids.append(p)
+            try:
+                for t in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{t}/children") as f:
+                        todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+        return pids
+
+    def cpu(self):
+        """User + system seconds of the server's processes (all threads,
+        also those that already ended)."""
+        total = 0
+        for p in self.pids():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+        return total / CLK
+
+    def reset_peak(self):
+        for p in self.pids():
+            try:
+                with open(f"/proc/{p}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+
+    def peak_mib(self):
+        """Peak resident set since reset_peak, summed over the processes."""
+        kib = 0
+        for p in self.pids():
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    m = re.search(r"VmHWM:\s+(\d+) kB", f.read())
+                    kib += int(m.group(1)) if m else 0
+            except OSError:
+                pass
+        return kib / 1024
+
+
+class Measured:
+    """CPU seconds and peak RSS of a server across a block of work."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def __enter__(self):
+        self.server.reset_peak()
+        self.cpu0 = self.server.cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.cpu = self.server.cpu() - self.cpu0
+        self.peak = self.server.peak_mib()
+
+
+# ---------------------------------------------------------------- clients
+
+
+def curl_args(url, cacert=None):
+    a = ["curl", "-sS", "--http1.1", "--fail", "--noproxy", "*"]
+    if cacert:
+        a += ["--cacert", str(cacert)]
+    return a + [url]
+
+
+def parallel_downloads(n, url, size, cacert=None, verify_against=None):
+    """n clients download url at once. Returns (wall seconds, [per-client
+    bytes/s]); with verify_against, every body is compared byte for byte with
+    that file and a mismatch is fatal."""
+    procs = []
+    t0 = time.monotonic()
+    for _ in range(n):
+        w = ["-w", "%{stderr}%{speed_download} %{size_download}\n"]
+        if verify_against:
+            c = " ".join(f"'{x}'" for x in curl_args(url, cacert) + w)
+            cmd = ["bash", "-o", "pipefail", "-c", f"{c} | cmp - '{verify_against}'"]
+        else:
+            cmd = curl_args(url, cacert) + w + ["-o", "/dev/null"]
+        procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
+    speeds = []
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise SystemExit(f"a download of {url} failed ({p.returncode}): {err}")
+        speed, got = err.strip().split()[-2:]
+        if int(got) != size:
+            raise SystemExit(f"{url}: got {got} bytes, want {size}")
+        speeds.append(float(speed))
+    return time.monotonic() - t0, speeds
+
+
+def ttfb(url):
+    out = run(
+        curl_args(url) + ["-o", "/dev/null", "-w", "%{time_starttransfer}"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out)
+
+
+def wrk(url, secs, headers=()):
+    cmd = ["wrk", "-t2", "-c16", f"-d{secs}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = run(cmd + [url], capture_output=True, text=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk against {url} saw errors:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def ab_head(url, secs, headers=()):
+    # Debian's wrk waits for a body after HEAD; ab -i does HEAD properly.
+    cmd = ["ab", "-q", "-i", "-k", "-c16", "-t", str(secs), "-n", "10000000"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = run(cmd + [url], capture_output=True, text=True).stdout
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    if failed or non2xx:
+        raise SystemExit(f"ab against {url} saw errors:\n{out}")
+    return float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+
+
+def s_time(port, cafile, secs, reuse):
+    cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-CAfile",
+           str(cafile), "-time", str(secs), "-www", "/v2/"]
+    cmd.append("-reuse" if reuse else "-new")
+    out = run(cmd, capture_output=True, text=True).stdout
+    m = re.search(r"(\d+) connections in ([\d.]+) real seconds", out)
+    return int(m.group(1)) / float(m.group(2))
+
+
+# ---------------------------------------------------------------- setup
+
+
+def distribution_config(path, port, storage, accesslog, proxy=None):
+    text = (
+        "version: 0.1\n"
+        f"log: {{level: error, accesslog: {{disabled: {'false' if accesslog else 'true'}}}}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {storage}}}, cache: {{blobdescriptor: inmemory}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    if proxy:
+        text += f"proxy: {{remoteurl: {proxy}}}\n"
+    path.write_text(text)
+
+
+def nginx_config(work, ports, blobs, tls_cert, tls_key):
+    www = work / "www"
+    for digest, data in blobs:
+        d = www / "v2/library/bench/blobs"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / digest).symlink_to(data)
+    (www / "v2/index.html").write_text("{}")
+    common = f"root {www}; access_log off; default_type application/octet-stream;"
+    conf = f"""
+daemon off;
+user root;
+master_process on;
+worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log error;
+events {{ worker_connections 1024; }}
+http {{
+  keepalive_requests 1000000;
+  client_body_temp_path {work}/nginx-tmp;
+  proxy_temp_path {work}/nginx-tmp;
+  server {{ listen 127.0.0.1:{ports['sendfile']}; {common} sendfile on; tcp_nopush on; }}
+  server {{ listen 127.0.0.1:{ports['buffered']}; {common} sendfile off; output_buffers 2 256k; }}
+  server {{
+    listen 127.0.0.1:{ports['tls']} ssl;
+    ssl_certificate {tls_cert}; ssl_certificate_key {tls_key};
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
+    {common} sendfile off; output_buffers 2 256k;
+  }}
+}}
+"""
+    (work / "nginx-tmp").mkdir(exist_ok=True)
+    (work / "nginx.conf").write_text(conf)
+    return work / "nginx.conf"
+
+
+def wharf_config(path, port, cache, upstream_port, tls):
+    server = "" if tls else "plain_http = true\n"
+    path.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\n{server}'
+        f'[cache]\ndir = "{cache}"\n'
+        f'[[upstream]]\nname = "hub"\nurl = "http://127.0.0.1:{upstream_port}"\n'
+        'aliases = ["docker.io"]\ndefault = true\n'
+    )
+
+
+def upstream_bytes(logfile, offset, blob_path):
+    """Bytes the upstream sent for blob_path since offset, from distribution's
+    access log (combined format: the size is the count actually written)."""
+    with open(logfile, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    total = 0
+    for m in re.finditer(r'"GET ([^ ]+) HTTP/[\d.]+" (\d+) (\d+)', text):
+        if m.group(1) == blob_path:
+            total += int(m.group(3))
+    return total
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--secs", type=int, default=3, help="seconds per request-rate load")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated measure groups")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.secs = 2, 1
+    only = set(filter(None, args.only.split(",")))
+
+    def want(group):
+        return not only or group in only
+
+    os.chdir(ROOT)
+    run(["bash", "scripts/install-deps.sh", "--bench"])
+    run(["cargo", "build", "--release", "--locked", "--quiet"])
+    images = ROOT / "target/bench-images"
+    run(["bash", "tests/fixtures/build-images.sh", str(images), "--bench"])
+    work = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
+    servers = []
+
+    def start(s):
+        servers.append(s)
+        return s.start()
+
+    try:
+        return bench(args, want, work, images, start, servers)
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args, want, work, images, start, servers):
+    wharf_bin = str(ROOT / "target/release/wharf")
+    env = dict(os.environ, RUST_LOG="info")
+
+    # The upstream, and the image pushed into it.
+    up_port = free_port()
+    distribution_config(work / "up.yml", up_port, work / "up", accesslog=True)
+    upstream = start(Server("upstream", ["docker-registry", "serve", str(work / "up.yml")],
+                            up_port, work / "upstream.log"))
+    run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+         f"oci:{images}/oci:bench", f"docker://127.0.0.1:{up_port}/library/bench:1"])
+    req = urllib.request.Request(upstream.url("/v2/library/bench/manifests/1"),
+                                 headers={"Accept": MANIFEST_ACCEPT})
+    manifest = json.load(urllib.request.urlopen(req))
+    layers = sorted(manifest["layers"], key=lambda l: l["size"])
+    big, small = layers[-1], layers[-2]
+    assert big["size"] > 500 * 1024 * 1024 and 1024 * 1024 <= small["size"] < 2 * 1024 * 1024
+    blob_data = lambda d: (work / "up/docker/registry/v2/blobs/sha256" / d[7:9] / d[7:] / "data")
+    big_path = f"/v2/library/bench/blobs/{big['digest']}"
+    small_path = f"/v2/library/bench/blobs/{small['digest']}"
+    big_file = blob_data(big["digest"])
+    # The manifest digest, to ask by digest.
+    with urllib.request.urlopen(req) as r:
+        manifest_digest = r.headers["Docker-Content-Digest"]
+    tag_path = "/v2/library/bench/manifests/1"
+    digest_path = f"/v2/library/bench/manifests/{manifest_digest}"
+
+    # distribution without cache (same storage, no access log) and as proxy.
+    dist_port = free_port()
+    distribution_config(work / "dist.yml", dist_port, work / "up", accesslog=False)
+    dist = start(Server("dist", ["docker-registry", "serve", str(work / "dist.yml")],
+                        dist_port, work / "dist.log"))
+    proxy_port = free_port()
+
+    def new_proxy(tag):
+        storage = work / f"proxy-{tag}"
+        shutil.rmtree(storage, ignore_errors=True)
+        distribution_config(work / "proxy.yml", proxy_port, storage, accesslog=False,
+                            proxy=upstream.url(""))
+        return Server("proxy", ["docker-registry", "serve", str(work / "proxy.yml")],
+                      proxy_port, work / "proxy.log")
+
+    wharf_port, wharf_tls_port = free_port(), free_port()
+
+    def new_wharf(tag, tls=False):
+        cache = work / f"wharf-{'tls-' if tls else ''}{tag}"
+        shutil.rmtree(cache, ignore_errors=True)
+        conf = work / f"wharf-{tag}.toml"
+        port = wharf_tls_port if tls else wharf_port
+        wharf_config(conf, port, cache, up_port, tls)
+        return Server("wharf-tls" if tls else "wharf", [wharf_bin, "serve", "--config", str(conf)],
+                      port, work / "wharf.log", scheme="https" if tls else "http", env=env)
+
+    # nginx, with a certificate of the same kind as wharf's (ECDSA P-256).
+    cert, key = work / "nginx.crt", work / "nginx.key"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench",
+         "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
+    nports = {k: free_port() for k in ("sendfile", "buffered", "tls")}
+    nconf = nginx_config(work, nports, [(big["digest"], big_file),
+                                        (small["digest"], blob_data(small["digest"]))], cert, key)
+    nginx = start(Server("nginx", ["nginx", "-c", str(nconf), "-p", str(work)], nports["sendfile"],
+                         work / "nginx.log"))
+    wait_port(nports["buffered"])
+    wait_port(nports["tls"])
+
+    class Port:  # nginx's other server blocks: same processes, other port
+        def __init__(self, port, scheme="http"):
+            self.port, self.scheme = port, scheme
+
+        def url(self, path):
+            return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    ngx_sf, ngx_buf, ngx_tls = Port(nports["sendfile"]), Port(nports["buffered"]), Port(nports["tls"], "https")
+
+    # Warm servers: each has fetched everything once.
+    wharf = start(new_wharf("warm"))
+    wharf_tls = start(new_wharf("warm", tls=True))
+    wharf_ca = work / "wharf-tls-warm/tls/ca.crt"
+    proxy = start(new_proxy("warm"))
+    for s, ca in ((wharf, None), (wharf_tls, wharf_ca), (proxy, None)):
+        for p in (tag_path, digest_path):
+            run(curl_args(s.url(p), ca) + ["-o", "/dev/null", "-H", f"Accept: {MANIFEST_ACCEPT}"])
+        for p in (big_path, small_path):
+            run(curl_args(s.url(p), ca) + ["-o", "/dev/null"])
+    time.sleep(2)  # let fills finish their fsync
+    big_size, small_size = big["size"], small["size"]
+
+    R = {}  # measure -> server -> [values]
+
+    def rec(measure, server, value):
+        R.setdefault(measure, {}).setdefault(server, []).append(value)
+
+    def rotate(items, i):
+        i %= len(items)
+        return items[i:] + items[:i]
+
+    blob_targets = [("wharf", wharf, wharf, None), ("proxy", proxy, proxy, None),
+                    ("dist", dist, dist, None), ("nginx-sendfile", nginx, ngx_sf, None),
+                    ("nginx-buffered", nginx, ngx_buf, None)]
+    tls_targets = [("wharf-tls", wharf_tls, wharf_tls, wharf_ca), ("nginx-tls", nginx, ngx_tls, cert)]
+    reg_targets = [("wharf", wharf), ("proxy", proxy), ("dist", dist)]
+    accept = [f"Accept: {MANIFEST_ACCEPT}"]
+    cold_ns = [10] if args.quick else [10, 50]
+
+    for rnd in range(args.rounds):
+        log(f"round {rnd + 1}/{args.rounds}")
+        if want("warm"):
+            for name, srv, at, ca in rotate(blob_targets + tls_targets, rnd):
+                for n in (1, 16):
+                    with Measured(srv) as m:
+                        wall, speeds = parallel_downloads(n, at.url(big_path), big_size, ca)
+                    rec(f"warm{n}_mbs", name, n * big_size / wall / MB)
+                    rec(f"warm{n}_cpu_per_gib", name, m.cpu / (n * big_size / GIB))
+                    rec(f"warm{n}_peak_mib", name, m.peak)
+                    if n > 1:
+                        rec("warm16_slowest_over_mean", name, min(speeds) / statistics.mean(speeds))
+        if want("rates"):
+            for name, srv in rotate(reg_targets, rnd):
+                rec("manifest_tag_get_rps", name, wrk(srv.url(tag_path), args.secs, accept))
+                rec("manifest_digest_get_rps", name, wrk(srv.url(digest_path), args.secs, accept))
+                rec("manifest_tag_head_rps", name, ab_head(srv.url(tag_path), args.secs, accept))
+            for name, _, at, _ in rotate(blob_targets, rnd):
+                rec("blob1m_get_rps", name, wrk(at.url(small_path), args.secs))
+        if want("tls"):
+            for name, srv, at, ca in rotate(tls_targets, rnd):
+                rec("tls_blob1m_get_rps", name, wrk(at.url(small_path), args.secs))
+                rec("tls_handshakes_new", name, s_time(at.port, ca, args.secs, reuse=False))
+                rec("tls_handshakes_resumed", name, s_time(at.port, ca, args.secs, reuse=True))
+        if want("cold"):
+            for n in cold_ns:
+                order = rotate(["direct", "wharf", "proxy"], rnd)
+                for who in order:
+                    if who == "direct":
+                        off = upstream.logfile.stat().st_size
+                        wall, _ = parallel_downloads(n, upstream.url(big_path), big_size,
+                                                     verify_against=big_file)
+                        rec(f"cold{n}_wall_s", "direct", wall)
+                        continue
+                    srv = start(new_wharf(f"c{n}") if who == "wharf" else new_proxy(f"c{n}"))
+                    time.sleep(0.2)
+                    off = upstream.logfile.stat().st_size
+                    with Measured(srv) as m:
+                        wall, _ = parallel_downloads(n, srv.url(big_path), big_size,
+                                                     verify_against=big_file)
+                    time.sleep(0.3)  # the access log line lands after the response
+                    rec(f"cold{n}_wall_s", who, wall)
+                    rec(f"cold{n}_upstream_x", who, upstream_bytes(upstream.logfile, off, big_path) / big_size)
+                    rec(f"cold{n}_peak_mib", who, m.peak)
+                    srv.stop()
+                    servers.remove(srv)
+        if want("ttfb"):
+            for who in rotate(["direct", "wharf", "proxy"], rnd):
+                if who == "direct":
+                    rec("cold_ttfb_ms", "direct", 1000 * ttfb(upstream.url(big_path)))
+                    continue
+                srv = start(new_wharf("t") if who == "wharf" else new_proxy("t"))
+                time.sleep(0.2)
+                rec("cold_ttfb_ms", who, 1000 * ttfb(srv.url(big_path)))
+                srv.stop()
+                servers.remove(srv)
+        if want("skopeo"):
+            for who in rotate(["direct", "wharf", "proxy"], rnd):
+                srv = upstream if who == "direct" else start(
+                    new_wharf("s") if who == "wharf" else new_proxy("s"))
+                out = work / "skopeo-out"
+                shutil.rmtree(out, ignore_errors=True)
+                t0 = time.monotonic()
+                run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                     f"docker://127.0.0.1:{srv.port}/library/bench:1", f"dir:{out}"])
+                rec("skopeo_cold_s", who, time.monotonic() - t0)
+                if srv is not upstream:
+                    srv.stop()
+                    servers.remove(srv)
+        # Each round starts from the same page cache state for the blob files.
+        shutil.rmtree(work / "skopeo-out", ignore_errors=True)
+
+    report(args, R)
+
+
+# ---------------------------------------------------------------- report
+
+ROWS = [  # measure, label, unit, higher is better
+    ("warm1_mbs", "warm 512 MiB blob, 1 client", "MB/s", True),
+    ("warm1_cpu_per_gib", "  server CPU per GiB, 1 client", "s", False),
+    ("warm16_mbs", "warm 512 MiB blob, 16 clients", "MB/s", True),
+    ("warm16_cpu_per_gib", "  server CPU per GiB, 16 clients", "s", False),
+    ("warm16_peak_mib", "  server peak RSS, 16 clients", "MiB", False),
+    ("warm16_slowest_over_mean", "  slowest client / mean, 16 clients", "", True),
+    ("manifest_tag_get_rps", "manifest GET by tag, 16 conns", "req/s", True),
+    ("manifest_tag_head_rps", "manifest HEAD by tag, 16 conns (ab)", "req/s", True),
+    ("manifest_digest_get_rps", "manifest GET by digest, 16 conns", "req/s", True),
+    ("blob1m_get_rps", "1 MiB blob GET, 16 conns", "req/s", True),
+    ("cold10_upstream_x", "10 clients, cold blob: upstream bytes", "x blob", False),
+    ("cold10_wall_s", "10 clients, cold blob: last done", "s", False),
+    ("cold10_peak_mib", "  server peak RSS, 10 cold clients", "MiB", False),
+    ("cold50_upstream_x", "50 clients, cold blob: upstream bytes", "x blob", False),
+    ("cold50_wall_s", "50 clients, cold blob: last done", "s", False),
+    ("cold50_peak_mib", "  server peak RSS, 50 cold clients", "MiB", False),
+    ("cold_ttfb_ms", "cold blob time to first byte", "ms", False),
+    ("skopeo_cold_s", "skopeo copy, cold", "s", False),
+    ("warm1_mbs@tls", "TLS: warm 512 MiB blob, 1 client", "MB/s", True),
+    ("warm1_cpu_per_gib@tls", "  TLS: server CPU per GiB, 1 client", "s", False),
+    ("warm16_mbs@tls", "TLS: warm 512 MiB blob, 16 clients", "MB/s", True),
+    ("warm16_cpu_per_gib@tls", "  TLS: server CPU per GiB, 16 clients", "s", False),
+    ("warm16_peak_mib@tls", "  TLS: server peak RSS, 16 clients", "MiB", False),
+    ("tls_blob1m_get_rps@tls", "TLS: 1 MiB blob GET, 16 conns", "req/s", True),
+    ("tls_handshakes_new@tls", "TLS: new handshakes/s, 1 client", "/s", True),
+    ("tls_handshakes_resumed@tls", "TLS: resumed handshakes/s, 1 client", "/s", True),
+]
+COLS = ["wharf", "proxy", "dist", "nginx-sendfile", "nginx-buffered", "direct"]
+TLS_COLS = {"wharf": "wharf-tls", "nginx-buffered": "nginx-tls"}
+
+
+def report(args, R):
+    med = {m: {s: statistics.median(v) for s, v in by.items()} for m, by in R.items()}
+
+    def get(measure, col):
+        if measure.endswith("@tls"):
+            col = TLS_COLS.get(col)
+            measure = measure[:-4]
+        return med.get(measure, {}).get(col) if col else None
+
+    def best_nginx(measure, higher):
+        vals = [v for v in (get(measure, "nginx-sendfile"), get(measure, "nginx-buffered")) if v]
+        if not vals:
+            return None
+        return max(vals) if higher else min(vals)
+
+    def fmt(v):
+        if v is None:
+            return "—"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}" if abs(v) >= 1 else f"{v:.3f}"
+
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    head = ["measure", "unit", "wharf", "dist proxy", "dist plain", "nginx sendfile",
+            "nginx buffered", "upstream direct", "wharf/proxy", "wharf/nginx"]
+    lines = [f"wharf vs distribution 2.8 and nginx, {date}, {os.cpu_count()} cores, loopback, "
+             f"median of {args.rounds} rounds, {args.secs} s per rate load; "
+             "TLS rows: wharf TLS beside nginx TLS (buffered column)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for measure, label, unit, higher in ROWS:
+        vals = [get(measure, c) for c in COLS]
+        if all(v is None for v in vals):
+            continue
+        w, p, n = vals[0], vals[1], best_nginx(measure, higher)
+        ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b else "—"
+        lines.append("| " + " | ".join([label, unit] + [fmt(v) for v in vals]
+                                       + [ratio(w, p), ratio(w, n)]) + " |")
+
+    # The targets of issue 4, each checked against this run.
+    checks = []
+
+    def target(text, ok):
+        if ok is not None:
+            checks.append(f"- [{'x' if ok else ' '}] {text}")
+
+    def g(m, c):
+        return get(m, c)
+
+    for n in (1, 16):
+        for t in ("", "@tls"):
+            w = g(f"warm{n}_mbs{t}", "wharf")
+            ng = best_nginx(f"warm{n}_mbs", True) if not t else g(f"warm{n}_mbs{t}", "nginx-buffered")
+            if w and ng:
+                target(f"warm blob{' over TLS' if t else ''}, {n} client(s): {w / ng:.2f} × nginx MB/s "
+                       f"(≥ {'0.8' if t else '0.9'})", w / ng >= (0.8 if t else 0.9))
+            wc = g(f"warm{n}_cpu_per_gib{t}", "wharf")
+            nc = (best_nginx(f"warm{n}_cpu_per_gib", False) if not t
+                  else g(f"warm{n}_cpu_per_gib{t}", "nginx-buffered"))
+            if wc and nc and not t:
+                target(f"server CPU per GiB, {n} client(s): {wc / nc:.2f} × nginx (≤ 1.2)", wc / nc <= 1.2)
+    s = g("warm16_slowest_over_mean", "wharf")
+    target(f"slowest of 16 clients / mean: {s:.2f} (≥ 0.5)" if s else "", s >= 0.5 if s else None)
+    for m, label in (("manifest_tag_get_rps", "manifest GET by tag"),
+                     ("manifest_tag_head_rps", "manifest HEAD by tag")):
+        w, d, p = g(m, "wharf"), g(m, "dist"), g(m, "proxy")
+        if w and d and p:
+            target(f"{label}: {w / d:.1f} × distribution plain (≥ 5), {w / p:.1f} × proxy (≥ 25)",
+                   w / d >= 5 and w / p >= 25)
+    w, n = g("blob1m_get_rps", "wharf"), g("blob1m_get_rps", "nginx-sendfile")
+    if w and n:
+        target(f"1 MiB blob GET: {w / n:.2f} × nginx sendfile (≥ 0.8)", w / n >= 0.8)
+    for n in (10, 50):
+        ux, wall = g(f"cold{n}_upstream_x", "wharf"), g(f"cold{n}_wall_s", "wharf")
+        dwall, pwall = g(f"cold{n}_wall_s", "direct"), g(f"cold{n}_wall_s", "proxy")
+        if ux is not None and wall and dwall and pwall:
+            worst = max(R[f"cold{n}_upstream_x"]["wharf"])
+            target(f"{n} cold clients: upstream sent {worst:.3f} × the blob at worst (≤ 1.05), last done "
+                   f"{wall:.2f} s vs direct {dwall:.2f} s, {wall / pwall:.2f} × proxy (≤ 0.6)",
+                   worst <= 1.05 and wall <= dwall and wall / pwall <= 0.6)
+        pk = g(f"cold{n}_peak_mib", "wharf")
+        if pk and n == 50:
+            target(f"peak RSS with 50 cold clients: {pk:.1f} MiB (≤ 64)", pk <= 64)
+    pk = g("warm16_peak_mib", "wharf")
+    if pk:
+        target(f"peak RSS with 16 warm clients: {pk:.1f} MiB (≤ 32)", pk <= 32)
+    w, d = g("cold_ttfb_ms", "wharf"), g("cold_ttfb_ms", "direct")
+    if w and d:
+        target(f"cold time to first byte: {w - d:+.1f} ms vs upstream (≤ +5)", w - d <= 5)
+    w, d = g("skopeo_cold_s", "wharf"), g("skopeo_cold_s", "direct")
+    if w and d:
+        target(f"cold skopeo copy: {w / d:.2f} × direct (≤ 1.1)", w / d <= 1.1)
+    w, n = g("tls_blob1m_get_rps", "wharf-tls"), g("tls_blob1m_get_rps", "nginx-tls")
+    if w and n:
+        target(f"TLS 1 MiB blob GET: {w / n:.2f} × nginx TLS (≥ 0.8)", w / n >= 0.8)
+    w, n = g("tls_handshakes_resumed", "wharf-tls"), g("tls_handshakes_new", "wharf-tls")
+    if w and n:
+        target(f"TLS session resumption: {w / n:.1f} × the rate of new handshakes (> 1)", w > n)
+    lines += ["", "Targets (issue 4):"] + checks
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = ROOT / "target/bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.txt").write_text(text)
+    (out / "compare.json").write_text(json.dumps({"date": date, "rounds": args.rounds,
+                                                  "raw": R, "median": med}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
