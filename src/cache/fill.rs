@@ -313,25 +313,36 @@ impl FillReader {
         }
     }
 
+    /// How many bytes can be read at `pos` now, waiting until at least one
+    /// can; 0 at the end of a verified blob. The last byte becomes readable only
+    /// once the digest matched.
+    pub async fn readable(&mut self, pos: u64) -> io::Result<u64> {
+        let state = self
+            .rx
+            .wait_for(|s| match s.phase {
+                Phase::Done { .. } | Phase::Failed(_) => true,
+                _ => s.written.saturating_sub(1) > pos,
+            })
+            .await
+            .map_err(|_| io::Error::other(FillError::Aborted))?;
+        match &state.phase {
+            Phase::Failed(e) => Err(io::Error::other(e.clone())),
+            Phase::Done { size } => Ok(size.saturating_sub(pos)),
+            _ => Ok(state.written.saturating_sub(1) - pos),
+        }
+    }
+
+    /// The file the fill is written to (for `sendfile`), only ever to be read
+    /// within what [`FillReader::readable`] allowed.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Positional read that waits for the bytes to be written. Returns 0 at the
     /// end of a verified blob. Blocking: call from a blocking thread.
     pub fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let readable = {
-            let rx = &mut self.rx;
-            let state = self
-                .handle
-                .block_on(rx.wait_for(|s| match s.phase {
-                    Phase::Done { .. } | Phase::Failed(_) => true,
-                    // Hold back the last byte until the digest is verified.
-                    _ => s.written.saturating_sub(1) > pos,
-                }))
-                .map_err(|_| io::Error::other(FillError::Aborted))?;
-            match &state.phase {
-                Phase::Failed(e) => return Err(io::Error::other(e.clone())),
-                Phase::Done { size } => size.saturating_sub(pos),
-                _ => state.written.saturating_sub(1) - pos,
-            }
-        };
+        let handle = self.handle.clone();
+        let readable = handle.block_on(self.readable(pos))?;
         if readable == 0 {
             return Ok(0);
         }

@@ -1,73 +1,231 @@
-//! Response bodies. Blob bytes are read on a blocking thread with positional
-//! reads and handed to hyper through a small bounded channel, so a slow client
-//! holds at most a few chunks in memory and never a whole blob.
+//! Response bodies: bytes in memory, or a range of a blob [`Source`] (a cached
+//! file, or a fill in progress) that is not read until the body is sent.
+//!
+//! How a source goes out depends on the connection. Plain HTTP/1.1 ([`super::h1`])
+//! hands it to the kernel with `sendfile(2)`: no copy through user space, no
+//! buffer. TLS and HTTP/2 connections go through hyper: the bytes are read on a
+//! blocking thread with positional reads and handed over through a bounded
+//! channel of chunks taken from a shared [`BufferBudget`], so a slow client holds
+//! a few chunks and never a whole blob, and many clients together stay within a
+//! fixed amount of memory.
 //!
 //! If the source fails midway (a fill whose digest did not match, an upstream
-//! that broke off), the body yields an error and hyper closes the connection
-//! before `Content-Length` is reached: the client sees a failed transfer, never a
+//! that broke off), the body yields an error and the connection is closed before
+//! `Content-Length` is reached: the client sees a failed transfer, never a
 //! complete wrong one.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::cache::FillReader;
 
-pub type Body = BoxBody<Bytes, io::Error>;
+/// Where blob bytes come from.
+pub enum Source {
+    /// A verified blob on disk.
+    File(File),
+    /// A fill: bytes appear as the upstream sends them; the last one only once
+    /// the digest matched.
+    Fill(FillReader),
+}
+
+impl Source {
+    /// Positional read; waits for a fill's bytes. Blocking: call from a blocking
+    /// thread. `Ok(0)` only at the end of the content.
+    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::File(f) => FileExt::read_at(f, buf, pos),
+            Source::Fill(r) => r.read_at(pos, buf),
+        }
+    }
+}
+
+/// A range of a source, not yet read.
+pub struct SourceRange {
+    pub source: Source,
+    pub start: u64,
+    /// `None`: to the end of the content (a fill whose size the upstream did
+    /// not announce).
+    pub len: Option<u64>,
+}
+
+pub enum Body {
+    Bytes(Option<Bytes>),
+    Source(Option<SourceRange>),
+    Streaming(ChannelBody),
+}
 
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
+    Body::Bytes(Some(b.into()))
 }
 
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Body::Bytes(None)
 }
 
-/// Bytes read per chunk. Large chunks mean few wake-ups and syscalls per MiB.
-const CHUNK: usize = 256 * 1024;
-/// Chunks buffered between the reader thread and the connection.
-const DEPTH: usize = 4;
-
-/// Something that can be read at an offset from a blocking thread.
-pub trait PositionalSource: Send + 'static {
-    /// Reads at `pos`; `Ok(0)` only at the end of the content.
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize>;
+/// `len` bytes (or to the end, if `None`) of `source` from `start`.
+pub fn stream(source: Source, start: u64, len: Option<u64>) -> Body {
+    Body::Source(Some(SourceRange { source, start, len }))
 }
 
-impl PositionalSource for File {
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
-        FileExt::read_at(self, buf, pos)
+impl Body {
+    /// The body's length, if known before sending it.
+    pub fn len(&self) -> Option<u64> {
+        match self {
+            Body::Bytes(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Source(Some(s)) => s.len,
+            Body::Source(None) => Some(0),
+            Body::Streaming(c) => c.remaining,
+        }
     }
 }
 
-impl PositionalSource for FillReader {
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
-        FillReader::read_at(self, pos, buf)
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        match this {
+            Body::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Source(range) => match range.take() {
+                Some(r) => {
+                    *this = Body::Streaming(spawn_reader(r));
+                    Pin::new(this).poll_frame(cx)
+                }
+                None => Poll::Ready(None),
+            },
+            Body::Streaming(c) => c.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Bytes(None) | Body::Source(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len() {
+            Some(l) => SizeHint::with_exact(l),
+            None => SizeHint::default(),
+        }
     }
 }
 
-/// Streams `len` bytes (or to the end, if `None`) from `start`.
-pub fn stream<S: PositionalSource>(mut src: S, start: u64, len: Option<u64>) -> Body {
+/// Memory for blob chunks in flight to hyper, shared by all streams. Each stream
+/// reads with a chunk size that shrinks as more streams share the budget, so 50
+/// clients of a cold blob cost no more memory than 5, and one client alone gets
+/// large chunks (few wake-ups per MiB).
+struct BufferBudget {
+    streams: AtomicUsize,
+    /// Chunks returned by finished streams, reused instead of freed: repeated
+    /// 256 KiB allocations on blocking threads would grow glibc's arenas.
+    pool: Mutex<Vec<Vec<u8>>>,
+}
+
+/// All streams' chunks together stay about within this.
+const BUDGET: usize = 8 << 20;
+const MAX_CHUNK: usize = 256 << 10;
+const MIN_CHUNK: usize = 32 << 10;
+/// Chunks one stream can have outstanding: one in the channel, one being
+/// written by hyper, one being read.
+const DEPTH: usize = 1;
+const PER_STREAM: usize = DEPTH + 2;
+const POOL_MAX: usize = BUDGET / MAX_CHUNK;
+
+static BUDGET_STATE: BufferBudget = BufferBudget {
+    streams: AtomicUsize::new(0),
+    pool: Mutex::new(Vec::new()),
+};
+
+impl BufferBudget {
+    fn chunk_size(&self) -> usize {
+        let n = self.streams.load(Ordering::Relaxed).max(1);
+        (BUDGET / (n * PER_STREAM)).clamp(MIN_CHUNK, MAX_CHUNK)
+    }
+
+    fn take(&self, size: usize) -> Vec<u8> {
+        if size == MAX_CHUNK {
+            if let Some(b) = self.pool.lock().pop() {
+                return b;
+            }
+        }
+        vec![0; size]
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        if buf.len() == MAX_CHUNK {
+            let mut pool = self.pool.lock();
+            if pool.len() < POOL_MAX {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
+/// A chunk that returns its buffer to the pool when hyper is done with it.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        BUDGET_STATE.give_back(std::mem::take(&mut self.buf));
+    }
+}
+
+struct StreamCount;
+
+impl StreamCount {
+    fn new() -> StreamCount {
+        BUDGET_STATE.streams.fetch_add(1, Ordering::Relaxed);
+        StreamCount
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        BUDGET_STATE.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn spawn_reader(r: SourceRange) -> ChannelBody {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(DEPTH);
+    let SourceRange {
+        mut source,
+        start,
+        len,
+    } = r;
     tokio::task::spawn_blocking(move || {
+        let _counted = StreamCount::new();
         let mut pos = start;
         let end = len.map(|l| start + l);
         loop {
+            let chunk = BUDGET_STATE.chunk_size();
             let want = match end {
                 Some(e) if pos >= e => break,
-                Some(e) => CHUNK.min((e - pos) as usize),
-                None => CHUNK,
+                Some(e) => chunk.min((e - pos) as usize),
+                None => chunk,
             };
-            let mut buf = BytesMut::zeroed(want);
-            let item = match src.read_at(pos, &mut buf) {
+            let mut buf = BUDGET_STATE.take(chunk);
+            let item = match source.read_at(pos, &mut buf[..want]) {
                 Ok(0) if end.is_some() => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "content ended before its length",
@@ -75,8 +233,7 @@ pub fn stream<S: PositionalSource>(mut src: S, start: u64, len: Option<u64>) -> 
                 Ok(0) => break,
                 Ok(n) => {
                     pos += n as u64;
-                    buf.truncate(n);
-                    Ok(buf.freeze())
+                    Ok(Bytes::from_owner(Chunk { buf, len: n }))
                 }
                 Err(e) => Err(e),
             };
@@ -86,22 +243,16 @@ pub fn stream<S: PositionalSource>(mut src: S, start: u64, len: Option<u64>) -> 
             }
         }
     });
-    ChannelBody { rx, remaining: len }.boxed()
+    ChannelBody { rx, remaining: len }
 }
 
-struct ChannelBody {
+pub struct ChannelBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     remaining: Option<u64>,
 }
 
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+impl ChannelBody {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(b))) => {
                 if let Some(r) = self.remaining.as_mut() {
@@ -114,11 +265,26 @@ impl hyper::body::Body for ChannelBody {
             Poll::Pending => Poll::Pending,
         }
     }
+}
 
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(r) => SizeHint::with_exact(r),
-            None => SizeHint::default(),
-        }
+/// Keeps the budget arithmetic honest: one stream gets the largest chunks,
+/// many share the budget, and the floor holds.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_shrink_as_streams_share_the_budget() {
+        let b = BufferBudget {
+            streams: AtomicUsize::new(1),
+            pool: Mutex::new(Vec::new()),
+        };
+        assert_eq!(b.chunk_size(), MAX_CHUNK);
+        b.streams.store(50, Ordering::Relaxed);
+        let c = b.chunk_size();
+        assert!((MIN_CHUNK..MAX_CHUNK).contains(&c));
+        assert!(50 * PER_STREAM * c <= BUDGET);
+        b.streams.store(10_000, Ordering::Relaxed);
+        assert_eq!(b.chunk_size(), MIN_CHUNK);
     }
 }

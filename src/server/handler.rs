@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use crate::mirror::{BlobBody, CacheStatus, Mirror, MirrorError, Routed};
 use crate::registry::{error_json, Accept, Digest, Endpoint, OciCode, Reference, RepoName, Route};
 
-use super::body::{self, Body};
+use super::body::{self, Body, Source};
 use super::error::{classify, Blame};
 use super::range::{self, RangeReq};
 
@@ -230,10 +230,11 @@ async fn blob<B>(
                 .and_then(|v| v.to_str().ok());
             let b = base().header(header::ACCEPT_RANGES, "bytes");
             Ok(match range::parse(range_header, size) {
-                RangeReq::Full => {
-                    b.header(header::CONTENT_LENGTH, size)
-                        .body(body::stream(file, 0, Some(size)))
-                }
+                RangeReq::Full => b.header(header::CONTENT_LENGTH, size).body(body::stream(
+                    Source::File(file),
+                    0,
+                    Some(size),
+                )),
                 RangeReq::Part { start, len } => b
                     .status(StatusCode::PARTIAL_CONTENT)
                     .header(header::CONTENT_LENGTH, len)
@@ -241,7 +242,7 @@ async fn blob<B>(
                         header::CONTENT_RANGE,
                         format!("bytes {start}-{}/{size}", start + len - 1),
                     )
-                    .body(body::stream(file, start, Some(len))),
+                    .body(body::stream(Source::File(file), start, Some(len))),
                 RangeReq::Unsatisfiable => {
                     let mut resp = oci_error(
                         StatusCode::RANGE_NOT_SATISFIABLE,
@@ -263,7 +264,7 @@ async fn blob<B>(
             if let Some(s) = blob.size {
                 b = b.header(header::CONTENT_LENGTH, s);
             }
-            Ok(b.body(body::stream(reader, 0, blob.size))
+            Ok(b.body(body::stream(Source::Fill(reader), 0, blob.size))
                 .expect("valid headers"))
         }
     }

@@ -6,6 +6,7 @@
 
 mod body;
 mod error;
+mod h1;
 mod handler;
 mod range;
 
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::mirror::Mirror;
 use crate::tls::Tls;
@@ -52,6 +54,10 @@ pub async fn run(
         .timer(TokioTimer::new())
         .adaptive_window(true)
         .keep_alive_interval(Duration::from_secs(30));
+    // Plain-text connections are served by `h1` (sendfile), which is told
+    // through this channel to stop between requests; it is closed when the
+    // last of them has ended.
+    let (stop_h1, h1_stopped) = watch::channel(false);
     let maintenance = tls.as_ref().map(|t| t.spawn_maintenance());
     tokio::pin!(shutdown);
     loop {
@@ -73,14 +79,20 @@ pub async fn run(
                     async move { Ok::<_, Infallible>(handler::handle(&m, req).await) }
                 });
                 let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+                let (m, stop) = (mirror.clone(), h1_stopped.clone());
                 // The handshake runs in the connection's task, never in the
                 // accept loop, so one slow client cannot stall the others.
                 tokio::spawn(async move {
                     let result = match tls {
-                        None => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                            watcher.watch(conn.into_owned()).await
-                        }
+                        None => match h1::serve(stream, &m, stop).await {
+                            Ok(Some((stream, read))) => {
+                                drop(m);
+                                let io = TokioIo::new(h1::Rewind::new(stream, read));
+                                watcher.watch(builder.serve_connection(io, svc).into_owned()).await
+                            }
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e.into()),
+                        },
                         Some(tls) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
                                 Ok(Ok(s)) => {
@@ -108,8 +120,10 @@ pub async fn run(
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
+    let _ = stop_h1.send(true);
+    drop(h1_stopped);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = async { tokio::join!(graceful.shutdown(), stop_h1.closed()) } => {}
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
     if let Some(m) = maintenance {
