@@ -92,6 +92,9 @@ class Server:
             self.cmd, stdout=out, stderr=out, env=self.env, start_new_session=True
         )
         wait_port(self.port, self.proc)
+        time.sleep(0.1)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"{self.name} exited at start: see {self.logfile}")
         return self
 
     def stop(self):
@@ -389,23 +392,21 @@ def bench(args, want, work, images, start, servers):
     distribution_config(work / "dist.yml", dist_port, work / "up", accesslog=False)
     dist = start(Server("dist", ["docker-registry", "serve", str(work / "dist.yml")],
                         dist_port, work / "dist.log"))
-    proxy_port = free_port()
-
     def new_proxy(tag):
+        # Its own port: the warm proxy keeps running beside cold ones.
+        proxy_port = free_port()
         storage = work / f"proxy-{tag}"
         shutil.rmtree(storage, ignore_errors=True)
-        distribution_config(work / "proxy.yml", proxy_port, storage, accesslog=False,
+        distribution_config(work / f"proxy-{tag}.yml", proxy_port, storage, accesslog=False,
                             proxy=upstream.url(""))
-        return Server("proxy", ["docker-registry", "serve", str(work / "proxy.yml")],
+        return Server("proxy", ["docker-registry", "serve", str(work / f"proxy-{tag}.yml")],
                       proxy_port, work / "proxy.log")
-
-    wharf_port, wharf_tls_port = free_port(), free_port()
 
     def new_wharf(tag, tls=False):
         cache = work / f"wharf-{'tls-' if tls else ''}{tag}"
         shutil.rmtree(cache, ignore_errors=True)
         conf = work / f"wharf-{tag}.toml"
-        port = wharf_tls_port if tls else wharf_port
+        port = free_port()
         wharf_config(conf, port, cache, up_port, tls)
         return Server("wharf-tls" if tls else "wharf", [wharf_bin, "serve", "--config", str(conf)],
                       port, work / "wharf.log", scheme="https" if tls else "http", env=env)

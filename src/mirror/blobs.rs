@@ -173,7 +173,8 @@ impl Mirror {
             let size = resp.content_length();
             // Hashing and file writes happen on a blocking thread; this task only
             // moves chunks from the socket to it.
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, UpstreamError>>(32);
+            // A short queue: the upstream is slowed by TCP, not buffered in memory.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, UpstreamError>>(4);
             let (this2, r2, d2) = (this.clone(), r.clone(), d.clone());
             let writer = tokio::task::spawn_blocking(move || {
                 w.start(size);

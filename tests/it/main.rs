@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod coalescing;
 mod dockerd;
+mod h1;
 mod harness;
 mod http_api;
 mod pull;
