@@ -47,7 +47,11 @@ pub async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        // hyper queues body chunks up to this before it stops asking for more
+        // (400 KiB by default): with one chunk queued, the body's buffer
+        // budget (body.rs) is what bounds a TLS client's memory.
+        .max_buf_size(64 * 1024);
     // Registry clients pull large layers: let HTTP/2 windows grow with the link.
     builder
         .http2()
