@@ -92,7 +92,7 @@ fn seeded() -> Seeded {
     .unwrap();
     meta.link("hub", &repo, &digest).unwrap();
     meta.put_tag("hub", &repo, &tag, &digest, &mt, now).unwrap();
-    let mirror = Mirror::with_parts(&config, dir.path(), meta).unwrap();
+    let mirror = Mirror::with_parts(&config, dir.path(), meta, Default::default()).unwrap();
     Seeded {
         _dir: dir,
         mirror,

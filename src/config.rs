@@ -54,6 +54,37 @@ pub struct FileConfig {
     pub cache: FileCache,
     #[serde(default)]
     pub upstream: Vec<FileUpstream>,
+    pub access: Option<FileAccess>,
+}
+
+/// `[access]`: who may use the mirror.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccess {
+    /// Default for upstreams without their own `anonymous`.
+    pub anonymous: Option<bool>,
+    /// bcrypt users (`htpasswd -B`), for Basic auth.
+    pub htpasswd_file: Option<PathBuf>,
+    /// `name:token` lines, for `Authorization: Bearer <token>`.
+    pub tokens_file: Option<PathBuf>,
+    /// A client certificate verified by `[server.tls] client_ca_file`
+    /// authenticates its client (as user `tls-client`).
+    pub client_certificates: Option<bool>,
+    /// Client networks (CIDR). Deny wins; a non-empty allow list admits only
+    /// its networks.
+    pub allow_networks: Option<Vec<String>>,
+    pub deny_networks: Option<Vec<String>>,
+}
+
+/// `[upstream.access]`: per-upstream rules.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamAccess {
+    pub anonymous: Option<bool>,
+    /// Authenticated users allowed here (default: all of them).
+    pub users: Option<Vec<String>>,
+    /// Repository globs (upstream-side names) that may be pulled; default all.
+    pub repositories: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -108,15 +139,30 @@ pub struct FileUpstream {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Option<String>,
     pub credentials: Option<FileCredentials>,
+    pub access: Option<FileUpstreamAccess>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCredentials {
-    pub username: String,
+    pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>`.
+    pub password_credential: Option<String>,
     pub password: Option<String>,
+    /// A Docker `config.json`, and the `auths` key to use (default: the
+    /// upstream's host, or Docker Hub's index URL).
+    pub docker_config: Option<PathBuf>,
+    pub docker_config_key: Option<String>,
+    /// A Google service-account JSON key (user `_json_key`, or
+    /// `_json_key_base64` with `json_key_base64 = true`).
+    pub json_key_file: Option<PathBuf>,
+    pub json_key_base64: Option<bool>,
+    /// The GCE/GKE metadata server's token for the node's service account.
+    pub gce_metadata: Option<bool>,
+    pub metadata_host: Option<String>,
+    pub service_account: Option<String>,
 }
 
 // ---------------------------------------------------------------- typed config
@@ -146,6 +192,7 @@ pub struct Config {
     pub cache_dir: PathBuf,
     pub tag_ttl: Duration,
     pub upstreams: Vec<UpstreamConfig>,
+    pub access: AccessConfig,
     /// Things worth telling the operator at start-up (inline passwords, ...).
     pub warnings: Vec<String>,
 }
@@ -162,23 +209,67 @@ pub struct UpstreamConfig {
     pub library_prefix: bool,
     pub ca_pem: Option<Vec<u8>>,
     pub connect_timeout: Duration,
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<CredentialSpec>,
+    pub access: UpstreamAccess,
 }
 
-/// A username and secret for an upstream. The secret never prints.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: Secret,
+/// The mirror-wide access settings.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    pub htpasswd_file: Option<PathBuf>,
+    pub tokens_file: Option<PathBuf>,
+    pub client_certificates: bool,
+    pub allow_networks: Vec<ipnet::IpNet>,
+    pub deny_networks: Vec<ipnet::IpNet>,
 }
 
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .finish()
+impl AccessConfig {
+    /// Whether any way for clients to authenticate is configured.
+    pub fn has_authentication(&self) -> bool {
+        self.htpasswd_file.is_some() || self.tokens_file.is_some() || self.client_certificates
     }
+}
+
+/// Who may pull through one upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamAccess {
+    pub anonymous: bool,
+    pub users: Option<Vec<String>>,
+    /// Validated glob patterns; empty means every repository.
+    pub repositories: Vec<String>,
+}
+
+/// Where an upstream's credentials come from (built into a
+/// `upstream::CredentialSource`). Secrets never print.
+#[derive(Clone, Debug)]
+pub enum CredentialSpec {
+    Password {
+        username: String,
+        password: SecretSpec,
+    },
+    DockerConfig {
+        path: PathBuf,
+        /// `auths` keys to look up, first found wins.
+        keys: Vec<String>,
+    },
+    JsonKey {
+        path: PathBuf,
+        base64: bool,
+    },
+    GceMetadata {
+        /// host[:port] of the metadata server.
+        host: String,
+        account: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum SecretSpec {
+    /// Read at start-up (environment, config file).
+    Value(Secret),
+    /// Re-read when it changes. `check_mode`: refused when group or others can
+    /// read it (not for systemd credentials, whose directory is private).
+    File { path: PathBuf, check_mode: bool },
 }
 
 /// A secret string: `Debug` and `Display` print `<redacted>`; only
@@ -278,6 +369,278 @@ pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     Ok(Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
+/// The Docker config.json keys under which `docker login` stores an upstream:
+/// Docker Hub's index URL, else the registry host[:port], with or without a
+/// scheme.
+fn docker_config_keys(url: &reqwest::Url, aliases: &[String]) -> Vec<String> {
+    let hub =
+        aliases.iter().any(|a| a == "docker.io") || url.host_str() == Some("registry-1.docker.io");
+    let mut keys = Vec::new();
+    if hub {
+        keys.extend([
+            "https://index.docker.io/v1/".to_owned(),
+            "docker.io".into(),
+            "index.docker.io".into(),
+        ]);
+    }
+    let host = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    keys.push(host.clone());
+    keys.push(format!("https://{host}"));
+    keys.push(format!("http://{host}"));
+    keys.extend(aliases.iter().cloned());
+    keys
+}
+
+fn validate_credentials(
+    c: FileCredentials,
+    key: &dyn Fn(&str) -> String,
+    url: &reqwest::Url,
+    aliases: &[String],
+    base: Option<&Path>,
+    warnings: &mut Vec<String>,
+) -> Result<CredentialSpec, ConfigError> {
+    use crate::upstream::credentials as cred;
+    let password_given = [
+        c.password_file.is_some(),
+        c.password_env.is_some(),
+        c.password_credential.is_some(),
+        c.password.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    let kinds = [
+        c.username.is_some() || password_given > 0,
+        c.docker_config.is_some(),
+        c.json_key_file.is_some(),
+        c.gce_metadata == Some(true),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    let k = |f: &str| key(&format!("credentials.{f}"));
+    if kinds != 1 {
+        return Err(invalid(
+            key("credentials"),
+            "give one kind: username + a password, docker_config, json_key_file, or gce_metadata = true",
+        ));
+    }
+    let only_with = |given: bool, field: &str, with: &str| {
+        if given {
+            Err(invalid(k(field), format!("only goes with {with}")))
+        } else {
+            Ok(())
+        }
+    };
+    only_with(
+        c.docker_config_key.is_some() && c.docker_config.is_none(),
+        "docker_config_key",
+        "docker_config",
+    )?;
+    only_with(
+        c.json_key_base64.is_some() && c.json_key_file.is_none(),
+        "json_key_base64",
+        "json_key_file",
+    )?;
+    only_with(
+        (c.metadata_host.is_some() || c.service_account.is_some()) && c.gce_metadata != Some(true),
+        "metadata_host",
+        "gce_metadata = true",
+    )?;
+    if let Some(path) = c.docker_config {
+        let path = resolve(base, &path);
+        let keys = match c.docker_config_key {
+            Some(k) => vec![k],
+            None => docker_config_keys(url, aliases),
+        };
+        let bytes = read_private(&k("docker_config"), &path)?;
+        cred::docker_config_entry(&bytes, &keys)
+            .map_err(|why| invalid(k("docker_config"), format!("{}: {why}", path.display())))?;
+        return Ok(CredentialSpec::DockerConfig { path, keys });
+    }
+    if let Some(path) = c.json_key_file {
+        let path = resolve(base, &path);
+        let b64 = c.json_key_base64.unwrap_or(false);
+        let bytes = read_private(&k("json_key_file"), &path)?;
+        cred::json_key(&bytes, b64)
+            .map_err(|why| invalid(k("json_key_file"), format!("{}: {why}", path.display())))?;
+        return Ok(CredentialSpec::JsonKey { path, base64: b64 });
+    }
+    if c.gce_metadata == Some(true) {
+        // GCE_METADATA_HOST is what Google's own client libraries honour.
+        let host = c
+            .metadata_host
+            .or_else(|| std::env::var("GCE_METADATA_HOST").ok())
+            .unwrap_or_else(|| "169.254.169.254".into());
+        if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+            return Err(invalid(k("metadata_host"), "give host or host:port"));
+        }
+        let account = c.service_account.unwrap_or_else(|| "default".into());
+        if account.is_empty() || account.contains(['/', '?', '#']) {
+            return Err(invalid(
+                k("service_account"),
+                "give an account e-mail or \"default\"",
+            ));
+        }
+        return Ok(CredentialSpec::GceMetadata { host, account });
+    }
+    let Some(username) = c.username.filter(|u| !u.is_empty()) else {
+        return Err(invalid(k("username"), "a password needs a username"));
+    };
+    if username.contains(':') {
+        return Err(invalid(k("username"), "must not contain ':'"));
+    }
+    if password_given != 1 {
+        return Err(invalid(
+            key("credentials"),
+            "give exactly one of password_file, password_env, password_credential, password",
+        ));
+    }
+    let password = if let Some(f) = c.password_file {
+        let path = resolve(base, &f);
+        read_secret_file(&k("password_file"), &path)?;
+        SecretSpec::File {
+            path,
+            check_mode: true,
+        }
+    } else if let Some(name) = c.password_credential {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+            invalid(
+                k("password_credential"),
+                "$CREDENTIALS_DIRECTORY is not set (LoadCredential= in the systemd unit sets it)",
+            )
+        })?;
+        if name.is_empty() || name.contains('/') {
+            return Err(invalid(k("password_credential"), "give a credential name"));
+        }
+        let path = PathBuf::from(dir).join(&name);
+        std::fs::metadata(&path)
+            .map_err(|e| invalid(k("password_credential"), format!("{}: {e}", path.display())))?;
+        SecretSpec::File {
+            path,
+            check_mode: false,
+        }
+    } else if let Some(var) = c.password_env {
+        SecretSpec::Value(Secret(std::env::var(&var).map_err(|_| {
+            invalid(
+                k("password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?))
+    } else {
+        warnings.push(format!(
+            "{}: inline password in the config file; prefer password_file, password_credential or password_env",
+            k("password")
+        ));
+        SecretSpec::Value(Secret(c.password.unwrap_or_default()))
+    };
+    Ok(CredentialSpec::Password { username, password })
+}
+
+fn parse_networks(key: &str, list: Option<Vec<String>>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.unwrap_or_default()
+        .iter()
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid(key, format!("{n:?} is not an address or CIDR network")))
+        })
+        .collect()
+}
+
+fn validate_access(a: FileAccess, base: Option<&Path>) -> Result<AccessConfig, ConfigError> {
+    let htpasswd_file = match a.htpasswd_file {
+        None => None,
+        Some(p) => {
+            let p = resolve(base, &p);
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                invalid(
+                    "access.htpasswd_file",
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            crate::access::Htpasswd::parse(&text).map_err(|why| {
+                invalid("access.htpasswd_file", format!("{}: {why}", p.display()))
+            })?;
+            Some(p)
+        }
+    };
+    let tokens_file = match a.tokens_file {
+        None => None,
+        Some(p) => {
+            let p = resolve(base, &p);
+            let bytes = read_private("access.tokens_file", &p)?;
+            crate::access::TokenList::parse(&bytes)
+                .map_err(|why| invalid("access.tokens_file", format!("{}: {why}", p.display())))?;
+            Some(p)
+        }
+    };
+    Ok(AccessConfig {
+        htpasswd_file,
+        tokens_file,
+        client_certificates: a.client_certificates.unwrap_or(false),
+        allow_networks: parse_networks("access.allow_networks", a.allow_networks)?,
+        deny_networks: parse_networks("access.deny_networks", a.deny_networks)?,
+    })
+}
+
+fn validate_upstream_access(
+    a: FileUpstreamAccess,
+    key: &dyn Fn(&str) -> String,
+    name: &str,
+    default_anonymous: Option<bool>,
+    global: &AccessConfig,
+    has_credentials: bool,
+    warnings: &mut Vec<String>,
+) -> Result<UpstreamAccess, ConfigError> {
+    let auth = global.has_authentication();
+    // Without a way to authenticate, a mirror is open (as it was before
+    // [access] existed); with one, it is closed unless said otherwise.
+    let anonymous = a.anonymous.or(default_anonymous).unwrap_or(!auth);
+    if !anonymous && !auth {
+        return Err(invalid(
+            key("access.anonymous"),
+            format!("upstream {name} refuses anonymous clients, but [access] gives clients no way to authenticate (htpasswd_file, tokens_file or client_certificates)"),
+        ));
+    }
+    if let Some(users) = &a.users {
+        if !auth {
+            return Err(invalid(key("access.users"), "[access] configures no users"));
+        }
+        if users.iter().any(|u| u.is_empty() || u.contains(':')) {
+            return Err(invalid(
+                key("access.users"),
+                "user names are non-empty and have no ':'",
+            ));
+        }
+    }
+    let repositories = a.repositories.unwrap_or_default();
+    for r in &repositories {
+        crate::access::repo_glob(r)
+            .map_err(|why| invalid(key("access.repositories"), format!("{r:?}: {why}")))?;
+    }
+    if has_credentials && anonymous && repositories.is_empty() {
+        warnings.push(format!(
+            "upstream {name} pulls with stored credentials and serves anonymous clients every repository: anyone who can reach wharf gets what those credentials protect; set [upstream.access] anonymous = false or repositories"
+        ));
+    }
+    Ok(UpstreamAccess {
+        anonymous,
+        users: a.users,
+        repositories,
+    })
+}
+
+/// Reads a file holding secrets, refusing one that others can read.
+fn read_private(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    read_secret_file(key, path)?;
+    std::fs::read(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
 }
 
 fn validate_tls(
@@ -408,6 +771,9 @@ impl FileConfig {
         if self.upstream.is_empty() {
             return Err(invalid("upstream", "at least one [[upstream]] is required"));
         }
+        let file_access = self.access.unwrap_or_default();
+        let default_anonymous = file_access.anonymous;
+        let access = validate_access(file_access, base)?;
         let mut names = HashSet::new();
         let mut aliases = HashSet::new();
         let mut prefixes = HashSet::new();
@@ -489,43 +855,24 @@ impl FileConfig {
             )?;
             let credentials = match u.credentials {
                 None => None,
-                Some(c) => {
-                    let sources = [
-                        c.password_file.is_some(),
-                        c.password_env.is_some(),
-                        c.password.is_some(),
-                    ]
-                    .iter()
-                    .filter(|x| **x)
-                    .count();
-                    if sources != 1 {
-                        return Err(invalid(
-                            key("credentials"),
-                            "give exactly one of password_file, password_env, password",
-                        ));
-                    }
-                    let password = if let Some(f) = c.password_file {
-                        read_secret_file(&key("credentials.password_file"), &resolve(base, &f))?
-                    } else if let Some(var) = c.password_env {
-                        Secret(std::env::var(&var).map_err(|_| {
-                            invalid(
-                                key("credentials.password_env"),
-                                format!("environment variable {var} is not set"),
-                            )
-                        })?)
-                    } else {
-                        warnings.push(format!(
-                            "{}: inline password in the config file; prefer password_file or password_env",
-                            key("credentials.password")
-                        ));
-                        Secret(c.password.unwrap_or_default())
-                    };
-                    Some(Credentials {
-                        username: c.username,
-                        password,
-                    })
-                }
+                Some(c) => Some(validate_credentials(
+                    c,
+                    &key,
+                    &url,
+                    &al,
+                    base,
+                    &mut warnings,
+                )?),
             };
+            let up_access = validate_upstream_access(
+                u.access.unwrap_or_default(),
+                &key,
+                &u.name,
+                default_anonymous,
+                &access,
+                credentials.is_some(),
+                &mut warnings,
+            )?;
             upstreams.push(UpstreamConfig {
                 name: u.name,
                 url,
@@ -536,6 +883,7 @@ impl FileConfig {
                 ca_pem,
                 connect_timeout,
                 credentials,
+                access: up_access,
             });
         }
         if upstreams.iter().filter(|u| u.default).count() > 1 {
@@ -550,6 +898,7 @@ impl FileConfig {
             cache_dir,
             tag_ttl,
             upstreams,
+            access,
             warnings,
         })
     }
@@ -616,8 +965,12 @@ mod tests {
         assert!(e.contains("chmod 600") && !e.contains("s3cret"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::from_toml(&text, None).unwrap();
-        let cred = c.upstreams[0].credentials.as_ref().unwrap();
-        assert_eq!(cred.password.expose(), "s3cret-value");
+        let spec = c.upstreams[0].credentials.as_ref().unwrap();
+        let src = crate::upstream::credentials::source("a", spec, None);
+        let got = futures_util::FutureExt::now_or_never(src.get())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.password.expose(), "s3cret-value");
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 
@@ -683,6 +1036,85 @@ mod tests {
     fn inline_password_warns() {
         let text = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[upstream.credentials]\nusername = \"u\"\npassword = \"p\"\n";
         let c = Config::from_toml(text, None).unwrap();
-        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("inline password"));
+        // Stored credentials on an open mirror are worth a warning too...
+        assert!(c.warnings[1].contains("anyone who can reach wharf"));
+        // ...which a repository list (or closed access) silences.
+        let c = Config::from_toml(
+            &format!("{text}[upstream.access]\nrepositories = [\"pub/*\"]\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn credential_kinds() {
+        let base = "[[upstream]]\nname = \"a\"\nurl = \"https://europe-docker.pkg.dev\"\n[upstream.credentials]\n";
+        let err = |extra: &str| {
+            Config::from_toml(&format!("{base}{extra}"), None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("").contains("give one kind"));
+        assert!(err("username = \"u\"\ngce_metadata = true\n").contains("give one kind"));
+        assert!(err("username = \"u\"\n").contains("exactly one of password_file"));
+        assert!(err("password_env = \"X\"\n").contains("needs a username"));
+        assert!(err("gce_metadata = true\nmetadata_host = \"http://x/\"\n").contains("host:port"));
+        assert!(err("json_key_base64 = true\ngce_metadata = true\n")
+            .contains("only goes with json_key_file"));
+        let c = Config::from_toml(
+            &format!("{base}gce_metadata = true\nmetadata_host = \"127.0.0.1:1\"\n"),
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.upstreams[0].credentials, Some(CredentialSpec::GceMetadata { host, account }) if host == "127.0.0.1:1" && account == "default")
+        );
+        // A key file must be private, and be a service-account key.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("sa.json");
+        std::fs::write(
+            &key,
+            r#"{"type":"service_account","client_email":"x@y","private_key":"k"}"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(err(&format!("json_key_file = {key:?}\n")).contains("chmod 600"));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::from_toml(&format!("{base}json_key_file = {key:?}\n"), None).unwrap();
+        assert!(matches!(
+            &c.upstreams[0].credentials,
+            Some(CredentialSpec::JsonKey { base64: false, .. })
+        ));
+        std::fs::write(&key, r#"{"type":"authorized_user"}"#).unwrap();
+        assert!(err(&format!("json_key_file = {key:?}\n")).contains("not a service-account key"));
+    }
+
+    #[test]
+    fn access_rules() {
+        let up = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n";
+        let err = |t: &str| Config::from_toml(t, None).unwrap_err().to_string();
+        // Open by default without authentication; closing needs a way in.
+        let c = Config::from_toml(up, None).unwrap();
+        assert!(c.upstreams[0].access.anonymous);
+        assert!(err(&format!("{up}[upstream.access]\nanonymous = false\n"))
+            .contains("no way to authenticate"));
+        assert!(err(&format!(
+            "[access]\nallow_networks = [\"10.0.0.0/33\"]\n{up}"
+        ))
+        .contains("not an address or CIDR"));
+        assert!(err(&format!(
+            "{up}[upstream.access]\nrepositories = [\"a/[\"]\n"
+        ))
+        .contains("repositories"));
+        let c = Config::from_toml(&format!("[access]\nclient_certificates = true\nallow_networks = [\"10.1.2.3\", \"::1\"]\n{up}"), None).unwrap();
+        assert!(
+            !c.upstreams[0].access.anonymous,
+            "closed once clients can authenticate"
+        );
+        assert_eq!(c.access.allow_networks.len(), 2);
     }
 }

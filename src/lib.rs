@@ -14,12 +14,19 @@
 //! - [`server`]: HTTP: parse, dispatch, map errors, stream bodies.
 //! - [`tls`]: TLS termination, wharf's own CA, certificate reloads.
 //! - [`trust`]: what each client needs to trust wharf (`wharf trust`).
+//! - [`access`]: who may pull what through the mirror (networks, htpasswd and
+//!   token users, client certificates, per-upstream repository lists).
+//! - [`metrics`]: the Prometheus registry handed to the parts that count.
+//! - [`watched`]: files re-read when they change (credentials, htpasswd).
 
+pub mod access;
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod mirror;
 pub mod registry;
 pub mod server;
 pub mod tls;
 pub mod trust;
 pub mod upstream;
+pub mod watched;

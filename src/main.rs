@@ -129,7 +129,10 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
             },
             u.credentials
                 .as_ref()
-                .map(|c| format!(" credentials={}", c.username))
+                .map(|c| format!(
+                    " credentials: {}",
+                    wharf::upstream::credentials::source(&u.name, c, None).describe()
+                ))
                 .unwrap_or_default(),
         );
     }
@@ -179,7 +182,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let mirror = Mirror::open(&config)
+        let mirror = Mirror::open(&config, Default::default())
             .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
         let tls = Tls::new(&config.tls, &config.cache_dir).context("cannot set up TLS")?;
         let listener = tokio::net::TcpListener::bind(config.listen)

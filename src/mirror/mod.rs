@@ -12,8 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access::Access;
 use crate::cache::{BlobStore, CacheError, Coalescer, FillError, Fills, Metadata, SledKv};
 use crate::config::{Config, UpstreamConfig};
+use crate::metrics::Metrics;
 use crate::registry::ParseError;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
@@ -73,6 +75,8 @@ pub enum MirrorError {
     Cache(Arc<CacheError>),
     #[error(transparent)]
     Fill(#[from] FillError),
+    #[error(transparent)]
+    Denied(#[from] crate::access::Denied),
     #[error("manifest is {media_type}, which the client's Accept header does not list")]
     NotAcceptable { media_type: String },
 }
@@ -99,6 +103,8 @@ pub(crate) struct Inner {
     pub fills: Fills,
     pub manifests: Coalescer<ManifestKey, ManifestResult>,
     pub tag_ttl: Duration,
+    pub metrics: Arc<Metrics>,
+    pub access: Access,
 }
 
 /// Cheap to clone; shared by every connection.
@@ -110,14 +116,19 @@ pub struct Mirror {
 impl Mirror {
     /// Opens the cache under `config.cache_dir` (sled metadata) and builds one
     /// client per upstream.
-    pub fn open(config: &Config) -> Result<Mirror, MirrorError> {
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Mirror, MirrorError> {
         std::fs::create_dir_all(&config.cache_dir).map_err(CacheError::from)?;
         let meta = Metadata::new(Box::new(SledKv::open(&config.cache_dir.join("meta"))?))?;
-        Mirror::with_parts(config, &config.cache_dir, meta)
+        Mirror::with_parts(config, &config.cache_dir, meta, metrics)
     }
 
     /// Builds a mirror on a given metadata engine (tests use the memory one).
-    pub fn with_parts(config: &Config, dir: &Path, meta: Metadata) -> Result<Mirror, MirrorError> {
+    pub fn with_parts(
+        config: &Config,
+        dir: &Path,
+        meta: Metadata,
+        metrics: Arc<Metrics>,
+    ) -> Result<Mirror, MirrorError> {
         let store = BlobStore::open(dir).map_err(CacheError::from)?;
         let upstreams = config
             .upstreams
@@ -125,7 +136,7 @@ impl Mirror {
             .map(|cfg| {
                 Ok(Upstream {
                     cfg: cfg.clone(),
-                    client: UpstreamClient::new(cfg)?,
+                    client: UpstreamClient::new(cfg, metrics.clone())?,
                 })
             })
             .collect::<Result<Vec<_>, UpstreamError>>()?;
@@ -137,8 +148,19 @@ impl Mirror {
                 fills: Fills::default(),
                 manifests: Coalescer::default(),
                 tag_ttl: config.tag_ttl,
+                access: Access::new(config, metrics.clone()),
+                metrics,
             }),
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Who may pull what (checked by the server before the cache is asked).
+    pub fn access(&self) -> &Access {
+        &self.inner.access
     }
 
     /// Fills in flight (for tests and metrics).

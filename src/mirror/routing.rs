@@ -83,7 +83,8 @@ prefix = "gar"
         )
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let m = Mirror::with_parts(&cfg, dir.path(), Metadata::in_memory()).unwrap();
+        let m = Mirror::with_parts(&cfg, dir.path(), Metadata::in_memory(), Default::default())
+            .unwrap();
         (dir, m)
     }
 

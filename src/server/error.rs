@@ -4,6 +4,7 @@
 
 use http::StatusCode;
 
+use crate::access::Denied;
 use crate::cache::{CacheError, FillError};
 use crate::mirror::MirrorError;
 use crate::registry::OciCode;
@@ -66,6 +67,20 @@ pub fn classify(e: &MirrorError, endpoint: &str) -> ErrorParts {
             e.to_string(),
             Blame::Client,
         ),
+        MirrorError::Denied(d) => match d {
+            Denied::Unauthenticated { .. } => parts(
+                StatusCode::UNAUTHORIZED,
+                OciCode::Unauthorized,
+                d.to_string(),
+                Blame::Client,
+            ),
+            _ => parts(
+                StatusCode::FORBIDDEN,
+                OciCode::Denied,
+                d.to_string(),
+                Blame::Client,
+            ),
+        },
         MirrorError::Upstream(u) => upstream(u, endpoint),
         MirrorError::Fill(f) => fill(f, endpoint),
         MirrorError::Cache(c) => cache(c),

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::access::ClientInfo;
 use crate::mirror::Mirror;
 
 use super::body::{Body, Source, SourceRange};
@@ -63,6 +64,7 @@ enum Next {
 pub async fn serve(
     mut stream: TcpStream,
     mirror: &Mirror,
+    client: ClientInfo,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<Option<(TcpStream, BytesMut)>> {
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -111,7 +113,7 @@ pub async fn serve(
             }
         };
         buf.advance(head_len);
-        match respond(&mut stream, mirror, *req).await? {
+        match respond(&mut stream, mirror, &client, *req).await? {
             Next::KeepAlive => {}
             Next::Close => {
                 let _ = stream.shutdown().await;
@@ -186,7 +188,13 @@ fn has_token(req: &Request<()>, name: header::HeaderName, token: &str) -> bool {
     })
 }
 
-async fn respond(stream: &mut TcpStream, mirror: &Mirror, req: Request<()>) -> io::Result<Next> {
+async fn respond(
+    stream: &mut TcpStream,
+    mirror: &Mirror,
+    client: &ClientInfo,
+    mut req: Request<()>,
+) -> io::Result<Next> {
+    req.extensions_mut().insert(client.clone());
     let version = req.version();
     let head = req.method() == Method::HEAD;
     // A body we will not read would be taken for the next request.

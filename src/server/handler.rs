@@ -7,8 +7,10 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
+use crate::access::{ClientInfo, Who};
 use crate::mirror::{BlobBody, CacheStatus, Mirror, MirrorError, Routed};
 use crate::registry::{error_json, Accept, Digest, Endpoint, OciCode, Reference, RepoName, Route};
+use crate::upstream::UpstreamError;
 
 use super::body::{self, Body, Source};
 use super::error::{classify, Blame};
@@ -35,8 +37,17 @@ pub async fn handle<B>(mirror: &Mirror, req: Request<B>) -> Response<Body> {
         upstream: None,
         cache: None,
     };
+    let client = req.extensions().get::<ClientInfo>().cloned();
+    let network = match &client {
+        Some(c) => mirror.access().check_network(c.addr.ip()),
+        None => Ok(()),
+    };
     let result = match endpoint {
-        Ok(Some(ep)) => dispatch(mirror, &method, &req, &ep, &mut outcome).await,
+        _ if network.is_err() => Err(MirrorError::from(network.unwrap_err())),
+        Ok(None) if req.uri().path() == "/metrics" && is_read(&method) => {
+            Ok(metrics(mirror, &method))
+        }
+        Ok(Some(ep)) => dispatch(mirror, &method, &req, client.as_ref(), &ep, &mut outcome).await,
         Ok(None) => Ok(oci_error(
             StatusCode::NOT_FOUND,
             OciCode::Unsupported,
@@ -58,7 +69,20 @@ pub async fn handle<B>(mirror: &Mirror, req: Request<B>) -> Response<Body> {
                 status = p.status.as_u16(), code = p.code.as_str(), blame = p.blame.as_str(),
                 error = %p.message, detail = %log_detail, "request failed"
             );
-            oci_error(p.status, p.code, &p.message)
+            let mut r = oci_error(p.status, p.code, &p.message);
+            if p.status == StatusCode::UNAUTHORIZED {
+                // Basic: what skopeo, podman, containerd and dockerd answer
+                // with their configured credentials.
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"wharf\""),
+                );
+            }
+            if let MirrorError::Upstream(UpstreamError::TooManyRequests { retry_after, .. }) = &e {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            r
         }
     };
     resp.headers_mut().insert(
@@ -81,6 +105,23 @@ pub async fn handle<B>(mirror: &Mirror, req: Request<B>) -> Response<Body> {
         ms = started.elapsed().as_secs_f64() * 1000.0,
     );
     resp
+}
+
+/// `/metrics` in Prometheus' text format.
+fn metrics(mirror: &Mirror, method: &Method) -> Response<Body> {
+    let text = mirror.metrics().render();
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .header(header::CONTENT_LENGTH, text.len())
+        .body(if method == Method::HEAD {
+            body::empty()
+        } else {
+            body::full(text)
+        })
+        .expect("static headers are valid")
 }
 
 fn oci_error(status: StatusCode, code: OciCode, message: &str) -> Response<Body> {
@@ -107,10 +148,21 @@ async fn dispatch<B>(
     mirror: &Mirror,
     method: &Method,
     req: &Request<B>,
+    client: Option<&ClientInfo>,
     ep: &Endpoint,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, MirrorError> {
     let head = method == Method::HEAD;
+    // Who the client is matters only for reads that reach content.
+    let who = match (&ep.route, client) {
+        (
+            Route::Base | Route::Manifest { .. } | Route::Blob { .. } | Route::TagsList { .. },
+            Some(c),
+        ) if is_read(method) => mirror.access().identify(req.headers(), c).await,
+        // Without connection details (no server in between) a caller is
+        // anonymous.
+        _ => Who::default(),
+    };
     match &ep.route {
         Route::Upload => unsupported("pushes go to the upstream registry"),
         Route::Catalog => Ok(oci_error(
@@ -119,28 +171,31 @@ async fn dispatch<B>(
             "a mirror cannot list its upstreams' catalogues",
         )),
         _ if !is_read(method) => unsupported(&format!("{method} is not supported")),
-        Route::Base => Ok(Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::CONTENT_LENGTH, 2)
-            .body(if head {
-                body::empty()
-            } else {
-                body::full(&b"{}"[..])
-            })
-            .expect("static headers are valid")),
+        Route::Base => {
+            mirror.access().authorize_ping(&who)?;
+            Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, 2)
+                .body(if head {
+                    body::empty()
+                } else {
+                    body::full(&b"{}"[..])
+                })
+                .expect("static headers are valid"))
+        }
         Route::Manifest { name, reference } => {
-            let r = routed(mirror, ep, name, outcome)?;
+            let r = routed(mirror, ep, name, &who, outcome)?;
             manifest(mirror, req, &r, reference, head, outcome).await
         }
         Route::Blob { name, digest } => {
-            let r = routed(mirror, ep, name, outcome)?;
+            let r = routed(mirror, ep, name, &who, outcome)?;
             blob(mirror, req, &r, digest, head, outcome).await
         }
         Route::TagsList { name } => {
             if head {
                 return unsupported("HEAD on tags/list");
             }
-            let r = routed(mirror, ep, name, outcome)?;
+            let r = routed(mirror, ep, name, &who, outcome)?;
             outcome.cache = Some(CacheStatus::Pass);
             let (bytes, link) = mirror.tags_list(&r, ep.n, ep.last.as_deref()).await?;
             let mut b = Response::builder()
@@ -156,14 +211,18 @@ async fn dispatch<B>(
     }
 }
 
+/// Routes the request and applies the upstream's access rules, before any
+/// cache lookup: cached content is guarded exactly like uncached content.
 fn routed(
     mirror: &Mirror,
     ep: &Endpoint,
     name: &RepoName,
+    who: &Who,
     outcome: &mut Outcome,
 ) -> Result<Routed, MirrorError> {
     let r = mirror.route(ep, name)?;
     outcome.upstream = Some(mirror.upstream_name(r.upstream).to_owned());
+    mirror.access().authorize(r.upstream, who, &r.repo)?;
     Ok(r)
 }
 

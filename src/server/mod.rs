@@ -22,6 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::ClientInfo;
 use crate::mirror::Mirror;
 use crate::tls::Tls;
 
@@ -78,29 +79,39 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let m = mirror.clone();
-                let svc = service_fn(move |req| {
-                    let m = m.clone();
-                    async move { Ok::<_, Infallible>(handler::handle(&m, req).await) }
-                });
+                // Each request carries what the connection knows about its client.
+                let svc = move |client: ClientInfo| {
+                    service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                        let m = m.clone();
+                        req.extensions_mut().insert(client.clone());
+                        async move { Ok::<_, Infallible>(handler::handle(&m, req).await) }
+                    })
+                };
                 let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
                 let (m, stop) = (mirror.clone(), h1_stopped.clone());
                 // The handshake runs in the connection's task, never in the
                 // accept loop, so one slow client cannot stall the others.
                 tokio::spawn(async move {
                     let result = match tls {
-                        None => match h1::serve(stream, &m, stop).await {
+                        None => {
+                          let client = ClientInfo { addr: peer, verified_cert: false };
+                          match h1::serve(stream, &m, client.clone(), stop).await {
                             Ok(Some((stream, read))) => {
                                 drop(m);
                                 let io = TokioIo::new(h1::Rewind::new(stream, read));
-                                watcher.watch(builder.serve_connection(io, svc).into_owned()).await
+                                watcher.watch(builder.serve_connection(io, svc(client)).into_owned()).await
                             }
                             Ok(None) => Ok(()),
                             Err(e) => Err(e.into()),
-                        },
+                          }
+                        }
                         Some(tls) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
                                 Ok(Ok(s)) => {
-                                    let conn = builder.serve_connection(TokioIo::new(s), svc);
+                                    // rustls only keeps certificates it verified.
+                                    let verified_cert = s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                                    let client = ClientInfo { addr: peer, verified_cert };
+                                    let conn = builder.serve_connection(TokioIo::new(s), svc(client));
                                     watcher.watch(conn.into_owned()).await
                                 }
                                 Ok(Err(e)) => {

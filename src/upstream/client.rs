@@ -12,21 +12,47 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::config::{Credentials, UpstreamConfig};
+use std::sync::Arc;
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 use crate::registry::{Digest, MediaType, Reference, RepoName, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 
 use super::auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
+use super::credentials::{self, BasicCredentials, CredentialSource};
 use super::UpstreamError;
 
 pub struct UpstreamClient {
     name: String,
     base: reqwest::Url,
     http: reqwest::Client,
-    credentials: Option<Credentials>,
+    credentials: Option<Arc<dyn CredentialSource>>,
     tokens: TokenCache,
     /// The last challenge seen, so later requests authenticate up front instead
     /// of collecting a 401 each time.
     challenge: parking_lot::Mutex<Option<Challenge>>,
+    /// After a 429, nothing is sent until `until`.
+    backoff: parking_lot::Mutex<Backoff>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    until: Option<Instant>,
+    /// 429s in a row: the wait doubles with each.
+    strikes: u32,
+}
+
+/// How long to leave an upstream alone after a 429 without `Retry-After`:
+/// 1 minute, doubling per 429 in a row, at most 15 minutes. Docker Hub's
+/// window is 6 hours, so asking every few seconds would only burn requests.
+fn backoff_after(strikes: u32) -> Duration {
+    Duration::from_secs(60u64 << strikes.min(4)).min(Duration::from_secs(900))
+}
+
+/// `ratelimit-remaining: 76;w=21600` → 76.
+fn ratelimit_value(h: &HeaderMap, name: &str) -> Option<i64> {
+    header_str(h, name)?.split(';').next()?.trim().parse().ok()
 }
 
 /// A manifest as the upstream sent it.
@@ -45,7 +71,10 @@ pub struct ManifestHead {
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: &UpstreamConfig) -> Result<UpstreamClient, UpstreamError> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<UpstreamClient, UpstreamError> {
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
@@ -67,9 +96,14 @@ impl UpstreamClient {
             name: cfg.name.clone(),
             base: cfg.url.clone(),
             http,
-            credentials: cfg.credentials.clone(),
+            credentials: cfg
+                .credentials
+                .as_ref()
+                .map(|c| credentials::source(&cfg.name, c, Some(&metrics))),
             tokens: TokenCache::default(),
             challenge: parking_lot::Mutex::new(None),
+            backoff: parking_lot::Mutex::new(Backoff::default()),
+            metrics,
         })
     }
 
@@ -111,7 +145,9 @@ impl UpstreamClient {
             if let Some(a) = auth {
                 req = req.header(http::header::AUTHORIZATION, a);
             }
+            self.check_backoff()?;
             let resp = req.send().await.map_err(|e| self.transport(e))?;
+            self.note_limits(&resp)?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -147,7 +183,15 @@ impl UpstreamClient {
         fresh: bool,
     ) -> Result<Option<HeaderValue>, UpstreamError> {
         match c {
-            Challenge::Basic => Ok(self.credentials.as_ref().map(basic)),
+            Challenge::Basic => match &self.credentials {
+                None => Ok(None),
+                Some(src) => {
+                    if fresh {
+                        src.rejected();
+                    }
+                    Ok(Some(basic(&src.get().await?)))
+                }
+            },
             Challenge::Bearer { realm, service, .. } => {
                 let now = Instant::now();
                 let token = match self.tokens.get(scope, now).filter(|_| !fresh) {
@@ -182,19 +226,37 @@ impl UpstreamClient {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = self.http.get(url);
-        if let Some(c) = &self.credentials {
-            req = req.header(http::header::AUTHORIZATION, basic(c));
+        // Credentials go to the realm the registry names (GitLab's is on
+        // another host), but never in clear when the registry itself is TLS.
+        if self.credentials.is_some() && self.base.scheme() == "https" && url.scheme() != "https" {
+            return Err(
+                self.protocol("token realm is not https; wharf does not send credentials in clear")
+            );
         }
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let mut retried = false;
+        let resp = loop {
+            let mut req = self.http.get(url.clone());
+            if let Some(src) = &self.credentials {
+                req = req.header(http::header::AUTHORIZATION, basic(&src.get().await?));
+            }
+            let resp = req.send().await.map_err(|e| self.transport(e))?;
+            let status = resp.status();
+            if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+                break resp;
+            }
+            // A refreshable credential (the metadata server's token) gets one
+            // more try with a fresh value; anything else is reported.
+            let again = !retried && self.credentials.as_ref().is_some_and(|s| s.rejected());
+            if !again {
+                return Err(UpstreamError::Unauthorized {
+                    upstream: self.name.clone(),
+                    repo: scope.to_owned(),
+                    with_credentials: self.credentials.is_some(),
+                });
+            }
+            retried = true;
+        };
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(UpstreamError::Unauthorized {
-                upstream: self.name.clone(),
-                repo: scope.to_owned(),
-                with_credentials: self.credentials.is_some(),
-            });
-        }
         if !status.is_success() {
             return Err(self.protocol(&format!("token service answered {status}")));
         }
@@ -203,9 +265,72 @@ impl UpstreamClient {
             self.protocol("token service answered with something other than token JSON")
         })?;
         tracing::debug!(upstream = %self.name, scope, "fetched a bearer token");
+        self.metrics
+            .token_fetches
+            .with_label_values(&[&self.name, "registry"])
+            .inc();
         parsed
             .into_token(Instant::now())
             .ok_or_else(|| self.protocol("token service answered without a token"))
+    }
+
+    /// Refuses to send while backing off after a 429.
+    fn check_backoff(&self) -> Result<(), UpstreamError> {
+        let b = self.backoff.lock();
+        match b.until {
+            Some(until) if until > Instant::now() => {
+                self.metrics
+                    .upstream_backoff_skipped
+                    .with_label_values(&[&self.name])
+                    .inc();
+                Err(UpstreamError::TooManyRequests {
+                    upstream: self.name.clone(),
+                    retry_after: (until - Instant::now()).as_secs().max(1),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records Docker Hub's rate-limit headers, and starts a backoff on 429.
+    fn note_limits(&self, resp: &reqwest::Response) -> Result<(), UpstreamError> {
+        let h = resp.headers();
+        if let Some(v) = ratelimit_value(h, "ratelimit-limit") {
+            self.metrics
+                .upstream_ratelimit_limit
+                .with_label_values(&[&self.name])
+                .set(v);
+        }
+        if let Some(v) = ratelimit_value(h, "ratelimit-remaining") {
+            self.metrics
+                .upstream_ratelimit_remaining
+                .with_label_values(&[&self.name])
+                .set(v);
+        }
+        let mut b = self.backoff.lock();
+        if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+            if resp.status().is_success() {
+                b.strikes = 0;
+            }
+            return Ok(());
+        }
+        let wait = header_str(h, "retry-after")
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.clamp(1, 3600)))
+            .unwrap_or_else(|| backoff_after(b.strikes));
+        b.strikes = b.strikes.saturating_add(1);
+        b.until = Some(Instant::now() + wait);
+        self.metrics
+            .upstream_throttled
+            .with_label_values(&[&self.name])
+            .inc();
+        tracing::warn!(upstream = %self.name, wait_s = wait.as_secs(),
+            remaining = ratelimit_value(h, "ratelimit-remaining"),
+            "upstream answered 429 Too Many Requests; serving from cache only until the wait is over");
+        Err(UpstreamError::TooManyRequests {
+            upstream: self.name.clone(),
+            retry_after: wait.as_secs(),
+        })
     }
 
     fn transport(&self, e: reqwest::Error) -> UpstreamError {
@@ -248,6 +373,7 @@ impl UpstreamClient {
             },
             StatusCode::TOO_MANY_REQUESTS => UpstreamError::TooManyRequests {
                 upstream: self.name.clone(),
+                retry_after: 60,
             },
             StatusCode::FORBIDDEN => UpstreamError::Unauthorized {
                 upstream: self.name.clone(),
@@ -389,7 +515,7 @@ impl UpstreamClient {
     }
 }
 
-fn basic(c: &Credentials) -> HeaderValue {
+fn basic(c: &BasicCredentials) -> HeaderValue {
     use base64::Engine as _;
     let raw = format!("{}:{}", c.username, c.password.expose());
     let mut v = HeaderValue::from_str(&format!(
@@ -407,7 +533,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// reqwest's top-level message is often just "error sending request"; the cause
 /// chain says "connection refused".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -3,9 +3,11 @@
 
 mod auth;
 mod client;
+pub mod credentials;
 
 pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
 pub use client::{ManifestBody, ManifestHead, UpstreamClient};
+pub use credentials::{BasicCredentials, CredentialSource};
 
 /// Something went wrong between wharf and an upstream. Messages name the upstream
 /// and never include credentials or tokens.
@@ -24,8 +26,8 @@ pub enum UpstreamError {
         repo: String,
         with_credentials: bool,
     },
-    #[error("upstream {upstream} is rate-limiting wharf (429)")]
-    TooManyRequests { upstream: String },
+    #[error("upstream {upstream} is rate-limiting wharf (429 Too Many Requests); wharf serves only cached content from it for the next {retry_after} s")]
+    TooManyRequests { upstream: String, retry_after: u64 },
     #[error("upstream {upstream} answered {status}{}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
     Status {
         upstream: String,

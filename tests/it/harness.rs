@@ -478,7 +478,7 @@ impl Wharf {
         );
         let config = wharf::config::Config::from_toml(&text, Some(dir.path())).unwrap();
         let _g = rt.enter();
-        let mirror = wharf::mirror::Mirror::open(&config).unwrap();
+        let mirror = wharf::mirror::Mirror::open(&config, Default::default()).unwrap();
         let tls = wharf::tls::Tls::new(&config.tls, &config.cache_dir).unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -1,0 +1,277 @@
+//! Access control on the mirror: which clients may pull what.
+//!
+//! In order, for each request:
+//! 1. the client's address against `deny_networks` and `allow_networks`;
+//! 2. who the client is: Basic credentials checked against the htpasswd file
+//!    (bcrypt), a bearer token from the token list, or a verified TLS client
+//!    certificate;
+//! 3. the upstream's rules: anonymous allowed or not, which users, which
+//!    repositories (globs over the upstream's repository names).
+//!
+//! Cached content is checked exactly like uncached content: the decision is
+//! made before the cache is consulted. Credentials a client presents that
+//! wharf does not know (dockerd sends its Docker Hub login to a mirror) are
+//! ignored where anonymous access is allowed, and answered with 401 elsewhere.
+
+mod htpasswd;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobMatcher};
+use http::HeaderMap;
+use sha2::{Digest as _, Sha256};
+
+use crate::config::{AccessConfig, Config, UpstreamAccess};
+use crate::metrics::Metrics;
+use crate::registry::RepoName;
+use crate::watched::Watched;
+
+pub use htpasswd::{Htpasswd, TokenList};
+
+/// What the connection says about the client.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// The client presented a certificate that the TLS layer verified
+    /// against `client_ca_file`.
+    pub verified_cert: bool,
+}
+
+/// The user name a verified client certificate authenticates as.
+pub const CERT_USER: &str = "tls-client";
+
+/// Who the client is, as far as wharf can tell.
+#[derive(Clone, Debug, Default)]
+pub struct Who {
+    pub user: Option<String>,
+    /// Credentials were presented but are not wharf's (or are wrong).
+    pub unknown_credentials: bool,
+}
+
+/// Why a request was refused. 401 for `Unauthenticated` (with a challenge),
+/// 403 `DENIED` for the rest.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Denied {
+    #[error("client address {0} may not use this mirror")]
+    Network(IpAddr),
+    #[error("{}", if *unknown_credentials { "authentication failed: unknown user, wrong password or unknown token" } else { "authentication required" })]
+    Unauthenticated { unknown_credentials: bool },
+    #[error("user {user} may not pull from upstream {upstream} through this mirror")]
+    User { user: String, upstream: String },
+    #[error("repository {repo} of upstream {upstream} is not served through this mirror")]
+    Repository { repo: String, upstream: String },
+}
+
+impl Denied {
+    fn reason(&self) -> &'static str {
+        match self {
+            Denied::Network(_) => "network",
+            Denied::Unauthenticated {
+                unknown_credentials: true,
+            } => "bad_credentials",
+            Denied::Unauthenticated { .. } => "unauthenticated",
+            Denied::User { .. } => "user",
+            Denied::Repository { .. } => "repository",
+        }
+    }
+}
+
+/// A repository glob: `*` stays within one path component, `**` spans them.
+pub fn repo_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.to_string())
+}
+
+struct UpstreamRules {
+    name: String,
+    rules: UpstreamAccess,
+    repos: Vec<GlobMatcher>,
+}
+
+pub struct Access {
+    cfg: AccessConfig,
+    upstreams: Vec<UpstreamRules>,
+    htpasswd: Option<Watched<Htpasswd>>,
+    tokens: Option<Watched<TokenList>>,
+    /// Basic credentials that passed bcrypt recently, keyed by a digest of
+    /// user, password and the stored hash (a changed or removed user misses).
+    /// bcrypt is slow by design; without this every blob request pays it.
+    verified: moka::sync::Cache<[u8; 32], ()>,
+    /// At most this many bcrypt checks at once, so wrong passwords cannot
+    /// take every core.
+    bcrypt_slots: tokio::sync::Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+impl Access {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Access {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamRules {
+                name: u.name.clone(),
+                rules: u.access.clone(),
+                repos: u
+                    .access
+                    .repositories
+                    .iter()
+                    .map(|p| repo_glob(p).expect("validated with the config"))
+                    .collect(),
+            })
+            .collect();
+        let cfg = config.access.clone();
+        Access {
+            htpasswd: cfg.htpasswd_file.clone().map(|p| {
+                Watched::new(p, false, |b: &[u8]| {
+                    Htpasswd::parse(std::str::from_utf8(b).map_err(|_| "not UTF-8".to_owned())?)
+                })
+            }),
+            tokens: cfg
+                .tokens_file
+                .clone()
+                .map(|p| Watched::new(p, true, TokenList::parse)),
+            cfg,
+            upstreams,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            bcrypt_slots: tokio::sync::Semaphore::new(2),
+            metrics,
+        }
+    }
+
+    fn deny(&self, d: Denied) -> Denied {
+        self.metrics
+            .access_denied
+            .with_label_values(&[d.reason()])
+            .inc();
+        d
+    }
+
+    /// Step 1: the client's network.
+    pub fn check_network(&self, ip: IpAddr) -> Result<(), Denied> {
+        let ip = ip.to_canonical();
+        let denied = self.cfg.deny_networks.iter().any(|n| n.contains(&ip));
+        let allowed = self.cfg.allow_networks.is_empty()
+            || self.cfg.allow_networks.iter().any(|n| n.contains(&ip));
+        if denied || !allowed {
+            return Err(self.deny(Denied::Network(ip)));
+        }
+        Ok(())
+    }
+
+    /// Step 2: who the client is.
+    pub async fn identify(&self, headers: &HeaderMap, client: &ClientInfo) -> Who {
+        let mut who = Who::default();
+        if let Some(auth) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            let (scheme, rest) = auth.trim().split_once(' ').unwrap_or((auth, ""));
+            let rest = rest.trim();
+            let user = if scheme.eq_ignore_ascii_case("basic") {
+                self.basic(rest).await
+            } else if scheme.eq_ignore_ascii_case("bearer") {
+                self.bearer(rest)
+            } else {
+                None
+            };
+            match user {
+                Some(u) => who.user = Some(u),
+                None => who.unknown_credentials = true,
+            }
+        }
+        if who.user.is_none() && client.verified_cert && self.cfg.client_certificates {
+            who.user = Some(CERT_USER.to_owned());
+            who.unknown_credentials = false;
+        }
+        who
+    }
+
+    async fn basic(&self, b64: &str) -> Option<String> {
+        use base64::Engine as _;
+        let htpasswd = self.htpasswd.as_ref()?.get("access").ok()?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        let raw = String::from_utf8(raw).ok()?;
+        let (user, pass) = raw.split_once(':')?;
+        let hash = htpasswd.hash(user)?.to_owned();
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(user.as_bytes())
+            .chain_update([0])
+            .chain_update(pass.as_bytes())
+            .chain_update([0])
+            .chain_update(hash.as_bytes())
+            .finalize()
+            .into();
+        if self.verified.get(&key).is_some() {
+            return Some(user.to_owned());
+        }
+        let _slot = self.bcrypt_slots.acquire().await.ok()?;
+        let pass = pass.to_owned();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if ok {
+            self.verified.insert(key, ());
+            Some(user.to_owned())
+        } else {
+            None
+        }
+    }
+
+    fn bearer(&self, token: &str) -> Option<String> {
+        let list = self.tokens.as_ref()?.get("access").ok()?;
+        list.lookup(token).map(str::to_owned)
+    }
+
+    /// Step 3: may `who` pull `repo` (the upstream's name for it) from the
+    /// upstream at `upstream`?
+    pub fn authorize(&self, upstream: usize, who: &Who, repo: &RepoName) -> Result<(), Denied> {
+        let u = &self.upstreams[upstream];
+        match &who.user {
+            Some(user) => {
+                if let Some(users) = &u.rules.users {
+                    if !users.iter().any(|x| x == user) {
+                        return Err(self.deny(Denied::User {
+                            user: user.clone(),
+                            upstream: u.name.clone(),
+                        }));
+                    }
+                }
+            }
+            None if u.rules.anonymous => {}
+            None => {
+                return Err(self.deny(Denied::Unauthenticated {
+                    unknown_credentials: who.unknown_credentials,
+                }))
+            }
+        }
+        if !u.repos.is_empty() && !u.repos.iter().any(|g| g.is_match(repo.as_str())) {
+            return Err(self.deny(Denied::Repository {
+                repo: repo.to_string(),
+                upstream: u.name.clone(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// `GET /v2/`: clients learn here whether to authenticate. An
+    /// unauthenticated client is challenged when some upstream needs
+    /// authentication (skopeo and dockerd only send credentials after a
+    /// challenge at the ping), and always when it sent credentials wharf
+    /// does not know while some upstream needs them.
+    pub fn authorize_ping(&self, who: &Who) -> Result<(), Denied> {
+        if who.user.is_some() || self.upstreams.iter().all(|u| u.rules.anonymous) {
+            return Ok(());
+        }
+        Err(self.deny(Denied::Unauthenticated {
+            unknown_credentials: who.unknown_credentials,
+        }))
+    }
+}
