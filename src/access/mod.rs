@@ -196,11 +196,28 @@ impl Access {
 
     async fn basic(&self, b64: &str) -> Option<String> {
         use base64::Engine as _;
-        let htpasswd = self.htpasswd.as_ref()?.get("access").ok()?;
-        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-        let raw = String::from_utf8(raw).ok()?;
-        let (user, pass) = raw.split_once(':')?;
-        let hash = htpasswd.hash(user)?.to_owned();
+        let refuse = |user: &str, why: &str| {
+            // The user name helps the operator; the password never appears.
+            tracing::info!(user, why, "client Basic credentials not accepted");
+            None
+        };
+        let Some(file) = &self.htpasswd else {
+            return refuse("-", "no htpasswd_file configured");
+        };
+        let htpasswd = match file.get("access") {
+            Ok(h) => h,
+            Err(e) => return refuse("-", &format!("htpasswd_file unusable: {e}")),
+        };
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok();
+        let Some((user, pass)) = raw
+            .and_then(|r| String::from_utf8(r).ok())
+            .and_then(|r| r.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+        else {
+            return refuse("-", "malformed Basic credentials");
+        };
+        let Some(hash) = htpasswd.hash(&user).map(str::to_owned) else {
+            return refuse(&user, "unknown user");
+        };
         let key: [u8; 32] = Sha256::new()
             .chain_update(user.as_bytes())
             .chain_update([0])
@@ -210,24 +227,30 @@ impl Access {
             .finalize()
             .into();
         if self.verified.get(&key).is_some() {
-            return Some(user.to_owned());
+            return Some(user);
         }
         let _slot = self.bcrypt_slots.acquire().await.ok()?;
-        let pass = pass.to_owned();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
             .await
             .unwrap_or(false);
         if ok {
             self.verified.insert(key, ());
-            Some(user.to_owned())
+            Some(user)
         } else {
-            None
+            refuse(&user, "wrong password")
         }
     }
 
     fn bearer(&self, token: &str) -> Option<String> {
-        let list = self.tokens.as_ref()?.get("access").ok()?;
-        list.lookup(token).map(str::to_owned)
+        let found = self
+            .tokens
+            .as_ref()
+            .and_then(|t| t.get("access").ok())
+            .and_then(|list| list.lookup(token).map(str::to_owned));
+        if found.is_none() {
+            tracing::info!("client bearer token not accepted");
+        }
+        found
     }
 
     /// Step 3: may `who` pull `repo` (the upstream's name for it) from the

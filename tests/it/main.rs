@@ -2,6 +2,7 @@
 //! podman, containerd's ctr), wharf on loopback. One binary, shared helpers in
 //! `harness`. Needs the Debian packages from `scripts/install-deps.sh`.
 
+mod access;
 mod bad_input;
 mod cli;
 mod coalescing;
