@@ -6,63 +6,11 @@
 
 use std::io::Read;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use crate::harness::*;
 use crate::pull::Containerd;
-
-/// wharf serving `config` (written next to its cache), stopped on drop; the
-/// log (debug level) is kept for the secrets check.
-struct Served {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Served {
-    fn start(dir: &Path, name: &str, body: &str) -> Served {
-        let port = free_port();
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{body}"),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_listening(([127, 0, 0, 1], port).into(), &mut Some(&mut child));
-        Served {
-            child: Some(child),
-            port,
-            log,
-        }
-    }
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Every text a run produced that someone other than wharf's operator could
 /// see or that ends up in logs: response bodies and headers, client output,

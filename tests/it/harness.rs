@@ -113,7 +113,10 @@ pub fn wait_listening(addr: SocketAddr, child: &mut Option<&mut Child>) {
 pub enum Auth {
     None,
     Basic,
+    /// Docker Hub-shaped token service (x5c, 300 s tokens), test user only.
     Token,
+    /// A token service shaped by `TokenOpts`.
+    TokenWith(TokenOpts),
 }
 
 pub struct Upstream {
@@ -148,11 +151,26 @@ impl Upstream {
                     f.display()
                 )
             }
-            Auth::Token => {
-                let t = TokenServer::start(rt, dir.path(), &user, &pass);
+            Auth::Token | Auth::TokenWith(_) => {
+                let opts = match auth {
+                    // The test user (who pushes) is always let in too.
+                    Auth::TokenWith(mut o) => {
+                        let (u, p, inner) = (user.clone(), pass.clone(), o.check);
+                        o.check = Arc::new(move |a, b| {
+                            if a == u && b == p {
+                                Some(u.clone())
+                            } else {
+                                inner(a, b)
+                            }
+                        });
+                        o
+                    }
+                    _ => TokenOpts::hub(&user, &pass),
+                };
+                let t = TokenServer::start_with(rt, dir.path(), opts);
                 let s = format!(
-                    "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
-                    t.port,
+                    "auth:\n  token:\n    realm: {}\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+                    t.realm,
                     t.cert.display()
                 );
                 token = Some(t);
@@ -278,19 +296,89 @@ impl Drop for Upstream {
 
 // ------------------------------------------------------------- token server
 
-/// A token service as Docker Hub runs one: `GET /token?service=&scope=`, Basic
-/// credentials optional, RS256 JWTs with the signing certificate in `x5c`.
-/// Anonymous callers get `pull` on repositories outside `private/`; the test
-/// user gets every action asked for.
+/// Basic user and password in, the token's subject out (None: 401).
+pub type CredentialCheck = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+/// How a test token service behaves.
+pub struct TokenOpts {
+    /// Address to listen on: 127.0.0.2 puts the realm on "another host", as
+    /// GitLab's is.
+    pub ip: [u8; 4],
+    pub path: &'static str,
+    /// `x5c` (Docker Hub) or a libtrust `kid` (GitLab) in the JWT header.
+    pub kid: bool,
+    /// `expires_in` in the answer; `None` leaves it out (GitLab), which
+    /// clients read as 60 s. The JWT's `exp` uses `jwt_lifetime`.
+    pub expires_in: Option<u64>,
+    pub jwt_lifetime: u64,
+    /// Decides Basic credentials: Some(subject) or None (401).
+    pub check: CredentialCheck,
+}
+
+impl TokenOpts {
+    /// Docker Hub's shape: x5c, expires_in, the one test user.
+    pub fn hub(user: &str, pass: &str) -> TokenOpts {
+        let (u, p) = (user.to_owned(), pass.to_owned());
+        TokenOpts {
+            ip: [127, 0, 0, 1],
+            path: "/token",
+            kid: false,
+            expires_in: Some(300),
+            jwt_lifetime: 300,
+            check: Arc::new(move |a, b| (a == u && b == p).then(|| u.clone())),
+        }
+    }
+}
+
+/// A token service: `GET <path>?service=&scope=`, Basic credentials optional,
+/// RS256 JWTs signed with a key made by openssl at test time, the signing
+/// certificate in `x5c` or named by a libtrust `kid`. Anonymous callers get
+/// `pull` on repositories outside `private/`; authenticated ones get every
+/// action asked for.
 pub struct TokenServer {
-    pub port: u16,
+    pub realm: String,
     pub cert: PathBuf,
     pub issued: Arc<AtomicUsize>,
+    /// Every token issued, to look for in logs and outputs.
+    pub tokens: Arc<std::sync::Mutex<Vec<String>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// libtrust's key ID, which distribution matches a `kid` against: the SHA-256
+/// of the DER public key, first 240 bits, base32, in groups of 4 with ':'.
+fn libtrust_kid(cert: &Path) -> String {
+    let pubkey = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform DER",
+            cert.display()
+        ))
+        .output()
+        .unwrap()
+        .stdout;
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(&pubkey);
+    const A: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = String::new();
+    for &b in &d[..30] {
+        bits = (bits << 8) | b as u32;
+        n += 8;
+        while n >= 5 {
+            out.push(A[((bits >> (n - 5)) & 31) as usize] as char);
+            n -= 5;
+        }
+    }
+    out.as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 impl TokenServer {
-    pub fn start(rt: &tokio::runtime::Runtime, dir: &Path, user: &str, pass: &str) -> TokenServer {
+    pub fn start_with(rt: &tokio::runtime::Runtime, dir: &Path, opts: TokenOpts) -> TokenServer {
         let key = dir.join("token.key");
         let cert = dir.join("token.crt");
         run(Command::new("openssl")
@@ -313,21 +401,34 @@ impl TokenServer {
         let pem = std::fs::read_to_string(&cert).unwrap();
         // The PEM body is the base64 of the DER certificate: exactly what x5c holds.
         let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let key_ref = if opts.kid {
+            KeyRef::Kid(libtrust_kid(&cert))
+        } else {
+            KeyRef::X5c(der_b64)
+        };
         let enc_key =
             jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap();
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(SocketAddr::from((
+                opts.ip, 0,
+            ))))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let realm = format!(
+            "http://{}:{port}{}",
+            std::net::Ipv4Addr::from(opts.ip),
+            opts.path
+        );
         let issued = Arc::new(AtomicUsize::new(0));
+        let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let state = Arc::new((
-            enc_key,
-            der_b64,
-            user.to_owned(),
-            pass.to_owned(),
-            issued.clone(),
-        ));
+        let state = Arc::new(TokenState {
+            key: enc_key,
+            key_ref,
+            opts,
+            issued: issued.clone(),
+            tokens: tokens.clone(),
+        });
         rt.spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -347,9 +448,10 @@ impl TokenServer {
             }
         });
         TokenServer {
-            port,
+            realm,
             cert,
             issued,
+            tokens,
             shutdown: Some(tx),
         }
     }
@@ -363,20 +465,24 @@ impl Drop for TokenServer {
     }
 }
 
-type TokenState = (
-    jsonwebtoken::EncodingKey,
-    String,
-    String,
-    String,
-    Arc<AtomicUsize>,
-);
+enum KeyRef {
+    X5c(String),
+    Kid(String),
+}
+
+struct TokenState {
+    key: jsonwebtoken::EncodingKey,
+    key_ref: KeyRef,
+    opts: TokenOpts,
+    issued: Arc<AtomicUsize>,
+    tokens: Arc<std::sync::Mutex<Vec<String>>>,
+}
 
 fn token_response(
     st: &TokenState,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     use base64::Engine as _;
-    let (key, x5c, user, pass, issued) = st;
     let reply = |status: u16, body: String| {
         hyper::Response::builder()
             .status(status)
@@ -384,24 +490,32 @@ fn token_response(
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .unwrap()
     };
+    if req.uri().path() != st.opts.path {
+        return reply(404, "{}".into());
+    }
     let mut sub = String::new();
     if let Some(h) = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
     {
-        let ok = h
+        let who = h
             .strip_prefix("Basic ")
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .map(|raw| raw == format!("{user}:{pass}").as_bytes())
-            .unwrap_or(false);
-        if !ok {
-            return reply(
-                401,
-                r#"{"details":"incorrect username or password"}"#.into(),
-            );
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|raw| {
+                let (u, p) = raw.split_once(':')?;
+                (st.opts.check)(u, p)
+            });
+        match who {
+            Some(s) => sub = s,
+            None => {
+                return reply(
+                    401,
+                    r#"{"details":"incorrect username or password"}"#.into(),
+                )
+            }
         }
-        sub = user.clone();
     }
     let query = req.uri().query().unwrap_or("");
     let mut service = String::new();
@@ -430,23 +544,81 @@ fn token_response(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let expires_in = 300u64;
     let claims = serde_json::json!({
         "iss": "test-issuer", "sub": sub, "aud": service,
-        "exp": now + expires_in, "nbf": now - 10, "iat": now,
+        "exp": now + st.opts.jwt_lifetime, "nbf": now - 10, "iat": now,
         "jti": random_hex(8), "access": access,
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.x5c = Some(vec![x5c.clone()]);
-    let token = jsonwebtoken::encode(&header, &claims, key).unwrap();
-    issued.fetch_add(1, Ordering::SeqCst);
-    reply(
-        200,
-        serde_json::json!({"token": token, "access_token": token, "expires_in": expires_in, "issued_at": "2026-01-01T00:00:00Z"}).to_string(),
-    )
+    match &st.key_ref {
+        KeyRef::X5c(c) => header.x5c = Some(vec![c.clone()]),
+        KeyRef::Kid(k) => header.kid = Some(k.clone()),
+    }
+    let token = jsonwebtoken::encode(&header, &claims, &st.key).unwrap();
+    st.issued.fetch_add(1, Ordering::SeqCst);
+    st.tokens.lock().unwrap().push(token.clone());
+    let body = match st.opts.expires_in {
+        Some(e) => {
+            serde_json::json!({"token": token, "access_token": token, "expires_in": e, "issued_at": "2026-01-01T00:00:00Z"})
+        }
+        None => serde_json::json!({"token": token}),
+    };
+    reply(200, body.to_string())
 }
 
 // ---------------------------------------------------------------------- wharf
+
+/// wharf serving `config` (written next to its cache), stopped on drop; the
+/// log (debug level) is kept for the secrets check.
+pub struct Served {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Served {
+    pub fn start(dir: &Path, name: &str, body: &str) -> Served {
+        let port = free_port();
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{body}"),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_listening(([127, 0, 0, 1], port).into(), &mut Some(&mut child));
+        Served {
+            child: Some(child),
+            port,
+            log,
+        }
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 pub struct Wharf {
     pub addr: SocketAddr,
@@ -672,4 +844,216 @@ pub fn http() -> reqwest::blocking::Client {
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
+}
+
+// ------------------------------------------------------------- stand-ins
+
+/// A TCP relay to `target` that sends the target's bytes on at most
+/// `bytes_per_sec` (the other way unthrottled): a slow upstream link.
+pub fn throttled_relay(
+    rt: &tokio::runtime::Runtime,
+    target: SocketAddr,
+    bytes_per_sec: u64,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut uw).await;
+                    let _ = uw.shutdown().await;
+                });
+                let started = tokio::time::Instant::now();
+                let mut sent = 0u64;
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match ur.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                    let due = started + Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+                    tokio::time::sleep_until(due).await;
+                }
+                let _ = cw.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// The GCE metadata server's token endpoint, as it behaves: requires
+/// `Metadata-Flavor: Google` (403 without), answers `{"access_token",
+/// "expires_in", "token_type"}` with `Metadata-Flavor: Google`, hands out the
+/// same token (with a shrinking `expires_in`) until it expires.
+pub struct MetadataServer {
+    pub port: u16,
+    pub fetches: Arc<AtomicUsize>,
+    /// Tokens handed out, with when they stop being valid.
+    pub tokens: Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+}
+
+impl MetadataServer {
+    pub fn start(rt: &tokio::runtime::Runtime, lifetime: Duration) -> MetadataServer {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let tokens: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Default::default();
+        let (f, t) = (fetches.clone(), tokens.clone());
+        rt.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (f, t) = (f.clone(), t.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (f, t) = (f.clone(), t.clone());
+                            async move {
+                                let b =
+                                    hyper::Response::builder().header("Metadata-Flavor", "Google");
+                                let resp = if req
+                                    .headers()
+                                    .get("metadata-flavor")
+                                    .map(|v| v.as_bytes())
+                                    != Some(b"Google")
+                                {
+                                    b.status(403).body(http_body_util::Full::new(
+                                        bytes::Bytes::from(
+                                            "Missing required header: Metadata-Flavor",
+                                        ),
+                                    ))
+                                } else if req.uri().path()
+                                    != "/computeMetadata/v1/instance/service-accounts/default/token"
+                                {
+                                    b.status(404)
+                                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                } else {
+                                    f.fetch_add(1, Ordering::SeqCst);
+                                    let mut list = t.lock().unwrap();
+                                    let now = Instant::now();
+                                    if list.last().is_none_or(|(_, until)| *until <= now) {
+                                        list.push((
+                                            format!("ya29.{}", random_hex(24)),
+                                            now + lifetime,
+                                        ));
+                                    }
+                                    let (tok, until) = list.last().unwrap().clone();
+                                    let body = serde_json::json!({
+                                        "access_token": tok,
+                                        "expires_in": (until - now).as_secs().max(1),
+                                        "token_type": "Bearer",
+                                    });
+                                    b.header("content-type", "application/json").body(
+                                        http_body_util::Full::new(bytes::Bytes::from(
+                                            body.to_string(),
+                                        )),
+                                    )
+                                };
+                                Ok::<_, std::convert::Infallible>(resp.unwrap())
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        MetadataServer {
+            port,
+            fetches,
+            tokens,
+        }
+    }
+}
+
+/// Docker Hub's rate limiting in front of a real registry: passes requests
+/// through, adds `ratelimit-limit` / `ratelimit-remaining` to manifest
+/// answers, and once `limited` is set answers everything with 429
+/// `TOOMANYREQUESTS` as Docker Hub does.
+pub struct RateLimiter {
+    pub port: u16,
+    pub limited: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests that reached the limiter.
+    pub seen: Arc<AtomicUsize>,
+}
+
+impl RateLimiter {
+    pub fn start(rt: &tokio::runtime::Runtime, upstream: String) -> RateLimiter {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let limited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let remaining = Arc::new(AtomicUsize::new(100));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let (l, s) = (limited.clone(), seen.clone());
+        rt.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (l, s, r, c, up) = (l.clone(), s.clone(), remaining.clone(), client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (l, s, r, c, up) = (l.clone(), s.clone(), r.clone(), c.clone(), up.clone());
+                        async move {
+                            s.fetch_add(1, Ordering::SeqCst);
+                            let full = |status: u16, body: bytes::Bytes| hyper::Response::builder().status(status).body(http_body_util::Full::new(body));
+                            if l.load(Ordering::SeqCst) {
+                                let mut resp = full(429, bytes::Bytes::from(r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit"}]}"#)).unwrap();
+                                resp.headers_mut().insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+                                resp.headers_mut().insert("ratelimit-remaining", "0;w=21600".parse().unwrap());
+                                return Ok::<_, std::convert::Infallible>(resp);
+                            }
+                            let url = format!("{up}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+                            let mut fwd = c.request(req.method().clone(), url);
+                            for (k, v) in req.headers() {
+                                if k != "host" {
+                                    fwd = fwd.header(k, v);
+                                }
+                            }
+                            let manifest = req.uri().path().contains("/manifests/");
+                            let up_resp = match fwd.send().await {
+                                Ok(x) => x,
+                                Err(_) => return Ok(full(502, bytes::Bytes::new()).unwrap()),
+                            };
+                            let mut b = hyper::Response::builder().status(up_resp.status().as_u16());
+                            for (k, v) in up_resp.headers() {
+                                b = b.header(k, v);
+                            }
+                            if manifest && req.method() == hyper::Method::GET {
+                                let left = r.fetch_sub(1, Ordering::SeqCst) - 1;
+                                b = b.header("ratelimit-limit", "100;w=21600").header("ratelimit-remaining", format!("{left};w=21600"));
+                            }
+                            let body = up_resp.bytes().await.unwrap_or_default();
+                            Ok(b.body(http_body_util::Full::new(body)).unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        RateLimiter {
+            port,
+            limited,
+            seen,
+        }
+    }
 }

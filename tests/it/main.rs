@@ -13,3 +13,4 @@ mod http_api;
 mod pull;
 mod redirect;
 mod tls;
+mod upstream_auth;

@@ -1,0 +1,393 @@
+//! wharf authenticating to upstreams shaped like the real ones (issue 5):
+//! GitLab (token realm on another host, `kid` JWTs, no `expires_in`), Docker
+//! Hub (`x5c`, short tokens that expire during a slow blob), Google Artifact
+//! Registry (`_json_key`, `_json_key_base64`, `oauth2accesstoken` from the
+//! metadata server) and Docker Hub's 429 rate limiting. Every test ends by
+//! searching wharf's debug log and all outputs for every secret.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn private_file(p: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(p, text).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+const ACCEPT: &str =
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// GET through wharf; returns status, headers and body, all kept in `seen`.
+fn get(url: &str, seen: &mut Vec<String>) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = http().get(url).header("accept", ACCEPT).send().unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let body = r.text().unwrap();
+    seen.push(format!("{headers:?}\n{body}"));
+    (status, headers, body)
+}
+
+fn assert_no_secret(seen: &[String], log: &std::path::Path, secrets: &[String]) {
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("wharf::access"), "the log has the requests");
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        assert!(!log.contains(s.as_str()), "a secret is in wharf's log");
+        for (i, text) in seen.iter().enumerate() {
+            assert!(!text.contains(s.as_str()), "a secret is in output #{i}");
+        }
+    }
+}
+
+#[test]
+fn gitlab_shaped_registry_with_a_deploy_token() {
+    let rt = runtime();
+    let deploy_user = "gitlab+deploy-token-7".to_owned();
+    let deploy_token = format!("gldt-{}", random_hex(12));
+    let (u, p) = (deploy_user.clone(), deploy_token.clone());
+    let up = Upstream::start(
+        Auth::TokenWith(TokenOpts {
+            ip: [127, 0, 0, 2], // the realm on another host than the registry
+            path: "/jwt/auth",
+            kid: true,
+            expires_in: None,
+            jwt_lifetime: 300,
+            check: Arc::new(move |a, b| (a == u && b == p).then(|| u.clone())),
+        }),
+        &rt,
+    );
+    up.push("small", "private/app:1", None, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    private_file(&dir.join("deploy-token"), &deploy_token);
+    let block = |creds: bool| {
+        format!(
+            "[[upstream]]\nname = \"gitlab\"\nurl = \"{}\"\naliases = [\"registry.gitlab.example\"]\ndefault = true\n{}",
+            up.url(),
+            if creds {
+                format!("[upstream.credentials]\nusername = \"{deploy_user}\"\npassword_file = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/**\"]\n", dir.join("deploy-token"))
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut seen = Vec::new();
+    let w = Served::start(dir, "gl", &block(true));
+    let (ok, out) = skopeo_to_dir(
+        None,
+        &format!("docker://127.0.0.1:{}/private/app:1", w.port),
+        &dir.join("out"),
+        false,
+    );
+    assert!(ok, "pull with the deploy token: {out}");
+    seen.push(out);
+    let issued = up.token.as_ref().unwrap().issued.load(Ordering::SeqCst);
+    assert!(issued >= 1);
+    // Without credentials the same repository is refused by the upstream.
+    drop(w);
+    let anon_dir = dir.join("anon"); // a cache of its own
+    std::fs::create_dir_all(&anon_dir).unwrap();
+    let anon = Served::start(&anon_dir, "gl-anon", &block(false));
+    let (s, _, body) = get(
+        &format!("{}/v2/private/app/manifests/1", anon.url()),
+        &mut seen,
+    );
+    assert_eq!(s, 403, "{body}");
+    let mut secrets = vec![deploy_token.clone(), up.pass.clone()];
+    secrets.extend(
+        up.token
+            .as_ref()
+            .unwrap()
+            .tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    drop(anon);
+    assert_no_secret(&seen, &dir.join("gl.log"), &secrets);
+}
+
+#[test]
+fn short_tokens_expire_during_a_slow_blob_without_breaking_it() {
+    let rt = runtime();
+    // Docker Hub's shape with 12 s tokens; the upstream link sends 4 MiB/s, so
+    // the 64 MiB layer takes ~16 s: its token dies mid-transfer.
+    let mut opts = TokenOpts::hub("nobody", "unused");
+    opts.expires_in = Some(12);
+    opts.jwt_lifetime = 12;
+    let pull_user = format!("u{}", random_hex(4));
+    let pull_pass = random_hex(16);
+    let (u, p) = (pull_user.clone(), pull_pass.clone());
+    opts.check = Arc::new(move |a, b| (a == u && b == p).then(|| u.clone()));
+    let up = Upstream::start(Auth::TokenWith(opts), &rt);
+    up.push("large", "private/big:1", None, false);
+    let relay = throttled_relay(&rt, up.addr(), 4 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    private_file(&dir.join("pw"), &pull_pass);
+    let w = Served::start(
+        dir,
+        "slow",
+        &format!(
+            "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:{relay}\"\ndefault = true\n[upstream.credentials]\nusername = \"{pull_user}\"\npassword_file = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/big\"]\n",
+            dir.join("pw")
+        ),
+    );
+    let issued = || up.token.as_ref().unwrap().issued.load(Ordering::SeqCst);
+    let before = issued();
+    let started = Instant::now();
+    let (ok, out) = skopeo_to_dir(
+        None,
+        &format!("docker://127.0.0.1:{}/private/big:1", w.port),
+        &dir.join("out"),
+        false,
+    );
+    let took = started.elapsed();
+    assert!(ok, "slow pull: {out}");
+    let mut seen = vec![out];
+    assert!(
+        took > Duration::from_secs(13),
+        "the transfer outlived its token ({took:?})"
+    );
+    // The layer came over one token that expired on the way; blobs asked
+    // for after it (skopeo fetches the config last) got a renewed one.
+    let n = issued() - before;
+    assert!((1..=2).contains(&n), "{n} tokens for one pull");
+    // The next requests reuse a live token, or renew the dead one once...
+    let url = format!("{}/v2/private/big/tags/list", w.url());
+    for _ in 0..3 {
+        let (s, _, body) = get(&url, &mut seen);
+        assert_eq!(s, 200, "{body}");
+    }
+    assert_eq!(issued() - before, 2, "one live token after the pull");
+    // ...and once it is past 90% of its 12 s, the next request renews it.
+    std::thread::sleep(Duration::from_secs(11));
+    let (s, _, _) = get(&url, &mut seen);
+    assert_eq!(s, 200);
+    assert_eq!(issued() - before, 3, "expired token renewed");
+    let mut secrets = vec![pull_pass, up.pass.clone()];
+    secrets.extend(
+        up.token
+            .as_ref()
+            .unwrap()
+            .tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    drop(w);
+    assert_no_secret(&seen, &dir.join("slow.log"), &secrets);
+}
+
+#[test]
+fn artifact_registry_json_keys_and_the_metadata_server() {
+    use base64::Engine as _;
+    let rt = runtime();
+    let md = MetadataServer::start(&rt, Duration::from_secs(6));
+    let key_json = format!(
+        "{{\"type\":\"service_account\",\"project_id\":\"p\",\"private_key_id\":\"{}\",\"private_key\":\"-----BEGIN PRIVATE KEY-----\\n{}\\n-----END PRIVATE KEY-----\\n\",\"client_email\":\"mirror@p.iam.gserviceaccount.com\"}}",
+        random_hex(8),
+        random_hex(32)
+    );
+    let (k, md_tokens) = (key_json.clone(), md.tokens.clone());
+    let mut opts = TokenOpts::hub("nobody", "unused");
+    opts.path = "/v2/token";
+    // Short registry tokens: wharf must come back with a metadata token.
+    opts.expires_in = Some(4);
+    opts.jwt_lifetime = 4;
+    opts.check = Arc::new(move |user, pass| {
+        let ok = match user {
+            "_json_key" => pass == k,
+            "_json_key_base64" => {
+                base64::engine::general_purpose::STANDARD.decode(pass).ok()
+                    == Some(k.clone().into_bytes())
+            }
+            "oauth2accesstoken" => {
+                let now = Instant::now();
+                md_tokens
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(t, until)| t == pass && *until > now)
+            }
+            _ => false,
+        };
+        ok.then(|| "mirror@p.iam.gserviceaccount.com".to_owned())
+    });
+    let up = Upstream::start(Auth::TokenWith(opts), &rt);
+    up.push("small", "private/app:1", None, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    private_file(&dir.join("sa.json"), &key_json);
+    let block = |name: &str, prefix: &str, creds: &str| {
+        format!(
+            "[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\nprefix = \"{prefix}\"\n[upstream.credentials]\n{creds}[upstream.access]\nanonymous = true\nrepositories = [\"private/*\"]\n",
+            up.url()
+        )
+    };
+    let key_file = format!("json_key_file = {:?}\n", dir.join("sa.json"));
+    let w = Served::start(
+        dir,
+        "gar",
+        &[
+            block("gar-key", "key", &key_file),
+            block(
+                "gar-b64",
+                "b64",
+                &format!("{key_file}json_key_base64 = true\n"),
+            ),
+            block(
+                "gar-node",
+                "node",
+                &format!(
+                    "gce_metadata = true\nmetadata_host = \"127.0.0.1:{}\"\n",
+                    md.port
+                ),
+            ),
+        ]
+        .concat(),
+    );
+    let mut seen = Vec::new();
+    for prefix in ["key", "b64", "node"] {
+        let (s, _, body) = get(
+            &format!("{}/v2/{prefix}/private/app/manifests/1", w.url()),
+            &mut seen,
+        );
+        assert_eq!(s, 200, "{prefix}: {body}");
+    }
+    assert_eq!(
+        md.fetches.load(Ordering::SeqCst),
+        1,
+        "one metadata token so far"
+    );
+    // skopeo through the metadata-token upstream.
+    let (ok, out) = skopeo_to_dir(
+        None,
+        &format!("docker://127.0.0.1:{}/node/private/app:1", w.port),
+        &dir.join("out"),
+        false,
+    );
+    assert!(ok, "{out}");
+    seen.push(out);
+    // After the metadata token's lifetime, wharf fetches a new one before
+    // the registry would refuse the old one.
+    std::thread::sleep(Duration::from_secs(7));
+    let (s, _, body) = get(
+        &format!("{}/v2/node/private/app/tags/list", w.url()),
+        &mut seen,
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(md.fetches.load(Ordering::SeqCst), 2, "refreshed once");
+    assert_eq!(md.tokens.lock().unwrap().len(), 2);
+    let (_, _, metrics) = get(&format!("{}/metrics", w.url()), &mut seen);
+    assert!(
+        metrics.contains(
+            "wharf_upstream_token_fetches_total{kind=\"metadata\",upstream=\"gar-node\"} 2"
+        ),
+        "{metrics}"
+    );
+    let mut secrets = vec![
+        key_json.clone(),
+        base64::engine::general_purpose::STANDARD.encode(&key_json),
+        up.pass.clone(),
+    ];
+    secrets.extend(md.tokens.lock().unwrap().iter().map(|(t, _)| t.clone()));
+    secrets.extend(
+        up.token
+            .as_ref()
+            .unwrap()
+            .tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    drop(w);
+    assert_no_secret(&seen, &dir.join("gar.log"), &secrets);
+}
+
+#[test]
+fn a_429_is_respected_and_the_cache_keeps_serving() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:1", None, false);
+    up.push("small", "library/other:1", Some("v2s2"), false);
+    let limiter = RateLimiter::start(&rt, up.url());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let w = Served::start(
+        dir,
+        "limited",
+        &format!(
+            "tag_ttl = \"1s\"\n[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:{}\"\naliases = [\"docker.io\"]\ndefault = true\n",
+            limiter.port
+        ),
+    );
+    let mut seen = Vec::new();
+    // Pull test:1 completely while the upstream still answers.
+    let conf = registries_conf(dir, ([127, 0, 0, 1], w.port).into());
+    let (ok, out) = skopeo_to_dir(
+        Some(&conf),
+        "docker://docker.io/library/test:1",
+        &dir.join("a"),
+        false,
+    );
+    assert!(ok, "{out}");
+    let (_, _, metrics) = get(&format!("{}/metrics", w.url()), &mut seen);
+    assert!(
+        metrics.contains("wharf_upstream_ratelimit_limit{upstream=\"hub\"} 100"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wharf_upstream_ratelimit_remaining{upstream=\"hub\"} 99"),
+        "{metrics}"
+    );
+
+    limiter.limited.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100)); // test:1's tag is now due
+    let before = limiter.seen.load(Ordering::SeqCst);
+    let other = format!("{}/v2/library/other/manifests/1", w.url());
+    let (s, headers, body) = get(&other, &mut seen);
+    assert_eq!(s, 429, "{body}");
+    assert!(
+        body.contains("TOOMANYREQUESTS") && body.contains("upstream hub"),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(limiter.seen.load(Ordering::SeqCst), before + 1);
+    // wharf stops asking: ten more misses, and the cached image, reach nobody.
+    for _ in 0..10 {
+        let (s, _, _) = get(&other, &mut seen);
+        assert_eq!(s, 429);
+    }
+    let (ok, out) = skopeo_to_dir(
+        Some(&conf),
+        "docker://docker.io/library/test:1",
+        &dir.join("b"),
+        false,
+    );
+    assert!(ok, "cached image during the backoff: {out}");
+    assert_eq!(dir_contents(&dir.join("a")), dir_contents(&dir.join("b")));
+    assert_eq!(
+        limiter.seen.load(Ordering::SeqCst),
+        before + 1,
+        "nothing sent upstream during the backoff"
+    );
+    let (_, _, metrics) = get(&format!("{}/metrics", w.url()), &mut seen);
+    assert!(
+        metrics.contains("wharf_upstream_throttled_total{upstream=\"hub\"} 1"),
+        "{metrics}"
+    );
+    let skipped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wharf_upstream_backoff_skipped_total{upstream=\"hub\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(skipped >= 10, "{skipped}");
+    let log = std::fs::read_to_string(dir.join("limited.log")).unwrap();
+    assert!(log.contains("429"), "the backoff is logged");
+}
