@@ -135,8 +135,15 @@ fn access_control_with_real_clients_and_no_secret_anywhere() {
 
     // Then the same cache behind access control: only users, only private/*,
     // bob not at all.
+    // A second, public upstream (no credentials) on the same mirror.
+    let pub_up = Upstream::start(Auth::None, &rt);
+    pub_up.push("small", "library/busy:1", None, false);
+    let pub_block = format!(
+        "[[upstream]]\nname = \"pub\"\nurl = \"{}\"\nprefix = \"pub\"\n[upstream.access]\nanonymous = true\n",
+        pub_up.url()
+    );
     let closed_cfg = format!(
-        "{access}{hub}[upstream.access]\nanonymous = false\nusers = [\"alice\", \"ci\"]\nrepositories = [\"private/*\"]\n"
+        "{access}{hub}[upstream.access]\nanonymous = false\nusers = [\"alice\", \"ci\"]\nrepositories = [\"private/*\"]\n{pub_block}"
     );
     let mut w = Served::start(dir, "closed", &closed_cfg);
     let url = |p: &str| format!("{}{p}", w.url());
@@ -166,6 +173,21 @@ fn access_control_with_real_clients_and_no_secret_anywhere() {
         );
         assert_eq!(s, 401, "{body}");
         assert!(body.contains("authentication failed"), "{body}");
+    }
+    // The public upstream serves anyone, and ignores credentials it does not
+    // know (dockerd sends its Docker Hub login to mirrors).
+    for a in [
+        None,
+        Some(basic("dockerhub-user", "x")),
+        Some("Bearer foreign".to_owned()),
+    ] {
+        let (s, body) = get(
+            &client,
+            &url("/v2/pub/library/busy/manifests/1"),
+            a.as_deref(),
+            &mut seen,
+        );
+        assert_eq!(s, 200, "{a:?}: {body}");
     }
     // alice and the CI token pull private/app.
     for a in [&alice, &token] {
