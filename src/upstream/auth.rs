@@ -166,9 +166,6 @@ impl TokenCache {
     pub fn put(&self, scope: &str, token: Token) {
         self.tokens.lock().insert(scope.to_owned(), token);
     }
-    pub fn invalidate(&self, scope: &str) {
-        self.tokens.lock().remove(scope);
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use crate::config::UpstreamConfig;
+use crate::config::{Secret, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::registry::{Digest, MediaType, Reference, RepoName, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 
@@ -31,6 +31,7 @@ pub struct UpstreamClient {
     /// The last challenge seen, so later requests authenticate up front instead
     /// of collecting a 401 each time.
     challenge: parking_lot::Mutex<Option<Challenge>>,
+    token_fetch: tokio::sync::Mutex<()>,
     /// After a 429, nothing is sent until `until`.
     backoff: parking_lot::Mutex<Backoff>,
     metrics: Arc<Metrics>,
@@ -102,6 +103,7 @@ impl UpstreamClient {
                 .map(|c| credentials::source(&cfg.name, c, Some(&metrics))),
             tokens: TokenCache::default(),
             challenge: parking_lot::Mutex::new(None),
+            token_fetch: tokio::sync::Mutex::new(()),
             backoff: parking_lot::Mutex::new(Backoff::default()),
             metrics,
         })
@@ -132,18 +134,21 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         let scope = format!("repository:{repo}:pull");
         let mut retried = false;
+        // What the last attempt sent and had refused, so that only that value
+        // is replaced (not a token a concurrent request just fetched).
+        let mut refused: Option<HeaderValue> = None;
         loop {
             let challenge = self.challenge.lock().clone();
             let auth = match &challenge {
-                Some(c) => self.authorization(c, &scope, retried).await?,
+                Some(c) => self.authorization(c, &scope, refused.as_ref()).await?,
                 None => None,
             };
             let mut req = self
                 .http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if let Some(a) = auth {
-                req = req.header(http::header::AUTHORIZATION, a);
+            if let Some(a) = &auth {
+                req = req.header(http::header::AUTHORIZATION, a.clone());
             }
             self.check_backoff()?;
             let resp = req.send().await.map_err(|e| self.transport(e))?;
@@ -169,38 +174,50 @@ impl UpstreamClient {
                     with_credentials: self.credentials.is_some(),
                 });
             }
-            self.tokens.invalidate(&scope);
             *self.challenge.lock() = new;
+            refused = auth;
             retried = true;
         }
     }
 
     /// The `Authorization` value for a challenge, fetching a token if needed.
+    /// `refused`: what the upstream just refused; it is not sent again.
     async fn authorization(
         &self,
         c: &Challenge,
         scope: &str,
-        fresh: bool,
+        refused: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>, UpstreamError> {
         match c {
             Challenge::Basic => match &self.credentials {
                 None => Ok(None),
                 Some(src) => {
-                    if fresh {
+                    if refused.is_some() {
                         src.rejected();
                     }
                     Ok(Some(basic(&src.get().await?)))
                 }
             },
             Challenge::Bearer { realm, service, .. } => {
-                let now = Instant::now();
-                let token = match self.tokens.get(scope, now).filter(|_| !fresh) {
+                let usable = |t: &Secret| {
+                    refused
+                        .is_none_or(|r| r.as_bytes() != format!("Bearer {}", t.expose()).as_bytes())
+                };
+                let token = match self.tokens.get(scope, Instant::now()).filter(usable) {
                     Some(t) => t,
                     None => {
-                        let t = self.fetch_token(realm, service.as_deref(), scope).await?;
-                        let v = t.value.clone();
-                        self.tokens.put(scope, t);
-                        v
+                        // One fetch at a time: twelve cold requests arriving
+                        // together share one token instead of asking for twelve.
+                        let _one = self.token_fetch.lock().await;
+                        match self.tokens.get(scope, Instant::now()).filter(usable) {
+                            Some(t) => t,
+                            None => {
+                                let t = self.fetch_token(realm, service.as_deref(), scope).await?;
+                                let v = t.value.clone();
+                                self.tokens.put(scope, t);
+                                v
+                            }
+                        }
                     }
                 };
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))

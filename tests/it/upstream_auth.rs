@@ -391,3 +391,29 @@ fn a_429_is_respected_and_the_cache_keeps_serving() {
     let log = std::fs::read_to_string(dir.join("limited.log")).unwrap();
     assert!(log.contains("429"), "the backoff is logged");
 }
+
+#[test]
+fn concurrent_cold_requests_share_one_token() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::Token, &rt);
+    up.push("small", "private/app:1", None, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&rt, &Wharf::hub_block(&up, true, tmp.path()), "");
+    let before = up.token.as_ref().unwrap().issued.load(Ordering::SeqCst);
+    // tags/list is never cached or coalesced: twelve upstream requests at once.
+    let url = format!("{}/v2/private/app/tags/list", w.url());
+    let threads: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    assert_eq!(
+        up.token.as_ref().unwrap().issued.load(Ordering::SeqCst) - before,
+        1,
+        "one token for all of them"
+    );
+}
