@@ -226,6 +226,39 @@ fn mtls_refuses_clients_without_a_certificate_from_the_client_ca() {
     assert!(ok, "skopeo with a client certificate: {out}");
 }
 
+#[test]
+fn a_client_certificate_authenticates_where_anonymous_clients_are_refused() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:1", None, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let client_ca = wharf::tls::Ca::load_or_create(&tmp.path().join("client-ca")).unwrap();
+    let (cert, key) = client_ca
+        .issue_client("puller", Duration::from_secs(3600))
+        .unwrap();
+    // Optional: anyone may connect, but only certificate holders may pull.
+    let server = format!(
+        "{AUTO}client_ca_file = {:?}\nclient_auth = \"optional\"\n",
+        client_ca.cert_path()
+    );
+    let upstreams = format!(
+        "[access]\nclient_certificates = true\n{}[upstream.access]\nanonymous = false\n",
+        Wharf::hub_block(&up, false, Path::new("/"))
+    );
+    let w = Wharf::start_with(&rt, &server, &upstreams, "");
+    let ca = std::fs::read(w.cache_dir().join("tls/ca.crt")).unwrap();
+    let url = format!("{}/v2/library/test/manifests/1", https(&w));
+    let r = client(&ca, None).get(&url).send().unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "connected without a certificate, but not allowed to pull"
+    );
+    let id = reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap();
+    let r = client(&ca, Some(id)).get(&url).send().unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// The leaf certificate (DER) of a PEM chain.
 fn leaf(chain_pem: &str) -> Vec<u8> {
     CertificateDer::pem_slice_iter(chain_pem.as_bytes())
