@@ -1094,6 +1094,29 @@ mod tests {
     }
 
     #[test]
+    fn systemd_credentials_come_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hub"), "from-systemd\n").unwrap();
+        // nextest runs every test in a process of its own.
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+        let text = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[upstream.credentials]\nusername = \"u\"\npassword_credential = \"hub\"\n";
+        let c = Config::from_toml(text, None).unwrap();
+        let src = crate::upstream::credentials::source(
+            "a",
+            c.upstreams[0].credentials.as_ref().unwrap(),
+            None,
+        );
+        let got = futures_util::FutureExt::now_or_never(src.get())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.password.expose(), "from-systemd");
+        let e = Config::from_toml(&text.replace("\"hub\"", "\"missing\""), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_credential"), "{e}");
+    }
+
+    #[test]
     fn access_rules() {
         let up = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n";
         let err = |t: &str| Config::from_toml(t, None).unwrap_err().to_string();

@@ -94,7 +94,36 @@ fn gitlab_shaped_registry_with_a_deploy_token() {
         &mut seen,
     );
     assert_eq!(s, 403, "{body}");
-    let mut secrets = vec![deploy_token.clone(), up.pass.clone()];
+    // The same deploy token from a `docker login` config.json entry.
+    let dc_dir = dir.join("dc");
+    std::fs::create_dir_all(&dc_dir).unwrap();
+    let auth_b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("{deploy_user}:{deploy_token}"))
+    };
+    private_file(
+        &dc_dir.join("config.json"),
+        &format!(
+            "{{\"auths\":{{\"127.0.0.1:{}\":{{\"auth\":\"{auth_b64}\"}}}}}}",
+            up.port
+        ),
+    );
+    let dc = Served::start(
+        &dc_dir,
+        "gl-dc",
+        &format!(
+            "[[upstream]]\nname = \"gitlab\"\nurl = \"{}\"\ndefault = true\n[upstream.credentials]\ndocker_config = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/**\"]\n",
+            up.url(),
+            dc_dir.join("config.json")
+        ),
+    );
+    let (s, _, body) = get(
+        &format!("{}/v2/private/app/manifests/1", dc.url()),
+        &mut seen,
+    );
+    assert_eq!(s, 200, "with docker login's credentials: {body}");
+    drop(dc);
+    let mut secrets = vec![deploy_token.clone(), up.pass.clone(), auth_b64.clone()];
     secrets.extend(
         up.token
             .as_ref()
@@ -107,6 +136,7 @@ fn gitlab_shaped_registry_with_a_deploy_token() {
     );
     drop(anon);
     assert_no_secret(&seen, &dir.join("gl.log"), &secrets);
+    assert_no_secret(&seen, &dc_dir.join("gl-dc.log"), &secrets);
 }
 
 #[test]
