@@ -48,8 +48,12 @@ fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Serve only what is cached; never contact an upstream.
+    pub offline: Option<bool>,
     #[serde(default)]
     pub server: FileServer,
+    #[serde(default)]
+    pub log: FileLog,
     #[serde(default)]
     pub cache: FileCache,
     #[serde(default)]
@@ -95,6 +99,17 @@ pub struct FileServer {
     /// Serve plain HTTP instead of TLS. Must be said explicitly.
     pub plain_http: Option<bool>,
     pub tls: Option<FileTls>,
+    /// Plain-HTTP listener for /metrics, /healthz and /readyz.
+    pub admin_listen: Option<String>,
+    /// How long in-flight transfers may take to finish after SIGTERM.
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// "text" (default) or "json".
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -123,6 +138,15 @@ pub struct FileCache {
     pub dir: Option<PathBuf>,
     /// How long a tag -> digest answer is trusted before a HEAD revalidates it.
     pub tag_ttl: Option<String>,
+    /// Disk budget, e.g. "20GiB"; default: the filesystem's size.
+    pub max_size: Option<String>,
+    /// Fractions of max_size: eviction starts past high, stops under low.
+    pub high_watermark: Option<f64>,
+    pub low_watermark: Option<f64>,
+    /// Images never evicted.
+    pub pin: Option<Vec<String>>,
+    /// Memory for recent manifests, e.g. "16MiB".
+    pub memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +164,8 @@ pub struct FileUpstream {
     pub connect_timeout: Option<String>,
     pub credentials: Option<FileCredentials>,
     pub access: Option<FileUpstreamAccess>,
+    /// Serve only what is cached from this upstream.
+    pub offline: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,9 +214,13 @@ pub struct TlsConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub log_json: bool,
     pub tls: TlsConfig,
     pub cache_dir: PathBuf,
     pub tag_ttl: Duration,
+    pub cache: crate::cache::CacheSettings,
     pub upstreams: Vec<UpstreamConfig>,
     pub access: AccessConfig,
     /// Things worth telling the operator at start-up (inline passwords, ...).
@@ -211,6 +241,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub credentials: Option<CredentialSpec>,
     pub access: UpstreamAccess,
+    /// Never contact this upstream: serve from cache only.
+    pub offline: bool,
 }
 
 /// The mirror-wide access settings.
@@ -341,6 +373,35 @@ fn default_cache_dir() -> PathBuf {
 fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(s)
         .map_err(|e| invalid(key, format!("{e} (examples: \"30s\", \"5m\", \"1h\")")))
+}
+
+/// `"20GiB"`, `"500MB"`, `"1.5 TiB"`, `"1048576"`: decimal (kB, MB, GB, TB)
+/// and binary (KiB, MiB, GiB, TiB) units, case-insensitive.
+pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{s:?} is not a size (examples: \"20GiB\", \"500MB\")"),
+        )
+    })?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        u => return Err(invalid(key, format!("unknown unit {u:?} in {s:?}"))),
+    };
+    Ok((n * mult as f64) as u64)
 }
 
 fn resolve(base: Option<&Path>, p: &Path) -> PathBuf {
@@ -741,6 +802,36 @@ fn validate_tls(
     })
 }
 
+fn validate_cache(c: &FileCache) -> Result<crate::cache::CacheSettings, ConfigError> {
+    let mut settings = crate::cache::CacheSettings::default();
+    if let Some(m) = &c.max_size {
+        let n = parse_size("cache.max_size", m)?;
+        if n < 1 << 20 {
+            return Err(invalid("cache.max_size", "at least 1MiB"));
+        }
+        settings.limits.max_size = Some(n);
+    }
+    let high = c.high_watermark.unwrap_or(settings.limits.high);
+    let low = c.low_watermark.unwrap_or(settings.limits.low);
+    if !(0.0 < low && low < high && high <= 1.0) {
+        return Err(invalid(
+            "cache.low_watermark",
+            format!("need 0 < low_watermark ({low}) < high_watermark ({high}) <= 1"),
+        ));
+    }
+    settings.limits.high = high;
+    settings.limits.low = low;
+    for (i, p) in c.pin.iter().flatten().enumerate() {
+        settings
+            .pins
+            .push(crate::cache::Pin::parse(p).map_err(|e| invalid(format!("cache.pin[{i}]"), e))?);
+    }
+    if let Some(m) = &c.memory {
+        settings.memory = parse_size("cache.memory", m)?;
+    }
+    Ok(settings)
+}
+
 impl FileConfig {
     pub fn validate(self, base: Option<&Path>) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
@@ -761,12 +852,52 @@ impl FileConfig {
         let cache_dir = self
             .cache
             .dir
-            .map(|d| resolve(base, &d))
+            .as_ref()
+            .map(|d| resolve(base, d))
             .unwrap_or_else(default_cache_dir);
         let tag_ttl = parse_duration(
             "cache.tag_ttl",
             self.cache.tag_ttl.as_deref().unwrap_or("5m"),
         )?;
+        let cache = validate_cache(&self.cache)?;
+        let admin_listen = self
+            .server
+            .admin_listen
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|e| {
+                    invalid("server.admin_listen", format!("{e} (expected host:port)"))
+                })
+            })
+            .transpose()?;
+        if let Some(a) = admin_listen {
+            if a == listen {
+                return Err(invalid(
+                    "server.admin_listen",
+                    "must differ from server.listen",
+                ));
+            }
+            if !a.ip().is_loopback() {
+                warnings.push(format!(
+                    "server.admin_listen {a} is not loopback: /metrics and /readyz there are served to anyone who can reach it, without authentication"
+                ));
+            }
+        }
+        let shutdown_grace = parse_duration(
+            "server.shutdown_grace",
+            self.server.shutdown_grace.as_deref().unwrap_or("30s"),
+        )?;
+        let log_json = match self.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(f) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{f:?}: use \"text\" or \"json\""),
+                ))
+            }
+        };
+        let all_offline = self.offline.unwrap_or(false);
 
         if self.upstream.is_empty() {
             return Err(invalid("upstream", "at least one [[upstream]] is required"));
@@ -884,6 +1015,7 @@ impl FileConfig {
                 connect_timeout,
                 credentials,
                 access: up_access,
+                offline: all_offline || u.offline.unwrap_or(false),
             });
         }
         if upstreams.iter().filter(|u| u.default).count() > 1 {
@@ -894,9 +1026,13 @@ impl FileConfig {
         }
         Ok(Config {
             listen,
+            admin_listen,
+            shutdown_grace,
+            log_json,
             tls,
             cache_dir,
             tag_ttl,
+            cache,
             upstreams,
             access,
             warnings,

@@ -18,8 +18,12 @@
 //!   token users, client certificates, per-upstream repository lists).
 //! - [`metrics`]: the Prometheus registry handed to the parts that count.
 //! - [`watched`]: files re-read when they change (credentials, htpasswd).
+//! - [`admin`]: the operator side: `/metrics`, `/healthz`, `/readyz` on the
+//!   admin listener, and the `wharf ls/du/rm/gc/pin` operations, run through
+//!   the running server's admin socket or on a cache no server holds.
 
 pub mod access;
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod metrics;

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -47,23 +46,93 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List cached repositories and images: tags, digests, sizes, last access.
+    Ls {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how much the cache holds, pinned content, the budget and the disk.
+    Du {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image: UPSTREAM/REPO[:TAG|@DIGEST] (as `wharf ls` shows it).
+    /// Content another cached image uses, or a pin protects, stays.
+    Rm {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        image: String,
+    },
+    /// Reconcile files with metadata, drop references to missing content, and
+    /// evict if over the high watermark, now.
+    Gc {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also re-hash every blob and remove those that no longer match.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Protect images from eviction: UPSTREAM/REPO[:TAG|@DIGEST], globs allowed
+    /// (`*` within a path component, `**` across). Without a pattern, list pins.
+    Pin {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        pattern: Option<String>,
+    },
+    /// Remove a pin added with `wharf pin`.
+    Unpin {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        pattern: String,
+    },
+}
+
+/// Logs go to stderr (journald takes them from there): text, or one JSON
+/// object per line with `log.format = "json"` or `WHARF_LOG_FORMAT=json`.
+/// `WHARF_LOG` filters (default `info`; the access log is target
+/// `wharf::access`).
+fn init_logging(json: bool) {
+    let json =
+        json || std::env::var("WHARF_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        // Colours only on a terminal: journald and log files get plain text.
+        b.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::CheckConfig { config } => check_config(config),
-        Command::Trust { config, host, out } => trust(config, host, out),
+        Command::CheckConfig { config } => with_logs(|| check_config(config)),
+        Command::Trust { config, host, out } => with_logs(|| trust(config, host, out)),
+        Command::Ls { config, json } => with_logs(|| wharf::admin::client::ls(load(config)?, json)),
+        Command::Du { config, json } => with_logs(|| wharf::admin::client::du(load(config)?, json)),
+        Command::Rm { config, image } => {
+            with_logs(|| wharf::admin::client::rm(load(config)?, image))
+        }
+        Command::Gc { config, verify } => {
+            with_logs(|| wharf::admin::client::gc(load(config)?, verify))
+        }
+        Command::Pin { config, pattern } => {
+            with_logs(|| wharf::admin::client::pin(load(config)?, pattern))
+        }
+        Command::Unpin { config, pattern } => {
+            with_logs(|| wharf::admin::client::unpin(load(config)?, pattern))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +141,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn with_logs(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    init_logging(false);
+    f()
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -173,7 +247,14 @@ fn trust(path: Option<PathBuf>, host: Option<String>, out: Option<PathBuf>) -> a
 }
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = load(path)?;
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            init_logging(false);
+            return Err(e);
+        }
+    };
+    init_logging(config.log_json);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -202,14 +283,42 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
                 "TLS certificate minted from wharf's CA; `wharf trust` shows how clients trust it"
             );
         }
-        wharf::server::run(
+        // The operator's side: stops with the server.
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = admin_stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let sock = wharf::admin::socket_path(&config.cache_dir);
+        let socket_task = tokio::spawn(wharf::admin::serve_socket(mirror.clone(), sock.clone(), stopped()));
+        let admin_task = match config.admin_listen {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
+                tracing::info!(admin = %l.local_addr()?, "serving /metrics, /healthz and /readyz");
+                Some(tokio::spawn(wharf::admin::serve_http(mirror.clone(), l, stopped())))
+            }
+        };
+        tracing::info!(socket = %sock.display(), "operator commands (wharf ls, du, rm, gc, pin) use this socket");
+        let served = wharf::server::run(
             listener,
             mirror,
             tls,
             shutdown_signal(),
-            Duration::from_secs(30),
+            config.shutdown_grace,
         )
-        .await?;
+        .await;
+        let _ = stop_admin.send(true);
+        let _ = socket_task.await;
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        served?;
+        tracing::info!("wharf stopped");
         Ok(())
     })
 }

@@ -3,10 +3,37 @@
 //! Labels are upstream names and fixed words, never client input, so the
 //! number of series stays bounded.
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
+    /// Client requests by endpoint, method and status.
+    pub requests: IntCounterVec,
+    /// How the cache answered: endpoint and hit/miss/coalesced/revalidated/
+    /// stale/pass.
+    pub cache_results: IntCounterVec,
+    /// Blob bytes sent to clients, by source: `cache` (a verified file) or
+    /// `upstream` (read along a fill).
+    pub served_bytes: IntCounterVec,
+    /// Blob bytes received from each upstream.
+    pub upstream_bytes: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    /// 1 while the upstream answers, 0 after a connection failure.
+    pub upstream_up: IntGaugeVec,
+    /// Requests that waited for a fetch another request started.
+    pub coalesced: IntCounterVec,
+    pub fills_in_flight: IntGauge,
+    pub evicted_blobs: IntCounter,
+    pub evicted_bytes: IntCounter,
+    pub eviction_runs: IntCounter,
+    pub cache_size: IntGauge,
+    pub cache_pinned_size: IntGauge,
+    pub cache_blobs: IntGauge,
+    pub cache_max_size: IntGauge,
     /// Docker Hub's `ratelimit-limit` / `ratelimit-remaining`, as last seen.
     pub upstream_ratelimit_limit: IntGaugeVec,
     pub upstream_ratelimit_remaining: IntGaugeVec,
@@ -41,7 +68,79 @@ impl Metrics {
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
+        let one_gauge = |name: &str, help: &str| {
+            reg(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let one_counter = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
         Metrics {
+            requests: counter(
+                "wharf_requests_total",
+                "Client requests by endpoint, method and response status",
+                &["endpoint", "method", "status"],
+            ),
+            cache_results: counter(
+                "wharf_cache_results_total",
+                "Manifest and blob requests by how the cache answered (hit, miss, coalesced, revalidated, stale, pass)",
+                &["endpoint", "result"],
+            ),
+            served_bytes: counter(
+                "wharf_served_bytes_total",
+                "Blob bytes sent to clients: source=cache (verified file) or upstream (streamed while filling)",
+                &["source"],
+            ),
+            upstream_bytes: counter(
+                "wharf_upstream_bytes_total",
+                "Blob bytes received from the upstream",
+                &["upstream"],
+            ),
+            upstream_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "wharf_upstream_request_duration_seconds",
+                        "Upstream requests until response headers, by operation",
+                    ),
+                    &["upstream", "op"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_errors: counter(
+                "wharf_upstream_errors_total",
+                "Failed upstream requests by kind (unreachable, status, unauthorized, ...)",
+                &["upstream", "kind"],
+            ),
+            upstream_up: gauge(
+                "wharf_upstream_up",
+                "1 if the upstream's last request got an answer, 0 if it could not be reached",
+                &["upstream"],
+            ),
+            coalesced: counter(
+                "wharf_coalesced_total",
+                "Requests that joined a fetch already in flight instead of starting one",
+                &["kind"],
+            ),
+            fills_in_flight: one_gauge("wharf_fills_in_flight", "Blob downloads in progress"),
+            evicted_blobs: one_counter("wharf_evicted_blobs_total", "Blobs removed by eviction"),
+            evicted_bytes: one_counter("wharf_evicted_bytes_total", "Bytes removed by eviction"),
+            eviction_runs: one_counter(
+                "wharf_eviction_runs_total",
+                "Eviction passes that removed content or tried to",
+            ),
+            cache_size: one_gauge("wharf_cache_size_bytes", "Bytes of verified content in the cache"),
+            cache_pinned_size: one_gauge(
+                "wharf_cache_pinned_bytes",
+                "Bytes of cached content protected by pins (as of the last eviction pass)",
+            ),
+            cache_blobs: one_gauge("wharf_cache_blobs", "Blobs and manifests in the cache"),
+            cache_max_size: one_gauge(
+                "wharf_cache_max_size_bytes",
+                "The configured cache.max_size (0: the filesystem's size)",
+            ),
             upstream_ratelimit_limit: gauge(
                 "wharf_upstream_ratelimit_limit",
                 "The upstream's pull limit per window (Docker Hub's ratelimit-limit), as last seen",

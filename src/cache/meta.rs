@@ -12,6 +12,12 @@
 //! - `links`: `<upstream>/<repo>@<digest>`   -> `{}`: this repository is known
 //!   (from the upstream) to contain this content, so it may be served from cache
 //!   for it without asking the upstream.
+//! - `pins`:  `<pattern>`                    -> [`PinRecord`]: images `wharf pin`
+//!   protects from eviction (config patterns are not stored).
+//!
+//! Schema history: 1 kept `last_access` in seconds; 2 keeps milliseconds, so
+//! LRU order holds between pulls of the same second. [`Metadata::new`]
+//! migrates 1 to 2 in place.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +29,7 @@ use crate::registry::{Digest, MediaType, RepoName, Tag};
 
 use super::CacheError;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tree {
@@ -31,6 +37,7 @@ pub enum Tree {
     Tags,
     Blobs,
     Links,
+    Pins,
 }
 
 impl Tree {
@@ -40,6 +47,7 @@ impl Tree {
             Tree::Tags => "tags",
             Tree::Blobs => "blobs",
             Tree::Links => "links",
+            Tree::Pins => "pins",
         }
     }
 }
@@ -50,6 +58,14 @@ pub trait Kv: Send + Sync {
     fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), CacheError>;
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), CacheError>;
     fn len(&self, tree: Tree) -> Result<usize, CacheError>;
+    /// Calls `f` with every entry whose key starts with `prefix`, in key order,
+    /// until it returns `false`.
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), CacheError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), CacheError>;
 }
@@ -75,20 +91,27 @@ pub struct BlobRecord {
     pub kind: Kind,
     /// Manifests only: the upstream's Content-Type, served back as is.
     pub media_type: Option<String>,
-    /// Unix seconds; kept coarse (see [`Metadata::touch`]).
+    /// Unix milliseconds of the last read, as last written (the eviction
+    /// component keeps newer accesses in memory and writes them in batches).
     pub last_access: u64,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// Unix seconds.
+    pub added: u64,
 }
 
-/// Access times are rewritten at most this often per blob, so a hot blob does not
-/// cost a metadata write per request; eviction needs minutes, not milliseconds.
-const TOUCH_GRANULARITY_SECS: u64 = 60;
+pub fn now_secs() -> u64 {
+    now_millis() / 1000
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Typed access to the metadata, over any [`Kv`] engine.
 pub struct Metadata {
@@ -108,6 +131,11 @@ impl Metadata {
         match kv.get(Tree::Meta, b"schema")? {
             None => kv.insert(Tree::Meta, b"schema", SCHEMA_VERSION.to_string().as_bytes())?,
             Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v) if v == b"1" => {
+                let m = Metadata { kv };
+                m.migrate_1_to_2()?;
+                return Ok(m);
+            }
             Some(v) => {
                 return Err(CacheError::Schema(format!(
                     "metadata schema {} is not {SCHEMA_VERSION}; this wharf cannot read this cache",
@@ -116,6 +144,30 @@ impl Metadata {
             }
         }
         Ok(Metadata { kv })
+    }
+
+    /// Access times from seconds to milliseconds. Rewrites every blob record,
+    /// then the version: a crash halfway reruns it, and records already in
+    /// milliseconds (above 10^11: 1973 in ms, year 5138 in s) are left alone.
+    fn migrate_1_to_2(&self) -> Result<(), CacheError> {
+        let mut fix = Vec::new();
+        self.kv.scan(Tree::Blobs, b"", &mut |k, v| {
+            if let Ok(mut rec) = serde_json::from_slice::<BlobRecord>(v) {
+                if rec.last_access < 100_000_000_000 {
+                    rec.last_access *= 1000;
+                    fix.push((k.to_vec(), rec));
+                }
+            }
+            true
+        })?;
+        let n = fix.len();
+        for (k, rec) in fix {
+            self.put_json(Tree::Blobs, &k, &rec)?;
+        }
+        self.kv.insert(Tree::Meta, b"schema", b"2")?;
+        self.kv.flush()?;
+        tracing::info!(records = n, "metadata migrated from schema 1 to 2");
+        Ok(())
     }
 
     pub fn in_memory() -> Metadata {
@@ -186,15 +238,99 @@ impl Metadata {
         self.kv.remove(Tree::Blobs, d.as_str().as_bytes())
     }
 
-    /// Records an access for LRU, at most once a minute per blob.
-    pub fn touch(&self, d: &Digest, now: u64) -> Result<(), CacheError> {
+    /// Records a read for LRU (milliseconds), if later than the recorded one.
+    /// The eviction component batches these; see `evict.rs`.
+    pub fn touch(&self, d: &Digest, at_ms: u64) -> Result<(), CacheError> {
         if let Some(mut rec) = self.get_blob(d)? {
-            if now >= rec.last_access + TOUCH_GRANULARITY_SECS {
-                rec.last_access = now;
+            if at_ms > rec.last_access {
+                rec.last_access = at_ms;
                 self.put_blob(d, &rec)?;
             }
         }
         Ok(())
+    }
+
+    /// Every blob record, in digest order. A record that does not parse is
+    /// reported as `Err` with its key, so callers can drop it.
+    pub fn blobs(&self) -> Result<Vec<BlobEntry>, CacheError> {
+        let mut out = Vec::new();
+        self.kv.scan(Tree::Blobs, b"", &mut |k, v| {
+            let key = String::from_utf8_lossy(k).into_owned();
+            out.push((key, serde_json::from_slice(v).map_err(|_| ())));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Removes a blob record by its raw key (for records whose key or value
+    /// does not parse).
+    pub fn remove_blob_key(&self, key: &str) -> Result<(), CacheError> {
+        self.kv.remove(Tree::Blobs, key.as_bytes())
+    }
+
+    /// Every tag: `(upstream, repository, tag, record)`. Keys that do not
+    /// split (never written by this code) are skipped.
+    pub fn tags(&self) -> Result<Vec<TagEntry>, CacheError> {
+        let mut out = Vec::new();
+        self.kv.scan(Tree::Tags, b"", &mut |k, v| {
+            let k = String::from_utf8_lossy(k);
+            let parsed = k.split_once('/').and_then(|(up, rest)| {
+                let (repo, tag) = rest.rsplit_once(':')?;
+                Some(TagEntry {
+                    upstream: up.to_owned(),
+                    repo: repo.parse().ok()?,
+                    tag: tag.parse().ok()?,
+                    record: serde_json::from_slice(v).ok()?,
+                })
+            });
+            out.extend(parsed);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Every link: `(upstream, repository, digest)`.
+    pub fn links(&self) -> Result<Vec<(String, RepoName, Digest)>, CacheError> {
+        let mut out = Vec::new();
+        self.kv.scan(Tree::Links, b"", &mut |k, _| {
+            let k = String::from_utf8_lossy(k);
+            let parsed = k.split_once('/').and_then(|(up, rest)| {
+                let (repo, d) = rest.split_once('@')?;
+                Some((up.to_owned(), repo.parse().ok()?, d.parse().ok()?))
+            });
+            out.extend(parsed);
+            true
+        })?;
+        Ok(out)
+    }
+
+    pub fn unlink(&self, upstream: &str, repo: &RepoName, d: &Digest) -> Result<(), CacheError> {
+        self.kv.remove(Tree::Links, &link_key(upstream, repo, d))
+    }
+
+    pub fn pins(&self) -> Result<Vec<(String, PinRecord)>, CacheError> {
+        let mut out = Vec::new();
+        self.kv.scan(Tree::Pins, b"", &mut |k, v| {
+            if let Ok(rec) = serde_json::from_slice(v) {
+                out.push((String::from_utf8_lossy(k).into_owned(), rec));
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Returns whether the pattern was new.
+    pub fn add_pin(&self, pattern: &str, rec: &PinRecord) -> Result<bool, CacheError> {
+        let new = self.kv.get(Tree::Pins, pattern.as_bytes())?.is_none();
+        self.put_json(Tree::Pins, pattern.as_bytes(), rec)?;
+        Ok(new)
+    }
+
+    /// Returns whether the pattern was there.
+    pub fn remove_pin(&self, pattern: &str) -> Result<bool, CacheError> {
+        let had = self.kv.get(Tree::Pins, pattern.as_bytes())?.is_some();
+        self.kv.remove(Tree::Pins, pattern.as_bytes())?;
+        Ok(had)
     }
 
     pub fn link(&self, upstream: &str, repo: &RepoName, d: &Digest) -> Result<(), CacheError> {
@@ -224,6 +360,18 @@ impl Metadata {
     pub fn flush(&self) -> Result<(), CacheError> {
         self.kv.flush()
     }
+}
+
+/// A blob record under its raw key; `Err` if the value does not parse.
+pub type BlobEntry = (String, Result<BlobRecord, ()>);
+
+/// One entry of the `tags` tree, split into its parts.
+#[derive(Clone, Debug)]
+pub struct TagEntry {
+    pub upstream: String,
+    pub repo: RepoName,
+    pub tag: Tag,
+    pub record: TagRecord,
 }
 
 /// (tree name, key) -> value
@@ -256,6 +404,27 @@ impl Kv for MemKv {
             .keys()
             .filter(|(t, _)| *t == tree.name())
             .count())
+    }
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), CacheError> {
+        // Copied out first: `f` may call back into the engine.
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = self
+            .trees
+            .lock()
+            .range((tree.name(), prefix.to_vec())..)
+            .take_while(|((t, k), _)| *t == tree.name() && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in entries {
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
     }
     fn flush(&self) -> Result<(), CacheError> {
         Ok(())
@@ -295,10 +464,43 @@ pub(crate) mod tests {
         m.put_blob(&d, &rec).unwrap();
         assert_eq!(m.get_blob(&d).unwrap().unwrap(), rec);
         assert_eq!(m.blob_count().unwrap(), 1);
-        m.touch(&d, 1030).unwrap();
-        assert_eq!(m.get_blob(&d).unwrap().unwrap().last_access, 1000, "coarse");
+        m.touch(&d, 900).unwrap();
+        assert_eq!(
+            m.get_blob(&d).unwrap().unwrap().last_access,
+            1000,
+            "never back"
+        );
         m.touch(&d, 1060).unwrap();
         assert_eq!(m.get_blob(&d).unwrap().unwrap().last_access, 1060);
+        let all = m.blobs().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, d.to_string());
+        assert_eq!(all[0].1.as_ref().unwrap().size, 8);
+
+        m.put_tag("hub", &repo, &tag, &d, &mt, 100).unwrap();
+        m.put_tag(
+            "hub",
+            &"a/b/c".parse().unwrap(),
+            &"v1".parse().unwrap(),
+            &d,
+            &mt,
+            1,
+        )
+        .unwrap();
+        let tags = m.tags().unwrap();
+        assert_eq!(tags.len(), 2);
+        assert_eq!(tags[0].repo.as_str(), "a/b/c");
+        assert_eq!(tags[1].tag.as_str(), "1.36");
+        assert_eq!(tags[1].record.digest, d.to_string());
+
+        assert!(m.add_pin("hub/library/*", &PinRecord { added: 5 }).unwrap());
+        assert!(!m.add_pin("hub/library/*", &PinRecord { added: 6 }).unwrap());
+        assert_eq!(
+            m.pins().unwrap(),
+            vec![("hub/library/*".into(), PinRecord { added: 6 })]
+        );
+        assert!(m.remove_pin("hub/library/*").unwrap());
+        assert!(!m.remove_pin("hub/library/*").unwrap());
 
         assert!(!m.is_linked("hub", &repo, &d).unwrap());
         m.link("hub", &repo, &d).unwrap();
@@ -306,6 +508,12 @@ pub(crate) mod tests {
         assert!(m.is_linked("hub", &repo, &d).unwrap());
         let other: RepoName = "other/repo".parse().unwrap();
         assert!(!m.is_linked("hub", &other, &d).unwrap());
+        assert_eq!(
+            m.links().unwrap(),
+            vec![("hub".into(), repo.clone(), d.clone())]
+        );
+        m.unlink("hub", &repo, &d).unwrap();
+        assert!(!m.is_linked("hub", &repo, &d).unwrap());
 
         m.remove_blob(&d).unwrap();
         assert_eq!(m.get_blob(&d).unwrap(), None);
@@ -315,6 +523,31 @@ pub(crate) mod tests {
     #[test]
     fn memory_engine() {
         suite(&Metadata::in_memory());
+    }
+
+    #[test]
+    fn schema_1_access_times_become_milliseconds() {
+        let kv = MemKv::default();
+        kv.insert(Tree::Meta, b"schema", b"1").unwrap();
+        let rec = |t| {
+            serde_json::to_vec(&BlobRecord {
+                size: 1,
+                kind: Kind::Blob,
+                media_type: None,
+                last_access: t,
+            })
+            .unwrap()
+        };
+        kv.insert(Tree::Blobs, b"sha256:aa", &rec(1_700_000_000))
+            .unwrap();
+        // Already migrated before a crash: left alone.
+        kv.insert(Tree::Blobs, b"sha256:bb", &rec(1_700_000_000_123))
+            .unwrap();
+        let m = Metadata::new(Box::new(kv)).unwrap();
+        let all = m.blobs().unwrap();
+        assert_eq!(all[0].1.as_ref().unwrap().last_access, 1_700_000_000_000);
+        assert_eq!(all[1].1.as_ref().unwrap().last_access, 1_700_000_000_123);
+        assert_eq!(m.kv.get(Tree::Meta, b"schema").unwrap().unwrap(), b"2");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::CacheError;
 
 pub struct SledKv {
     db: sled::Db,
-    trees: [sled::Tree; 4],
+    trees: [sled::Tree; 5],
 }
 
 fn err(e: sled::Error) -> CacheError {
@@ -31,6 +31,7 @@ impl SledKv {
             open(Tree::Tags)?,
             open(Tree::Blobs)?,
             open(Tree::Links)?,
+            open(Tree::Pins)?,
         ];
         Ok(SledKv { db, trees })
     }
@@ -54,6 +55,20 @@ impl Kv for SledKv {
     }
     fn len(&self, tree: Tree) -> Result<usize, CacheError> {
         Ok(self.tree(tree).len())
+    }
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), CacheError> {
+        for entry in self.tree(tree).scan_prefix(prefix) {
+            let (k, v) = entry.map_err(err)?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
     }
     fn flush(&self) -> Result<(), CacheError> {
         self.db.flush().map_err(err)?;

@@ -65,6 +65,85 @@ impl BlobStore {
         }
     }
 
+    /// Removes a blob's file. Readers that have it open keep reading it (the
+    /// inode lives until they close it). Returns the bytes freed, 0 if absent.
+    pub fn remove(&self, d: &Digest) -> io::Result<u64> {
+        let path = self.path(d);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(len),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every file under `blobs/`: its digest (`None` for a name that is not
+    /// one), path, length and modification time. One `readdir` per shard and
+    /// one `stat` per file: no content is read.
+    pub fn walk(&self) -> io::Result<Vec<StoredFile>> {
+        let mut out = Vec::new();
+        for alg in fs::read_dir(&self.blobs)? {
+            let alg = alg?;
+            if !alg.file_type()?.is_dir() {
+                out.push(StoredFile::stray(alg.path(), alg.metadata()?));
+                continue;
+            }
+            for shard in fs::read_dir(alg.path())? {
+                let shard = shard?;
+                if !shard.file_type()?.is_dir() {
+                    out.push(StoredFile::stray(shard.path(), shard.metadata()?));
+                    continue;
+                }
+                for f in fs::read_dir(shard.path())? {
+                    let f = f?;
+                    let name = format!(
+                        "{}:{}",
+                        alg.file_name().to_string_lossy(),
+                        f.file_name().to_string_lossy()
+                    );
+                    let meta = f.metadata()?;
+                    let digest = name
+                        .parse::<Digest>()
+                        .ok()
+                        .filter(|d| meta.is_file() && self.path(d) == f.path());
+                    out.push(StoredFile {
+                        digest,
+                        path: f.path(),
+                        len: meta.len(),
+                        modified: meta.modified().ok(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes available to wharf on the cache's filesystem, and its size.
+    pub fn disk_space(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let c =
+            std::ffi::CString::new(self.blobs.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a zeroed struct for the kernel to fill.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let frsize = st.f_frsize as u64;
+        Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+    }
+
+    /// Writes, syncs and removes a small temp file: the readiness check.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let t = self.temp()?;
+        t.write_at(0, b"wharf readiness probe")?;
+        t.file.sync_all()?;
+        Ok(())
+    }
+
     pub fn contains(&self, d: &Digest) -> bool {
         self.path(d).is_file()
     }
@@ -145,6 +224,25 @@ impl BlobStore {
             }
         }
         Ok(bad)
+    }
+}
+
+pub struct StoredFile {
+    /// `None`: the file's name or place is not a blob's.
+    pub digest: Option<Digest>,
+    pub path: PathBuf,
+    pub len: u64,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl StoredFile {
+    fn stray(path: PathBuf, m: fs::Metadata) -> StoredFile {
+        StoredFile {
+            digest: None,
+            path,
+            len: m.len(),
+            modified: m.modified().ok(),
+        }
     }
 }
 

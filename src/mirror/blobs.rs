@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::cache::{now_secs, BlobRecord, FillError, FillReader, FillWriter, Join, Kind};
+use crate::cache::{
+    now_millis, BlobRecord, CacheError, FillError, FillReader, FillWriter, Join, Kind,
+};
 use crate::registry::Digest;
 use crate::upstream::UpstreamError;
 
@@ -58,18 +60,30 @@ fn fill_response(
     }
 }
 
+/// ENOSPC or EDQUOT somewhere in a fill's error.
+fn disk_full(e: &FillError) -> bool {
+    match e {
+        FillError::Cache(c) => match &**c {
+            CacheError::Io(io) => matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+            CacheError::NoRoom(_) => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 impl Mirror {
     pub async fn blob(&self, r: &Routed, d: &Digest) -> Result<BlobResponse, MirrorError> {
         let inner = &self.inner;
         let name = self.upstream_name(r.upstream);
         let origin = format!("{name}/{}", r.repo);
-        let linked = inner.meta.is_linked(name, &r.repo, d)?;
+        let linked = inner.cache.meta.is_linked(name, &r.repo, d)?;
         if linked {
             if let Some(resp) = self.open_cached(d, CacheStatus::Hit)? {
                 return Ok(resp);
             }
         }
-        match inner.fills.join(d, &inner.store, &origin)? {
+        match inner.cache.fills.join(d, &inner.cache.store, &origin)? {
             Join::Cached => {
                 let status = if linked {
                     CacheStatus::Hit
@@ -77,11 +91,17 @@ impl Mirror {
                     self.confirm_access(r, d).await?;
                     CacheStatus::Revalidated
                 };
-                // Only eviction (a later issue) could remove it in between.
-                self.open_cached(d, status)?
-                    .ok_or_else(|| MirrorError::Fill(FillError::Aborted))
+                match self.open_cached(d, status)? {
+                    Some(resp) => Ok(resp),
+                    // Evicted in between: fetch it again.
+                    None => Box::pin(self.blob(r, d)).await,
+                }
             }
             Join::Leader(writer, mut reader) => {
+                inner
+                    .metrics
+                    .fills_in_flight
+                    .set(inner.cache.fills.len() as i64);
                 self.spawn_fill(r.clone(), d.clone(), writer);
                 let size = reader.ready().await?;
                 Ok(fill_response(d, size, reader, CacheStatus::Miss))
@@ -90,6 +110,7 @@ impl Mirror {
                 if !same_origin && !linked {
                     self.confirm_access(r, d).await?;
                 }
+                inner.metrics.coalesced.with_label_values(&["blob"]).inc();
                 let size = reader.ready().await?;
                 Ok(fill_response(d, size, reader, CacheStatus::Coalesced))
             }
@@ -106,11 +127,12 @@ impl Mirror {
         let inner = &self.inner;
         let name = self.upstream_name(r.upstream);
         let cached = inner
+            .cache
             .store
             .open_blob(d)
             .map_err(crate::cache::CacheError::from)?;
         if let Some((_, len)) = &cached {
-            if inner.meta.is_linked(name, &r.repo, d)? {
+            if inner.cache.meta.is_linked(name, &r.repo, d)? {
                 return Ok((Some(*len), CacheStatus::Hit));
             }
         }
@@ -118,7 +140,7 @@ impl Mirror {
         let size = up.client.head_blob(&r.repo, d).await?;
         match cached {
             Some((_, len)) => {
-                inner.meta.link(name, &r.repo, d)?;
+                inner.cache.meta.link(name, &r.repo, d)?;
                 Ok((Some(len), CacheStatus::Revalidated))
             }
             None => Ok((size, CacheStatus::Pass)),
@@ -132,13 +154,14 @@ impl Mirror {
     ) -> Result<Option<BlobResponse>, MirrorError> {
         let inner = &self.inner;
         let Some((file, len)) = inner
+            .cache
             .store
             .open_blob(d)
             .map_err(crate::cache::CacheError::from)?
         else {
             return Ok(None);
         };
-        inner.meta.touch(d, now_secs())?;
+        inner.cache.touch(d);
         Ok(Some(BlobResponse {
             digest: d.clone(),
             size: Some(len),
@@ -151,7 +174,7 @@ impl Mirror {
     async fn confirm_access(&self, r: &Routed, d: &Digest) -> Result<(), MirrorError> {
         let up = &self.inner.upstreams[r.upstream];
         up.client.head_blob(&r.repo, d).await?;
-        self.inner.meta.link(&up.cfg.name, &r.repo, d)?;
+        self.inner.cache.meta.link(&up.cfg.name, &r.repo, d)?;
         Ok(())
     }
 
@@ -177,6 +200,17 @@ impl Mirror {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, UpstreamError>>(4);
             let (this2, r2, d2) = (this.clone(), r.clone(), d.clone());
             let writer = tokio::task::spawn_blocking(move || {
+                // Room first, so a blob the disk cannot take is refused with
+                // a clear error before any client has seen a header.
+                let cache = &this2.inner.cache;
+                let _room = match size.map(|s| cache.reserve(s)).transpose() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let e = FillError::from(e);
+                        w.fail(e.clone());
+                        return Err(e);
+                    }
+                };
                 w.start(size);
                 while let Some(item) = rx.blocking_recv() {
                     let res = item
@@ -189,22 +223,28 @@ impl Mirror {
                 }
                 let inner = &this2.inner;
                 let name = &inner.upstreams[r2.upstream].cfg.name;
-                w.finish(&inner.store, |size| {
-                    inner.meta.put_blob(
+                w.finish(&inner.cache.store, |size| {
+                    inner.cache.committed(
                         &d2,
                         &BlobRecord {
                             size,
                             kind: Kind::Blob,
                             media_type: None,
-                            last_access: now_secs(),
+                            last_access: now_millis(),
                         },
                     )?;
-                    inner.meta.link(name, &r2.repo, &d2)
+                    inner.cache.meta.link(name, &r2.repo, &d2)
                 })
             });
+            let received = this
+                .inner
+                .metrics
+                .upstream_bytes
+                .with_label_values(&[&up.cfg.name]);
             loop {
                 match resp.chunk().await {
                     Ok(Some(b)) => {
+                        received.inc_by(b.len() as u64);
                         if tx.send(Ok(b)).await.is_err() {
                             break; // the writer failed and said why
                         }
@@ -221,15 +261,26 @@ impl Mirror {
                 }
             }
             drop(tx);
-            match writer.await.expect("fill writer does not panic") {
+            let result = writer.await;
+            this.inner
+                .metrics
+                .fills_in_flight
+                .set(this.inner.cache.fills.len() as i64);
+            match result.expect("fill writer does not panic") {
                 Ok(size) => tracing::info!(
                     upstream = %up.cfg.name, repo = %r.repo, digest = %d, size,
                     ms = started.elapsed().as_millis() as u64, "blob cached"
                 ),
-                Err(e) => tracing::warn!(
-                    upstream = %up.cfg.name, repo = %r.repo, digest = %d, error = %e,
-                    "blob fill failed; nothing cached"
-                ),
+                Err(e) => {
+                    if disk_full(&e) {
+                        // Make room for the next fill.
+                        this.inner.cache.evictor.wake();
+                    }
+                    tracing::warn!(
+                        upstream = %up.cfg.name, repo = %r.repo, digest = %d, error = %e,
+                        "blob fill failed; nothing cached"
+                    )
+                }
             }
         });
     }

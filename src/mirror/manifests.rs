@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::cache::{now_secs, BlobRecord, Kind};
+use crate::cache::{now_millis, now_secs, BlobRecord, HotManifest, Kind};
 use crate::registry::{Accept, Digest, MediaType, Reference, Tag};
 use crate::upstream::{ManifestBody, UpstreamError};
 
@@ -44,7 +44,9 @@ impl From<ManifestBody> for Fetched {
 /// Errors after which a cached answer is better than none.
 fn transient(e: &UpstreamError) -> bool {
     match e {
-        UpstreamError::Unreachable { .. } | UpstreamError::TooManyRequests { .. } => true,
+        UpstreamError::Unreachable { .. }
+        | UpstreamError::Offline { .. }
+        | UpstreamError::TooManyRequests { .. } => true,
         UpstreamError::Status { status, .. } => *status >= 500,
         _ => false,
     }
@@ -77,7 +79,17 @@ impl Mirror {
     /// A verified manifest from disk with its recorded media type, if present.
     fn cached_manifest(&self, d: &Digest) -> Result<Option<Fetched>, MirrorError> {
         let inner = &self.inner;
-        let Some(rec) = inner.meta.get_blob(d)? else {
+        if let Some(hot) = inner.cache.hot_manifest(d) {
+            if let Ok(mt) = hot.media_type.parse::<MediaType>() {
+                inner.cache.touch(d);
+                return Ok(Some(Fetched {
+                    bytes: hot.bytes,
+                    media_type: mt,
+                    digest: d.clone(),
+                }));
+            }
+        }
+        let Some(rec) = inner.cache.meta.get_blob(d)? else {
             return Ok(None);
         };
         let Some(mt) = rec.media_type.and_then(|m| m.parse::<MediaType>().ok()) else {
@@ -86,15 +98,24 @@ impl Mirror {
         // Metadata without a file (a crash between the two, or an operator's rm)
         // is a miss, not an error.
         let Some(bytes) = inner
+            .cache
             .store
             .read(d)
             .map_err(crate::cache::CacheError::from)?
         else {
             return Ok(None);
         };
-        inner.meta.touch(d, now_secs())?;
+        inner.cache.touch(d);
+        let bytes = Bytes::from(bytes);
+        inner.cache.remember_manifest(
+            d,
+            HotManifest {
+                bytes: bytes.clone(),
+                media_type: mt.to_string(),
+            },
+        );
         Ok(Some(Fetched {
-            bytes: bytes.into(),
+            bytes,
             media_type: mt,
             digest: d.clone(),
         }))
@@ -102,7 +123,7 @@ impl Mirror {
 
     fn linked_manifest(&self, r: &Routed, d: &Digest) -> Result<Option<Fetched>, MirrorError> {
         let name = self.upstream_name(r.upstream);
-        if !self.inner.meta.is_linked(name, &r.repo, d)? {
+        if !self.inner.cache.meta.is_linked(name, &r.repo, d)? {
             return Ok(None);
         }
         self.cached_manifest(d)
@@ -130,6 +151,13 @@ impl Mirror {
                     .map(|f| (f, CacheStatus::Miss))
             })
             .await;
+        if joined {
+            self.inner
+                .metrics
+                .coalesced
+                .with_label_values(&["manifest"])
+                .inc();
+        }
         coalesced(res, joined)
     }
 
@@ -140,7 +168,7 @@ impl Mirror {
     ) -> Result<(Fetched, CacheStatus), MirrorError> {
         let inner = &self.inner;
         let name = self.upstream_name(r.upstream);
-        let cached = match inner.meta.get_tag(name, &r.repo, tag)? {
+        let cached = match inner.cache.meta.get_tag(name, &r.repo, tag)? {
             Some(rec) => match rec.digest.parse::<Digest>() {
                 Ok(d) => self.cached_manifest(&d)?.map(|f| (f, rec.checked_at)),
                 Err(_) => None,
@@ -162,6 +190,13 @@ impl Mirror {
                 this.resolve_tag(&r2, &tag2, cached.map(|(f, _)| f)).await
             })
             .await;
+        if joined {
+            self.inner
+                .metrics
+                .coalesced
+                .with_label_values(&["manifest"])
+                .inc();
+        }
         coalesced(res, joined)
     }
 
@@ -178,7 +213,7 @@ impl Mirror {
         if let Some(old) = cached {
             match up.client.head_manifest(&r.repo, &reference).await {
                 Ok(h) if h.digest.as_ref() == Some(&old.digest) => {
-                    self.inner.meta.put_tag(
+                    self.inner.cache.meta.put_tag(
                         &up.cfg.name,
                         &r.repo,
                         tag,
@@ -193,7 +228,7 @@ impl Mirror {
                     // repository, no body needs to cross the network.
                     if let Some(d) = h.digest {
                         if let Some(f) = self.linked_manifest(r, &d)? {
-                            self.inner.meta.put_tag(
+                            self.inner.cache.meta.put_tag(
                                 &up.cfg.name,
                                 &r.repo,
                                 tag,
@@ -214,7 +249,10 @@ impl Mirror {
                 }
                 Err(e) => {
                     if matches!(e, UpstreamError::NotFound { .. }) {
-                        self.inner.meta.remove_tag(&up.cfg.name, &r.repo, tag)?;
+                        self.inner
+                            .cache
+                            .meta
+                            .remove_tag(&up.cfg.name, &r.repo, tag)?;
                     }
                     return Err(e.into());
                 }
@@ -235,24 +273,32 @@ impl Mirror {
         let this = self.clone();
         let (d, bytes) = (f.digest.clone(), f.bytes.clone());
         // put_verified fsyncs: keep it off the async workers.
-        tokio::task::spawn_blocking(move || this.inner.store.put_verified(&d, &bytes))
+        tokio::task::spawn_blocking(move || this.inner.cache.store.put_verified(&d, &bytes))
             .await
             .expect("store task does not panic")?;
         let inner = &self.inner;
         let name = self.upstream_name(r.upstream);
         let now = now_secs();
-        inner.meta.put_blob(
+        inner.cache.committed(
             &f.digest,
             &BlobRecord {
                 size: f.bytes.len() as u64,
                 kind: Kind::Manifest,
                 media_type: Some(f.media_type.to_string()),
-                last_access: now,
+                last_access: now_millis(),
             },
         )?;
-        inner.meta.link(name, &r.repo, &f.digest)?;
+        inner.cache.remember_manifest(
+            &f.digest,
+            HotManifest {
+                bytes: f.bytes.clone(),
+                media_type: f.media_type.to_string(),
+            },
+        );
+        inner.cache.meta.link(name, &r.repo, &f.digest)?;
         if let Some(t) = tag {
             inner
+                .cache
                 .meta
                 .put_tag(name, &r.repo, t, &f.digest, &f.media_type, now)?;
         }

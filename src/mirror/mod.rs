@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::Access;
-use crate::cache::{BlobStore, CacheError, Coalescer, FillError, Fills, Metadata, SledKv};
+use crate::cache::{Cache, CacheError, Coalescer, FillError, Metadata, ReconcileReport, SledKv};
 use crate::config::{Config, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::registry::ParseError;
@@ -98,13 +98,13 @@ type ManifestResult = Result<(manifests::Fetched, CacheStatus), MirrorError>;
 
 pub(crate) struct Inner {
     pub upstreams: Vec<Upstream>,
-    pub store: BlobStore,
-    pub meta: Metadata,
-    pub fills: Fills,
+    pub cache: Cache,
     pub manifests: Coalescer<ManifestKey, ManifestResult>,
     pub tag_ttl: Duration,
     pub metrics: Arc<Metrics>,
     pub access: Access,
+    /// No admin listener: `/metrics` is served on the main one.
+    pub metrics_on_main: bool,
 }
 
 /// Cheap to clone; shared by every connection.
@@ -117,8 +117,7 @@ impl Mirror {
     /// Opens the cache under `config.cache_dir` (sled metadata) and builds one
     /// client per upstream.
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Mirror, MirrorError> {
-        std::fs::create_dir_all(&config.cache_dir).map_err(CacheError::from)?;
-        let meta = Metadata::new(Box::new(SledKv::open(&config.cache_dir.join("meta"))?))?;
+        let meta = open_metadata(&config.cache_dir)?;
         Mirror::with_parts(config, &config.cache_dir, meta, metrics)
     }
 
@@ -129,7 +128,12 @@ impl Mirror {
         meta: Metadata,
         metrics: Arc<Metrics>,
     ) -> Result<Mirror, MirrorError> {
-        let store = BlobStore::open(dir).map_err(CacheError::from)?;
+        let started = std::time::Instant::now();
+        let (cache, report) = Cache::open(dir, meta, &config.cache, metrics.clone())?;
+        log_open(&cache, &report, started.elapsed());
+        metrics
+            .cache_max_size
+            .set(config.cache.limits.max_size.unwrap_or(0) as i64);
         let upstreams = config
             .upstreams
             .iter()
@@ -143,12 +147,11 @@ impl Mirror {
         Ok(Mirror {
             inner: Arc::new(Inner {
                 upstreams,
-                store,
-                meta,
-                fills: Fills::default(),
+                cache,
                 manifests: Coalescer::default(),
                 tag_ttl: config.tag_ttl,
                 access: Access::new(config, metrics.clone()),
+                metrics_on_main: config.admin_listen.is_none(),
                 metrics,
             }),
         })
@@ -158,6 +161,11 @@ impl Mirror {
         &self.inner.metrics
     }
 
+    /// Whether the main listener serves `/metrics`.
+    pub fn metrics_here(&self) -> bool {
+        self.inner.metrics_on_main
+    }
+
     /// Who may pull what (checked by the server before the cache is asked).
     pub fn access(&self) -> &Access {
         &self.inner.access
@@ -165,13 +173,69 @@ impl Mirror {
 
     /// Fills in flight (for tests and metrics).
     pub fn fills_in_flight(&self) -> usize {
-        self.inner.fills.len()
+        self.inner.cache.fills.len()
     }
 
-    /// Makes metadata durable; called on shutdown.
-    pub fn flush(&self) -> Result<(), MirrorError> {
-        Ok(self.inner.meta.flush()?)
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
     }
+
+    /// Each upstream's name, whether it is configured offline, and whether it
+    /// answered its last request.
+    pub fn upstream_states(&self) -> Vec<(String, bool, bool)> {
+        self.inner
+            .upstreams
+            .iter()
+            .map(|u| (u.cfg.name.clone(), u.cfg.offline, u.client.reachable()))
+            .collect()
+    }
+
+    /// Makes metadata (and recorded reads) durable; called on shutdown.
+    pub fn flush(&self) -> Result<(), MirrorError> {
+        Ok(self.inner.cache.flush()?)
+    }
+
+    /// Background upkeep until the returned task is aborted: an eviction pass
+    /// when a commit passes the high watermark (or the disk filled up), and
+    /// every minute one that also writes recorded reads.
+    pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = this.inner.cache.evictor.wanted() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+                let m = this.clone();
+                let r = tokio::task::spawn_blocking(move || m.inner.cache.evict()).await;
+                match r {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "eviction pass failed"),
+                    Err(e) => tracing::warn!(error = %e, "eviction pass panicked"),
+                }
+            }
+        })
+    }
+}
+
+/// Opens (creating) the sled metadata under `dir/meta`. sled locks it, so a
+/// second process gets a clear error instead of a corrupt database.
+pub fn open_metadata(dir: &Path) -> Result<Metadata, MirrorError> {
+    std::fs::create_dir_all(dir).map_err(CacheError::from)?;
+    let kv = SledKv::open(&dir.join("meta"))?;
+    Ok(Metadata::new(Box::new(kv))?)
+}
+
+fn log_open(cache: &Cache, r: &ReconcileReport, took: Duration) {
+    tracing::info!(
+        dir = %cache.dir.display(),
+        blobs = r.records - r.records_removed,
+        bytes = cache.evictor.usage(),
+        files_removed = r.files_removed,
+        records_removed = r.records_removed,
+        ms = took.as_millis() as u64,
+        "cache opened"
+    );
 }
 
 impl Mirror {

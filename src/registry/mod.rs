@@ -5,6 +5,7 @@
 mod digest;
 mod endpoint;
 mod error;
+pub mod manifest;
 mod media;
 mod name;
 

@@ -55,6 +55,43 @@ pub struct SourceRange {
     /// `None`: to the end of the content (a fill whose size the upstream did
     /// not announce).
     pub len: Option<u64>,
+    /// Counts what was sent, and writes the access log line when dropped.
+    pub meter: Meter,
+}
+
+/// What a streamed body has sent: counted into `wharf_served_bytes_total` as
+/// it goes, and reported once by the access log line when the transfer ends
+/// (so the line has the real byte count and duration of a 512 MiB layer).
+#[derive(Default)]
+pub struct Meter {
+    counter: Option<prometheus::IntCounter>,
+    sent: u64,
+    line: Option<super::handler::AccessLine>,
+}
+
+impl Meter {
+    pub fn new(counter: prometheus::IntCounter, line: super::handler::AccessLine) -> Meter {
+        Meter {
+            counter: Some(counter),
+            sent: 0,
+            line: Some(line),
+        }
+    }
+
+    pub fn add(&mut self, n: u64) {
+        self.sent += n;
+        if let Some(c) = &self.counter {
+            c.inc_by(n);
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.emit(self.sent);
+        }
+    }
 }
 
 pub enum Body {
@@ -73,10 +110,19 @@ pub fn empty() -> Body {
 
 /// `len` bytes (or to the end, if `None`) of `source` from `start`.
 pub fn stream(source: Source, start: u64, len: Option<u64>) -> Body {
-    Body::Source(Some(SourceRange { source, start, len }))
+    Body::Source(Some(SourceRange {
+        source,
+        start,
+        len,
+        meter: Meter::default(),
+    }))
 }
 
 impl Body {
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
     /// The body's length, if known before sending it.
     pub fn len(&self) -> Option<u64> {
         match self {
@@ -212,6 +258,7 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
         mut source,
         start,
         len,
+        mut meter,
     } = r;
     tokio::task::spawn_blocking(move || {
         let _counted = StreamCount::new();
@@ -233,6 +280,7 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
                 Ok(0) => break,
                 Ok(n) => {
                     pos += n as u64;
+                    meter.add(n as u64);
                     Ok(Bytes::from_owner(Chunk { buf, len: n }))
                 }
                 Err(e) => Err(e),

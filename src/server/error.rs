@@ -123,6 +123,22 @@ fn cache(c: &CacheError) -> ErrorParts {
             format!("upstream sent bad content: {c}; nothing was cached"),
             Blame::Upstream,
         ),
+        // The disk cannot take the blob even after eviction: say so (sizes
+        // only, no paths), so the operator knows what to grow.
+        CacheError::NoRoom(_) => parts(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OciCode::Unavailable,
+            format!("{c}; nothing was cached"),
+            Blame::Wharf,
+        ),
+        CacheError::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+            parts(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OciCode::Unavailable,
+                "the cache disk is full; eviction is making room, retry".into(),
+                Blame::Wharf,
+            )
+        }
         _ => parts(
             StatusCode::INTERNAL_SERVER_ERROR,
             OciCode::Unknown,
@@ -163,9 +179,19 @@ fn upstream(u: &UpstreamError, endpoint: &str) -> ErrorParts {
             format!("{msg}; nothing was cached"),
             Blame::Upstream,
         ),
-        UpstreamError::Unreachable { .. }
-        | UpstreamError::Status { .. }
-        | UpstreamError::Protocol { .. } => parts(
+        UpstreamError::Offline { .. } => parts(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OciCode::Unavailable,
+            format!("{msg}; this {endpoint} is not in the cache"),
+            Blame::Upstream,
+        ),
+        UpstreamError::Unreachable { .. } => parts(
+            StatusCode::BAD_GATEWAY,
+            OciCode::Unavailable,
+            format!("{msg}; this {endpoint} is not in the cache"),
+            Blame::Upstream,
+        ),
+        UpstreamError::Status { .. } | UpstreamError::Protocol { .. } => parts(
             StatusCode::BAD_GATEWAY,
             OciCode::Unavailable,
             msg,

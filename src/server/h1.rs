@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::access::ClientInfo;
 use crate::mirror::Mirror;
 
-use super::body::{Body, Source, SourceRange};
+use super::body::{Body, Meter, Source, SourceRange};
 use super::handler;
 
 /// A request head larger than this is refused (431).
@@ -295,14 +295,19 @@ async fn write_head(
 }
 
 async fn send_range(stream: &mut TcpStream, range: SourceRange, chunked: bool) -> io::Result<()> {
-    let SourceRange { source, start, len } = range;
+    let SourceRange {
+        source,
+        start,
+        len,
+        mut meter,
+    } = range;
     match source {
         Source::File(file) => {
             let len = match len {
                 Some(l) => l,
                 None => file.metadata()?.len().saturating_sub(start),
             };
-            send_file(stream, &file, start, len).await
+            send_file(stream, &file, start, len, &mut meter).await
         }
         Source::Fill(mut reader) => {
             let end = len.map(|l| start + l);
@@ -327,7 +332,7 @@ async fn send_range(stream: &mut TcpStream, range: SourceRange, chunked: bool) -
                 if chunked {
                     stream.write_all(format!("{n:x}\r\n").as_bytes()).await?;
                 }
-                send_file(stream, reader.file(), pos, n).await?;
+                send_file(stream, reader.file(), pos, n, &mut meter).await?;
                 if chunked {
                     stream.write_all(b"\r\n").await?;
                 }
@@ -343,7 +348,13 @@ async fn send_range(stream: &mut TcpStream, range: SourceRange, chunked: bool) -
 
 /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, waiting for
 /// the socket as needed.
-async fn send_file(stream: &TcpStream, file: &File, offset: u64, len: u64) -> io::Result<()> {
+async fn send_file(
+    stream: &TcpStream,
+    file: &File,
+    offset: u64,
+    len: u64,
+    meter: &mut Meter,
+) -> io::Result<()> {
     let (mut off, end) = (offset, offset + len);
     let mut advised = offset;
     while off < end {
@@ -361,7 +372,10 @@ async fn send_file(stream: &TcpStream, file: &File, offset: u64, len: u64) -> io
                     "file shorter than its recorded size",
                 ))
             }
-            Ok(n) => off += n as u64,
+            Ok(n) => {
+                off += n as u64;
+                meter.add(n as u64);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

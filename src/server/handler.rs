@@ -12,7 +12,7 @@ use crate::mirror::{BlobBody, CacheStatus, Mirror, MirrorError, Routed};
 use crate::registry::{error_json, Accept, Digest, Endpoint, OciCode, Reference, RepoName, Route};
 use crate::upstream::UpstreamError;
 
-use super::body::{self, Body, Source};
+use super::body::{self, Body, Meter, Source};
 use super::error::{classify, Blame};
 use super::range::{self, RangeReq};
 
@@ -42,9 +42,14 @@ pub async fn handle<B>(mirror: &Mirror, req: Request<B>) -> Response<Body> {
         Some(c) => mirror.access().check_network(c.addr.ip()),
         None => Ok(()),
     };
+    let path = req.uri().path();
     let result = match endpoint {
+        // Probes come from the node (kubelet, systemd, load balancers): they
+        // reveal nothing and are answered whatever the network rules say.
+        Ok(None) if path == "/healthz" && is_read(&method) => Ok(healthz(&method)),
+        Ok(None) if path == "/readyz" && is_read(&method) => Ok(readyz(mirror, &method).await),
         _ if network.is_err() => Err(MirrorError::from(network.unwrap_err())),
-        Ok(None) if req.uri().path() == "/metrics" && is_read(&method) => {
+        Ok(None) if path == "/metrics" && is_read(&method) && mirror.metrics_here() => {
             Ok(metrics(mirror, &method))
         }
         Ok(Some(ep)) => dispatch(mirror, &method, &req, client.as_ref(), &ep, &mut outcome).await,
@@ -89,26 +94,179 @@ pub async fn handle<B>(mirror: &Mirror, req: Request<B>) -> Response<Body> {
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
     );
-    tracing::info!(
-        target: "wharf::access",
-        method = %method,
-        path = ?req.uri().path(),
-        endpoint = label,
-        upstream = outcome.upstream.as_deref().unwrap_or("-"),
-        status = resp.status().as_u16(),
-        bytes = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
-        cache = outcome.cache.map(|c| c.as_str()).unwrap_or("-"),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-    );
+    let status = resp.status().as_u16();
+    let metrics = mirror.metrics();
+    let method_label = match method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    metrics
+        .requests
+        .with_label_values(&[label, method_label, status_label(status)])
+        .inc();
+    if let Some(c) = outcome.cache {
+        metrics
+            .cache_results
+            .with_label_values(&[label, c.as_str()])
+            .inc();
+    }
+    let line = AccessLine {
+        method: method.clone(),
+        path: req.uri().path().to_owned(),
+        endpoint: label,
+        upstream: outcome.upstream,
+        status,
+        length: resp.body().len(),
+        cache: outcome.cache,
+        started,
+    };
+    match resp.body_mut() {
+        // Streamed: logged when the transfer ends, with what was sent.
+        Body::Source(Some(range)) => {
+            let source = match range.source {
+                Source::File(_) => "cache",
+                Source::Fill(_) => "upstream",
+            };
+            range.meter = Meter::new(metrics.served_bytes.with_label_values(&[source]), line);
+        }
+        b => {
+            let sent = if method == Method::HEAD {
+                0
+            } else {
+                b.len().unwrap_or(0)
+            };
+            line.emit(sent)
+        }
+    }
     resp
 }
 
+/// Status codes as static labels (a bounded set).
+fn status_label(s: u16) -> &'static str {
+    match s {
+        200 => "200",
+        206 => "206",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        406 => "406",
+        416 => "416",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The access log line of one request (target `wharf::access`): written when
+/// the response is complete, or for a streamed blob when its transfer ended.
+pub struct AccessLine {
+    method: Method,
+    path: String,
+    endpoint: &'static str,
+    upstream: Option<String>,
+    status: u16,
+    /// What the response announced (`None`: a fill of unknown size).
+    length: Option<u64>,
+    cache: Option<CacheStatus>,
+    started: Instant,
+}
+
+impl AccessLine {
+    pub fn emit(self, sent: u64) {
+        // A body cut short (client gone, fill failed) is worth knowing.
+        let complete = self.method == Method::HEAD || self.length.is_none_or(|l| l == sent);
+        tracing::info!(
+            target: "wharf::access",
+            method = %self.method,
+            path = ?self.path,
+            endpoint = self.endpoint,
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes = sent,
+            complete,
+            cache = self.cache.map(|c| c.as_str()).unwrap_or("-"),
+            ms = (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        );
+    }
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    text: String,
+    method: &Method,
+) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, text.len())
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(if method == Method::HEAD {
+            body::empty()
+        } else {
+            body::full(text)
+        })
+        .expect("static headers are valid")
+}
+
+/// `/healthz`: the process answers.
+pub fn healthz(method: &Method) -> Response<Body> {
+    text(StatusCode::OK, "text/plain", "ok\n".into(), method)
+}
+
+/// `/readyz`: 200 when the cache is open and its disk takes writes, else
+/// 503. Upstream reachability is reported but does not make wharf unready:
+/// with the upstream gone, the cache is what still works.
+pub async fn readyz(mirror: &Mirror, method: &Method) -> Response<Body> {
+    let m = mirror.clone();
+    let writable = tokio::task::spawn_blocking(move || m.cache().store.check_writable())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+    let upstreams: serde_json::Map<String, serde_json::Value> = mirror
+        .upstream_states()
+        .into_iter()
+        .map(|(name, offline, reachable)| {
+            let state = if offline {
+                "offline"
+            } else if reachable {
+                "reachable"
+            } else {
+                "unreachable"
+            };
+            (name, state.into())
+        })
+        .collect();
+    let ready = writable.is_ok();
+    let body = serde_json::json!({
+        "ready": ready,
+        "cache": {
+            "open": true,
+            "writable": ready,
+            "error": writable.err().map(|e| e.to_string()),
+            "bytes": mirror.cache().evictor.usage(),
+        },
+        "upstreams": upstreams,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "application/json", format!("{body}\n"), method)
+}
+
 /// `/metrics` in Prometheus' text format.
-fn metrics(mirror: &Mirror, method: &Method) -> Response<Body> {
+pub fn metrics(mirror: &Mirror, method: &Method) -> Response<Body> {
     let text = mirror.metrics().render();
     Response::builder()
         .header(

@@ -26,7 +26,14 @@ use crate::access::ClientInfo;
 use crate::mirror::Mirror;
 use crate::tls::Tls;
 
+pub use body::Body;
 pub use error::{classify, Blame, ErrorParts};
+pub use handler::{healthz, metrics as metrics_response, readyz};
+
+/// A complete body from bytes (for the admin endpoints).
+pub fn full_body(b: impl Into<bytes::Bytes>) -> Body {
+    body::full(b)
+}
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +71,7 @@ pub async fn run(
     // last of them has ended.
     let (stop_h1, h1_stopped) = watch::channel(false);
     let maintenance = tls.as_ref().map(|t| t.spawn_maintenance());
+    let upkeep = mirror.spawn_maintenance();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -144,6 +152,7 @@ pub async fn run(
     if let Some(m) = maintenance {
         m.abort();
     }
+    upkeep.abort();
     mirror
         .flush()
         .map_err(|e| std::io::Error::other(e.to_string()))

@@ -34,8 +34,17 @@ pub struct UpstreamClient {
     token_fetch: tokio::sync::Mutex<()>,
     /// After a 429, nothing is sent until `until`.
     backoff: parking_lot::Mutex<Backoff>,
+    /// `offline = true`: nothing is ever sent.
+    offline: bool,
+    /// After a connection failure, requests fail fast until this instant
+    /// instead of each waiting for its own connect timeout: the cache answers
+    /// what it can at once (offline mode, automatically).
+    down: parking_lot::Mutex<Option<(Instant, String)>>,
     metrics: Arc<Metrics>,
 }
+
+/// How long an upstream that could not be reached is left alone.
+const DOWN_FOR: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Backoff {
@@ -105,12 +114,50 @@ impl UpstreamClient {
             challenge: parking_lot::Mutex::new(None),
             token_fetch: tokio::sync::Mutex::new(()),
             backoff: parking_lot::Mutex::new(Backoff::default()),
+            offline: cfg.offline,
+            down: parking_lot::Mutex::new(None),
             metrics,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// False after a connection failure, until a request gets an answer.
+    pub fn reachable(&self) -> bool {
+        !self.offline && self.down.lock().is_none()
+    }
+
+    fn note_reachable(&self, ok: bool, reason: &str) {
+        let mut d = self.down.lock();
+        if ok {
+            if d.take().is_some() {
+                tracing::info!(upstream = %self.name, "upstream reachable again");
+            }
+        } else {
+            if d.is_none() {
+                tracing::warn!(upstream = %self.name, reason, "upstream unreachable; serving from cache only while it is down");
+            }
+            *d = Some((Instant::now() + DOWN_FOR, reason.to_owned()));
+        }
+        self.metrics
+            .upstream_up
+            .with_label_values(&[&self.name])
+            .set(ok as i64);
+    }
+
+    fn op(url: &reqwest::Url) -> &'static str {
+        let p = url.path();
+        if p.contains("/manifests/") {
+            "manifest"
+        } else if p.contains("/blobs/") {
+            "blob"
+        } else if p.ends_with("/tags/list") {
+            "tags"
+        } else {
+            "other"
+        }
     }
 
     fn url(&self, path: &str) -> reqwest::Url {
@@ -126,6 +173,35 @@ impl UpstreamClient {
     /// Sends a request with whatever auth the upstream asks for: one retry after a
     /// 401 with a fresh token; a second 401 is reported, not retried again.
     async fn send(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        repo: &RepoName,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let op = Self::op(&url);
+        let started = Instant::now();
+        let r = self.send_inner(method, url, repo, headers).await;
+        if !matches!(r, Err(UpstreamError::Offline { .. })) {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[&self.name, op])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if let Err(e) = &r {
+            self.count_error(e);
+        }
+        r
+    }
+
+    fn count_error(&self, e: &UpstreamError) {
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[&self.name, e.kind()])
+            .inc();
+    }
+
+    async fn send_inner(
         &self,
         method: Method,
         url: reqwest::Url,
@@ -151,7 +227,17 @@ impl UpstreamClient {
                 req = req.header(http::header::AUTHORIZATION, a.clone());
             }
             self.check_backoff()?;
-            let resp = req.send().await.map_err(|e| self.transport(e))?;
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = self.transport(e);
+                    if let UpstreamError::Unreachable { reason, .. } = &err {
+                        self.note_reachable(false, reason);
+                    }
+                    return Err(err);
+                }
+            };
+            self.note_reachable(true, "");
             self.note_limits(&resp)?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
@@ -293,6 +379,23 @@ impl UpstreamClient {
 
     /// Refuses to send while backing off after a 429.
     fn check_backoff(&self) -> Result<(), UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline {
+                upstream: self.name.clone(),
+            });
+        }
+        if let Some((until, reason)) = &*self.down.lock() {
+            let now = Instant::now();
+            if *until > now {
+                return Err(UpstreamError::Unreachable {
+                    upstream: self.name.clone(),
+                    reason: format!(
+                        "{reason} (serving from cache only; retrying in {} s)",
+                        (*until - now).as_secs() + 1
+                    ),
+                });
+            }
+        }
         let b = self.backoff.lock();
         match b.until {
             Some(until) if until > Instant::now() => {
@@ -375,6 +478,17 @@ impl UpstreamClient {
         if status.is_success() {
             return Ok(resp);
         }
+        let r = self.check_failed(resp, is_head, status).await;
+        self.count_error(&r);
+        Err(r)
+    }
+
+    async fn check_failed(
+        &self,
+        resp: reqwest::Response,
+        is_head: bool,
+        status: StatusCode,
+    ) -> UpstreamError {
         let code = if is_head {
             None
         } else {
@@ -383,7 +497,7 @@ impl UpstreamClient {
                 .ok()
                 .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned))
         };
-        Err(match status {
+        match status {
             StatusCode::NOT_FOUND => UpstreamError::NotFound {
                 upstream: self.name.clone(),
                 code,
@@ -402,7 +516,7 @@ impl UpstreamClient {
                 status: status.as_u16(),
                 code,
             },
-        })
+        }
     }
 
     /// `HEAD /v2/<name>/manifests/<reference>`: cheap (Docker Hub does not count

@@ -15,6 +15,8 @@ pub use credentials::{BasicCredentials, CredentialSource};
 pub enum UpstreamError {
     #[error("upstream {upstream} is unreachable: {reason}")]
     Unreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} is unreachable: wharf is in offline mode and serves only cached content")]
+    Offline { upstream: String },
     #[error("upstream {upstream} has no such object ({})", code.as_deref().unwrap_or("404"))]
     NotFound {
         upstream: String,
@@ -44,4 +46,21 @@ pub enum UpstreamError {
     Protocol { upstream: String, what: String },
     #[error("upstream configuration: {0}")]
     Config(String),
+}
+
+impl UpstreamError {
+    /// A fixed word for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable { .. } => "unreachable",
+            UpstreamError::Offline { .. } => "offline",
+            UpstreamError::NotFound { .. } => "not_found",
+            UpstreamError::Unauthorized { .. } => "unauthorized",
+            UpstreamError::TooManyRequests { .. } => "too_many_requests",
+            UpstreamError::Status { .. } => "status",
+            UpstreamError::DigestMismatch { .. } => "digest_mismatch",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Config(_) => "config",
+        }
+    }
 }

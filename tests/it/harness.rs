@@ -574,44 +574,160 @@ pub struct Served {
     child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
+    pub cfg: PathBuf,
 }
 
 impl Served {
     pub fn start(dir: &Path, name: &str, body: &str) -> Served {
-        let port = free_port();
+        let mut s = Served::spawn(dir, name, body, free_port());
+        s.wait_ready();
+        s
+    }
+
+    /// Writes the config and starts wharf on `port` without waiting for it.
+    /// The log is appended to, so restarts keep one history.
+    pub fn spawn(dir: &Path, name: &str, body: &str, port: u16) -> Served {
+        Served::spawn_with(dir, name, "", body, port)
+    }
+
+    /// `server` goes into the `[server]` section, `body` after `[cache]`'s
+    /// `dir` line.
+    pub fn spawn_with(dir: &Path, name: &str, server: &str, body: &str, port: u16) -> Served {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
-            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{body}"),
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nplain_http = true\n{server}[cache]\ndir = \"cache\"\n{body}"),
         )
         .unwrap();
         let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(file)
             .spawn()
             .unwrap();
-        wait_listening(([127, 0, 0, 1], port).into(), &mut Some(&mut child));
         Served {
             child: Some(child),
             port,
             log,
+            cfg,
         }
     }
+
+    pub fn wait_ready(&mut self) {
+        wait_listening(([127, 0, 0, 1], self.port).into(), &mut self.child.as_mut());
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
-    pub fn stop(&mut self) {
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            let _ = c.kill();
             let _ = c.wait();
         }
     }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().ok()
+    }
+
+    pub fn stop(&mut self) {
+        self.terminate();
+    }
+
+    /// A `wharf` subcommand with this instance's config.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        c.arg(args[0])
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(&args[1..]);
+        let out = c.output().unwrap();
+        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), s)
+    }
+
+    /// The value of a metric line (`name{labels}` exactly as rendered), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = http()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        metric_value(&text, series)
+    }
+}
+
+/// The value of `series` (a name with its rendered labels) in a Prometheus
+/// text exposition, 0 if absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Every file under `dir` with its length (recursively).
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else if let Ok(m) = e.metadata() {
+                out.push((p, m.len()));
+            }
+        }
+    }
+    out
+}
+
+/// Re-hashes every blob file of a wharf cache: (files, mismatches).
+pub fn rehash_cache(cache: &Path) -> (usize, Vec<PathBuf>) {
+    use sha2::Digest as _;
+    let files = files_under(&cache.join("blobs"));
+    let mut bad = Vec::new();
+    for (p, _) in &files {
+        let hex = p.file_name().unwrap().to_string_lossy().into_owned();
+        let got = hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()));
+        if got != hex {
+            bad.push(p.clone());
+        }
+    }
+    (files.len(), bad)
 }
 
 impl Drop for Served {

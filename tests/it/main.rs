@@ -4,6 +4,7 @@
 
 mod access;
 mod bad_input;
+mod cache_life;
 mod cli;
 mod coalescing;
 mod dockerd;

@@ -1,0 +1,321 @@
+//! The CLI side of the cache operations: ask the running server through its
+//! admin socket, or, when no server holds the cache, open it directly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::mirror::open_metadata;
+
+use super::{execute, socket_path, Op};
+
+/// Where an operation ran.
+pub enum Via {
+    Server,
+    Direct,
+}
+
+/// Runs `op` on the cache of `config`: through the server if one answers on
+/// the admin socket, else on the cache opened here.
+pub fn run(config: &Config, op: &Op) -> anyhow::Result<(serde_json::Value, Via)> {
+    let sock = socket_path(&config.cache_dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    if sock.exists() {
+        match rt.block_on(ask(&sock, op)) {
+            Ok(Some(v)) => return Ok((v, Via::Server)),
+            Ok(None) => {} // nobody listening: a socket left by a crash
+            Err(e) => return Err(e),
+        }
+    }
+    let meta = open_metadata(&config.cache_dir).map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("lock") || msg.contains("WouldBlock") || msg.contains("temporarily unavailable") {
+            anyhow!(
+                "the cache in {} is held by another wharf process, which does not answer on {} (is it an older version, or still starting?): {msg}",
+                config.cache_dir.display(),
+                sock.display()
+            )
+        } else {
+            anyhow!("cannot open the cache in {}: {msg}", config.cache_dir.display())
+        }
+    })?;
+    let (cache, _) = Cache::open(&config.cache_dir, meta, &config.cache, Arc::default())
+        .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
+    let v = execute(&cache, op, false)?;
+    cache.flush()?;
+    Ok((v, Via::Direct))
+}
+
+/// `Ok(None)`: the socket exists but nobody accepts on it.
+async fn ask(sock: &Path, op: &Op) -> anyhow::Result<Option<serde_json::Value>> {
+    let stream = match tokio::net::UnixStream::connect(sock).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "{}: permission denied; run as wharf's user or root",
+            sock.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", sock.display())),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("admin socket handshake")?;
+    tokio::spawn(conn);
+    let body = serde_json::to_vec(op).expect("operations serialize");
+    let req = http::Request::post("/op")
+        .header(http::header::HOST, "wharf")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .expect("static request");
+    let resp = sender.send_request(req).await.context("admin request")?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).context("the server's answer is not JSON")?;
+    if !status.is_success() {
+        bail!(
+            "{}",
+            v["error"]
+                .as_str()
+                .unwrap_or("the server refused the operation")
+        );
+    }
+    Ok(Some(v))
+}
+
+// ------------------------------------------------------------ the commands
+
+fn note(via: Via) {
+    if let Via::Server = via {
+        eprintln!("(done by the running server)");
+    }
+}
+
+pub fn ls(config: Config, json: bool) -> anyhow::Result<()> {
+    let (v, via) = run(&config, &Op::Ls)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let repos: Vec<crate::cache::RepoListing> = serde_json::from_value(v)?;
+    if repos.is_empty() {
+        println!("the cache holds no images");
+    }
+    println!(
+        "{:<50} {:<20} {:<19} {:>10} {:>7} {:<20} PIN",
+        "REPOSITORY", "TAG", "DIGEST", "SIZE", "BLOBS", "LAST ACCESS (UTC)"
+    );
+    for r in &repos {
+        for i in &r.images {
+            println!(
+                "{:<50} {:<20} {:<19} {:>10} {:>7} {:<20} {}",
+                format!("{}/{}", r.upstream, r.repository),
+                i.tag.as_deref().unwrap_or("<digest>"),
+                short(&i.digest),
+                size(i.size),
+                format!("{}/{}", i.cached_blobs, i.total_blobs),
+                when(i.last_access_ms),
+                if i.pinned { "pinned" } else { "" }
+            );
+        }
+    }
+    let total: u64 = repos.iter().map(|r| r.size).sum();
+    println!(
+        "{} repositories, {} images; sizes count content shared between images in each (total by repository {})",
+        repos.len(),
+        repos.iter().map(|r| r.images.len()).sum::<usize>(),
+        size(total)
+    );
+    note(via);
+    Ok(())
+}
+
+pub fn du(config: Config, json: bool) -> anyhow::Result<()> {
+    let (v, via) = run(&config, &Op::Du)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let u: crate::cache::Usage = serde_json::from_value(v)?;
+    println!("cache:    {}", u.dir.display());
+    println!(
+        "content:  {} in {} blobs ({} manifests)",
+        size(u.bytes),
+        u.blobs,
+        u.manifests
+    );
+    println!("pinned:   {}", size(u.pinned_bytes));
+    match u.max_size {
+        Some(m) => println!(
+            "budget:   {} (eviction above {:.0}% = {}, down to {:.0}% = {})",
+            size(m),
+            u.high_watermark * 100.0,
+            size((m as f64 * u.high_watermark) as u64),
+            u.low_watermark * 100.0,
+            size((m as f64 * u.low_watermark) as u64)
+        ),
+        None => println!(
+            "budget:   the filesystem (eviction above {:.0}% of content + free space, down to {:.0}%)",
+            u.high_watermark * 100.0,
+            u.low_watermark * 100.0
+        ),
+    }
+    println!(
+        "disk:     {} free of {}",
+        size(u.disk_available),
+        size(u.disk_size)
+    );
+    for (up, b) in &u.upstreams {
+        println!("upstream: {up} {}", size(*b));
+    }
+    if u.fills_in_flight > 0 {
+        println!("filling:  {} blobs in flight", u.fills_in_flight);
+    }
+    note(via);
+    Ok(())
+}
+
+pub fn rm(config: Config, image: String) -> anyhow::Result<()> {
+    let (v, via) = run(
+        &config,
+        &Op::Rm {
+            image: image.clone(),
+        },
+    )?;
+    let r: crate::cache::RemoveReport = serde_json::from_value(v)?;
+    println!(
+        "{image}: removed {} tags, {} links, {} blobs ({}); kept {} blobs other images use or pins protect",
+        r.tags_removed,
+        r.links_removed,
+        r.blobs_removed,
+        size(r.bytes_removed),
+        r.blobs_kept
+    );
+    note(via);
+    Ok(())
+}
+
+pub fn gc(config: Config, verify: bool) -> anyhow::Result<()> {
+    let (v, via) = run(&config, &Op::Gc { verify })?;
+    let r: crate::cache::GcReport = serde_json::from_value(v)?;
+    let c = &r.reconcile;
+    println!(
+        "reconciled {} files with {} records in {} ms: removed {} stray files ({}), {} records without files, {} links and {} tags to missing content{}",
+        c.files,
+        c.records,
+        c.ms,
+        c.files_removed,
+        size(c.bytes_removed),
+        c.records_removed,
+        c.links_removed,
+        c.tags_removed,
+        if verify {
+            format!(", {} corrupt blobs", c.corrupt_removed)
+        } else {
+            String::new()
+        }
+    );
+    let e = &r.evict;
+    println!(
+        "eviction: {} of budget {} (high {}, low {}); evicted {} blobs ({}); pinned {}",
+        size(e.usage_before),
+        size(e.budget),
+        size(e.high),
+        size(e.low),
+        e.evicted_blobs,
+        size(e.evicted_bytes),
+        size(e.pinned_bytes)
+    );
+    note(via);
+    Ok(())
+}
+
+pub fn pin(config: Config, pattern: Option<String>) -> anyhow::Result<()> {
+    let Some(pattern) = pattern else {
+        let (v, via) = run(&config, &Op::Pins)?;
+        for p in v.as_array().into_iter().flatten() {
+            println!(
+                "{}{}",
+                p["pattern"].as_str().unwrap_or(""),
+                if p["config"].as_bool() == Some(true) {
+                    "  (config file)"
+                } else {
+                    ""
+                }
+            );
+        }
+        note(via);
+        return Ok(());
+    };
+    let (v, via) = run(
+        &config,
+        &Op::Pin {
+            pattern: pattern.clone(),
+        },
+    )?;
+    if v["added"].as_bool() == Some(true) {
+        println!("pinned {pattern}");
+    } else {
+        println!("{pattern} was already pinned");
+    }
+    note(via);
+    Ok(())
+}
+
+pub fn unpin(config: Config, pattern: String) -> anyhow::Result<()> {
+    let (v, via) = run(
+        &config,
+        &Op::Unpin {
+            pattern: pattern.clone(),
+        },
+    )?;
+    if v["removed"].as_bool() == Some(true) {
+        println!("unpinned {pattern}");
+    } else {
+        bail!("{pattern} is not pinned (see `wharf pin` for the list)");
+    }
+    note(via);
+    Ok(())
+}
+
+fn short(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((alg, hex)) => format!("{alg}:{}", &hex[..hex.len().min(12)]),
+        None => digest.to_owned(),
+    }
+}
+
+fn size(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn when(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_owned()
+}

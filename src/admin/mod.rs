@@ -1,0 +1,201 @@
+//! The operator's side of a running wharf.
+//!
+//! - The **admin listener** (`server.admin_listen`, plain HTTP): `/metrics`,
+//!   `/healthz` and `/readyz`, for Prometheus and probes, apart from the
+//!   registry port and its TLS and access rules.
+//! - The **admin socket** (`<cache dir>/admin.sock`, mode 0600, so only
+//!   wharf's user and root): the cache operations behind `wharf ls`, `du`,
+//!   `rm`, `gc`, `pin` and `unpin`. sled allows one process per database, so
+//!   while a server holds the cache the CLI asks it through this socket; with
+//!   no server, the CLI opens the cache itself ([`client`]). Either way the
+//!   same [`execute`] runs.
+
+pub mod client;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::cache::{Cache, CacheError};
+use crate::mirror::Mirror;
+use crate::server::{healthz, metrics_response, readyz, Body};
+
+/// One cache operation, as the CLI sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    Ls,
+    Du,
+    Rm { image: String },
+    Gc { verify: bool },
+    Pin { pattern: String },
+    Unpin { pattern: String },
+    Pins,
+}
+
+/// Runs an operation on an open cache. `live`: a server is using it.
+/// Blocking (file system walks).
+pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<serde_json::Value, CacheError> {
+    let json = |v: serde_json::Result<serde_json::Value>| v.expect("reports serialize");
+    Ok(match op {
+        Op::Ls => json(serde_json::to_value(cache.listing()?)),
+        Op::Du => json(serde_json::to_value(cache.usage()?)),
+        Op::Rm { image } => json(serde_json::to_value(cache.remove_image(image)?)),
+        Op::Gc { verify } => json(serde_json::to_value(cache.gc(*verify, live)?)),
+        Op::Pin { pattern } => {
+            serde_json::json!({ "pattern": pattern, "added": cache.pin(pattern)? })
+        }
+        Op::Unpin { pattern } => {
+            serde_json::json!({ "pattern": pattern, "removed": cache.unpin(pattern)? })
+        }
+        Op::Pins => serde_json::json!(cache
+            .pin_list()?
+            .into_iter()
+            .map(|(p, from_config)| serde_json::json!({ "pattern": p, "config": from_config }))
+            .collect::<Vec<_>>()),
+    })
+}
+
+pub fn socket_path(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("admin.sock")
+}
+
+/// Serves the admin socket until `shutdown`. A socket file left by a
+/// crashed run is replaced (the caller holds the cache's lock, so no live
+/// server owns it).
+pub async fn serve_socket(
+    mirror: Mirror,
+    path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let m = mirror.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let m = m.clone();
+                        async move { Ok::<_, Infallible>(socket_request(m, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let text = v.to_string();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, text.len())
+        .body(crate::server::full_body(text))
+        .expect("static headers")
+}
+
+async fn socket_request(mirror: Mirror, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    if req.method() != Method::POST || req.uri().path() != "/op" {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "POST /op with an operation"}),
+        );
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": e.to_string()}),
+            )
+        }
+    };
+    let op: Op = match serde_json::from_slice(&body) {
+        Ok(op) => op,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": format!("not an operation: {e}")}),
+            )
+        }
+    };
+    tracing::info!(op = ?op, "admin operation");
+    let m = mirror.clone();
+    let op2 = op.clone();
+    match tokio::task::spawn_blocking(move || execute(m.cache(), &op2, true)).await {
+        Ok(Ok(v)) => json_response(StatusCode::OK, &v),
+        Ok(Err(e)) => {
+            let status = if matches!(e, CacheError::Invalid(_)) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            json_response(status, &serde_json::json!({"error": e.to_string()}))
+        }
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on the admin listener until
+/// `shutdown`.
+pub async fn serve_http(
+    mirror: Mirror,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (m, builder) = (mirror.clone(), builder.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let m = m.clone();
+                        async move {
+                            let method = req.method().clone();
+                            let ok = method == Method::GET || method == Method::HEAD;
+                            Ok::<_, Infallible>(match req.uri().path() {
+                                "/metrics" if ok => metrics_response(&m, &method),
+                                "/healthz" if ok => healthz(&method),
+                                "/readyz" if ok => readyz(&m, &method).await,
+                                _ => json_response(
+                                    StatusCode::NOT_FOUND,
+                                    &serde_json::json!({"error": "the admin listener serves /metrics, /healthz and /readyz"}),
+                                ),
+                            })
+                        }
+                    });
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    Ok(())
+}
