@@ -203,7 +203,7 @@ impl Mirror {
                 // Room first, so a blob the disk cannot take is refused with
                 // a clear error before any client has seen a header.
                 let cache = &this2.inner.cache;
-                let _room = match size.map(|s| cache.reserve(s)).transpose() {
+                let room = match size.map(|s| cache.reserve(s)).transpose() {
                     Ok(r) => r,
                     Err(e) => {
                         let e = FillError::from(e);
@@ -223,7 +223,9 @@ impl Mirror {
                 }
                 let inner = &this2.inner;
                 let name = &inner.upstreams[r2.upstream].cfg.name;
-                w.finish(&inner.cache.store, |size| {
+                w.finish(&inner.cache.store, move |size| {
+                    // From here the blob counts as usage, not as a promise.
+                    drop(room);
                     inner.cache.committed(
                         &d2,
                         &BlobRecord {
