@@ -74,4 +74,8 @@ fn main() {
         println!("open, page cache dropped: not measured (needs root)");
     }
     println!("peak RSS of this process: {:.1} MiB", rss_mib());
+    if std::env::var_os("WHARF_BENCH_KEEP").is_some() {
+        let kept = tmp.keep();
+        println!("cache kept in {}", kept.display());
+    }
 }

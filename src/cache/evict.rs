@@ -244,6 +244,7 @@ impl Evictor {
         if r.is_err() {
             self.usage.fetch_add(before, Ordering::Relaxed);
         }
+        super::release_scratch_memory();
         r
     }
 

@@ -55,6 +55,18 @@ pub enum CacheError {
     Invalid(String),
 }
 
+/// Reconciliation, eviction passes and the operator's listings allocate tens
+/// of MiB of short-lived lists on a large cache; glibc keeps freed memory in
+/// its arenas, so hand it back to the system rather than carry it as idle RSS
+/// for months.
+pub fn release_scratch_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How the cache is bounded and what it keeps.
 #[derive(Clone, Debug)]
 pub struct CacheSettings {
@@ -166,14 +178,10 @@ impl Cache {
                 .build(),
             metrics,
         };
-        let blobs = cache.meta.blobs()?;
-        let bytes: u64 = blobs
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .map(|r| r.size)
-            .sum();
-        cache.evictor.set_usage(bytes);
-        cache.metrics.cache_blobs.set(blobs.len() as i64);
+        // Counted by the reconciliation's scan: a second one would double
+        // the start-up time of a large cache.
+        cache.evictor.set_usage(report.bytes_kept);
+        cache.metrics.cache_blobs.set(report.blobs_kept as i64);
         Ok((cache, report))
     }
 
@@ -241,7 +249,10 @@ impl Cache {
         self.evictor.flush_touches(&self.meta)?;
         let inv = Inventory::load(&self.meta, &self.store)?;
         let pinned = inv.pinned(&self.pins()?);
-        Ok(inv.listing(&pinned))
+        let listing = inv.listing(&pinned);
+        drop(inv);
+        release_scratch_memory();
+        Ok(listing)
     }
 
     pub fn usage(&self) -> Result<Usage, CacheError> {
@@ -394,6 +405,7 @@ impl Cache {
         reconcile::prune_references(&self.meta, &mut reconcile)?;
         self.hot.invalidate_all();
         let evict = self.evict()?;
+        release_scratch_memory();
         Ok(GcReport { reconcile, evict })
     }
 

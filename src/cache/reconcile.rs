@@ -38,6 +38,9 @@ pub struct ReconcileReport {
     pub tags_removed: u64,
     /// Blobs whose content no longer matched their digest (`--verify` only).
     pub corrupt_removed: u64,
+    /// Blobs and bytes left, file and record agreeing.
+    pub blobs_kept: u64,
+    pub bytes_kept: u64,
     pub ms: u64,
 }
 
@@ -74,7 +77,11 @@ pub fn reconcile(
         report.files += 1;
         let keep = match &f.digest {
             Some(d) => match records.remove(d) {
-                Some(size) if size == f.len => true,
+                Some(size) if size == f.len => {
+                    report.blobs_kept += 1;
+                    report.bytes_kept += size;
+                    true
+                }
                 Some(size) => {
                     tracing::warn!(digest = %d, recorded = size, on_disk = f.len,
                         "blob file length differs from its record; removing both");

@@ -20,8 +20,9 @@ impl SledKv {
     pub fn open(dir: &Path) -> Result<SledKv, CacheError> {
         let db = sled::Config::new()
             .path(dir)
-            // Writes are small; 64 MiB of page cache is plenty and keeps RSS bounded.
-            .cache_capacity(64 * 1024 * 1024)
+            // Records are ~100 bytes: 100,000 blobs are ~10 MiB of pages, so
+            // 16 MiB of cache holds a large cache's index and bounds RSS.
+            .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(Some(500))
             .open()
             .map_err(err)?;

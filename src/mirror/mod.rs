@@ -131,6 +131,7 @@ impl Mirror {
         let started = std::time::Instant::now();
         let (cache, report) = Cache::open(dir, meta, &config.cache, metrics.clone())?;
         log_open(&cache, &report, started.elapsed());
+        crate::cache::release_scratch_memory();
         metrics
             .cache_max_size
             .set(config.cache.limits.max_size.unwrap_or(0) as i64);
@@ -229,7 +230,7 @@ pub fn open_metadata(dir: &Path) -> Result<Metadata, MirrorError> {
 fn log_open(cache: &Cache, r: &ReconcileReport, took: Duration) {
     tracing::info!(
         dir = %cache.dir.display(),
-        blobs = r.records - r.records_removed,
+        blobs = r.blobs_kept,
         bytes = cache.evictor.usage(),
         files_removed = r.files_removed,
         records_removed = r.records_removed,
