@@ -159,6 +159,21 @@ impl Evictor {
         self.wake.notified().await
     }
 
+    /// Whether usage (as counted since the last pass) is past the high mark
+    /// of the budget as the disk stands now: cheap (one statvfs), so the
+    /// periodic check does not scan the metadata of a large cache for nothing.
+    pub fn needs_pass(&self, store: &BlobStore) -> Result<bool, CacheError> {
+        let (available, _) = store.disk_space()?;
+        let usage = self.usage();
+        let budget = self
+            .limits
+            .max_size
+            .unwrap_or(u64::MAX)
+            .min(usage.saturating_add(available));
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        Ok((usage + reserved) as f64 > budget as f64 * self.limits.high)
+    }
+
     /// Writes the recorded reads to the metadata.
     pub fn flush_touches(&self, meta: &Metadata) -> Result<usize, CacheError> {
         let batch = std::mem::take(&mut *self.recent.lock());

@@ -197,18 +197,27 @@ impl Mirror {
     }
 
     /// Background upkeep until the returned task is aborted: an eviction pass
-    /// when a commit passes the high watermark (or the disk filled up), and
-    /// every minute one that also writes recorded reads.
+    /// when a commit passes the high watermark or a fill hit a full disk; and
+    /// every minute, recorded reads written to the metadata and a pass if the
+    /// disk filled up meanwhile.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = this.inner.cache.evictor.wanted() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                }
+                let woken = tokio::select! {
+                    _ = this.inner.cache.evictor.wanted() => true,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => false,
+                };
                 let m = this.clone();
-                let r = tokio::task::spawn_blocking(move || m.inner.cache.evict()).await;
+                let r = tokio::task::spawn_blocking(move || {
+                    let cache = &m.inner.cache;
+                    if woken || cache.evictor.needs_pass(&cache.store)? {
+                        cache.evict().map(|_| ())
+                    } else {
+                        cache.evictor.flush_touches(&cache.meta).map(|_| ())
+                    }
+                })
+                .await;
                 match r {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "eviction pass failed"),
