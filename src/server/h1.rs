@@ -49,6 +49,8 @@ const SENDFILE_MAX: usize = 4 << 20;
 /// cache is read from disk by the kernel in the background instead of
 /// stalling the worker thread inside `sendfile`.
 const READAHEAD: u64 = 16 << 20;
+/// Files up to this size are sent corked (see `respond`).
+const CORK_MAX: u64 = 8 << 20;
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What to do with the connection after a request.
@@ -242,11 +244,25 @@ async fn respond(
         _ if head => write_head(stream, version, &resp, None).await?,
         Body::Bytes(b) => write_head(stream, version, &resp, b.as_deref()).await?,
         Body::Source(Some(range)) => {
+            // A small complete file goes out corked, so the head and the body
+            // share segments (nginx's `tcp_nopush`): +15% on 1 MiB blobs in
+            // an A/B on this machine. Not for large files, where it cost 5-10%
+            // (the cork holds each sendfile's last partial segment), and
+            // never for a fill, whose bytes trickle in: the kernel would hold
+            // a partial segment for up to 200 ms.
+            let cork =
+                matches!(range.source, Source::File(_)) && range.len.is_some_and(|l| l <= CORK_MAX);
+            if cork {
+                set_cork(stream, true);
+            }
             write_head(stream, version, &resp, None).await?;
             // An error here means the client must see a cut transfer: returning
             // it drops the connection before the announced length or the
             // chunked terminator.
             send_range(stream, range, chunked).await?;
+            if cork {
+                set_cork(stream, false); // pushes the last partial segment
+            }
         }
         Body::Source(None) => write_head(stream, version, &resp, None).await?,
         Body::Streaming(_) => unreachable!("bodies are started only by hyper"),
@@ -381,6 +397,21 @@ async fn send_file(
         }
     }
     Ok(())
+}
+
+fn set_cork(stream: &TcpStream, on: bool) {
+    let v: libc::c_int = on.into();
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the size
+    // given. Failure only loses the optimisation.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 fn sendfile(stream: &TcpStream, file: &File, off: u64, count: usize) -> io::Result<usize> {
