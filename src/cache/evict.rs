@@ -191,17 +191,18 @@ impl Evictor {
         need: u64,
         store: &BlobStore,
         meta: &Metadata,
-        pins: &[Pin],
+        pins: &dyn Fn() -> Result<Vec<Pin>, CacheError>,
         on_remove: &dyn Fn(&Digest),
     ) -> Result<Reservation<'_>, CacheError> {
-        let fits = |s: &Self| -> Result<bool, CacheError> {
-            let (available, _) = store.disk_space()?;
+        // On the path to a cold blob's first byte: one statvfs, and the pins
+        // are read only if a pass must run.
+        let fits = |s: &Self, available: u64| -> bool {
             let reserved = s.reserved.load(Ordering::Relaxed);
             let within_max = s
                 .limits
                 .max_size
                 .is_none_or(|max| s.usage() + reserved + need <= max);
-            Ok(within_max && available >= reserved + need)
+            within_max && available >= reserved + need
         };
         // More than the whole disk could give even with the cache emptied:
         // refuse without evicting anything for it.
@@ -220,10 +221,10 @@ impl Evictor {
                 pinned: 0,
             }));
         }
-        if !fits(self)? {
-            let r = self.run(store, meta, pins, need, on_remove)?;
-            if !fits(self)? {
-                let (available, _) = store.disk_space()?;
+        if !fits(self, available) {
+            let r = self.run(store, meta, &pins()?, need, on_remove)?;
+            let (available, _) = store.disk_space()?;
+            if !fits(self, available) {
                 return Err(CacheError::NoRoom(NoRoom {
                     need,
                     available,
@@ -467,14 +468,18 @@ mod tests {
         let a = put(&store, &meta, &[b'a'; 500], 1);
         e.set_usage(500);
         {
-            let _r = e.reserve(400, &store, &meta, &[], &|_| {}).unwrap();
+            let _r = e
+                .reserve(400, &store, &meta, &|| Ok(vec![]), &|_| {})
+                .unwrap();
             assert!(store.contains(&a), "500 + 400 fits in 1000");
             // A second fill of 400 does not fit beside the first: `a` goes.
-            let _r2 = e.reserve(400, &store, &meta, &[], &|_| {}).unwrap();
+            let _r2 = e
+                .reserve(400, &store, &meta, &|| Ok(vec![]), &|_| {})
+                .unwrap();
             assert!(!store.contains(&a));
             // Nothing left to evict.
             assert!(matches!(
-                e.reserve(400, &store, &meta, &[], &|_| {}),
+                e.reserve(400, &store, &meta, &|| Ok(vec![]), &|_| {}),
                 Err(CacheError::NoRoom(_))
             ));
         }

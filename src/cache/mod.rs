@@ -227,9 +227,10 @@ impl Cache {
 
     /// Claims room for a fill of `size` bytes (evicting if needed). Blocking.
     pub fn reserve(&self, size: u64) -> Result<Reservation<'_>, CacheError> {
-        let pins = self.pins()?;
         self.evictor
-            .reserve(size, &self.store, &self.meta, &pins, &|d| self.forget(d))
+            .reserve(size, &self.store, &self.meta, &|| self.pins(), &|d| {
+                self.forget(d)
+            })
     }
 
     /// An eviction pass now (if over the high mark). Blocking.

@@ -396,6 +396,10 @@ fn kill_9_at_random_moments_never_leaves_a_bad_byte() {
         log.contains("removed temp files left by an interrupted run"),
         "no fill was ever interrupted"
     );
+    assert!(
+        log.contains("evicted least recently used blobs"),
+        "the budget never made eviction run between the kills"
+    );
     assert!(w.terminate().unwrap().success());
 }
 
