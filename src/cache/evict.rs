@@ -73,6 +73,8 @@ pub struct Evictor {
     /// One pass at a time.
     pass: Mutex<()>,
     wake: Notify,
+    /// Blobs evicted since links and tags were last pruned.
+    unpruned: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -108,6 +110,7 @@ impl Evictor {
             recent: Mutex::new(HashMap::new()),
             pass: Mutex::new(()),
             wake: Notify::new(),
+            unpruned: AtomicU64::new(0),
             metrics,
         }
     }
@@ -336,6 +339,8 @@ impl Evictor {
                 report.evicted_blobs += 1;
                 report.evicted_bytes += rec.size;
             }
+            self.unpruned
+                .fetch_add(report.evicted_blobs, Ordering::Relaxed);
             self.metrics.evicted_blobs.inc_by(report.evicted_blobs);
             self.metrics.evicted_bytes.inc_by(report.evicted_bytes);
             self.metrics.eviction_runs.inc();
@@ -359,6 +364,11 @@ impl Evictor {
             );
         }
         Ok(report)
+    }
+
+    /// Blobs evicted since the last call: links and tags may point at them.
+    pub fn take_unpruned(&self) -> u64 {
+        self.unpruned.swap(0, Ordering::Relaxed)
     }
 
     /// Forgets a blob removed by other means (`wharf rm`).

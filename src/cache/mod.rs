@@ -233,11 +233,36 @@ impl Cache {
             })
     }
 
-    /// An eviction pass now (if over the high mark). Blocking.
+    /// An eviction pass now (if over the high mark), then the references
+    /// to what was evicted. Blocking.
     pub fn evict(&self) -> Result<EvictReport, CacheError> {
         let pins = self.pins()?;
-        self.evictor
-            .run(&self.store, &self.meta, &pins, 0, &|d| self.forget(d))
+        let r = self
+            .evictor
+            .run(&self.store, &self.meta, &pins, 0, &|d| self.forget(d))?;
+        self.prune_evicted()?;
+        Ok(r)
+    }
+
+    /// Drops links and tags that point at evicted content, if anything was
+    /// evicted since the last time, so months of churn do not grow the
+    /// metadata. A link to an evicted blob would only cost a refetch, never
+    /// a wrong answer. Blocking (scans links and tags).
+    pub fn prune_evicted(&self) -> Result<(), CacheError> {
+        if self.evictor.take_unpruned() == 0 {
+            return Ok(());
+        }
+        let mut r = ReconcileReport::default();
+        reconcile::prune_references(&self.meta, &mut r)?;
+        if r.links_removed + r.tags_removed > 0 {
+            tracing::info!(
+                links_removed = r.links_removed,
+                tags_removed = r.tags_removed,
+                "dropped references to evicted content"
+            );
+        }
+        release_scratch_memory();
+        Ok(())
     }
 
     /// Writes recorded reads to the metadata and makes it durable (shutdown).
@@ -471,4 +496,51 @@ fn parse_image(image: &str) -> Result<(String, RepoName, Option<ImageRef>), Cach
         .parse::<RepoName>()
         .map_err(|_| bad("invalid repository"))?;
     Ok((up.to_owned(), repo, reference))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_drops_the_references_to_what_it_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = CacheSettings {
+            limits: Limits {
+                max_size: Some(1 << 20),
+                high: 0.5,
+                low: 0.3,
+            },
+            ..Default::default()
+        };
+        let (cache, _) =
+            Cache::open(dir.path(), Metadata::in_memory(), &settings, Arc::default()).unwrap();
+        let repo: RepoName = "a/b".parse().unwrap();
+        let put = |fill: u8, at: u64| {
+            let body = vec![fill; 300 << 10];
+            let d = Digest::sha256_of(&body);
+            cache.store.put_verified(&d, &body).unwrap();
+            cache
+                .committed(
+                    &d,
+                    &BlobRecord {
+                        size: body.len() as u64,
+                        kind: Kind::Blob,
+                        media_type: None,
+                        last_access: at,
+                    },
+                )
+                .unwrap();
+            cache.meta.link("u", &repo, &d).unwrap();
+            d
+        };
+        let old = put(1, 1);
+        let new = put(2, 2);
+        // 600 KiB of 1 MiB: past the high mark (512 KiB), down to 300 KiB.
+        let r = cache.evict().unwrap();
+        assert_eq!(r.evicted_blobs, 1);
+        assert!(!cache.meta.is_linked("u", &repo, &old).unwrap());
+        assert!(cache.meta.is_linked("u", &repo, &new).unwrap());
+        assert!(cache.store.contains(&new) && !cache.store.contains(&old));
+    }
 }

@@ -214,7 +214,10 @@ impl Mirror {
                     if woken || cache.evictor.needs_pass(&cache.store)? {
                         cache.evict().map(|_| ())
                     } else {
-                        cache.evictor.flush_touches(&cache.meta).map(|_| ())
+                        // Passes started by a fill's reservation leave their
+                        // references for this.
+                        cache.evictor.flush_touches(&cache.meta)?;
+                        cache.prune_evicted()
                     }
                 })
                 .await;
