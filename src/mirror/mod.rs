@@ -181,13 +181,12 @@ impl Mirror {
         &self.inner.cache
     }
 
-    /// Each upstream's name, whether it is configured offline, and whether it
-    /// answered its last request.
-    pub fn upstream_states(&self) -> Vec<(String, bool, bool)> {
+    /// Each upstream's name and state (see `UpstreamClient::state`).
+    pub fn upstream_states(&self) -> Vec<(String, &'static str)> {
         self.inner
             .upstreams
             .iter()
-            .map(|u| (u.cfg.name.clone(), u.cfg.offline, u.client.reachable()))
+            .map(|u| (u.cfg.name.clone(), u.client.state()))
             .collect()
     }
 

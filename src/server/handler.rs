@@ -235,16 +235,7 @@ pub async fn readyz(mirror: &Mirror, method: &Method) -> Response<Body> {
     let upstreams: serde_json::Map<String, serde_json::Value> = mirror
         .upstream_states()
         .into_iter()
-        .map(|(name, offline, reachable)| {
-            let state = if offline {
-                "offline"
-            } else if reachable {
-                "reachable"
-            } else {
-                "unreachable"
-            };
-            (name, state.into())
-        })
+        .map(|(name, state)| (name, state.into()))
         .collect();
     let ready = writable.is_ok();
     let body = serde_json::json!({

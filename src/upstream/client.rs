@@ -40,6 +40,8 @@ pub struct UpstreamClient {
     /// instead of each waiting for its own connect timeout: the cache answers
     /// what it can at once (offline mode, automatically).
     down: parking_lot::Mutex<Option<(Instant, String)>>,
+    /// Some request got an answer (for `/readyz`).
+    answered: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -116,6 +118,7 @@ impl UpstreamClient {
             backoff: parking_lot::Mutex::new(Backoff::default()),
             offline: cfg.offline,
             down: parking_lot::Mutex::new(None),
+            answered: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
     }
@@ -124,12 +127,26 @@ impl UpstreamClient {
         &self.name
     }
 
-    /// False after a connection failure, until a request gets an answer.
-    pub fn reachable(&self) -> bool {
-        !self.offline && self.down.lock().is_none()
+    /// For `/readyz`: `offline`, `unreachable` (the last request could not
+    /// connect), `reachable` (the last one got an answer), or `unknown`
+    /// (nothing asked yet).
+    pub fn state(&self) -> &'static str {
+        if self.offline {
+            "offline"
+        } else if self.down.lock().is_some() {
+            "unreachable"
+        } else if self.answered.load(std::sync::atomic::Ordering::Relaxed) {
+            "reachable"
+        } else {
+            "unknown"
+        }
     }
 
     fn note_reachable(&self, ok: bool, reason: &str) {
+        if ok {
+            self.answered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut d = self.down.lock();
         if ok {
             if d.take().is_some() {

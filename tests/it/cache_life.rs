@@ -844,6 +844,7 @@ fn sigterm_lets_transfers_finish_and_the_admin_listener_reports_health() {
     let ready: serde_json::Value = r.json().unwrap();
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["cache"]["writable"], true);
+    assert_eq!(ready["upstreams"]["hub"], "unknown", "nothing asked yet");
     let r = http().get(format!("{a}/metrics")).send().unwrap();
     assert!(r.status() == 200 && r.text().unwrap().contains("wharf_cache_size_bytes"));
     let main = format!("http://127.0.0.1:{port}");
@@ -866,6 +867,13 @@ fn sigterm_lets_transfers_finish_and_the_admin_listener_reports_health() {
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
     });
     std::thread::sleep(Duration::from_secs(1));
+    let ready: serde_json::Value = http()
+        .get(format!("{a}/readyz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["upstreams"]["hub"], "reachable", "{ready}");
     run(Command::new("kill").args(["-TERM", &w.pid().to_string()]));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
