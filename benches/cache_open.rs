@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wharf::cache::{BlobRecord, BlobStore, Cache, CacheSettings, Kind, Metadata, SledKv};
+use wharf::cache::{BlobRecord, BlobStore, Cache, CacheSettings, Metadata, SledKv};
 use wharf::registry::Digest;
 
 fn open(dir: &std::path::Path) -> (f64, u64) {
@@ -47,16 +47,8 @@ fn main() {
             let p = store.path(&d);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, body.as_bytes()).unwrap();
-            meta.put_blob(
-                &d,
-                &BlobRecord {
-                    size: body.len() as u64,
-                    kind: Kind::Blob,
-                    media_type: None,
-                    last_access: i as u64,
-                },
-            )
-            .unwrap();
+            meta.put_blob(&d, &BlobRecord::blob(body.len() as u64, i as u64))
+                .unwrap();
         }
         meta.flush().unwrap();
     }

@@ -18,7 +18,7 @@
 
 use std::hint::black_box;
 
-use wharf::cache::{BlobRecord, BlobStore, Kind, Metadata, SledKv};
+use wharf::cache::{BlobRecord, BlobStore, Metadata, SledKv};
 use wharf::config::Config;
 use wharf::mirror::Mirror;
 use wharf::registry::{
@@ -82,12 +82,8 @@ fn seeded() -> Seeded {
     let now = wharf::cache::now_secs();
     meta.put_blob(
         &digest,
-        &BlobRecord {
-            size: manifest.len() as u64,
-            kind: Kind::Manifest,
-            media_type: Some(MANIFEST_TYPE.into()),
-            last_access: now,
-        },
+        // Access times are milliseconds (metadata schema 2).
+        &BlobRecord::manifest(manifest.len() as u64, MANIFEST_TYPE, now * 1000),
     )
     .unwrap();
     meta.link("hub", &repo, &digest).unwrap();
@@ -155,12 +151,7 @@ mod metadata {
         let mut last = None;
         for i in 0..10_000u32 {
             let d = Digest::sha256_of(&i.to_le_bytes());
-            let rec = BlobRecord {
-                size: 1 << 20,
-                kind: Kind::Blob,
-                media_type: None,
-                last_access: 0,
-            };
+            let rec = BlobRecord::blob(1 << 20, 0);
             meta.put_blob(&d, &rec).unwrap();
             meta.link("hub", &repo, &d).unwrap();
             last = Some(d);

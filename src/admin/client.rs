@@ -8,9 +8,9 @@ use anyhow::{anyhow, bail, Context};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError};
 use crate::config::Config;
-use crate::mirror::open_metadata;
+use crate::mirror::{open_metadata, MirrorError};
 
 use super::{execute, socket_path, Op};
 
@@ -35,17 +35,15 @@ pub fn run(config: &Config, op: &Op) -> anyhow::Result<(serde_json::Value, Via)>
             Err(e) => return Err(e),
         }
     }
-    let meta = open_metadata(&config.cache_dir).map_err(|e| {
-        let msg = e.to_string();
-        if msg.contains("lock") || msg.contains("WouldBlock") || msg.contains("temporarily unavailable") {
-            anyhow!(
-                "the cache in {} is held by another wharf process, which does not answer on {} (is it an older version, or still starting?): {msg}",
-                config.cache_dir.display(),
-                sock.display()
-            )
-        } else {
-            anyhow!("cannot open the cache in {}: {msg}", config.cache_dir.display())
-        }
+    let meta = open_metadata(&config.cache_dir).map_err(|e| match &e {
+        MirrorError::Cache(c) if matches!(**c, CacheError::Locked(_)) => anyhow!(
+            "{e}, which does not answer on {} (an older wharf, or one still starting?)",
+            sock.display()
+        ),
+        _ => anyhow!(
+            "cannot open the cache in {}: {e}",
+            config.cache_dir.display()
+        ),
     })?;
     let (cache, _) = Cache::open(&config.cache_dir, meta, &config.cache, Arc::default())
         .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;

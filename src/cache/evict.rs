@@ -162,17 +162,22 @@ impl Evictor {
         self.wake.notified().await
     }
 
+    /// What the cache may hold: `max_size`, but never more than it holds now
+    /// plus what the filesystem has free.
+    fn budget(&self, usage: u64, available: u64) -> u64 {
+        self.limits
+            .max_size
+            .unwrap_or(u64::MAX)
+            .min(usage.saturating_add(available))
+    }
+
     /// Whether usage (as counted since the last pass) is past the high mark
     /// of the budget as the disk stands now: cheap (one statvfs), so the
     /// periodic check does not scan the metadata of a large cache for nothing.
     pub fn needs_pass(&self, store: &BlobStore) -> Result<bool, CacheError> {
         let (available, _) = store.disk_space()?;
         let usage = self.usage();
-        let budget = self
-            .limits
-            .max_size
-            .unwrap_or(u64::MAX)
-            .min(usage.saturating_add(available));
+        let budget = self.budget(usage, available);
         let reserved = self.reserved.load(Ordering::Relaxed);
         Ok((usage + reserved) as f64 > budget as f64 * self.limits.high)
     }
@@ -211,11 +216,7 @@ impl Evictor {
         // refuse without evicting anything for it.
         let (available, _) = store.disk_space()?;
         let reserved = self.reserved.load(Ordering::Relaxed);
-        let ceiling = self
-            .limits
-            .max_size
-            .unwrap_or(u64::MAX)
-            .min(self.usage().saturating_add(available));
+        let ceiling = self.budget(self.usage(), available);
         if need.saturating_add(reserved) > ceiling {
             return Err(CacheError::NoRoom(NoRoom {
                 need,
@@ -284,11 +285,7 @@ impl Evictor {
             .collect();
         let usage: u64 = blobs.iter().map(|(_, r)| r.size).sum();
         let (available, _) = store.disk_space()?;
-        let budget = self
-            .limits
-            .max_size
-            .unwrap_or(u64::MAX)
-            .min(usage.saturating_add(available));
+        let budget = self.budget(usage, available);
         let high = (budget as f64 * self.limits.high) as u64;
         let low = (budget as f64 * self.limits.low) as u64;
         let reserved = self.reserved.load(Ordering::Relaxed);
@@ -385,21 +382,12 @@ impl Evictor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::meta::Kind;
 
     fn put(store: &BlobStore, meta: &Metadata, body: &[u8], at: u64) -> Digest {
         let d = Digest::sha256_of(body);
         store.put_verified(&d, body).unwrap();
-        meta.put_blob(
-            &d,
-            &BlobRecord {
-                size: body.len() as u64,
-                kind: Kind::Blob,
-                media_type: None,
-                last_access: at,
-            },
-        )
-        .unwrap();
+        meta.put_blob(&d, &BlobRecord::blob(body.len() as u64, at))
+            .unwrap();
         d
     }
 

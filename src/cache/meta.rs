@@ -96,6 +96,28 @@ pub struct BlobRecord {
     pub last_access: u64,
 }
 
+impl BlobRecord {
+    /// A layer or config blob, last read at `last_access_ms`.
+    pub fn blob(size: u64, last_access_ms: u64) -> BlobRecord {
+        BlobRecord {
+            size,
+            kind: Kind::Blob,
+            media_type: None,
+            last_access: last_access_ms,
+        }
+    }
+
+    /// A manifest, served back with the upstream's `media_type`.
+    pub fn manifest(size: u64, media_type: &str, last_access_ms: u64) -> BlobRecord {
+        BlobRecord {
+            size,
+            kind: Kind::Manifest,
+            media_type: Some(media_type.to_owned()),
+            last_access: last_access_ms,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinRecord {
     /// Unix seconds.

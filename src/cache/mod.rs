@@ -53,6 +53,10 @@ pub enum CacheError {
     NoRoom(#[from] evict::NoRoom),
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "the cache metadata in {0} is in use by another process (one wharf per cache directory)"
+    )]
+    Locked(String),
 }
 
 /// Reconciliation, eviction passes and the operator's listings allocate tens
@@ -64,6 +68,18 @@ pub fn release_scratch_memory() {
     // SAFETY: malloc_trim only releases free memory; no pointer is involved.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+impl CacheError {
+    /// The disk could not take the write (ENOSPC, EDQUOT), or a fill could
+    /// not reserve room: eviction should run.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            CacheError::Io(e) => matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+            CacheError::NoRoom(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -430,8 +446,8 @@ impl Cache {
         reconcile.corrupt_removed = corrupt;
         reconcile::prune_references(&self.meta, &mut reconcile)?;
         self.hot.invalidate_all();
+        // evict() hands scratch memory back when it is done.
         let evict = self.evict()?;
-        release_scratch_memory();
         Ok(GcReport { reconcile, evict })
     }
 
@@ -521,15 +537,7 @@ mod tests {
             let d = Digest::sha256_of(&body);
             cache.store.put_verified(&d, &body).unwrap();
             cache
-                .committed(
-                    &d,
-                    &BlobRecord {
-                        size: body.len() as u64,
-                        kind: Kind::Blob,
-                        media_type: None,
-                        last_access: at,
-                    },
-                )
+                .committed(&d, &BlobRecord::blob(body.len() as u64, at))
                 .unwrap();
             cache.meta.link("u", &repo, &d).unwrap();
             d

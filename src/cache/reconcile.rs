@@ -145,12 +145,7 @@ mod tests {
     use crate::cache::meta::BlobRecord;
 
     fn rec(size: u64) -> BlobRecord {
-        BlobRecord {
-            size,
-            kind: Kind::Blob,
-            media_type: None,
-            last_access: 0,
-        }
+        BlobRecord::blob(size, 0)
     }
 
     #[test]
@@ -208,11 +203,7 @@ mod tests {
             .unwrap();
         meta.put_blob(
             &kept,
-            &BlobRecord {
-                kind: Kind::Manifest,
-                media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-                ..rec(1)
-            },
+            &BlobRecord::manifest(1, "application/vnd.oci.image.manifest.v1+json", 0),
         )
         .unwrap();
         meta.link("u", &repo, &kept).unwrap();

@@ -25,7 +25,13 @@ impl SledKv {
             .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(err)?;
+            .map_err(|e| match e {
+                // sled says so only in its message: one process per database.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    CacheError::Locked(dir.display().to_string())
+                }
+                e => err(e),
+            })?;
         let open = |t: Tree| db.open_tree(t.name()).map_err(err);
         let trees = [
             open(Tree::Meta)?,
@@ -96,5 +102,16 @@ mod tests {
         let m = Metadata::new(Box::new(SledKv::open(dir.path()).unwrap())).unwrap();
         let d = crate::registry::Digest::sha256_of(b"x");
         assert!(m.is_linked("u", &"a/b".parse().unwrap(), &d).unwrap());
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_cache_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledKv::open(dir.path()).unwrap();
+        match SledKv::open(dir.path()) {
+            Err(CacheError::Locked(p)) => assert_eq!(p, dir.path().display().to_string()),
+            Err(e) => panic!("not reported as locked: {e}"),
+            Ok(_) => panic!("opened twice"),
+        }
     }
 }

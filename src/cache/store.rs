@@ -193,34 +193,26 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Verifies every stored blob against its name. Returns the digests whose
-    /// content no longer matches (they are removed). For tests and `wharf gc`.
+    /// Re-hashes every stored blob against its name and removes those that
+    /// no longer match (and files whose name is not a blob's). Returns their
+    /// paths. For `wharf gc --verify` and tests.
     pub fn verify_all(&self) -> io::Result<Vec<PathBuf>> {
         let mut bad = Vec::new();
-        for alg in fs::read_dir(&self.blobs)? {
-            let alg = alg?;
-            for shard in fs::read_dir(alg.path())? {
-                for f in fs::read_dir(shard?.path())? {
-                    let f = f?;
-                    let name = format!(
-                        "{}:{}",
-                        alg.file_name().to_string_lossy(),
-                        f.file_name().to_string_lossy()
-                    );
-                    let ok = match name.parse::<Digest>() {
-                        Ok(d) => {
-                            let mut h = Hasher::new(d.algorithm());
-                            let mut r = File::open(f.path())?;
-                            io::copy(&mut r, &mut HashWriter(&mut h))?;
-                            h.finish() == d
-                        }
-                        Err(_) => false,
-                    };
-                    if !ok {
-                        fs::remove_file(f.path())?;
-                        bad.push(f.path());
-                    }
+        for f in self.walk()? {
+            if f.path.is_dir() {
+                continue; // not ours to judge; reconciliation reports it
+            }
+            let ok = match &f.digest {
+                Some(d) => {
+                    let mut h = Hasher::new(d.algorithm());
+                    io::copy(&mut File::open(&f.path)?, &mut HashWriter(&mut h))?;
+                    h.finish() == *d
                 }
+                None => false,
+            };
+            if !ok {
+                fs::remove_file(&f.path)?;
+                bad.push(f.path);
             }
         }
         Ok(bad)

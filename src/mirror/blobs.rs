@@ -13,9 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::cache::{
-    now_millis, BlobRecord, CacheError, FillError, FillReader, FillWriter, Join, Kind,
-};
+use crate::cache::{now_millis, BlobRecord, FillError, FillReader, FillWriter, Join};
 use crate::registry::Digest;
 use crate::upstream::UpstreamError;
 
@@ -60,16 +58,9 @@ fn fill_response(
     }
 }
 
-/// ENOSPC or EDQUOT somewhere in a fill's error.
+/// A fill that failed because the disk is full.
 fn disk_full(e: &FillError) -> bool {
-    match e {
-        FillError::Cache(c) => match &**c {
-            CacheError::Io(io) => matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
-            CacheError::NoRoom(_) => true,
-            _ => false,
-        },
-        _ => false,
-    }
+    matches!(e, FillError::Cache(c) if c.is_disk_full())
 }
 
 impl Mirror {
@@ -226,15 +217,9 @@ impl Mirror {
                 w.finish(&inner.cache.store, move |size| {
                     // From here the blob counts as usage, not as a promise.
                     drop(room);
-                    inner.cache.committed(
-                        &d2,
-                        &BlobRecord {
-                            size,
-                            kind: Kind::Blob,
-                            media_type: None,
-                            last_access: now_millis(),
-                        },
-                    )?;
+                    inner
+                        .cache
+                        .committed(&d2, &BlobRecord::blob(size, now_millis()))?;
                     inner.cache.meta.link(name, &r2.repo, &d2)
                 })
             });

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::cache::{now_millis, now_secs, BlobRecord, HotManifest, Kind};
+use crate::cache::{now_millis, now_secs, BlobRecord, HotManifest};
 use crate::registry::{Accept, Digest, MediaType, Reference, Tag};
 use crate::upstream::{ManifestBody, UpstreamError};
 
@@ -151,14 +151,7 @@ impl Mirror {
                     .map(|f| (f, CacheStatus::Miss))
             })
             .await;
-        if joined {
-            self.inner
-                .metrics
-                .coalesced
-                .with_label_values(&["manifest"])
-                .inc();
-        }
-        coalesced(res, joined)
+        self.coalesced(res, joined)
     }
 
     async fn manifest_by_tag(
@@ -190,14 +183,7 @@ impl Mirror {
                 this.resolve_tag(&r2, &tag2, cached.map(|(f, _)| f)).await
             })
             .await;
-        if joined {
-            self.inner
-                .metrics
-                .coalesced
-                .with_label_values(&["manifest"])
-                .inc();
-        }
-        coalesced(res, joined)
+        self.coalesced(res, joined)
     }
 
     /// Asks the upstream about a tag: HEAD when something is cached, GET when
@@ -281,12 +267,7 @@ impl Mirror {
         let now = now_secs();
         inner.cache.committed(
             &f.digest,
-            &BlobRecord {
-                size: f.bytes.len() as u64,
-                kind: Kind::Manifest,
-                media_type: Some(f.media_type.to_string()),
-                last_access: now_millis(),
-            },
+            &BlobRecord::manifest(f.bytes.len() as u64, f.media_type.as_str(), now_millis()),
         )?;
         inner.cache.remember_manifest(
             &f.digest,
@@ -306,15 +287,25 @@ impl Mirror {
     }
 }
 
-fn coalesced(
-    res: Result<(Fetched, CacheStatus), MirrorError>,
-    joined: bool,
-) -> Result<(Fetched, CacheStatus), MirrorError> {
-    res.map(|(f, s)| {
-        if joined && s == CacheStatus::Miss {
-            (f, CacheStatus::Coalesced)
-        } else {
-            (f, s)
+impl Mirror {
+    /// A waiter on someone else's fetch is counted, and its miss reported as
+    /// coalesced.
+    fn coalesced(
+        &self,
+        res: Result<(Fetched, CacheStatus), MirrorError>,
+        joined: bool,
+    ) -> Result<(Fetched, CacheStatus), MirrorError> {
+        if !joined {
+            return res;
         }
-    })
+        self.inner
+            .metrics
+            .coalesced
+            .with_label_values(&["manifest"])
+            .inc();
+        res.map(|(f, s)| match s {
+            CacheStatus::Miss => (f, CacheStatus::Coalesced),
+            s => (f, s),
+        })
+    }
 }

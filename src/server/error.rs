@@ -131,14 +131,12 @@ fn cache(c: &CacheError) -> ErrorParts {
             format!("{c}; nothing was cached"),
             Blame::Wharf,
         ),
-        CacheError::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
-            parts(
-                StatusCode::SERVICE_UNAVAILABLE,
-                OciCode::Unavailable,
-                "the cache disk is full; eviction is making room, retry".into(),
-                Blame::Wharf,
-            )
-        }
+        CacheError::Io(_) if c.is_disk_full() => parts(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OciCode::Unavailable,
+            "the cache disk is full; eviction is making room, retry".into(),
+            Blame::Wharf,
+        ),
         _ => parts(
             StatusCode::INTERNAL_SERVER_ERROR,
             OciCode::Unknown,

@@ -261,6 +261,7 @@ fn operator_commands_with_and_without_a_running_server() {
     assert!(!status.success());
     let log = std::fs::read_to_string(&second.log).unwrap();
     assert!(log.contains("cannot open the cache"), "{log}");
+    assert!(log.contains("in use by another process"), "{log}");
 
     // Without a server the commands open the cache themselves.
     assert!(w.terminate().unwrap().success());
