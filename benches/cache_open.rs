@@ -19,7 +19,7 @@ fn open(dir: &std::path::Path) -> (f64, u64) {
         Cache::open(dir, meta, &CacheSettings::default(), Arc::default()).unwrap();
     let took = started.elapsed().as_secs_f64();
     assert_eq!(report.files_removed + report.records_removed, 0);
-    (took, cache.evictor.usage())
+    (took, cache.bytes())
 }
 
 fn rss_mib() -> f64 {

@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod app;
 pub mod cache;
 pub mod config;
 pub mod metrics;

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use wharf::app::App;
 use wharf::config::{Config, TlsMode};
-use wharf::mirror::Mirror;
 use wharf::tls::Tls;
 
 #[derive(Parser)]
@@ -262,65 +263,82 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let mirror = Mirror::open(&config, Default::default())
-            .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
-        let tls = Tls::new(&config.tls, &config.cache_dir).context("cannot set up TLS")?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+    rt.block_on(serve_until_signal(config))
+}
+
+async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
+    let app = App::open(&config, Default::default())
+        .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
+    let tls = Tls::new(&config.tls, &config.cache_dir).context("cannot set up TLS")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        cache = %config.cache_dir.display(),
+        upstreams = config.upstreams.len(),
+        "wharf is serving"
+    );
+    if let TlsMode::Auto { names } = &config.tls.mode {
         tracing::info!(
-            listen = %listener.local_addr()?,
-            scheme = if tls.is_some() { "https" } else { "http" },
-            cache = %config.cache_dir.display(),
-            upstreams = config.upstreams.len(),
-            "wharf is serving"
+            ca = %config.cache_dir.join("tls/ca.crt").display(),
+            names = %names.join(","),
+            "TLS certificate minted from wharf's CA; `wharf trust` shows how clients trust it"
         );
-        if let TlsMode::Auto { names } = &config.tls.mode {
-            tracing::info!(
-                ca = %config.cache_dir.join("tls/ca.crt").display(),
-                names = %names.join(","),
-                "TLS certificate minted from wharf's CA; `wharf trust` shows how clients trust it"
-            );
-        }
-        // The operator's side: stops with the server.
-        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    }
+    let operator = Operator::start(&config, &app).await?;
+    let served =
+        wharf::server::run(listener, app, tls, shutdown_signal(), config.shutdown_grace).await;
+    operator.stop().await;
+    served?;
+    tracing::info!("wharf stopped");
+    Ok(())
+}
+
+/// The operator's side of a running server: the admin socket and, when
+/// configured, the admin listener. Stops with the server.
+struct Operator {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Operator {
+    async fn start(config: &Config, app: &Arc<App>) -> anyhow::Result<Operator> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let stopped = move || {
-            let mut rx = admin_stopped.clone();
+            let mut rx = stopped.clone();
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
         let sock = wharf::admin::socket_path(&config.cache_dir);
-        let socket_task = tokio::spawn(wharf::admin::serve_socket(mirror.clone(), sock.clone(), stopped()));
-        let admin_task = match config.admin_listen {
-            None => None,
-            Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
-                tracing::info!(admin = %l.local_addr()?, "serving /metrics, /healthz and /readyz");
-                Some(tokio::spawn(wharf::admin::serve_http(mirror.clone(), l, stopped())))
-            }
-        };
+        let mut tasks = vec![tokio::spawn(wharf::admin::serve_socket(
+            app.clone(),
+            sock.clone(),
+            stopped(),
+        ))];
+        if let Some(addr) = config.admin_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
+            tracing::info!(admin = %l.local_addr()?, "serving /metrics, /healthz and /readyz");
+            tasks.push(tokio::spawn(wharf::admin::serve_http(
+                app.clone(),
+                l,
+                stopped(),
+            )));
+        }
         tracing::info!(socket = %sock.display(), "operator commands (wharf ls, du, rm, gc, pin) use this socket");
-        let served = wharf::server::run(
-            listener,
-            mirror,
-            tls,
-            shutdown_signal(),
-            config.shutdown_grace,
-        )
-        .await;
-        let _ = stop_admin.send(true);
-        let _ = socket_task.await;
-        if let Some(t) = admin_task {
+        Ok(Operator { stop, tasks })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
             let _ = t.await;
         }
-        served?;
-        tracing::info!("wharf stopped");
-        Ok(())
-    })
+    }
 }
 
 async fn shutdown_signal() {

@@ -34,12 +34,15 @@ pub use htpasswd::{Htpasswd, TokenList};
 #[derive(Clone, Debug)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
-    /// The client presented a certificate that the TLS layer verified
-    /// against `client_ca_file`.
-    pub verified_cert: bool,
+    /// The user a certificate that the TLS layer verified against
+    /// `client_ca_file` names (its subject CN, or the configured SAN; see
+    /// [`crate::tls::certificate_user`]); `None` without a verified
+    /// certificate.
+    pub cert_user: Option<String>,
 }
 
-/// The user name a verified client certificate authenticates as.
+/// The user name a verified client certificate authenticates as when it
+/// names none (no CN, or not the configured SAN).
 pub const CERT_USER: &str = "tls-client";
 
 /// Who the client is, as far as wharf can tell.
@@ -187,9 +190,11 @@ impl Access {
                 None => who.unknown_credentials = true,
             }
         }
-        if who.user.is_none() && client.verified_cert && self.cfg.client_certificates {
-            who.user = Some(CERT_USER.to_owned());
-            who.unknown_credentials = false;
+        if who.user.is_none() && self.cfg.client_certificates {
+            if let Some(user) = &client.cert_user {
+                who.user = Some(user.clone());
+                who.unknown_credentials = false;
+            }
         }
         who
     }
@@ -254,9 +259,15 @@ impl Access {
     }
 
     /// Step 3: may `who` pull `repo` (the upstream's name for it) from the
-    /// upstream at `upstream`?
-    pub fn authorize(&self, upstream: usize, who: &Who, repo: &RepoName) -> Result<(), Denied> {
-        let u = &self.upstreams[upstream];
+    /// upstream named `upstream`? An upstream without rules (none is
+    /// configured under that name) refuses everyone.
+    pub fn authorize(&self, upstream: &str, who: &Who, repo: &RepoName) -> Result<(), Denied> {
+        let Some(u) = self.upstreams.iter().find(|u| u.name == upstream) else {
+            return Err(self.deny(Denied::Repository {
+                repo: repo.to_string(),
+                upstream: upstream.to_owned(),
+            }));
+        };
         match &who.user {
             Some(user) => {
                 if let Some(users) = &u.rules.users {

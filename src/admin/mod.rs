@@ -15,6 +15,7 @@ pub mod client;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -24,8 +25,8 @@ use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::app::App;
 use crate::cache::{Cache, CacheError};
-use crate::mirror::Mirror;
 use crate::server::{healthz, metrics_response, readyz, Body};
 
 /// One cache operation, as the CLI sends it.
@@ -72,7 +73,7 @@ pub fn socket_path(cache_dir: &Path) -> PathBuf {
 /// crashed run is replaced (the caller holds the cache's lock, so no live
 /// server owns it).
 pub async fn serve_socket(
-    mirror: Mirror,
+    app: Arc<App>,
     path: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -87,11 +88,11 @@ pub async fn serve_socket(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let m = mirror.clone();
+                let app = app.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let m = m.clone();
-                        async move { Ok::<_, Infallible>(socket_request(m, req).await) }
+                        let app = app.clone();
+                        async move { Ok::<_, Infallible>(socket_request(&app, req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -115,7 +116,7 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
         .expect("static headers")
 }
 
-async fn socket_request(mirror: Mirror, req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn socket_request(app: &App, req: Request<hyper::body::Incoming>) -> Response<Body> {
     if req.method() != Method::POST || req.uri().path() != "/op" {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -141,9 +142,9 @@ async fn socket_request(mirror: Mirror, req: Request<hyper::body::Incoming>) -> 
         }
     };
     tracing::info!(op = ?op, "admin operation");
-    let m = mirror.clone();
+    let cache = app.mirror.cache().clone();
     let op2 = op.clone();
-    match tokio::task::spawn_blocking(move || execute(m.cache(), &op2, true)).await {
+    match tokio::task::spawn_blocking(move || execute(&cache, &op2, true)).await {
         Ok(Ok(v)) => json_response(StatusCode::OK, &v),
         Ok(Err(e)) => {
             let status = if matches!(e, CacheError::Invalid(_)) {
@@ -163,7 +164,7 @@ async fn socket_request(mirror: Mirror, req: Request<hyper::body::Incoming>) -> 
 /// Serves `/metrics`, `/healthz` and `/readyz` on the admin listener until
 /// `shutdown`.
 pub async fn serve_http(
-    mirror: Mirror,
+    app: Arc<App>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -173,10 +174,10 @@ pub async fn serve_http(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (m, builder) = (mirror.clone(), builder.clone());
+                let (app, builder) = (app.clone(), builder.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let m = m.clone();
+                        let m = app.clone();
                         async move {
                             let method = req.method().clone();
                             let ok = method == Method::GET || method == Method::HEAD;

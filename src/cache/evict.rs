@@ -9,6 +9,9 @@
 //!   map insert) and written to the metadata in batches, so a hot blob does not
 //!   cost a metadata write per request and the order is exact to the
 //!   millisecond while the server runs (persisted order survives restarts).
+//! - **Victims, not deletions.** A [`Pass`] chooses what goes; the cache
+//!   removes it (pingora-cache's eviction manager returns keys and the caller
+//!   deletes), so deletion lives in one place.
 //! - **Safety.** Only committed blobs (with a record) are candidates, so
 //!   fills in progress are never touched. A removed file stays readable by
 //!   readers that have it open (Unix unlink semantics): eviction never breaks
@@ -17,10 +20,10 @@
 //!   content is never a candidate. Blobs are content-addressed: a layer shared
 //!   by many images is one file, counted once.
 //! - **Room for fills.** A fill whose size is known reserves it first
-//!   ([`Evictor::reserve`]); if the disk cannot take it even after eviction
+//!   ([`Evictor::fits`], [`Evictor::claim`]); if the disk cannot take it even after eviction
 //!   the client gets a clear error before any byte is written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,9 +35,7 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::registry::Digest;
 
-use super::inventory::Inventory;
 use super::meta::{BlobRecord, Metadata};
-use super::pins::Pin;
 use super::store::BlobStore;
 use super::CacheError;
 
@@ -76,6 +77,142 @@ pub struct Evictor {
     /// Blobs evicted since links and tags were last pruned.
     unpruned: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// One eviction pass, from [`Evictor::begin_pass`]: it chooses the victims,
+/// least recently read first, and the caller (the cache, which alone deletes
+/// content) removes them. Dropped without [`Pass::finish`], usage is restored
+/// as it was before the pass.
+pub struct Pass<'a> {
+    evictor: &'a Evictor,
+    _one: parking_lot::MutexGuard<'a, ()>,
+    before: u64,
+    started: Instant,
+    report: EvictReport,
+    current: u64,
+    target: u64,
+    finished: bool,
+}
+
+/// What to do with the next candidate of a pass.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Remove,
+    /// Read since the scan: no longer the least recent.
+    Skip,
+    /// Usage is down to the low mark.
+    Stop,
+}
+
+impl Pass<'_> {
+    /// Given every committed blob, the pinned ones, the disk's free space
+    /// and the room a fill needs, returns the candidates in the order they
+    /// should go (least recently read first, pinned ones never), or none when
+    /// usage is under the high mark.
+    pub fn choose(
+        &mut self,
+        mut blobs: Vec<(Digest, BlobRecord)>,
+        pinned: &HashSet<Digest>,
+        available: u64,
+        need: u64,
+    ) -> Vec<(Digest, BlobRecord)> {
+        let e = self.evictor;
+        let usage: u64 = blobs.iter().map(|(_, r)| r.size).sum();
+        let budget = e.budget(usage, available);
+        let high = (budget as f64 * e.limits.high) as u64;
+        let low = (budget as f64 * e.limits.low) as u64;
+        let reserved = e.reserved.load(Ordering::Relaxed);
+        self.report = EvictReport {
+            blobs: blobs.len() as u64,
+            usage_before: usage,
+            usage_after: usage,
+            budget,
+            high,
+            low,
+            pinned_bytes: blobs
+                .iter()
+                .filter(|(d, _)| pinned.contains(d))
+                .map(|(_, r)| r.size)
+                .sum(),
+            ..Default::default()
+        };
+        e.metrics
+            .cache_pinned_size
+            .set(self.report.pinned_bytes as i64);
+        self.current = usage;
+        if usage + reserved + need <= high {
+            return Vec::new();
+        }
+        self.target = low.saturating_sub(reserved + need);
+        blobs.retain(|(d, _)| !pinned.contains(d));
+        blobs.sort_by_key(|(_, r)| r.last_access);
+        e.metrics.eviction_runs.inc();
+        blobs
+    }
+
+    /// Whether the next candidate goes.
+    pub fn verdict(&self, d: &Digest, rec: &BlobRecord) -> Verdict {
+        if self.current <= self.target {
+            return Verdict::Stop;
+        }
+        let read_since = self
+            .evictor
+            .recent
+            .lock()
+            .get(d)
+            .is_some_and(|&t| t > rec.last_access);
+        if read_since {
+            Verdict::Skip
+        } else {
+            Verdict::Remove
+        }
+    }
+
+    /// The caller removed a candidate of `size` bytes.
+    pub fn evicted(&mut self, size: u64) {
+        self.current = self.current.saturating_sub(size);
+        self.report.evicted_blobs += 1;
+        self.report.evicted_bytes += size;
+    }
+
+    /// Counts the pass: usage, metrics, the log line.
+    pub fn finish(mut self) -> EvictReport {
+        self.finished = true;
+        let e = self.evictor;
+        let mut report = std::mem::take(&mut self.report);
+        e.unpruned
+            .fetch_add(report.evicted_blobs, Ordering::Relaxed);
+        e.metrics.evicted_blobs.inc_by(report.evicted_blobs);
+        e.metrics.evicted_bytes.inc_by(report.evicted_bytes);
+        report.usage_after = self.current;
+        let now = e.usage.fetch_add(self.current, Ordering::Relaxed) + self.current;
+        e.metrics.cache_size.set(now as i64);
+        e.metrics
+            .cache_blobs
+            .set(report.blobs as i64 - report.evicted_blobs as i64);
+        report.ms = self.started.elapsed().as_millis() as u64;
+        if report.evicted_blobs > 0 {
+            tracing::info!(
+                evicted_blobs = report.evicted_blobs,
+                evicted_bytes = report.evicted_bytes,
+                usage = report.usage_after,
+                budget = report.budget,
+                pinned_bytes = report.pinned_bytes,
+                ms = report.ms,
+                "evicted least recently used blobs"
+            );
+        }
+        report
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.evictor.usage.fetch_add(self.before, Ordering::Relaxed);
+        }
+        super::release_scratch_memory();
+    }
 }
 
 /// A fill's claim on disk space, given back when the fill ends.
@@ -191,176 +328,55 @@ impl Evictor {
         Ok(batch.len())
     }
 
-    /// Claims `need` bytes for a fill, evicting first if the budget or the
-    /// disk would not take them. Blocking (file system calls): call from a
-    /// blocking thread.
-    pub fn reserve(
-        &self,
-        need: u64,
-        store: &BlobStore,
-        meta: &Metadata,
-        pins: &dyn Fn() -> Result<Vec<Pin>, CacheError>,
-        on_remove: &dyn Fn(&Digest),
-    ) -> Result<Reservation<'_>, CacheError> {
-        // On the path to a cold blob's first byte: one statvfs, and the pins
-        // are read only if a pass must run.
-        let fits = |s: &Self, available: u64| -> bool {
-            let reserved = s.reserved.load(Ordering::Relaxed);
-            let within_max = s
-                .limits
-                .max_size
-                .is_none_or(|max| s.usage() + reserved + need <= max);
-            within_max && available >= reserved + need
-        };
-        // More than the whole disk could give even with the cache emptied:
-        // refuse without evicting anything for it.
-        let (available, _) = store.disk_space()?;
+    /// Whether `need` more bytes fit now beside usage and reservations, or
+    /// can never fit (more than the whole disk could give even with the
+    /// cache emptied). Cheap: the caller passes one statvfs's free space.
+    pub fn fits(&self, need: u64, available: u64) -> Result<bool, NoRoom> {
         let reserved = self.reserved.load(Ordering::Relaxed);
         let ceiling = self.budget(self.usage(), available);
         if need.saturating_add(reserved) > ceiling {
-            return Err(CacheError::NoRoom(NoRoom {
+            return Err(NoRoom {
                 need,
                 available,
                 budget: ceiling,
                 pinned: 0,
-            }));
+            });
         }
-        if !fits(self, available) {
-            let r = self.run(store, meta, &pins()?, need, on_remove)?;
-            let (available, _) = store.disk_space()?;
-            if !fits(self, available) {
-                return Err(CacheError::NoRoom(NoRoom {
-                    need,
-                    available,
-                    budget: r.budget,
-                    pinned: r.pinned_bytes,
-                }));
-            }
-        }
-        self.reserved.fetch_add(need, Ordering::Relaxed);
-        Ok(Reservation {
-            evictor: self,
-            bytes: need,
-        })
+        let within_max = self
+            .limits
+            .max_size
+            .is_none_or(|max| self.usage() + reserved + need <= max);
+        Ok(within_max && available >= reserved + need)
     }
 
-    /// One eviction pass: if usage (plus reservations and `need`) is past the
-    /// high watermark, removes least recently read unpinned blobs until it is
-    /// under the low one. `on_remove` runs for each removed digest (the hot
-    /// manifest layer forgets it). Blocking.
-    pub fn run(
-        &self,
-        store: &BlobStore,
-        meta: &Metadata,
-        pins: &[Pin],
-        need: u64,
-        on_remove: &dyn Fn(&Digest),
-    ) -> Result<EvictReport, CacheError> {
-        let _one = self.pass.lock();
+    /// Claims `need` bytes for a fill (after [`fits`](Self::fits) said yes,
+    /// or a pass made room).
+    pub fn claim(&self, need: u64) -> Reservation<'_> {
+        self.reserved.fetch_add(need, Ordering::Relaxed);
+        Reservation {
+            evictor: self,
+            bytes: need,
+        }
+    }
+
+    /// Starts an eviction pass (one at a time: waits for a running one).
+    /// The pass chooses victims; the caller removes them and reports each
+    /// back with [`Pass::evicted`]. Blocking.
+    pub fn begin_pass(&self) -> Pass<'_> {
+        let one = self.pass.lock();
         // Commits from here on are counted on top of the scan (at worst twice,
         // which only evicts a little early; the next pass recounts).
         let before = self.usage.swap(0, Ordering::Relaxed);
-        let r = self.run_locked(store, meta, pins, need, on_remove);
-        if r.is_err() {
-            self.usage.fetch_add(before, Ordering::Relaxed);
+        Pass {
+            evictor: self,
+            _one: one,
+            before,
+            started: Instant::now(),
+            report: EvictReport::default(),
+            current: 0,
+            target: 0,
+            finished: false,
         }
-        super::release_scratch_memory();
-        r
-    }
-
-    fn run_locked(
-        &self,
-        store: &BlobStore,
-        meta: &Metadata,
-        pins: &[Pin],
-        need: u64,
-        on_remove: &dyn Fn(&Digest),
-    ) -> Result<EvictReport, CacheError> {
-        let started = Instant::now();
-        self.flush_touches(meta)?;
-        let mut blobs: Vec<(Digest, BlobRecord)> = meta
-            .blobs()?
-            .into_iter()
-            .filter_map(|(k, r)| Some((k.parse().ok()?, r.ok()?)))
-            .collect();
-        let usage: u64 = blobs.iter().map(|(_, r)| r.size).sum();
-        let (available, _) = store.disk_space()?;
-        let budget = self.budget(usage, available);
-        let high = (budget as f64 * self.limits.high) as u64;
-        let low = (budget as f64 * self.limits.low) as u64;
-        let reserved = self.reserved.load(Ordering::Relaxed);
-        let mut report = EvictReport {
-            blobs: blobs.len() as u64,
-            usage_before: usage,
-            usage_after: usage,
-            budget,
-            high,
-            low,
-            ..Default::default()
-        };
-        let pinned = if pins.is_empty() {
-            Default::default()
-        } else {
-            Inventory::load(meta, store)?.pinned(pins)
-        };
-        report.pinned_bytes = blobs
-            .iter()
-            .filter(|(d, _)| pinned.contains(d))
-            .map(|(_, r)| r.size)
-            .sum();
-        self.metrics
-            .cache_pinned_size
-            .set(report.pinned_bytes as i64);
-        let mut current = usage;
-        if current + reserved + need > high {
-            let target = low.saturating_sub(reserved + need);
-            blobs.retain(|(d, _)| !pinned.contains(d));
-            blobs.sort_by_key(|(_, r)| r.last_access);
-            for (d, rec) in blobs {
-                if current <= target {
-                    break;
-                }
-                // Read since the scan: no longer the least recent.
-                if self
-                    .recent
-                    .lock()
-                    .get(&d)
-                    .is_some_and(|&t| t > rec.last_access)
-                {
-                    continue;
-                }
-                meta.remove_blob(&d)?;
-                store.remove(&d)?;
-                on_remove(&d);
-                current = current.saturating_sub(rec.size);
-                report.evicted_blobs += 1;
-                report.evicted_bytes += rec.size;
-            }
-            self.unpruned
-                .fetch_add(report.evicted_blobs, Ordering::Relaxed);
-            self.metrics.evicted_blobs.inc_by(report.evicted_blobs);
-            self.metrics.evicted_bytes.inc_by(report.evicted_bytes);
-            self.metrics.eviction_runs.inc();
-        }
-        report.usage_after = current;
-        let now = self.usage.fetch_add(current, Ordering::Relaxed) + current;
-        self.metrics.cache_size.set(now as i64);
-        self.metrics
-            .cache_blobs
-            .set(report.blobs as i64 - report.evicted_blobs as i64);
-        report.ms = started.elapsed().as_millis() as u64;
-        if report.evicted_blobs > 0 {
-            tracing::info!(
-                evicted_blobs = report.evicted_blobs,
-                evicted_bytes = report.evicted_bytes,
-                usage = report.usage_after,
-                budget = report.budget,
-                pinned_bytes = report.pinned_bytes,
-                ms = report.ms,
-                "evicted least recently used blobs"
-            );
-        }
-        Ok(report)
     }
 
     /// Blobs evicted since the last call: links and tags may point at them.
@@ -376,111 +392,5 @@ impl Evictor {
                 Some(u.saturating_sub(size))
             });
         self.metrics.cache_size.set(self.usage() as i64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(store: &BlobStore, meta: &Metadata, body: &[u8], at: u64) -> Digest {
-        let d = Digest::sha256_of(body);
-        store.put_verified(&d, body).unwrap();
-        meta.put_blob(&d, &BlobRecord::blob(body.len() as u64, at))
-            .unwrap();
-        d
-    }
-
-    #[test]
-    fn least_recently_read_go_first_down_to_the_low_mark() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let meta = Metadata::in_memory();
-        let e = Evictor::new(
-            Limits {
-                max_size: Some(1000),
-                high: 0.9,
-                low: 0.5,
-            },
-            Arc::default(),
-        );
-        let a = put(&store, &meta, &[b'a'; 300], 1);
-        let b = put(&store, &meta, &[b'b'; 300], 2);
-        let c = put(&store, &meta, &[b'c'; 300], 3);
-        // Under the high mark (900): nothing happens.
-        let r = e.run(&store, &meta, &[], 0, &|_| {}).unwrap();
-        assert_eq!((r.usage_before, r.evicted_blobs), (900, 0));
-        // `a` was read last: `b` is the oldest now.
-        e.touch(&a, 10);
-        let d = put(&store, &meta, &[b'd'; 100], 4);
-        let removed = Mutex::new(Vec::new());
-        let r = e
-            .run(&store, &meta, &[], 0, &|d| removed.lock().push(d.clone()))
-            .unwrap();
-        assert_eq!(r.usage_before, 1000);
-        // Down to 500: b and c go (600 bytes), a and d stay.
-        assert_eq!(*removed.lock(), vec![b.clone(), c.clone()]);
-        assert_eq!(r.usage_after, 400);
-        assert_eq!(e.usage(), 400);
-        assert!(store.contains(&a) && store.contains(&d));
-        assert!(!store.contains(&b) && meta.get_blob(&b).unwrap().is_none());
-        assert_eq!(meta.get_blob(&a).unwrap().unwrap().last_access, 10);
-    }
-
-    #[test]
-    fn an_open_blob_stays_readable_after_eviction() {
-        use std::io::Read;
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let meta = Metadata::in_memory();
-        let e = Evictor::new(
-            Limits {
-                max_size: Some(100),
-                high: 0.5,
-                low: 0.1,
-            },
-            Arc::default(),
-        );
-        let a = put(&store, &meta, &[b'a'; 80], 1);
-        let (mut f, _) = store.open_blob(&a).unwrap().unwrap();
-        let r = e.run(&store, &meta, &[], 0, &|_| {}).unwrap();
-        assert_eq!(r.evicted_blobs, 1);
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).unwrap();
-        assert_eq!(buf, vec![b'a'; 80]);
-    }
-
-    #[test]
-    fn reservations_make_room_or_refuse() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let meta = Metadata::in_memory();
-        let e = Evictor::new(
-            Limits {
-                max_size: Some(1000),
-                high: 0.9,
-                low: 0.8,
-            },
-            Arc::default(),
-        );
-        let a = put(&store, &meta, &[b'a'; 500], 1);
-        e.set_usage(500);
-        {
-            let _r = e
-                .reserve(400, &store, &meta, &|| Ok(vec![]), &|_| {})
-                .unwrap();
-            assert!(store.contains(&a), "500 + 400 fits in 1000");
-            // A second fill of 400 does not fit beside the first: `a` goes.
-            let _r2 = e
-                .reserve(400, &store, &meta, &|| Ok(vec![]), &|_| {})
-                .unwrap();
-            assert!(!store.contains(&a));
-            // Nothing left to evict.
-            assert!(matches!(
-                e.reserve(400, &store, &meta, &|| Ok(vec![]), &|_| {}),
-                Err(CacheError::NoRoom(_))
-            ));
-        }
-        assert_eq!(e.reserved.load(Ordering::Relaxed), 0);
     }
 }

@@ -15,7 +15,6 @@
 //!   its temp file is deleted (nothing partial is ever cached).
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -24,16 +23,19 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::registry::{Digest, Hasher};
+use crate::registry::{Digest, ErrorResponse, Hasher, RepoName};
 
 use super::store::{BlobStore, TempFile};
-use super::CacheError;
+use super::{CacheError, Origin};
 
 /// Why a fill did not produce a verified blob.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FillError {
-    #[error("upstream fetch failed: {0}")]
-    Upstream(#[source] Arc<dyn StdError + Send + Sync>),
+    /// What fed the fill (an upstream, a bundle) failed. The caller that
+    /// fed it says what a client asking for this blob should be told; the
+    /// cache passes it on to every reader unchanged.
+    #[error("{}", .0.message)]
+    Source(Arc<ErrorResponse>),
     #[error("upstream sent {actual} bytes for a blob of {expected} bytes")]
     SizeMismatch { expected: u64, actual: u64 },
     #[error(transparent)]
@@ -45,6 +47,13 @@ pub enum FillError {
 impl From<CacheError> for FillError {
     fn from(e: CacheError) -> Self {
         FillError::Cache(Arc::new(e))
+    }
+}
+
+impl FillError {
+    /// The disk could not take the blob: eviction should run.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, FillError::Cache(c) if c.is_disk_full())
     }
 }
 
@@ -70,9 +79,11 @@ struct State {
 struct Fill {
     state: watch::Sender<State>,
     file: Arc<File>,
-    /// Who started the fill (the mirror passes `upstream/repository`), so a
-    /// follower from elsewhere knows it must check its own access first.
-    origin: String,
+    /// Who started the fill (upstream and repository): the link made when
+    /// it commits, and how a follower from elsewhere knows it must check its
+    /// own access first.
+    upstream: String,
+    repo: RepoName,
 }
 
 /// The registry of fills in flight, keyed by digest.
@@ -101,14 +112,12 @@ impl Fills {
         &self,
         digest: &Digest,
         store: &BlobStore,
-        origin: &str,
+        origin: Origin<'_>,
     ) -> Result<Join, CacheError> {
         let mut map = self.inflight.lock();
         if let Some(f) = map.get(digest) {
-            return Ok(Join::Follower(
-                FillReader::new(f.clone()),
-                f.origin == origin,
-            ));
+            let same = f.upstream == origin.upstream && f.repo == *origin.repo;
+            return Ok(Join::Follower(FillReader::new(f.clone()), same));
         }
         if store.contains(digest) {
             return Ok(Join::Cached);
@@ -121,7 +130,8 @@ impl Fills {
         let fill = Arc::new(Fill {
             state: tx,
             file: temp.handle(),
-            origin: origin.to_owned(),
+            upstream: origin.upstream.to_owned(),
+            repo: origin.repo.clone(),
         });
         map.insert(digest.clone(), fill.clone());
         let writer = Box::new(FillWriter {
@@ -165,6 +175,18 @@ pub struct FillWriter {
 }
 
 impl FillWriter {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Who started the fill: what its commit links the blob to.
+    pub fn origin(&self) -> Origin<'_> {
+        Origin {
+            upstream: &self.fill.upstream,
+            repo: &self.fill.repo,
+        }
+    }
+
     /// The upstream answered: readers may now start their responses.
     pub fn start(&mut self, size: Option<u64>) {
         self.size = size;
@@ -355,6 +377,14 @@ impl FillReader {
 mod tests {
     use super::*;
 
+    fn o() -> Origin<'static> {
+        static REPO: std::sync::OnceLock<RepoName> = std::sync::OnceLock::new();
+        Origin {
+            upstream: "o",
+            repo: REPO.get_or_init(|| "o/r".parse().unwrap()),
+        }
+    }
+
     fn setup() -> (tempfile::TempDir, Arc<BlobStore>, Fills) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(BlobStore::open(dir.path()).unwrap());
@@ -378,10 +408,10 @@ mod tests {
         let (_dir, store, fills) = setup();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let d = Digest::sha256_of(&data);
-        let Join::Leader(mut w, r0) = fills.join(&d, &store, "o").unwrap() else {
+        let Join::Leader(mut w, r0) = fills.join(&d, &store, o()).unwrap() else {
             panic!("first join leads")
         };
-        let Join::Follower(mut r1, true) = fills.join(&d, &store, "o").unwrap() else {
+        let Join::Follower(mut r1, true) = fills.join(&d, &store, o()).unwrap() else {
             panic!("second join follows")
         };
         assert_eq!(fills.len(), 1);
@@ -406,14 +436,14 @@ mod tests {
         assert_eq!(r1.await.unwrap().unwrap(), data);
         assert!(fills.is_empty());
         assert!(store.contains(&d));
-        assert!(matches!(fills.join(&d, &store, "o").unwrap(), Join::Cached));
+        assert!(matches!(fills.join(&d, &store, o()).unwrap(), Join::Cached));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn digest_mismatch_fails_every_reader_and_caches_nothing() {
         let (dir, store, fills) = setup();
         let d = Digest::sha256_of(b"the real content");
-        let Join::Leader(mut w, r) = fills.join(&d, &store, "o").unwrap() else {
+        let Join::Leader(mut w, r) = fills.join(&d, &store, o()).unwrap() else {
             panic!()
         };
         let reader = tokio::task::spawn_blocking(move || read_all(r));
@@ -440,7 +470,7 @@ mod tests {
     async fn last_byte_is_held_back_until_verified() {
         let (_dir, store, fills) = setup();
         let d = Digest::sha256_of(b"abcd");
-        let Join::Leader(mut w, mut r) = fills.join(&d, &store, "o").unwrap() else {
+        let Join::Leader(mut w, mut r) = fills.join(&d, &store, o()).unwrap() else {
             panic!()
         };
         w.start(Some(4));
@@ -464,7 +494,7 @@ mod tests {
     async fn dropped_writer_aborts_readers() {
         let (_dir, store, fills) = setup();
         let d = Digest::sha256_of(b"x");
-        let Join::Leader(w, mut r) = fills.join(&d, &store, "o").unwrap() else {
+        let Join::Leader(w, mut r) = fills.join(&d, &store, o()).unwrap() else {
             panic!()
         };
         drop(w);
@@ -472,7 +502,7 @@ mod tests {
         assert!(fills.is_empty());
         // A new request starts a fresh fill.
         assert!(matches!(
-            fills.join(&d, &store, "o").unwrap(),
+            fills.join(&d, &store, o()).unwrap(),
             Join::Leader(..)
         ));
     }
@@ -481,7 +511,7 @@ mod tests {
     async fn an_explicit_failure_reaches_readers_unchanged() {
         let (_dir, store, fills) = setup();
         let d = Digest::sha256_of(b"x");
-        let Join::Leader(w, mut r) = fills.join(&d, &store, "o").unwrap() else {
+        let Join::Leader(w, mut r) = fills.join(&d, &store, o()).unwrap() else {
             panic!()
         };
         w.fail(FillError::SizeMismatch {
@@ -498,7 +528,7 @@ mod tests {
     async fn oversized_upstream_body_is_refused() {
         let (_dir, store, fills) = setup();
         let d = Digest::sha256_of(b"ab");
-        let Join::Leader(mut w, _r) = fills.join(&d, &store, "o").unwrap() else {
+        let Join::Leader(mut w, _r) = fills.join(&d, &store, o()).unwrap() else {
             panic!()
         };
         w.start(Some(2));

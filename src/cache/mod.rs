@@ -6,16 +6,18 @@
 //! HTTP.
 
 mod coalesce;
+mod content;
 mod evict;
 mod fill;
 mod inventory;
 mod meta;
+mod operator;
 mod pins;
 mod reconcile;
 mod sled_kv;
 mod store;
+mod upkeep;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use coalesce::Coalescer;
-pub use evict::{EvictReport, Evictor, Limits, NoRoom, Reservation};
+pub use evict::{EvictReport, Limits, NoRoom};
 pub use fill::{FillError, FillReader, FillWriter, Fills, Join};
 pub use inventory::{ImageListing, Inventory, RepoListing};
 pub use meta::{
@@ -32,10 +34,12 @@ pub use meta::{
 pub use pins::Pin;
 pub use reconcile::ReconcileReport;
 pub use sled_kv::SledKv;
-pub use store::{BlobStore, TempFile};
+pub use store::BlobStore;
 
 use crate::metrics::Metrics;
-use crate::registry::{Digest, RepoName};
+use crate::registry::{Digest, MediaType, RepoName};
+
+use evict::Evictor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -107,23 +111,38 @@ impl Default for CacheSettings {
     }
 }
 
-/// A manifest kept in memory: its bytes and the media type to serve it with.
+/// A cached manifest: its bytes and the media type to serve it with.
 #[derive(Clone, Debug)]
-pub struct HotManifest {
+pub struct CachedManifest {
     pub bytes: Bytes,
-    pub media_type: String,
+    pub media_type: MediaType,
 }
 
-/// Everything on the cache directory, opened and reconciled.
+/// Where content came from: the upstream (by its configured name) and the
+/// repository on it. A repository reads cached content only once it is
+/// linked to it (it came through that repository, or the upstream said the
+/// repository holds it); links, tags and fills are all kept per origin.
+#[derive(Clone, Copy, Debug)]
+pub struct Origin<'a> {
+    pub upstream: &'a str,
+    pub repo: &'a RepoName,
+}
+
+/// Everything on the cache directory, opened and reconciled: the one door to
+/// cached content. Callers (the mirror today; sync, bundle import and a
+/// shared tier next) use operations shaped like what they mean — open a
+/// linked blob, commit a manifest, begin and feed a fill — and never the
+/// parts below, so the commit bookkeeping (record, usage, link, tag, hot
+/// copy) and every deletion live here.
 pub struct Cache {
-    pub dir: PathBuf,
-    pub store: BlobStore,
-    pub meta: Metadata,
-    pub fills: Fills,
-    pub evictor: Evictor,
+    dir: PathBuf,
+    store: BlobStore,
+    meta: Metadata,
+    fills: Fills,
+    evictor: Evictor,
     config_pins: Vec<Pin>,
     /// Recent manifests, so tag and digest hits read neither sled nor a file.
-    hot: moka::sync::Cache<Digest, HotManifest>,
+    hot: moka::sync::Cache<Digest, CachedManifest>,
     metrics: Arc<Metrics>,
 }
 
@@ -164,14 +183,14 @@ pub struct GcReport {
 
 impl Cache {
     /// Opens the store (removing temp files a crash left), reconciles files
-    /// with metadata, and counts usage. `live` is for a cache a server is
-    /// using (never at start-up).
+    /// with metadata, and counts usage.
     pub fn open(
         dir: &Path,
         meta: Metadata,
         settings: &CacheSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(Cache, ReconcileReport), CacheError> {
+        let started = std::time::Instant::now();
         let store = BlobStore::open(dir)?;
         let report = reconcile::reconcile(&store, &meta, false)?;
         if report.files_removed + report.records_removed > 0 {
@@ -190,7 +209,7 @@ impl Cache {
             config_pins: settings.pins.clone(),
             hot: moka::sync::Cache::builder()
                 .max_capacity(settings.memory)
-                .weigher(|_, m: &HotManifest| m.bytes.len().try_into().unwrap_or(u32::MAX))
+                .weigher(|_, m: &CachedManifest| m.bytes.len().try_into().unwrap_or(u32::MAX))
                 .build(),
             metrics,
         };
@@ -198,11 +217,49 @@ impl Cache {
         // the start-up time of a large cache.
         cache.evictor.set_usage(report.bytes_kept);
         cache.metrics.cache_blobs.set(report.blobs_kept as i64);
+        cache
+            .metrics
+            .cache_max_size
+            .set(settings.limits.max_size.unwrap_or(0) as i64);
+        tracing::info!(
+            dir = %dir.display(),
+            blobs = report.blobs_kept,
+            bytes = report.bytes_kept,
+            files_removed = report.files_removed,
+            records_removed = report.records_removed,
+            ms = started.elapsed().as_millis() as u64,
+            "cache opened"
+        );
+        release_scratch_memory();
         Ok((cache, report))
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of committed content, as counted since the last pass.
+    pub fn bytes(&self) -> u64 {
+        self.evictor.usage()
+    }
+
+    /// Blob downloads in progress.
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.len()
+    }
+
+    /// Whether the cache can serve: its disk takes writes (`/readyz`).
+    /// Blocking (creates and removes a file).
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            writable: self.store.check_writable().map_err(|e| e.to_string()),
+            bytes: self.bytes(),
+            fills_in_flight: self.fills_in_flight(),
+        }
+    }
+
     /// Every pin: the configuration's, then `wharf pin`'s.
-    pub fn pins(&self) -> Result<Vec<Pin>, CacheError> {
+    fn pins(&self) -> Result<Vec<Pin>, CacheError> {
         let mut pins = self.config_pins.clone();
         for (p, _) in self.meta.pins()? {
             match Pin::parse(&p) {
@@ -213,13 +270,8 @@ impl Cache {
         Ok(pins)
     }
 
-    /// A read of `d`, for LRU.
-    pub fn touch(&self, d: &Digest) {
-        self.evictor.touch(d, now_millis());
-    }
-
     /// Records a committed blob and counts it against the budget.
-    pub fn committed(&self, d: &Digest, rec: &BlobRecord) -> Result<(), CacheError> {
+    fn committed(&self, d: &Digest, rec: &BlobRecord) -> Result<(), CacheError> {
         let new = self.meta.get_blob(d)?.is_none();
         self.meta.put_blob(d, rec)?;
         if new {
@@ -229,289 +281,24 @@ impl Cache {
         Ok(())
     }
 
-    pub fn hot_manifest(&self, d: &Digest) -> Option<HotManifest> {
-        self.hot.get(d)
-    }
-
-    pub fn remember_manifest(&self, d: &Digest, m: HotManifest) {
-        self.hot.insert(d.clone(), m);
-    }
-
-    fn forget(&self, d: &Digest) {
+    /// Deletes a blob: its record first, then its file (a crash in between
+    /// leaves a lone file that start-up removes), then the hot copy. The only
+    /// place content is deleted; the caller counts it.
+    fn delete(&self, d: &Digest) -> Result<(), CacheError> {
+        self.meta.remove_blob(d)?;
+        self.store.remove(d)?;
         self.hot.invalidate(d);
-    }
-
-    /// Claims room for a fill of `size` bytes (evicting if needed). Blocking.
-    pub fn reserve(&self, size: u64) -> Result<Reservation<'_>, CacheError> {
-        self.evictor
-            .reserve(size, &self.store, &self.meta, &|| self.pins(), &|d| {
-                self.forget(d)
-            })
-    }
-
-    /// An eviction pass now (if over the high mark), then the references
-    /// to what was evicted. Blocking.
-    pub fn evict(&self) -> Result<EvictReport, CacheError> {
-        let pins = self.pins()?;
-        let r = self
-            .evictor
-            .run(&self.store, &self.meta, &pins, 0, &|d| self.forget(d))?;
-        self.prune_evicted()?;
-        Ok(r)
-    }
-
-    /// Drops links and tags that point at evicted content, if anything was
-    /// evicted since the last time, so months of churn do not grow the
-    /// metadata. A link to an evicted blob would only cost a refetch, never
-    /// a wrong answer. Blocking (scans links and tags).
-    pub fn prune_evicted(&self) -> Result<(), CacheError> {
-        if self.evictor.take_unpruned() == 0 {
-            return Ok(());
-        }
-        let mut r = ReconcileReport::default();
-        reconcile::prune_references(&self.meta, &mut r)?;
-        if r.links_removed + r.tags_removed > 0 {
-            tracing::info!(
-                links_removed = r.links_removed,
-                tags_removed = r.tags_removed,
-                "dropped references to evicted content"
-            );
-        }
-        release_scratch_memory();
         Ok(())
     }
-
-    /// Writes recorded reads to the metadata and makes it durable (shutdown).
-    pub fn flush(&self) -> Result<(), CacheError> {
-        self.evictor.flush_touches(&self.meta)?;
-        self.meta.flush()
-    }
-
-    pub fn listing(&self) -> Result<Vec<RepoListing>, CacheError> {
-        self.evictor.flush_touches(&self.meta)?;
-        let inv = Inventory::load(&self.meta, &self.store)?;
-        let pinned = inv.pinned(&self.pins()?);
-        let listing = inv.listing(&pinned);
-        drop(inv);
-        release_scratch_memory();
-        Ok(listing)
-    }
-
-    pub fn usage(&self) -> Result<Usage, CacheError> {
-        let inv = Inventory::load(&self.meta, &self.store)?;
-        let pinned = inv.pinned(&self.pins()?);
-        let (disk_available, disk_size) = self.store.disk_space()?;
-        let mut upstreams: std::collections::BTreeMap<String, HashSet<Digest>> = Default::default();
-        for t in &inv.tags {
-            if let Ok(d) = t.record.digest.parse::<Digest>() {
-                upstreams
-                    .entry(t.upstream.clone())
-                    .or_default()
-                    .extend(inv.closure(&d));
-            }
-        }
-        for (up, _, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-            upstreams
-                .entry(up.clone())
-                .or_default()
-                .extend(inv.closure(d));
-        }
-        let limits = self.evictor.limits();
-        Ok(Usage {
-            dir: self.dir.clone(),
-            blobs: inv.blobs.len() as u64,
-            manifests: inv
-                .blobs
-                .values()
-                .filter(|b| b.kind == Kind::Manifest)
-                .count() as u64,
-            bytes: inv.total(),
-            pinned_bytes: inv.size_of(&pinned),
-            max_size: limits.max_size,
-            high_watermark: limits.high,
-            low_watermark: limits.low,
-            disk_available,
-            disk_size,
-            fills_in_flight: self.fills.len(),
-            upstreams: upstreams
-                .into_iter()
-                .map(|(u, ds)| {
-                    let size = inv.size_of(&ds);
-                    (u, size)
-                })
-                .collect(),
-        })
-    }
-
-    /// Removes an image: `upstream/repo:tag`, `upstream/repo@digest`, or
-    /// `upstream/repo` (all of it). Its tags and links go; its content goes
-    /// unless another cached image uses it or it is pinned. Blocking.
-    pub fn remove_image(&self, image: &str) -> Result<RemoveReport, CacheError> {
-        let (upstream, repo, reference) = parse_image(image)?;
-        let mine = |up: &str, r: &RepoName| up == upstream && *r == repo;
-        let mut report = RemoveReport::default();
-        let mut roots: Vec<Digest> = Vec::new();
-        for t in self
-            .meta
-            .tags()?
-            .iter()
-            .filter(|t| mine(&t.upstream, &t.repo))
-        {
-            let hit = match &reference {
-                None => true,
-                Some(ImageRef::Tag(tag)) => t.tag.as_str() == tag,
-                Some(ImageRef::Digest(d)) => t.record.digest == d.as_str(),
-            };
-            if hit {
-                self.meta.remove_tag(&t.upstream, &t.repo, &t.tag)?;
-                report.tags_removed += 1;
-                roots.extend(t.record.digest.parse::<Digest>());
-            }
-        }
-        let inv = Inventory::load(&self.meta, &self.store)?;
-        if let Some(ImageRef::Digest(d)) = &reference {
-            roots.push(d.clone());
-        }
-        let mut doomed: HashSet<Digest> = HashSet::new();
-        for r in &roots {
-            doomed.extend(inv.closure(r));
-        }
-        if reference.is_none() {
-            for (up, r, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-                if mine(up, r) {
-                    doomed.extend(inv.closure(d));
-                }
-            }
-        }
-        if !doomed.iter().any(|d| inv.blobs.contains_key(d)) && report.tags_removed == 0 {
-            return Err(CacheError::Invalid(format!("{image}: not in the cache")));
-        }
-        // The repository's other tags keep their content and its links.
-        for t in inv.tags.iter().filter(|t| mine(&t.upstream, &t.repo)) {
-            if let Ok(d) = t.record.digest.parse::<Digest>() {
-                for c in inv.closure(&d) {
-                    doomed.remove(&c);
-                }
-            }
-        }
-        for (up, r, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-            if mine(up, r) && doomed.contains(d) {
-                self.meta.unlink(up, r, d)?;
-                report.links_removed += 1;
-            }
-        }
-        // What the rest of the cache uses stays: other repositories' tags and
-        // links (images share layers), and pins.
-        let inv = Inventory::load(&self.meta, &self.store)?;
-        let mut kept: HashSet<Digest> = inv.pinned(&self.pins()?);
-        for t in &inv.tags {
-            if let Ok(d) = t.record.digest.parse::<Digest>() {
-                kept.extend(inv.closure(&d));
-            }
-        }
-        for (_, _, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-            kept.extend(inv.closure(d));
-        }
-        for d in doomed {
-            let Some(rec) = inv.blobs.get(&d) else {
-                continue;
-            };
-            if kept.contains(&d) {
-                report.blobs_kept += 1;
-                continue;
-            }
-            self.meta.remove_blob(&d)?;
-            self.store.remove(&d)?;
-            self.forget(&d);
-            self.evictor.removed(rec.size);
-            self.metrics.cache_blobs.dec();
-            report.blobs_removed += 1;
-            report.bytes_removed += rec.size;
-        }
-        Ok(report)
-    }
-
-    /// Reconciles files and metadata, drops references to missing content,
-    /// optionally re-hashes every blob, then evicts if over the high mark.
-    /// `live`: a server is using the cache. Blocking.
-    pub fn gc(&self, verify: bool, live: bool) -> Result<GcReport, CacheError> {
-        let mut corrupt = 0;
-        if verify {
-            for path in self.store.verify_all()? {
-                tracing::warn!(path = %path.display(), "removed a blob whose content no longer matches its digest");
-                corrupt += 1;
-            }
-        }
-        let mut reconcile = reconcile::reconcile(&self.store, &self.meta, live)?;
-        reconcile.corrupt_removed = corrupt;
-        reconcile::prune_references(&self.meta, &mut reconcile)?;
-        self.hot.invalidate_all();
-        // evict() hands scratch memory back when it is done.
-        let evict = self.evict()?;
-        Ok(GcReport { reconcile, evict })
-    }
-
-    pub fn pin(&self, pattern: &str) -> Result<bool, CacheError> {
-        let p = Pin::parse(pattern).map_err(CacheError::Invalid)?;
-        self.meta
-            .add_pin(p.as_str(), &PinRecord { added: now_secs() })
-    }
-
-    pub fn unpin(&self, pattern: &str) -> Result<bool, CacheError> {
-        if self
-            .config_pins
-            .iter()
-            .any(|p| p.as_str() == pattern.trim())
-        {
-            return Err(CacheError::Invalid(format!(
-                "{pattern} is pinned by the configuration file (cache.pin); remove it there"
-            )));
-        }
-        self.meta.remove_pin(pattern.trim())
-    }
-
-    /// Pins: (pattern, from the config file?).
-    pub fn pin_list(&self) -> Result<Vec<(String, bool)>, CacheError> {
-        let mut out: Vec<(String, bool)> = self
-            .config_pins
-            .iter()
-            .map(|p| (p.as_str().to_owned(), true))
-            .collect();
-        out.extend(self.meta.pins()?.into_iter().map(|(p, _)| (p, false)));
-        Ok(out)
-    }
 }
 
-enum ImageRef {
-    Tag(String),
-    Digest(Digest),
-}
-
-/// `upstream/repo[:tag|@digest]`.
-fn parse_image(image: &str) -> Result<(String, RepoName, Option<ImageRef>), CacheError> {
-    let bad = |why: &str| {
-        CacheError::Invalid(format!(
-            "{image:?}: {why} (expected <upstream>/<repository>[:tag|@digest], as `wharf ls` shows)"
-        ))
-    };
-    let (up, rest) = image.split_once('/').ok_or_else(|| bad("no upstream"))?;
-    let (repo, reference) = if let Some((r, d)) = rest.split_once('@') {
-        let d = d.parse::<Digest>().map_err(|_| bad("invalid digest"))?;
-        (r, Some(ImageRef::Digest(d)))
-    } else {
-        let last = rest.rfind('/').map_or(0, |i| i + 1);
-        match rest[last..].find(':') {
-            Some(i) => (
-                &rest[..last + i],
-                Some(ImageRef::Tag(rest[last + i + 1..].to_owned())),
-            ),
-            None => (rest, None),
-        }
-    };
-    let repo = repo
-        .parse::<RepoName>()
-        .map_err(|_| bad("invalid repository"))?;
-    Ok((up.to_owned(), repo, reference))
+/// `/readyz`'s view of the cache.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    /// `Err(reason)` when the disk takes no writes.
+    pub writable: Result<(), String>,
+    pub bytes: u64,
+    pub fills_in_flight: usize,
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::cache::{now_millis, BlobRecord, FillError, FillReader, FillWriter, Join};
-use crate::registry::Digest;
+use crate::cache::{FillError, FillReader, FillWriter, Join};
+use crate::registry::{Digest, RouteKind};
 use crate::upstream::UpstreamError;
 
 use super::{CacheStatus, Mirror, MirrorError, Routed};
@@ -58,23 +58,17 @@ fn fill_response(
     }
 }
 
-/// A fill that failed because the disk is full.
-fn disk_full(e: &FillError) -> bool {
-    matches!(e, FillError::Cache(c) if c.is_disk_full())
-}
-
 impl Mirror {
     pub async fn blob(&self, r: &Routed, d: &Digest) -> Result<BlobResponse, MirrorError> {
-        let inner = &self.inner;
-        let name = self.upstream_name(r.upstream);
-        let origin = format!("{name}/{}", r.repo);
-        let linked = inner.cache.meta.is_linked(name, &r.repo, d)?;
+        let cache = &self.inner.cache;
+        let origin = self.origin(r);
+        let linked = cache.is_linked(origin, d)?;
         if linked {
-            if let Some(resp) = self.open_cached(d, CacheStatus::Hit)? {
-                return Ok(resp);
+            if let Some(f) = cache.open_blob(d)? {
+                return Ok(file_response(d, f, CacheStatus::Hit));
             }
         }
-        match inner.cache.fills.join(d, &inner.cache.store, &origin)? {
+        match cache.begin_fill(d, origin)? {
             Join::Cached => {
                 let status = if linked {
                     CacheStatus::Hit
@@ -82,17 +76,13 @@ impl Mirror {
                     self.confirm_access(r, d).await?;
                     CacheStatus::Revalidated
                 };
-                match self.open_cached(d, status)? {
-                    Some(resp) => Ok(resp),
+                match cache.open_blob(d)? {
+                    Some(f) => Ok(file_response(d, f, status)),
                     // Evicted in between: fetch it again.
                     None => Box::pin(self.blob(r, d)).await,
                 }
             }
             Join::Leader(writer, mut reader) => {
-                inner
-                    .metrics
-                    .fills_in_flight
-                    .set(inner.cache.fills.len() as i64);
                 self.spawn_fill(r.clone(), d.clone(), writer);
                 let size = reader.ready().await?;
                 Ok(fill_response(d, size, reader, CacheStatus::Miss))
@@ -101,7 +91,11 @@ impl Mirror {
                 if !same_origin && !linked {
                     self.confirm_access(r, d).await?;
                 }
-                inner.metrics.coalesced.with_label_values(&["blob"]).inc();
+                self.inner
+                    .metrics
+                    .coalesced
+                    .with_label_values(&["blob"])
+                    .inc();
                 let size = reader.ready().await?;
                 Ok(fill_response(d, size, reader, CacheStatus::Coalesced))
             }
@@ -115,160 +109,119 @@ impl Mirror {
         r: &Routed,
         d: &Digest,
     ) -> Result<(Option<u64>, CacheStatus), MirrorError> {
-        let inner = &self.inner;
-        let name = self.upstream_name(r.upstream);
-        let cached = inner
-            .cache
-            .store
-            .open_blob(d)
-            .map_err(crate::cache::CacheError::from)?;
-        if let Some((_, len)) = &cached {
-            if inner.cache.meta.is_linked(name, &r.repo, d)? {
-                return Ok((Some(*len), CacheStatus::Hit));
-            }
+        let cache = &self.inner.cache;
+        let origin = self.origin(r);
+        let cached = cache.blob_len(d)?;
+        if cached.is_some() && cache.is_linked(origin, d)? {
+            return Ok((cached, CacheStatus::Hit));
         }
-        let up = &inner.upstreams[r.upstream];
-        let size = up.client.head_blob(&r.repo, d).await?;
+        let size = self
+            .upstream(r.upstream)
+            .client
+            .head_blob(&r.repo, d)
+            .await?;
         match cached {
-            Some((_, len)) => {
-                inner.cache.meta.link(name, &r.repo, d)?;
+            Some(len) => {
+                cache.link(origin, d)?;
                 Ok((Some(len), CacheStatus::Revalidated))
             }
             None => Ok((size, CacheStatus::Pass)),
         }
     }
 
-    fn open_cached(
-        &self,
-        d: &Digest,
-        status: CacheStatus,
-    ) -> Result<Option<BlobResponse>, MirrorError> {
-        let inner = &self.inner;
-        let Some((file, len)) = inner
-            .cache
-            .store
-            .open_blob(d)
-            .map_err(crate::cache::CacheError::from)?
-        else {
-            return Ok(None);
-        };
-        inner.cache.touch(d);
-        Ok(Some(BlobResponse {
-            digest: d.clone(),
-            size: Some(len),
-            body: BlobBody::File(file),
-            status,
-        }))
-    }
-
     /// Asks the upstream whether this repository holds the blob, and records it.
     async fn confirm_access(&self, r: &Routed, d: &Digest) -> Result<(), MirrorError> {
-        let up = &self.inner.upstreams[r.upstream];
+        let up = self.upstream(r.upstream);
         up.client.head_blob(&r.repo, d).await?;
-        self.inner.cache.meta.link(&up.cfg.name, &r.repo, d)?;
+        self.inner.cache.link(self.origin(r), d)?;
         Ok(())
     }
 
     /// Downloads a blob into the fill. Runs in its own task so the download
     /// finishes (and is cached) even if the client that started it leaves.
-    fn spawn_fill(&self, r: Routed, d: Digest, mut w: Box<FillWriter>) {
+    fn spawn_fill(&self, r: Routed, d: Digest, w: Box<FillWriter>) {
         let this = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let up = &this.inner.upstreams[r.upstream];
-            let mut resp = match up.client.get_blob(&r.repo, &d).await {
-                Ok(resp) => resp,
+            let up = this.upstream(r.upstream);
+            let result = match up.client.get_blob(&r.repo, &d).await {
+                Ok(resp) => this.feed_fill(&r, resp, w).await,
                 Err(e) => {
-                    tracing::warn!(upstream = %up.cfg.name, repo = %r.repo, digest = %d, error = %e, "blob fetch failed");
-                    w.fail(FillError::Upstream(Arc::new(e)));
-                    return;
+                    let e = source_failed(e);
+                    this.inner.cache.abandon_fill(w, e.clone());
+                    Err(e)
                 }
             };
-            let size = resp.content_length();
-            // Hashing and file writes happen on a blocking thread; this task only
-            // moves chunks from the socket to it.
-            // A short queue: the upstream is slowed by TCP, not buffered in memory.
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, UpstreamError>>(4);
-            let (this2, r2, d2) = (this.clone(), r.clone(), d.clone());
-            let writer = tokio::task::spawn_blocking(move || {
-                // Room first, so a blob the disk cannot take is refused with
-                // a clear error before any client has seen a header.
-                let cache = &this2.inner.cache;
-                let room = match size.map(|s| cache.reserve(s)).transpose() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let e = FillError::from(e);
-                        w.fail(e.clone());
-                        return Err(e);
-                    }
-                };
-                w.start(size);
-                while let Some(item) = rx.blocking_recv() {
-                    let res = item
-                        .map_err(|e| FillError::Upstream(Arc::new(e)))
-                        .and_then(|b| w.write(&b));
-                    if let Err(e) = res {
-                        w.fail(e.clone());
-                        return Err(e);
-                    }
-                }
-                let inner = &this2.inner;
-                let name = &inner.upstreams[r2.upstream].cfg.name;
-                w.finish(&inner.cache.store, move |size| {
-                    // From here the blob counts as usage, not as a promise.
-                    drop(room);
-                    inner
-                        .cache
-                        .committed(&d2, &BlobRecord::blob(size, now_millis()))?;
-                    inner.cache.meta.link(name, &r2.repo, &d2)
-                })
-            });
-            let received = this
-                .inner
-                .metrics
-                .upstream_bytes
-                .with_label_values(&[&up.cfg.name]);
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(b)) => {
-                        received.inc_by(b.len() as u64);
-                        if tx.send(Ok(b)).await.is_err() {
-                            break; // the writer failed and said why
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let err = UpstreamError::Unreachable {
-                            upstream: up.cfg.name.clone(),
-                            reason: format!("blob transfer interrupted: {e}"),
-                        };
-                        let _ = tx.send(Err(err)).await;
-                        break;
-                    }
-                }
-            }
-            drop(tx);
-            let result = writer.await;
-            this.inner
-                .metrics
-                .fills_in_flight
-                .set(this.inner.cache.fills.len() as i64);
-            match result.expect("fill writer does not panic") {
+            match result {
                 Ok(size) => tracing::info!(
                     upstream = %up.cfg.name, repo = %r.repo, digest = %d, size,
                     ms = started.elapsed().as_millis() as u64, "blob cached"
                 ),
-                Err(e) => {
-                    if disk_full(&e) {
-                        // Make room for the next fill.
-                        this.inner.cache.evictor.wake();
-                    }
-                    tracing::warn!(
-                        upstream = %up.cfg.name, repo = %r.repo, digest = %d, error = %e,
-                        "blob fill failed; nothing cached"
-                    )
-                }
+                Err(e) => tracing::warn!(
+                    upstream = %up.cfg.name, repo = %r.repo, digest = %d, error = %e,
+                    "blob fill failed; nothing cached"
+                ),
             }
         });
+    }
+
+    /// Moves the upstream's body into the cache's fill: this task reads the
+    /// socket, a blocking thread hashes and writes. A short queue: the
+    /// upstream is slowed by TCP, not buffered in memory.
+    async fn feed_fill(
+        &self,
+        r: &Routed,
+        mut resp: reqwest::Response,
+        w: Box<FillWriter>,
+    ) -> Result<u64, FillError> {
+        let size = resp.content_length();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, FillError>>(4);
+        let this = self.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let chunks = std::iter::from_fn(|| rx.blocking_recv());
+            this.inner.cache.fill(w, size, chunks)
+        });
+        let up = self.upstream(r.upstream);
+        let received = self
+            .inner
+            .metrics
+            .upstream_bytes
+            .with_label_values(&[&up.cfg.name]);
+        loop {
+            match resp.chunk().await {
+                Ok(Some(b)) => {
+                    received.inc_by(b.len() as u64);
+                    if tx.send(Ok(b)).await.is_err() {
+                        break; // the writer failed and said why
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let err = UpstreamError::Unreachable {
+                        upstream: up.cfg.name.clone(),
+                        reason: format!("blob transfer interrupted: {e}"),
+                    };
+                    let _ = tx.send(Err(source_failed(err))).await;
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        writer.await.expect("fill writer does not panic")
+    }
+}
+
+/// An upstream failure as a fill carries it to every reader: already the
+/// response a client asking for this blob gets (`Retry-After` included).
+fn source_failed(e: UpstreamError) -> FillError {
+    FillError::Source(Arc::new(MirrorError::Upstream(e).response(RouteKind::Blob)))
+}
+
+fn file_response(d: &Digest, (file, len): (File, u64), status: CacheStatus) -> BlobResponse {
+    BlobResponse {
+        digest: d.clone(),
+        size: Some(len),
+        body: BlobBody::File(file),
+        status,
     }
 }

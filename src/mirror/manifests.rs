@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::cache::{now_millis, now_secs, BlobRecord, HotManifest};
+use crate::cache::{now_secs, CachedManifest};
 use crate::registry::{Accept, Digest, MediaType, Reference, Tag};
 use crate::upstream::{ManifestBody, UpstreamError};
 
@@ -29,6 +29,16 @@ pub struct ManifestResponse {
     pub media_type: MediaType,
     pub digest: Digest,
     pub status: CacheStatus,
+}
+
+impl Fetched {
+    fn cached(digest: &Digest, m: CachedManifest) -> Fetched {
+        Fetched {
+            bytes: m.bytes,
+            media_type: m.media_type,
+            digest: digest.clone(),
+        }
+    }
 }
 
 impl From<ManifestBody> for Fetched {
@@ -76,57 +86,9 @@ impl Mirror {
         })
     }
 
-    /// A verified manifest from disk with its recorded media type, if present.
-    fn cached_manifest(&self, d: &Digest) -> Result<Option<Fetched>, MirrorError> {
-        let inner = &self.inner;
-        if let Some(hot) = inner.cache.hot_manifest(d) {
-            if let Ok(mt) = hot.media_type.parse::<MediaType>() {
-                inner.cache.touch(d);
-                return Ok(Some(Fetched {
-                    bytes: hot.bytes,
-                    media_type: mt,
-                    digest: d.clone(),
-                }));
-            }
-        }
-        let Some(rec) = inner.cache.meta.get_blob(d)? else {
-            return Ok(None);
-        };
-        let Some(mt) = rec.media_type.and_then(|m| m.parse::<MediaType>().ok()) else {
-            return Ok(None);
-        };
-        // Metadata without a file (a crash between the two, or an operator's rm)
-        // is a miss, not an error.
-        let Some(bytes) = inner
-            .cache
-            .store
-            .read(d)
-            .map_err(crate::cache::CacheError::from)?
-        else {
-            return Ok(None);
-        };
-        inner.cache.touch(d);
-        let bytes = Bytes::from(bytes);
-        inner.cache.remember_manifest(
-            d,
-            HotManifest {
-                bytes: bytes.clone(),
-                media_type: mt.to_string(),
-            },
-        );
-        Ok(Some(Fetched {
-            bytes,
-            media_type: mt,
-            digest: d.clone(),
-        }))
-    }
-
     fn linked_manifest(&self, r: &Routed, d: &Digest) -> Result<Option<Fetched>, MirrorError> {
-        let name = self.upstream_name(r.upstream);
-        if !self.inner.cache.meta.is_linked(name, &r.repo, d)? {
-            return Ok(None);
-        }
-        self.cached_manifest(d)
+        let m = self.inner.cache.linked_manifest(self.origin(r), d)?;
+        Ok(m.map(|m| Fetched::cached(d, m)))
     }
 
     async fn manifest_by_digest(
@@ -144,7 +106,7 @@ impl Mirror {
             .inner
             .manifests
             .run(key, move || async move {
-                let client = &this.inner.upstreams[r2.upstream].client;
+                let client = &this.upstream(r2.upstream).client;
                 let m = client.get_manifest(&r2.repo, &reference).await?;
                 this.store_manifest(&r2, None, m.into())
                     .await
@@ -159,17 +121,15 @@ impl Mirror {
         r: &Routed,
         tag: &Tag,
     ) -> Result<(Fetched, CacheStatus), MirrorError> {
-        let inner = &self.inner;
-        let name = self.upstream_name(r.upstream);
-        let cached = match inner.cache.meta.get_tag(name, &r.repo, tag)? {
-            Some(rec) => match rec.digest.parse::<Digest>() {
-                Ok(d) => self.cached_manifest(&d)?.map(|f| (f, rec.checked_at)),
-                Err(_) => None,
-            },
+        let cache = &self.inner.cache;
+        let cached = match cache.tag(self.origin(r), tag)? {
+            Some((d, checked_at)) => cache
+                .manifest(&d)?
+                .map(|m| (Fetched::cached(&d, m), checked_at)),
             None => None,
         };
         if let Some((f, checked_at)) = &cached {
-            if now_secs() < checked_at.saturating_add(inner.tag_ttl.as_secs()) {
+            if now_secs() < checked_at.saturating_add(self.inner.tag_ttl.as_secs()) {
                 return Ok((f.clone(), CacheStatus::Hit));
             }
         }
@@ -194,54 +154,11 @@ impl Mirror {
         tag: &Tag,
         cached: Option<Fetched>,
     ) -> Result<(Fetched, CacheStatus), MirrorError> {
-        let up = &self.inner.upstreams[r.upstream];
+        let up = self.upstream(r.upstream);
         let reference = Reference::Tag(tag.clone());
         if let Some(old) = cached {
-            match up.client.head_manifest(&r.repo, &reference).await {
-                Ok(h) if h.digest.as_ref() == Some(&old.digest) => {
-                    self.inner.cache.meta.put_tag(
-                        &up.cfg.name,
-                        &r.repo,
-                        tag,
-                        &old.digest,
-                        &old.media_type,
-                        now_secs(),
-                    )?;
-                    return Ok((old, CacheStatus::Revalidated));
-                }
-                Ok(h) => {
-                    // The tag moved. If we already hold the new digest for this
-                    // repository, no body needs to cross the network.
-                    if let Some(d) = h.digest {
-                        if let Some(f) = self.linked_manifest(r, &d)? {
-                            self.inner.cache.meta.put_tag(
-                                &up.cfg.name,
-                                &r.repo,
-                                tag,
-                                &d,
-                                &f.media_type,
-                                now_secs(),
-                            )?;
-                            return Ok((f, CacheStatus::Revalidated));
-                        }
-                    }
-                }
-                Err(e) if transient(&e) => {
-                    tracing::warn!(
-                        upstream = %up.cfg.name, repo = %r.repo, %tag, error = %e,
-                        "serving a cached tag past its TTL because the upstream failed"
-                    );
-                    return Ok((old, CacheStatus::Stale));
-                }
-                Err(e) => {
-                    if matches!(e, UpstreamError::NotFound { .. }) {
-                        self.inner
-                            .cache
-                            .meta
-                            .remove_tag(&up.cfg.name, &r.repo, tag)?;
-                    }
-                    return Err(e.into());
-                }
+            if let Some(answer) = self.revalidate_tag(r, tag, old).await? {
+                return Ok(answer);
             }
         }
         let m = up.client.get_manifest(&r.repo, &reference).await?;
@@ -249,40 +166,68 @@ impl Mirror {
         Ok((f, CacheStatus::Miss))
     }
 
-    /// Writes a verified manifest to disk and records it (and the tag).
+    /// A `HEAD` for a cached tag: the cached answer if the digest is the
+    /// same (or the upstream failed: stale-if-error), a cached manifest if
+    /// the tag moved to one this repository holds, `None` when the new
+    /// manifest must be fetched.
+    async fn revalidate_tag(
+        &self,
+        r: &Routed,
+        tag: &Tag,
+        old: Fetched,
+    ) -> Result<Option<(Fetched, CacheStatus)>, MirrorError> {
+        let (up, cache, origin) = (self.upstream(r.upstream), &self.inner.cache, self.origin(r));
+        let reference = Reference::Tag(tag.clone());
+        match up.client.head_manifest(&r.repo, &reference).await {
+            Ok(h) if h.digest.as_ref() == Some(&old.digest) => {
+                cache.set_tag(origin, tag, &old.digest, &old.media_type)?;
+                Ok(Some((old, CacheStatus::Revalidated)))
+            }
+            // The tag moved. If we already hold the new digest for this
+            // repository, no body needs to cross the network.
+            Ok(h) => match h.digest.map(|d| self.linked_manifest(r, &d)).transpose()? {
+                Some(Some(f)) => {
+                    cache.set_tag(origin, tag, &f.digest, &f.media_type)?;
+                    Ok(Some((f, CacheStatus::Revalidated)))
+                }
+                _ => Ok(None),
+            },
+            Err(e) if transient(&e) => {
+                tracing::warn!(
+                    upstream = %up.cfg.name, repo = %r.repo, %tag, error = %e,
+                    "serving a cached tag past its TTL because the upstream failed"
+                );
+                Ok(Some((old, CacheStatus::Stale)))
+            }
+            Err(e) => {
+                if matches!(e, UpstreamError::NotFound { .. }) {
+                    cache.remove_tag(origin, tag)?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Commits a verified manifest (and the tag) to the cache. The fsync
+    /// runs off the async workers.
     async fn store_manifest(
         &self,
         r: &Routed,
         tag: Option<&Tag>,
         f: Fetched,
     ) -> Result<Fetched, MirrorError> {
-        let this = self.clone();
-        let (d, bytes) = (f.digest.clone(), f.bytes.clone());
-        // put_verified fsyncs: keep it off the async workers.
-        tokio::task::spawn_blocking(move || this.inner.cache.store.put_verified(&d, &bytes))
-            .await
-            .expect("store task does not panic")?;
-        let inner = &self.inner;
-        let name = self.upstream_name(r.upstream);
-        let now = now_secs();
-        inner.cache.committed(
-            &f.digest,
-            &BlobRecord::manifest(f.bytes.len() as u64, f.media_type.as_str(), now_millis()),
-        )?;
-        inner.cache.remember_manifest(
-            &f.digest,
-            HotManifest {
-                bytes: f.bytes.clone(),
-                media_type: f.media_type.to_string(),
-            },
-        );
-        inner.cache.meta.link(name, &r.repo, &f.digest)?;
-        if let Some(t) = tag {
-            inner
+        let (this, r2, tag2, f2) = (self.clone(), r.clone(), tag.cloned(), f.clone());
+        tokio::task::spawn_blocking(move || {
+            let m = CachedManifest {
+                bytes: f2.bytes,
+                media_type: f2.media_type,
+            };
+            this.inner
                 .cache
-                .meta
-                .put_tag(name, &r.repo, t, &f.digest, &f.media_type, now)?;
-        }
+                .commit_manifest(this.origin(&r2), tag2.as_ref(), &f2.digest, &m)
+        })
+        .await
+        .expect("store task does not panic")?;
         Ok(f)
     }
 }

@@ -4,24 +4,26 @@
 //! and upstream modules below it only do what they are told.
 
 mod blobs;
+mod error;
 mod manifests;
 mod routing;
+mod tags;
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::access::Access;
-use crate::cache::{Cache, CacheError, Coalescer, FillError, Metadata, ReconcileReport, SledKv};
+use crate::cache::{Cache, CacheError, Coalescer, Metadata, Origin, SledKv};
 use crate::config::{Config, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::registry::ParseError;
-use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamState};
 
 pub use blobs::{BlobBody, BlobResponse};
+pub use error::MirrorError;
 pub use manifests::ManifestResponse;
-pub use routing::Routed;
+pub use routing::{Routed, UpstreamId};
+pub use tags::TagPage;
 
 /// How a request was answered, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,52 +61,21 @@ impl fmt::Display for CacheStatus {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum MirrorError {
-    #[error(transparent)]
-    Parse(#[from] ParseError),
-    #[error("no upstream is configured for ns={0}")]
-    UnknownNamespace(String),
-    #[error("no upstream is configured for path prefix {0:?}")]
-    UnknownPrefix(String),
-    #[error("no default upstream is configured; use ?ns= or a path prefix")]
-    NoDefaultUpstream,
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Cache(Arc<CacheError>),
-    #[error(transparent)]
-    Fill(#[from] FillError),
-    #[error(transparent)]
-    Denied(#[from] crate::access::Denied),
-    #[error("manifest is {media_type}, which the client's Accept header does not list")]
-    NotAcceptable { media_type: String },
-}
-
-impl From<CacheError> for MirrorError {
-    fn from(e: CacheError) -> Self {
-        MirrorError::Cache(Arc::new(e))
-    }
-}
-
 pub(crate) struct Upstream {
     pub cfg: UpstreamConfig,
     pub client: UpstreamClient,
 }
 
-/// (upstream index, repository, reference) of a manifest fetch.
-type ManifestKey = (usize, String, String);
+/// (upstream, repository, reference) of a manifest fetch.
+type ManifestKey = (UpstreamId, String, String);
 type ManifestResult = Result<(manifests::Fetched, CacheStatus), MirrorError>;
 
 pub(crate) struct Inner {
     pub upstreams: Vec<Upstream>,
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
     pub manifests: Coalescer<ManifestKey, ManifestResult>,
     pub tag_ttl: Duration,
     pub metrics: Arc<Metrics>,
-    pub access: Access,
-    /// No admin listener: `/metrics` is served on the main one.
-    pub metrics_on_main: bool,
 }
 
 /// Cheap to clone; shared by every connection.
@@ -128,13 +99,7 @@ impl Mirror {
         meta: Metadata,
         metrics: Arc<Metrics>,
     ) -> Result<Mirror, MirrorError> {
-        let started = std::time::Instant::now();
-        let (cache, report) = Cache::open(dir, meta, &config.cache, metrics.clone())?;
-        log_open(&cache, &report, started.elapsed());
-        crate::cache::release_scratch_memory();
-        metrics
-            .cache_max_size
-            .set(config.cache.limits.max_size.unwrap_or(0) as i64);
+        let (cache, _) = Cache::open(dir, meta, &config.cache, metrics.clone())?;
         let upstreams = config
             .upstreams
             .iter()
@@ -148,41 +113,25 @@ impl Mirror {
         Ok(Mirror {
             inner: Arc::new(Inner {
                 upstreams,
-                cache,
+                cache: Arc::new(cache),
                 manifests: Coalescer::default(),
                 tag_ttl: config.tag_ttl,
-                access: Access::new(config, metrics.clone()),
-                metrics_on_main: config.admin_listen.is_none(),
                 metrics,
             }),
         })
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
-    /// Whether the main listener serves `/metrics`.
-    pub fn metrics_here(&self) -> bool {
-        self.inner.metrics_on_main
-    }
-
-    /// Who may pull what (checked by the server before the cache is asked).
-    pub fn access(&self) -> &Access {
-        &self.inner.access
-    }
-
     /// Fills in flight (for tests and metrics).
     pub fn fills_in_flight(&self) -> usize {
-        self.inner.cache.fills.len()
+        self.inner.cache.fills_in_flight()
     }
 
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Arc<Cache> {
         &self.inner.cache
     }
 
-    /// Each upstream's name and state (see `UpstreamClient::state`).
-    pub fn upstream_states(&self) -> Vec<(String, &'static str)> {
+    /// Each upstream's name and state.
+    pub fn upstream_states(&self) -> Vec<(String, UpstreamState)> {
         self.inner
             .upstreams
             .iter()
@@ -195,38 +144,21 @@ impl Mirror {
         Ok(self.inner.cache.flush()?)
     }
 
-    /// Background upkeep until the returned task is aborted: an eviction pass
-    /// when a commit passes the high watermark or a fill hit a full disk; and
-    /// every minute, recorded reads written to the metadata and a pass if the
-    /// disk filled up meanwhile.
+    /// The cache's background upkeep, until the returned task is aborted.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let woken = tokio::select! {
-                    _ = this.inner.cache.evictor.wanted() => true,
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => false,
-                };
-                let m = this.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    let cache = &m.inner.cache;
-                    if woken || cache.evictor.needs_pass(&cache.store)? {
-                        cache.evict().map(|_| ())
-                    } else {
-                        // Passes started by a fill's reservation leave their
-                        // references for this.
-                        cache.evictor.flush_touches(&cache.meta)?;
-                        cache.prune_evicted()
-                    }
-                })
-                .await;
-                match r {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "eviction pass failed"),
-                    Err(e) => tracing::warn!(error = %e, "eviction pass panicked"),
-                }
-            }
-        })
+        self.inner.cache.spawn_upkeep()
+    }
+
+    pub(crate) fn upstream(&self, id: UpstreamId) -> &Upstream {
+        &self.inner.upstreams[id.index()]
+    }
+
+    /// Where a routed request's content comes from, as the cache keys it.
+    fn origin<'a>(&'a self, r: &'a Routed) -> Origin<'a> {
+        Origin {
+            upstream: &self.upstream(r.upstream).cfg.name,
+            repo: &r.repo,
+        }
     }
 }
 
@@ -236,29 +168,4 @@ pub fn open_metadata(dir: &Path) -> Result<Metadata, MirrorError> {
     std::fs::create_dir_all(dir).map_err(CacheError::from)?;
     let kv = SledKv::open(&dir.join("meta"))?;
     Ok(Metadata::new(Box::new(kv))?)
-}
-
-fn log_open(cache: &Cache, r: &ReconcileReport, took: Duration) {
-    tracing::info!(
-        dir = %cache.dir.display(),
-        blobs = r.blobs_kept,
-        bytes = cache.evictor.usage(),
-        files_removed = r.files_removed,
-        records_removed = r.records_removed,
-        ms = took.as_millis() as u64,
-        "cache opened"
-    );
-}
-
-impl Mirror {
-    /// `tags/list`, passed through to the upstream (never cached: it changes).
-    pub async fn tags_list(
-        &self,
-        r: &Routed,
-        n: Option<u32>,
-        last: Option<&str>,
-    ) -> Result<(bytes::Bytes, Option<String>), MirrorError> {
-        let up = &self.inner.upstreams[r.upstream];
-        Ok(up.client.tags_list(&r.repo, n, last).await?)
-    }
 }

@@ -6,16 +6,28 @@ use crate::registry::{Endpoint, RepoName};
 
 use super::{Mirror, MirrorError};
 
+/// One of the configured upstreams (its place in the configuration): only
+/// routing makes these, so one always names an upstream that exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamId(usize);
+
+impl UpstreamId {
+    pub(super) fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// A request resolved to an upstream and the repository name *on that upstream*.
 #[derive(Clone, Debug)]
 pub struct Routed {
-    pub upstream: usize,
+    pub upstream: UpstreamId,
     pub repo: RepoName,
 }
 
 impl Mirror {
-    pub fn upstream_name(&self, idx: usize) -> &str {
-        &self.inner.upstreams[idx].cfg.name
+    /// The configured name of an upstream (logs, metrics, access rules).
+    pub fn upstream_name(&self, id: UpstreamId) -> &str {
+        &self.upstream(id).cfg.name
     }
 
     /// Picks the upstream for an endpoint that names a repository.
@@ -52,7 +64,7 @@ impl Mirror {
             repo
         };
         Ok(Routed {
-            upstream: idx,
+            upstream: UpstreamId(idx),
             repo,
         })
     }

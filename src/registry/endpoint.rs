@@ -30,16 +30,63 @@ pub enum Route {
     Catalog,
 }
 
-impl Route {
-    pub fn label(&self) -> &'static str {
+/// What a request asked for, without its parts: the metrics label, and what
+/// an error response names (a missing manifest is `MANIFEST_UNKNOWN`, a
+/// missing blob `BLOB_UNKNOWN`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    Base,
+    Manifest,
+    Blob,
+    TagsList,
+    Upload,
+    Catalog,
+    /// Not a registry API path (`/healthz`, `/metrics`, anything else).
+    Other,
+    /// A registry API path with invalid parts.
+    Invalid,
+}
+
+impl RouteKind {
+    /// The metrics label (a bounded set).
+    pub fn label(self) -> &'static str {
         match self {
-            Route::Base => "base",
-            Route::Manifest { .. } => "manifest",
-            Route::Blob { .. } => "blob",
-            Route::TagsList { .. } => "tags_list",
-            Route::Upload => "upload",
-            Route::Catalog => "catalog",
+            RouteKind::Base => "base",
+            RouteKind::Manifest => "manifest",
+            RouteKind::Blob => "blob",
+            RouteKind::TagsList => "tags_list",
+            RouteKind::Upload => "upload",
+            RouteKind::Catalog => "catalog",
+            RouteKind::Other => "other",
+            RouteKind::Invalid => "invalid",
         }
+    }
+
+    /// The object a client asked for, in words (for error messages).
+    pub fn object(self) -> &'static str {
+        match self {
+            RouteKind::Manifest => "manifest",
+            RouteKind::Blob => "blob",
+            RouteKind::TagsList => "tag list",
+            _ => "object",
+        }
+    }
+}
+
+impl Route {
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            Route::Base => RouteKind::Base,
+            Route::Manifest { .. } => RouteKind::Manifest,
+            Route::Blob { .. } => RouteKind::Blob,
+            Route::TagsList { .. } => RouteKind::TagsList,
+            Route::Upload => RouteKind::Upload,
+            Route::Catalog => RouteKind::Catalog,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        self.kind().label()
     }
     pub fn name(&self) -> Option<&RepoName> {
         match self {
@@ -306,6 +353,10 @@ mod tests {
         ));
         assert!(matches!(
             parse("/v2/a/manifests/-bad", None),
+            Err(ParseError::Tag(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a/manifests/..", None),
             Err(ParseError::Reference(_))
         ));
     }

@@ -69,6 +69,74 @@ impl OciCode {
     }
 }
 
+/// Who a failed request is to blame on; logged with every error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    Client,
+    Upstream,
+    Wharf,
+}
+
+impl Blame {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::Wharf => "wharf",
+        }
+    }
+}
+
+/// Everything an error response carries, decided in one place (the error
+/// classification) so nothing adds headers beside it: the status, the OCI
+/// code and message of the JSON body, `Retry-After`, and whether the client
+/// is challenged (`WWW-Authenticate: Basic realm="wharf"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorResponse {
+    pub status: StatusCode,
+    pub code: OciCode,
+    pub message: String,
+    pub blame: Blame,
+    /// Seconds, for `Retry-After` (429, and 503 where a retry is known to help).
+    pub retry_after: Option<u64>,
+    /// Send a Basic challenge: what skopeo, podman, containerd and dockerd
+    /// answer with their configured credentials.
+    pub challenge: bool,
+}
+
+impl ErrorResponse {
+    /// `code` with the status the spec pairs with it.
+    pub fn new(code: OciCode, message: impl Into<String>, blame: Blame) -> ErrorResponse {
+        ErrorResponse::with_status(code.status(), code, message, blame)
+    }
+
+    pub fn with_status(
+        status: StatusCode,
+        code: OciCode,
+        message: impl Into<String>,
+        blame: Blame,
+    ) -> ErrorResponse {
+        ErrorResponse {
+            status,
+            code,
+            message: message.into(),
+            blame,
+            retry_after: None,
+            challenge: status == StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> ErrorResponse {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        error_json(self.code, &self.message)
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     errors: [Item<'a>; 1],

@@ -10,8 +10,8 @@ mod media;
 mod name;
 
 pub use digest::{Algorithm, Digest, Hasher};
-pub use endpoint::{Endpoint, Route};
-pub use error::{error_json, OciCode};
+pub use endpoint::{Endpoint, Route, RouteKind};
+pub use error::{error_json, Blame, ErrorResponse, OciCode};
 pub use media::{Accept, MediaType, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 pub use name::{Reference, RepoName, Tag, MAX_NAME_LEN};
 
@@ -20,8 +20,14 @@ pub use name::{Reference, RepoName, Tag, MAX_NAME_LEN};
 pub enum ParseError {
     #[error("{0}")]
     Name(String),
+    /// A reference that is no tag or digest at all (`..`, a `/`).
     #[error("{0}")]
     Reference(String),
+    /// A syntactically invalid tag: such a manifest cannot exist, so it is
+    /// not found (404 `MANIFEST_UNKNOWN`, as distribution answers and the
+    /// OCI conformance suite expects), still before any I/O.
+    #[error("{0}")]
+    Tag(String),
     #[error("{0}")]
     Digest(String),
     #[error("{0}")]
@@ -36,7 +42,13 @@ impl ParseError {
             ParseError::Name(_) | ParseError::Query(_) => OciCode::NameInvalid,
             ParseError::Reference(_) | ParseError::MediaType(_) => OciCode::ManifestInvalid,
             ParseError::Digest(_) => OciCode::DigestInvalid,
+            ParseError::Tag(_) => OciCode::ManifestUnknown,
         }
+    }
+
+    /// The client sent it: its code with the status the spec pairs with it.
+    pub fn response(&self) -> ErrorResponse {
+        ErrorResponse::new(self.code(), self.to_string(), Blame::Client)
     }
 }
 

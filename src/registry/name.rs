@@ -129,8 +129,8 @@ impl FromStr for Tag {
         if ok {
             Ok(Tag(s.to_owned()))
         } else {
-            Err(ParseError::Reference(format!(
-                "invalid tag: {}",
+            Err(ParseError::Tag(format!(
+                "invalid tag {}: no manifest can have this tag (tags match [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})",
                 truncate(s)
             )))
         }
@@ -158,6 +158,10 @@ pub enum Reference {
 impl FromStr for Reference {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, ParseError> {
+        // Path words are refused as requests, not looked up as tags.
+        if s == "." || s == ".." {
+            return Err(ParseError::Reference(format!("invalid reference: {s}")));
+        }
         // A tag can never contain ':', a digest always does.
         if s.contains(':') {
             s.parse().map(Reference::Digest)

@@ -66,11 +66,11 @@ pub struct SourceRange {
 pub struct Meter {
     counter: Option<prometheus::IntCounter>,
     sent: u64,
-    line: Option<super::handler::AccessLine>,
+    line: Option<super::observe::AccessLine>,
 }
 
 impl Meter {
-    pub fn new(counter: prometheus::IntCounter, line: super::handler::AccessLine) -> Meter {
+    pub fn new(counter: prometheus::IntCounter, line: super::observe::AccessLine) -> Meter {
         Meter {
             counter: Some(counter),
             sent: 0,

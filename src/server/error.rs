@@ -1,205 +1,76 @@
-//! The one place where errors become HTTP responses. Each error says who caused
-//! it: the client (4xx with the spec's code), the upstream (502/404/403/429 naming
-//! the upstream) or wharf itself (500, details only in wharf's log).
+//! The one place a failed request becomes a response: every error a request
+//! can meet — invalid input, refused access, or the mirror's (routing,
+//! cache, fill, upstream, each classified by [`MirrorError::response`]) —
+//! turns into an [`ErrorResponse`], and [`error_response`] writes exactly
+//! what it says: status, OCI JSON body, `Retry-After`, challenge. Nothing
+//! adds headers beside it.
 
-use http::StatusCode;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 
 use crate::access::Denied;
-use crate::cache::{CacheError, FillError};
 use crate::mirror::MirrorError;
-use crate::registry::OciCode;
-use crate::upstream::UpstreamError;
+use crate::registry::{Blame, ErrorResponse, OciCode, ParseError, RouteKind};
 
-/// Who a failed request is to blame on; logged with every error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Blame {
-    Client,
-    Upstream,
-    Wharf,
+use super::body::{self, Body};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
 }
 
-impl Blame {
-    pub fn as_str(self) -> &'static str {
+impl RequestError {
+    /// The response for a request of `kind` that failed with this error.
+    pub fn response(&self, kind: RouteKind) -> ErrorResponse {
         match self {
-            Blame::Client => "client",
-            Blame::Upstream => "upstream",
-            Blame::Wharf => "wharf",
+            RequestError::Parse(p) => p.response(),
+            RequestError::Denied(d) => denied(d),
+            RequestError::Mirror(m) => m.response(kind),
         }
     }
 }
 
-pub struct ErrorParts {
-    pub status: StatusCode,
-    pub code: OciCode,
-    pub message: String,
-    pub blame: Blame,
+fn denied(d: &Denied) -> ErrorResponse {
+    match d {
+        // Challenged: clients answer with their configured credentials.
+        Denied::Unauthenticated { .. } => {
+            ErrorResponse::new(OciCode::Unauthorized, d.to_string(), Blame::Client)
+        }
+        _ => ErrorResponse::new(OciCode::Denied, d.to_string(), Blame::Client),
+    }
 }
 
-fn parts(status: StatusCode, code: OciCode, message: String, blame: Blame) -> ErrorParts {
-    ErrorParts {
+/// Writes an error response: the OCI JSON body and every header the
+/// classification asked for.
+pub fn error_response(e: &ErrorResponse) -> Response<Body> {
+    let mut b = Response::builder()
+        .status(e.status)
+        .header(header::CONTENT_TYPE, "application/json");
+    if e.challenge {
+        b = b.header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"wharf\""),
+        );
+    }
+    if let Some(secs) = e.retry_after {
+        b = b.header(header::RETRY_AFTER, secs);
+    }
+    b.body(body::full(e.body()))
+        .expect("static headers are valid")
+}
+
+/// A response of the server's own (not an error of a layer below).
+pub fn oci_error(status: StatusCode, code: OciCode, message: &str) -> Response<Body> {
+    error_response(&ErrorResponse::with_status(
         status,
         code,
         message,
-        blame,
-    }
-}
-
-/// Maps an error for a request to the endpoint labelled `endpoint` (`manifest`,
-/// `blob`, ...): a missing object is `MANIFEST_UNKNOWN` or `BLOB_UNKNOWN`
-/// depending on what was asked for.
-pub fn classify(e: &MirrorError, endpoint: &str) -> ErrorParts {
-    match e {
-        MirrorError::Parse(p) => {
-            let c = p.code();
-            parts(c.status(), c, p.to_string(), Blame::Client)
-        }
-        MirrorError::UnknownNamespace(_)
-        | MirrorError::UnknownPrefix(_)
-        | MirrorError::NoDefaultUpstream => parts(
-            StatusCode::NOT_FOUND,
-            OciCode::NameUnknown,
-            e.to_string(),
-            Blame::Client,
-        ),
-        MirrorError::NotAcceptable { .. } => parts(
-            StatusCode::NOT_FOUND,
-            OciCode::ManifestUnknown,
-            e.to_string(),
-            Blame::Client,
-        ),
-        MirrorError::Denied(d) => match d {
-            Denied::Unauthenticated { .. } => parts(
-                StatusCode::UNAUTHORIZED,
-                OciCode::Unauthorized,
-                d.to_string(),
-                Blame::Client,
-            ),
-            _ => parts(
-                StatusCode::FORBIDDEN,
-                OciCode::Denied,
-                d.to_string(),
-                Blame::Client,
-            ),
-        },
-        MirrorError::Upstream(u) => upstream(u, endpoint),
-        MirrorError::Fill(f) => fill(f, endpoint),
-        MirrorError::Cache(c) => cache(c),
-    }
-}
-
-fn fill(f: &FillError, endpoint: &str) -> ErrorParts {
-    match f {
-        FillError::Upstream(src) => match src.downcast_ref::<UpstreamError>() {
-            Some(u) => upstream(u, endpoint),
-            None => parts(
-                StatusCode::BAD_GATEWAY,
-                OciCode::Unavailable,
-                src.to_string(),
-                Blame::Upstream,
-            ),
-        },
-        FillError::SizeMismatch { .. } => parts(
-            StatusCode::BAD_GATEWAY,
-            OciCode::SizeInvalid,
-            f.to_string(),
-            Blame::Upstream,
-        ),
-        FillError::Cache(c) => cache(c),
-        FillError::Aborted => parts(
-            StatusCode::SERVICE_UNAVAILABLE,
-            OciCode::Unavailable,
-            "the blob download was abandoned; retry".into(),
-            Blame::Wharf,
-        ),
-    }
-}
-
-fn cache(c: &CacheError) -> ErrorParts {
-    match c {
-        // Only content from an upstream is ever checked against a digest.
-        CacheError::DigestMismatch { .. } => parts(
-            StatusCode::BAD_GATEWAY,
-            OciCode::DigestInvalid,
-            format!("upstream sent bad content: {c}; nothing was cached"),
-            Blame::Upstream,
-        ),
-        // The disk cannot take the blob even after eviction: say so (sizes
-        // only, no paths), so the operator knows what to grow.
-        CacheError::NoRoom(_) => parts(
-            StatusCode::SERVICE_UNAVAILABLE,
-            OciCode::Unavailable,
-            format!("{c}; nothing was cached"),
-            Blame::Wharf,
-        ),
-        CacheError::Io(_) if c.is_disk_full() => parts(
-            StatusCode::SERVICE_UNAVAILABLE,
-            OciCode::Unavailable,
-            "the cache disk is full; eviction is making room, retry".into(),
-            Blame::Wharf,
-        ),
-        _ => parts(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            OciCode::Unknown,
-            "wharf's cache failed; see wharf's log".into(),
-            Blame::Wharf,
-        ),
-    }
-}
-
-fn upstream(u: &UpstreamError, endpoint: &str) -> ErrorParts {
-    let msg = u.to_string();
-    match u {
-        UpstreamError::NotFound { code, .. } => {
-            let code = match code.as_deref() {
-                Some("MANIFEST_UNKNOWN") => OciCode::ManifestUnknown,
-                Some("BLOB_UNKNOWN") => OciCode::BlobUnknown,
-                Some("NAME_UNKNOWN") => OciCode::NameUnknown,
-                _ => match endpoint {
-                    "manifest" => OciCode::ManifestUnknown,
-                    "blob" => OciCode::BlobUnknown,
-                    _ => OciCode::NameUnknown,
-                },
-            };
-            parts(StatusCode::NOT_FOUND, code, msg, Blame::Upstream)
-        }
-        UpstreamError::Unauthorized { .. } => {
-            parts(StatusCode::FORBIDDEN, OciCode::Denied, msg, Blame::Upstream)
-        }
-        UpstreamError::TooManyRequests { .. } => parts(
-            StatusCode::TOO_MANY_REQUESTS,
-            OciCode::TooManyRequests,
-            msg,
-            Blame::Upstream,
-        ),
-        UpstreamError::DigestMismatch { .. } => parts(
-            StatusCode::BAD_GATEWAY,
-            OciCode::DigestInvalid,
-            format!("{msg}; nothing was cached"),
-            Blame::Upstream,
-        ),
-        UpstreamError::Offline { .. } => parts(
-            StatusCode::SERVICE_UNAVAILABLE,
-            OciCode::Unavailable,
-            format!("{msg}; this {endpoint} is not in the cache"),
-            Blame::Upstream,
-        ),
-        UpstreamError::Unreachable { .. } => parts(
-            StatusCode::BAD_GATEWAY,
-            OciCode::Unavailable,
-            format!("{msg}; this {endpoint} is not in the cache"),
-            Blame::Upstream,
-        ),
-        UpstreamError::Status { .. } | UpstreamError::Protocol { .. } => parts(
-            StatusCode::BAD_GATEWAY,
-            OciCode::Unavailable,
-            msg,
-            Blame::Upstream,
-        ),
-        UpstreamError::Config(_) => parts(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            OciCode::Unknown,
-            msg,
-            Blame::Wharf,
-        ),
-    }
+        Blame::Client,
+    ))
 }

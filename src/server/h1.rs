@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::access::ClientInfo;
-use crate::mirror::Mirror;
+use crate::app::App;
 
 use super::body::{Body, Meter, Source, SourceRange};
 use super::handler;
@@ -65,7 +65,7 @@ enum Next {
 /// hyper together with the bytes already read.
 pub async fn serve(
     mut stream: TcpStream,
-    mirror: &Mirror,
+    app: &App,
     client: ClientInfo,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<Option<(TcpStream, BytesMut)>> {
@@ -115,7 +115,7 @@ pub async fn serve(
             }
         };
         buf.advance(head_len);
-        match respond(&mut stream, mirror, &client, *req).await? {
+        match respond(&mut stream, app, &client, *req).await? {
             Next::KeepAlive => {}
             Next::Close => {
                 let _ = stream.shutdown().await;
@@ -192,7 +192,7 @@ fn has_token(req: &Request<()>, name: header::HeaderName, token: &str) -> bool {
 
 async fn respond(
     stream: &mut TcpStream,
-    mirror: &Mirror,
+    app: &App,
     client: &ClientInfo,
     mut req: Request<()>,
 ) -> io::Result<Next> {
@@ -210,7 +210,7 @@ async fn respond(
             Version::HTTP_10 => has_token(&req, header::CONNECTION, "keep-alive"),
             _ => !has_token(&req, header::CONNECTION, "close"),
         };
-    let resp = handler::handle(mirror, req).await;
+    let resp = handler::handle(app, req).await;
     let (mut parts, body) = resp.into_parts();
     let len = body.len();
     let chunked = !head && len.is_none() && version == Version::HTTP_11;

@@ -82,6 +82,53 @@ pub struct ManifestHead {
     pub media_type: Option<MediaType>,
 }
 
+/// What a request to the upstream is for: its metrics label.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Manifest,
+    Blob,
+    Tags,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Op::Manifest => "manifest",
+            Op::Blob => "blob",
+            Op::Tags => "tags",
+        }
+    }
+}
+
+/// Largest tag list page read from an upstream (Docker Hub's biggest
+/// repositories list a few thousand tags: tens of KiB).
+const MAX_TAG_LIST_BYTES: usize = 16 << 20;
+
+/// What wharf knows of an upstream's reachability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamState {
+    /// `offline = true`: never asked.
+    Offline,
+    /// The last request could not connect.
+    Unreachable,
+    /// The last request got an answer.
+    Reachable,
+    /// Nothing asked yet.
+    Unknown,
+}
+
+impl UpstreamState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamState::Offline => "offline",
+            UpstreamState::Unreachable => "unreachable",
+            UpstreamState::Reachable => "reachable",
+            UpstreamState::Unknown => "unknown",
+        }
+    }
+}
+
 impl UpstreamClient {
     pub fn new(
         cfg: &UpstreamConfig,
@@ -127,18 +174,16 @@ impl UpstreamClient {
         &self.name
     }
 
-    /// For `/readyz`: `offline`, `unreachable` (the last request could not
-    /// connect), `reachable` (the last one got an answer), or `unknown`
-    /// (nothing asked yet).
-    pub fn state(&self) -> &'static str {
+    /// What wharf knows of the upstream's reachability (`/readyz`).
+    pub fn state(&self) -> UpstreamState {
         if self.offline {
-            "offline"
+            UpstreamState::Offline
         } else if self.down.lock().is_some() {
-            "unreachable"
+            UpstreamState::Unreachable
         } else if self.answered.load(std::sync::atomic::Ordering::Relaxed) {
-            "reachable"
+            UpstreamState::Reachable
         } else {
-            "unknown"
+            UpstreamState::Unknown
         }
     }
 
@@ -164,19 +209,6 @@ impl UpstreamClient {
             .set(ok as i64);
     }
 
-    fn op(url: &reqwest::Url) -> &'static str {
-        let p = url.path();
-        if p.contains("/manifests/") {
-            "manifest"
-        } else if p.contains("/blobs/") {
-            "blob"
-        } else if p.ends_with("/tags/list") {
-            "tags"
-        } else {
-            "other"
-        }
-    }
-
     fn url(&self, path: &str) -> reqwest::Url {
         let mut u = self.base.clone();
         u.set_path(path);
@@ -191,12 +223,13 @@ impl UpstreamClient {
     /// 401 with a fresh token; a second 401 is reported, not retried again.
     async fn send(
         &self,
+        op: Op,
         method: Method,
         url: reqwest::Url,
         repo: &RepoName,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let op = Self::op(&url);
+        let op = op.label();
         let started = Instant::now();
         let r = self.send_inner(method, url, repo, headers).await;
         if !matches!(r, Err(UpstreamError::Offline { .. })) {
@@ -546,7 +579,7 @@ impl UpstreamClient {
         let mut h = HeaderMap::new();
         h.insert(http::header::ACCEPT, Self::manifest_accept());
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self.send(Method::HEAD, url, repo, h).await?;
+        let resp = self.send(Op::Manifest, Method::HEAD, url, repo, h).await?;
         let resp = self.check(resp, true).await?;
         Ok(ManifestHead {
             digest: header_str(resp.headers(), "docker-content-digest")
@@ -565,7 +598,7 @@ impl UpstreamClient {
         let mut h = HeaderMap::new();
         h.insert(http::header::ACCEPT, Self::manifest_accept());
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self.send(Method::GET, url, repo, h).await?;
+        let resp = self.send(Op::Manifest, Method::GET, url, repo, h).await?;
         let mut resp = self.check(resp, false).await?;
         if resp
             .content_length()
@@ -619,7 +652,9 @@ impl UpstreamClient {
         digest: &Digest,
     ) -> Result<Option<u64>, UpstreamError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let resp = self.send(Method::HEAD, url, repo, HeaderMap::new()).await?;
+        let resp = self
+            .send(Op::Blob, Method::HEAD, url, repo, HeaderMap::new())
+            .await?;
         let resp = self.check(resp, true).await?;
         Ok(header_str(resp.headers(), "content-length").and_then(|s| s.parse().ok()))
     }
@@ -631,11 +666,14 @@ impl UpstreamClient {
         digest: &Digest,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let resp = self.send(Method::GET, url, repo, HeaderMap::new()).await?;
+        let resp = self
+            .send(Op::Blob, Method::GET, url, repo, HeaderMap::new())
+            .await?;
         self.check(resp, false).await
     }
 
-    /// `GET /v2/<name>/tags/list`, passed through.
+    /// `GET /v2/<name>/tags/list` (one page: the upstream's `Link` comes
+    /// back with it), bounded in size.
     pub async fn tags_list(
         &self,
         repo: &RepoName,
@@ -655,11 +693,19 @@ impl UpstreamClient {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        let resp = self.send(Method::GET, url, repo, HeaderMap::new()).await?;
-        let resp = self.check(resp, false).await?;
+        let resp = self
+            .send(Op::Tags, Method::GET, url, repo, HeaderMap::new())
+            .await?;
+        let mut resp = self.check(resp, false).await?;
         let link = header_str(resp.headers(), "link").map(str::to_owned);
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
-        Ok((body, link))
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            if body.len() + chunk.len() > MAX_TAG_LIST_BYTES {
+                return Err(self.protocol("tag list larger than 16 MiB"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body.into(), link))
     }
 }
 

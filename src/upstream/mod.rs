@@ -6,7 +6,7 @@ mod client;
 pub mod credentials;
 
 pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
-pub use client::{ManifestBody, ManifestHead, UpstreamClient};
+pub use client::{ManifestBody, ManifestHead, UpstreamClient, UpstreamState};
 pub use credentials::{BasicCredentials, CredentialSource};
 
 /// Something went wrong between wharf and an upstream. Messages name the upstream

@@ -74,13 +74,21 @@ fn invalid_requests_are_refused_before_any_io() {
             "NAME_INVALID",
         ),
         ("GET", long_name, 400, "NAME_INVALID"),
+        // A tag that cannot exist is not found (OCI conformance: 404), still
+        // before any I/O.
         (
             "GET",
             "/v2/a/manifests/-bad".into(),
-            400,
-            "MANIFEST_INVALID",
+            404,
+            "MANIFEST_UNKNOWN",
         ),
-        ("GET", long_tag, 400, "MANIFEST_INVALID"),
+        ("GET", long_tag, 404, "MANIFEST_UNKNOWN"),
+        (
+            "GET",
+            "/v2/a/manifests/.INVALID_MANIFEST_NAME".into(),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         ("GET", "/v2/a/manifests/..".into(), 400, "MANIFEST_INVALID"),
         (
             "GET",
@@ -140,6 +148,9 @@ fn invalid_requests_are_refused_before_any_io() {
             "{method} {path}: {body}"
         );
     }
+    // The OCI conformance suite's pull workflow asks this with HEAD too.
+    let (got, _) = raw(w.addr, "HEAD", "/v2/a/manifests/.INVALID_MANIFEST_NAME");
+    assert_eq!(got, 404, "HEAD of an invalid tag");
     assert_eq!(up.requests(), before, "no bad request reached the upstream");
     assert_eq!(w.cached_blobs(), 0, "and nothing touched the cache");
 }

@@ -766,17 +766,17 @@ impl Wharf {
         );
         let config = wharf::config::Config::from_toml(&text, Some(dir.path())).unwrap();
         let _g = rt.enter();
-        let mirror = wharf::mirror::Mirror::open(&config, Default::default()).unwrap();
+        let app = wharf::app::App::open(&config, Default::default()).unwrap();
+        let mirror = app.mirror.clone();
         let tls = wharf::tls::Tls::new(&config.tls, &config.cache_dir).unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let m = mirror.clone();
         let done = rt.spawn(wharf::server::run(
             listener,
-            m,
+            app,
             tls,
             async {
                 let _ = rx.await;

@@ -1,0 +1,51 @@
+//! The running application's parts, built once from the configuration and
+//! handed to the registry server and the admin listener: the [`Mirror`]
+//! (what is served from where), [`Access`] (who may pull what) and the
+//! metrics registry. Owns no behaviour of its own: the server asks `access`
+//! before it asks `mirror`, and each part counts into `metrics`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::access::Access;
+use crate::cache::Metadata;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mirror::{Mirror, MirrorError};
+
+pub struct App {
+    pub mirror: Mirror,
+    pub access: Access,
+    pub metrics: Arc<Metrics>,
+    /// No admin listener: `/metrics` is served on the main one.
+    pub metrics_on_main: bool,
+}
+
+impl App {
+    /// Opens the cache under `config.cache_dir` (sled metadata) and builds
+    /// every part.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<App>, MirrorError> {
+        let mirror = Mirror::open(config, metrics.clone())?;
+        Ok(App::with_mirror(config, mirror, metrics))
+    }
+
+    /// The same on a given metadata engine (tests use the memory one).
+    pub fn with_parts(
+        config: &Config,
+        dir: &Path,
+        meta: Metadata,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<App>, MirrorError> {
+        let mirror = Mirror::with_parts(config, dir, meta, metrics.clone())?;
+        Ok(App::with_mirror(config, mirror, metrics))
+    }
+
+    fn with_mirror(config: &Config, mirror: Mirror, metrics: Arc<Metrics>) -> Arc<App> {
+        Arc::new(App {
+            mirror,
+            access: Access::new(config, metrics.clone()),
+            metrics_on_main: config.admin_listen.is_none(),
+            metrics,
+        })
+    }
+}

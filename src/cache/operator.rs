@@ -1,0 +1,256 @@
+//! The operator's view of the cache: `wharf ls`, `du`, `rm` and `pin`, run
+//! the same way through a live server's admin socket or on a cache no server
+//! holds. Reads the metadata as a whole ([`Inventory`]); never on a
+//! request's path.
+
+use std::collections::HashSet;
+
+use crate::registry::{Digest, RepoName};
+
+use super::inventory::{Inventory, RepoListing};
+use super::meta::{now_secs, Kind, PinRecord};
+use super::pins::Pin;
+use super::{release_scratch_memory, Cache, CacheError, RemoveReport, Usage};
+
+impl Cache {
+    pub fn listing(&self) -> Result<Vec<RepoListing>, CacheError> {
+        self.evictor.flush_touches(&self.meta)?;
+        let inv = Inventory::load(&self.meta, &self.store)?;
+        let pinned = inv.pinned(&self.pins()?);
+        let listing = inv.listing(&pinned);
+        drop(inv);
+        release_scratch_memory();
+        Ok(listing)
+    }
+
+    pub fn usage(&self) -> Result<Usage, CacheError> {
+        let inv = Inventory::load(&self.meta, &self.store)?;
+        let pinned = inv.pinned(&self.pins()?);
+        let (disk_available, disk_size) = self.store.disk_space()?;
+        let mut upstreams: std::collections::BTreeMap<String, HashSet<Digest>> = Default::default();
+        for t in &inv.tags {
+            if let Ok(d) = t.record.digest.parse::<Digest>() {
+                upstreams
+                    .entry(t.upstream.clone())
+                    .or_default()
+                    .extend(inv.closure(&d));
+            }
+        }
+        for (up, _, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
+            upstreams
+                .entry(up.clone())
+                .or_default()
+                .extend(inv.closure(d));
+        }
+        let limits = self.evictor.limits();
+        Ok(Usage {
+            dir: self.dir.clone(),
+            blobs: inv.blobs.len() as u64,
+            manifests: inv
+                .blobs
+                .values()
+                .filter(|b| b.kind == Kind::Manifest)
+                .count() as u64,
+            bytes: inv.total(),
+            pinned_bytes: inv.size_of(&pinned),
+            max_size: limits.max_size,
+            high_watermark: limits.high,
+            low_watermark: limits.low,
+            disk_available,
+            disk_size,
+            fills_in_flight: self.fills.len(),
+            upstreams: upstreams
+                .into_iter()
+                .map(|(u, ds)| {
+                    let size = inv.size_of(&ds);
+                    (u, size)
+                })
+                .collect(),
+        })
+    }
+
+    /// Removes an image: `upstream/repo:tag`, `upstream/repo@digest`, or
+    /// `upstream/repo` (all of it). Its tags and links go; its content goes
+    /// unless another cached image uses it or it is pinned.
+    pub fn remove_image(&self, image: &str) -> Result<RemoveReport, CacheError> {
+        let target = parse_image(image)?;
+        let mut report = RemoveReport::default();
+        let roots = self.remove_tags(&target, &mut report)?;
+        let inv = Inventory::load(&self.meta, &self.store)?;
+        let mut doomed: HashSet<Digest> = HashSet::new();
+        for r in &roots {
+            doomed.extend(inv.closure(r));
+        }
+        if target.reference.is_none() {
+            for (up, r, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
+                if target.owns(up, r) {
+                    doomed.extend(inv.closure(d));
+                }
+            }
+        }
+        if !doomed.iter().any(|d| inv.blobs.contains_key(d)) && report.tags_removed == 0 {
+            return Err(CacheError::Invalid(format!("{image}: not in the cache")));
+        }
+        // The repository's other tags keep their content and its links.
+        for t in inv
+            .tags
+            .iter()
+            .filter(|t| target.owns(&t.upstream, &t.repo))
+        {
+            if let Ok(d) = t.record.digest.parse::<Digest>() {
+                for c in inv.closure(&d) {
+                    doomed.remove(&c);
+                }
+            }
+        }
+        for (up, r, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
+            if target.owns(up, r) && doomed.contains(d) {
+                self.meta.unlink(up, r, d)?;
+                report.links_removed += 1;
+            }
+        }
+        self.remove_unused(doomed, &mut report)?;
+        Ok(report)
+    }
+
+    /// Removes the target's matching tags; returns what they pointed at
+    /// (and the target's digest), the roots of what may go.
+    fn remove_tags(
+        &self,
+        target: &ImageTarget,
+        report: &mut RemoveReport,
+    ) -> Result<Vec<Digest>, CacheError> {
+        let mut roots: Vec<Digest> = Vec::new();
+        for t in self.meta.tags()? {
+            if !target.owns(&t.upstream, &t.repo) {
+                continue;
+            }
+            let hit = match &target.reference {
+                None => true,
+                Some(ImageRef::Tag(tag)) => t.tag.as_str() == tag,
+                Some(ImageRef::Digest(d)) => t.record.digest == d.as_str(),
+            };
+            if hit {
+                self.meta.remove_tag(&t.upstream, &t.repo, &t.tag)?;
+                report.tags_removed += 1;
+                roots.extend(t.record.digest.parse::<Digest>());
+            }
+        }
+        if let Some(ImageRef::Digest(d)) = &target.reference {
+            roots.push(d.clone());
+        }
+        Ok(roots)
+    }
+
+    /// Deletes the `doomed` blobs that the rest of the cache does not use:
+    /// other repositories' tags and links (images share layers), and pins.
+    fn remove_unused(
+        &self,
+        doomed: HashSet<Digest>,
+        report: &mut RemoveReport,
+    ) -> Result<(), CacheError> {
+        let inv = Inventory::load(&self.meta, &self.store)?;
+        let mut kept: HashSet<Digest> = inv.pinned(&self.pins()?);
+        for t in &inv.tags {
+            if let Ok(d) = t.record.digest.parse::<Digest>() {
+                kept.extend(inv.closure(&d));
+            }
+        }
+        for (_, _, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
+            kept.extend(inv.closure(d));
+        }
+        for d in doomed {
+            let Some(rec) = inv.blobs.get(&d) else {
+                continue;
+            };
+            if kept.contains(&d) {
+                report.blobs_kept += 1;
+                continue;
+            }
+            self.delete(&d)?;
+            self.evictor.removed(rec.size);
+            self.metrics.cache_blobs.dec();
+            report.blobs_removed += 1;
+            report.bytes_removed += rec.size;
+        }
+        Ok(())
+    }
+
+    pub fn pin(&self, pattern: &str) -> Result<bool, CacheError> {
+        let p = Pin::parse(pattern).map_err(CacheError::Invalid)?;
+        self.meta
+            .add_pin(p.as_str(), &PinRecord { added: now_secs() })
+    }
+
+    pub fn unpin(&self, pattern: &str) -> Result<bool, CacheError> {
+        if self
+            .config_pins
+            .iter()
+            .any(|p| p.as_str() == pattern.trim())
+        {
+            return Err(CacheError::Invalid(format!(
+                "{pattern} is pinned by the configuration file (cache.pin); remove it there"
+            )));
+        }
+        self.meta.remove_pin(pattern.trim())
+    }
+
+    /// Pins: (pattern, from the config file?).
+    pub fn pin_list(&self) -> Result<Vec<(String, bool)>, CacheError> {
+        let mut out: Vec<(String, bool)> = self
+            .config_pins
+            .iter()
+            .map(|p| (p.as_str().to_owned(), true))
+            .collect();
+        out.extend(self.meta.pins()?.into_iter().map(|(p, _)| (p, false)));
+        Ok(out)
+    }
+}
+
+enum ImageRef {
+    Tag(String),
+    Digest(Digest),
+}
+
+/// What `wharf rm` names: `upstream/repo[:tag|@digest]`.
+struct ImageTarget {
+    upstream: String,
+    repo: RepoName,
+    reference: Option<ImageRef>,
+}
+
+impl ImageTarget {
+    fn owns(&self, upstream: &str, repo: &RepoName) -> bool {
+        upstream == self.upstream && *repo == self.repo
+    }
+}
+
+fn parse_image(image: &str) -> Result<ImageTarget, CacheError> {
+    let bad = |why: &str| {
+        CacheError::Invalid(format!(
+            "{image:?}: {why} (expected <upstream>/<repository>[:tag|@digest], as `wharf ls` shows)"
+        ))
+    };
+    let (up, rest) = image.split_once('/').ok_or_else(|| bad("no upstream"))?;
+    let (repo, reference) = if let Some((r, d)) = rest.split_once('@') {
+        let d = d.parse::<Digest>().map_err(|_| bad("invalid digest"))?;
+        (r, Some(ImageRef::Digest(d)))
+    } else {
+        let last = rest.rfind('/').map_or(0, |i| i + 1);
+        match rest[last..].find(':') {
+            Some(i) => (
+                &rest[..last + i],
+                Some(ImageRef::Tag(rest[last + i + 1..].to_owned())),
+            ),
+            None => (rest, None),
+        }
+    };
+    let repo = repo
+        .parse::<RepoName>()
+        .map_err(|_| bad("invalid repository"))?;
+    Ok(ImageTarget {
+        upstream: up.to_owned(),
+        repo,
+        reference,
+    })
+}
