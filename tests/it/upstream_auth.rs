@@ -447,3 +447,55 @@ fn concurrent_cold_requests_share_one_token() {
         "one token for all of them"
     );
 }
+
+/// A cold blob during Docker Hub's 429 backoff: the fill that never started
+/// carries the upstream's answer, `Retry-After` included, to its reader (it
+/// once came back as a bare 429).
+#[test]
+fn a_cold_blob_during_a_429_backoff_carries_retry_after() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("large", "library/big:1", None, false);
+    let manifest: serde_json::Value = http()
+        .get(format!("{}/v2/library/big/manifests/1", up.url()))
+        .header("accept", ACCEPT)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let layers: Vec<String> = [&manifest["layers"][0], &manifest["config"]]
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    let limiter = RateLimiter::start(&rt, up.url());
+    let tmp = tempfile::tempdir().unwrap();
+    let w = Served::start(
+        tmp.path(),
+        "limited-blob",
+        &format!(
+            "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:{}\"\naliases = [\"docker.io\"]\ndefault = true\n",
+            limiter.port
+        ),
+    );
+    limiter.limited.store(true, Ordering::SeqCst);
+    let mut seen = Vec::new();
+    // The upstream's own 429 on the blob, then a blob wharf does not even
+    // ask for during the backoff: both say when to come back.
+    for (i, d) in layers.iter().take(2).enumerate() {
+        let before = limiter.seen.load(Ordering::SeqCst);
+        let (s, headers, body) = get(&format!("{}/v2/library/big/blobs/{d}", w.url()), &mut seen);
+        assert_eq!(s, 429, "{body}");
+        assert!(body.contains("TOOMANYREQUESTS"), "{body}");
+        let secs: u64 = headers
+            .get("retry-after")
+            .unwrap_or_else(|| panic!("blob #{i}: no Retry-After: {headers:?}"))
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=900).contains(&secs), "{secs}");
+        let asked = limiter.seen.load(Ordering::SeqCst) - before;
+        assert_eq!(asked, usize::from(i == 0), "blob #{i}: requests upstream");
+    }
+    assert_eq!(w.metric("wharf_cache_blobs"), 0.0, "nothing cached");
+}
