@@ -34,16 +34,11 @@ pub use htpasswd::{Htpasswd, TokenList};
 #[derive(Clone, Debug)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
-    /// The user a certificate that the TLS layer verified against
-    /// `client_ca_file` names (its subject CN, or the configured SAN; see
-    /// [`crate::tls::certificate_user`]); `None` without a verified
-    /// certificate.
+    /// The user that a certificate the TLS layer verified against
+    /// `client_ca_file` names (its subject CN, or the configured SAN);
+    /// `None` without a verified certificate.
     pub cert_user: Option<String>,
 }
-
-/// The user name a verified client certificate authenticates as when it
-/// names none (no CN, or not the configured SAN).
-pub const CERT_USER: &str = "tls-client";
 
 /// Who the client is, as far as wharf can tell.
 #[derive(Clone, Debug, Default)]

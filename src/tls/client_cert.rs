@@ -3,12 +3,15 @@
 //! `[upstream.access] users` can tell nodes or teams apart. Reads only
 //! certificates rustls already verified against `client_ca_file`; a
 //! certificate that names nobody the configured way authenticates as
-//! [`CERT_USER`](crate::access::CERT_USER).
+//! [`CERT_USER`].
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::access::CERT_USER;
+
+/// The user name a verified client certificate authenticates as when it
+/// names none (no CN, or not the configured SAN).
+pub const CERT_USER: &str = "tls-client";
 
 /// Which part of a client certificate is the user name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 pub use ca::Ca;
-pub use client_cert::{certificate_user, CertIdentity};
+pub use client_cert::{certificate_user, CertIdentity, CERT_USER};
 
 use crate::config::{TlsConfig, TlsMode};
 
