@@ -1,7 +1,8 @@
 //! Shared helpers: real components on loopback ports, cleaned up on drop, one
 //! file per component. This file owns what every component uses: the checks
 //! for the Debian packages, commands, ports, the test images, a blocking HTTP
-//! client, and the tokio runtime the in-process parts run on.
+//! client, the tokio runtime the in-process parts run on, and [`eventually`],
+//! the one way a test waits for something to happen.
 //!
 //! - [`registry`]: [`Upstream`], a CNCF distribution registry
 //!   (`docker-registry`), plain, with htpasswd basic auth, or with token auth
@@ -129,19 +130,93 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Polls until `addr` accepts TCP connections (bounded: 20 s).
-pub fn wait_listening(addr: SocketAddr, child: &mut Option<&mut Child>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
+/// What a condition polled by [`eventually`] returns: `bool` (done or not),
+/// or `Option<T>` (the value it waited for, once there).
+pub trait Outcome {
+    type Value;
+    fn done(self) -> Option<Self::Value>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+    fn done(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Outcome for Option<T> {
+    type Value = T;
+    fn done(self) -> Option<T> {
+        self
+    }
+}
+
+/// Polls `cond` until it holds and returns what it returned, or panics after
+/// `timeout` saying it timed out waiting for `what`. The first poll is
+/// immediate; the interval then grows from 5 ms to 100 ms, so a condition
+/// that holds soon is seen at once and a slow one is not polled hard. A
+/// condition that can tell it will never hold (a process exited) panics
+/// itself.
+pub fn eventually<O: Outcome>(timeout: Duration, what: &str, cond: impl FnMut() -> O) -> O::Value {
+    poll_until(timeout, cond)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// [`eventually`] without the panic: `None` at the timeout (for clean-up code,
+/// which goes on another way).
+pub fn poll_until<O: Outcome>(timeout: Duration, mut cond: impl FnMut() -> O) -> Option<O::Value> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = cond().done() {
+            return Some(v);
         }
-        if let Some(c) = child.as_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Waits (at most 20 s) until `addr` accepts TCP connections; panics at once
+/// if `child`, the process that should listen there, exits first.
+pub fn wait_listening(addr: SocketAddr, mut child: Option<&mut Child>) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("something listening on {addr}"),
+        || {
+            if let Some(Ok(Some(st))) = child.as_mut().map(|c| c.try_wait()) {
                 panic!("process exited before listening on {addr}: {st}");
             }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listening on {addr} after 20 s");
+            std::net::TcpStream::connect(addr).is_ok()
+        },
+    )
+}
+
+#[test]
+fn eventually_returns_what_the_condition_found_and_names_what_never_came() {
+    let mut polls = 0;
+    let found = eventually(Duration::from_secs(5), "the third poll", || {
+        polls += 1;
+        (polls == 3).then_some(polls)
+    });
+    assert_eq!(found, 3);
+    let started = Instant::now();
+    let panic = std::panic::catch_unwind(|| {
+        eventually(
+            Duration::from_millis(100),
+            "a condition that never holds",
+            || false,
+        )
+    })
+    .unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("a condition that never holds"),
+        "{message}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(poll_until(Duration::ZERO, || false), None, "polled once");
 }

@@ -118,7 +118,7 @@ impl Upstream {
             .stderr(log)
             .spawn()
             .expect("docker-registry starts");
-        wait_listening(self.addr(), &mut Some(&mut child));
+        wait_listening(self.addr(), Some(&mut child));
         self.child = Some(child);
     }
 

@@ -11,11 +11,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, http, runtime, wait_listening, Auth, Upstream};
+use super::{eventually, free_port, http, runtime, wait_listening, Auth, Upstream};
 
 /// wharf serving `config` (written next to its cache), stopped on drop; the
 /// log (debug level) is kept for the secrets check.
@@ -71,7 +71,7 @@ impl Served {
     }
 
     pub fn wait_ready(&mut self) {
-        wait_listening(([127, 0, 0, 1], self.port).into(), &mut self.child.as_mut());
+        wait_listening(([127, 0, 0, 1], self.port).into(), self.child.as_mut());
     }
 
     pub fn url(&self) -> String {
@@ -268,11 +268,11 @@ impl Wharf {
     /// Waits (at most 30 s) until no fill is in flight. Clients finish as soon
     /// as the digest is verified; the fill leaves the map after its fsync.
     pub fn wait_fills_settled(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.mirror.fills_in_flight() > 0 {
-            assert!(Instant::now() < deadline, "a fill never finished");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(
+            Duration::from_secs(30),
+            "the fills in flight to finish",
+            || self.mirror.fills_in_flight() == 0,
+        );
     }
 
     pub fn cache_dir(&self) -> PathBuf {
