@@ -62,6 +62,17 @@ impl MetadataServer {
             tokens: state.tokens,
         }
     }
+
+    /// When the current token stops being valid; past it, the next request
+    /// gets a new token.
+    pub fn current_until(&self) -> Instant {
+        self.tokens
+            .lock()
+            .unwrap()
+            .last()
+            .expect("a token was made")
+            .1
+    }
 }
 
 fn answer(

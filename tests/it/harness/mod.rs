@@ -8,9 +8,9 @@
 //!   (`docker-registry`), plain, with htpasswd basic auth, or with token auth
 //!   against a [`TokenServer`]; pushes the test images to it.
 //! - [`token`]: [`TokenServer`], RS256 JWTs with an `x5c` header (Docker Hub)
-//!   or a libtrust `kid` (GitLab).
+//!   or a libtrust `kid` (GitLab), lifetimes settable while it runs.
 //! - [`metadata`]: [`MetadataServer`], the GCE metadata server's token
-//!   endpoint.
+//!   endpoint, with tokens of the lifetime a test gives it.
 //! - [`ratelimit`]: [`RateLimiter`] (Docker Hub's 429s) and
 //!   [`throttled_relay`] (a slow upstream link).
 //! - [`wharf`]: wharf itself, in-process ([`Wharf`], [`Fixture`]) or as its
@@ -193,6 +193,13 @@ pub fn wait_listening(addr: SocketAddr, mut child: Option<&mut Child>) {
             std::net::TcpStream::connect(addr).is_ok()
         },
     )
+}
+
+/// Sleeps until `t`. Only for letting a lifetime run out when that is what
+/// the test is about (a token's); to wait for something to happen, use
+/// [`eventually`].
+pub fn sleep_until(t: Instant) {
+    std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
 
 #[test]

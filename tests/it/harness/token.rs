@@ -1,13 +1,16 @@
 //! The registry's token service, as Docker Hub's and GitLab's behave: RS256
 //! JWTs signed with a key pair made by openssl at test time, the signing
 //! certificate in an `x5c` header or named by a libtrust `kid`. It counts and
-//! keeps every token it issues (to look for them in logs).
+//! keeps every token it issues (to look for them in logs), and the lifetime
+//! of the tokens it issues can be changed while it runs, so a test gives each
+//! phase the tokens it needs and waits out a short lifetime, not a long one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{random_hex, run};
 
@@ -22,10 +25,12 @@ pub struct TokenOpts {
     pub path: &'static str,
     /// `x5c` (Docker Hub) or a libtrust `kid` (GitLab) in the JWT header.
     pub kid: bool,
-    /// `expires_in` in the answer; `None` leaves it out (GitLab), which
-    /// clients read as 60 s. The JWT's `exp` uses `jwt_lifetime`.
-    pub expires_in: Option<u64>,
-    pub jwt_lifetime: u64,
+    /// Whether the answer says `expires_in` (Docker Hub) or leaves it out
+    /// (GitLab), which clients read as 60 s.
+    pub send_expires_in: bool,
+    /// Seconds a token lives, in `expires_in` and in the JWT's `exp`; the
+    /// start value of [`TokenServer::set_lifetime`].
+    pub lifetime: u64,
     /// Decides Basic credentials: Some(subject) or None (401).
     pub check: CredentialCheck,
 }
@@ -38,8 +43,8 @@ impl TokenOpts {
             ip: [127, 0, 0, 1],
             path: "/token",
             kid: false,
-            expires_in: Some(300),
-            jwt_lifetime: 300,
+            send_expires_in: true,
+            lifetime: 300,
             check: Arc::new(move |a, b| (a == u && b == p).then(|| u.clone())),
         }
     }
@@ -55,7 +60,11 @@ pub struct TokenServer {
     pub cert: PathBuf,
     pub issued: Arc<AtomicUsize>,
     /// Every token issued, to look for in logs and outputs.
-    pub tokens: Arc<std::sync::Mutex<Vec<String>>>,
+    pub tokens: Arc<Mutex<Vec<String>>>,
+    /// Seconds the next tokens live.
+    lifetime: Arc<AtomicU64>,
+    /// When the last token issued stops being valid.
+    last_until: Arc<Mutex<Option<Instant>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -135,7 +144,9 @@ impl TokenServer {
             opts.path
         );
         let issued = Arc::new(AtomicUsize::new(0));
-        let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tokens = Arc::new(Mutex::new(Vec::new()));
+        let lifetime = Arc::new(AtomicU64::new(opts.lifetime));
+        let last_until = Arc::new(Mutex::new(None));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let state = Arc::new(TokenState {
             key: enc_key,
@@ -143,6 +154,8 @@ impl TokenServer {
             opts,
             issued: issued.clone(),
             tokens: tokens.clone(),
+            lifetime: lifetime.clone(),
+            last_until: last_until.clone(),
         });
         rt.spawn(async move {
             loop {
@@ -167,8 +180,22 @@ impl TokenServer {
             cert,
             issued,
             tokens,
+            lifetime,
+            last_until,
             shutdown: Some(tx),
         }
+    }
+
+    /// Tokens issued from now on live `secs` seconds.
+    pub fn set_lifetime(&self, secs: u64) {
+        self.lifetime.store(secs, Ordering::SeqCst);
+    }
+
+    /// When the last token issued stops being valid (its lifetime after it
+    /// was issued): past it, a client that honours `expires_in` holds no
+    /// live token of this server.
+    pub fn last_token_until(&self) -> Instant {
+        self.last_until.lock().unwrap().expect("a token was issued")
     }
 }
 
@@ -190,7 +217,9 @@ struct TokenState {
     key_ref: KeyRef,
     opts: TokenOpts,
     issued: Arc<AtomicUsize>,
-    tokens: Arc<std::sync::Mutex<Vec<String>>>,
+    tokens: Arc<Mutex<Vec<String>>>,
+    lifetime: Arc<AtomicU64>,
+    last_until: Arc<Mutex<Option<Instant>>>,
 }
 
 fn token_response(
@@ -255,13 +284,15 @@ fn token_response(
             _ => {}
         }
     }
+    let lifetime = st.lifetime.load(Ordering::SeqCst);
+    let issued_at = Instant::now();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let claims = serde_json::json!({
         "iss": "test-issuer", "sub": sub, "aud": service,
-        "exp": now + st.opts.jwt_lifetime, "nbf": now - 10, "iat": now,
+        "exp": now + lifetime, "nbf": now - 10, "iat": now,
         "jti": random_hex(8), "access": access,
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
@@ -270,13 +301,13 @@ fn token_response(
         KeyRef::Kid(k) => header.kid = Some(k.clone()),
     }
     let token = jsonwebtoken::encode(&header, &claims, &st.key).unwrap();
-    st.issued.fetch_add(1, Ordering::SeqCst);
     st.tokens.lock().unwrap().push(token.clone());
-    let body = match st.opts.expires_in {
-        Some(e) => {
-            serde_json::json!({"token": token, "access_token": token, "expires_in": e, "issued_at": "2026-01-01T00:00:00Z"})
-        }
-        None => serde_json::json!({"token": token}),
+    *st.last_until.lock().unwrap() = Some(issued_at + Duration::from_secs(lifetime));
+    st.issued.fetch_add(1, Ordering::SeqCst);
+    let body = if st.opts.send_expires_in {
+        serde_json::json!({"token": token, "access_token": token, "expires_in": lifetime, "issued_at": "2026-01-01T00:00:00Z"})
+    } else {
+        serde_json::json!({"token": token})
     };
     reply(200, body.to_string())
 }
