@@ -1,9 +1,15 @@
-//! The cache: verified content on disk, its metadata, and the components that
-//! manage it — [`Fills`] for streamed blob downloads shared by concurrent
-//! readers, [`Coalescer`] for small objects, [`Evictor`] for the size budget,
-//! reconciliation for crash recovery, and the [`Inventory`] of images that
-//! pins and the operator commands work on. Knows nothing about upstreams or
-//! HTTP.
+//! The cache: verified content on disk and its metadata, behind one facade,
+//! [`Cache`], whose operations are shaped like what callers mean (open a
+//! blob a repository may read, begin and feed a fill, commit a manifest,
+//! record a tag; see `content.rs`), keep it within budget (`upkeep.rs`) and
+//! serve the operator (`operator.rs`). Behind it, components no caller
+//! touches: the blob store, the metadata (`Kv`), [`Fills`] for streamed
+//! downloads shared by concurrent readers, the evictor that chooses victims
+//! (the cache alone deletes), reconciliation for crash recovery, and the
+//! [`Inventory`] of images. [`Coalescer`] is for callers' small fetches.
+//!
+//! Knows nothing about upstreams or HTTP; never serves a byte whose digest
+//! was not verified, and never leaves a partial blob visible.
 
 mod coalesce;
 mod content;

@@ -1,7 +1,10 @@
 //! The mirror: decides, for each parsed request, which upstream it belongs to
 //! and whether the cache can answer it, and fills the cache when it cannot.
-//! Owns the policy (tag TTL, stale-if-error, per-repository links); the cache
-//! and upstream modules below it only do what they are told.
+//! Owns the policy (tag TTL, stale-if-error, per-repository links) and the
+//! classification of its errors into responses (`error.rs`); the cache and
+//! upstream modules below it only do what they are told. Never decides who
+//! may pull (that is [`crate::access`], asked by the server first) and
+//! never touches the cache's parts, only its operations.
 
 mod blobs;
 mod error;

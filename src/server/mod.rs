@@ -1,8 +1,8 @@
-//! The registry server: accepts connections ([`listener`]), serves each one
-//! ([`connection`]: TLS, our own HTTP/1.1 loop with `sendfile` for plain
-//! text, hyper for TLS and HTTP/2), answers each request ([`handler`]: parse,
-//! access, mirror, response; then [`observe`]: metrics and the access log),
-//! maps every failure in one place ([`error`]), and shuts down gracefully.
+//! The registry server: accepts connections (`listener`), serves each one
+//! (`connection`: TLS, our own HTTP/1.1 loop with `sendfile` for plain
+//! text, hyper for TLS and HTTP/2), answers each request (`handler`: parse,
+//! access, mirror, response; then `observe`: metrics and the access log),
+//! maps every failure in one place (`error`), and shuts down gracefully.
 //!
 //! `run(listener, app, tls, shutdown, grace)` takes an already-bound listener
 //! and a shutdown future (mini-redis style), so tests bind port 0 and stop it

@@ -8,7 +8,6 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-
 /// The user name a verified client certificate authenticates as when it
 /// names none (no CN, or not the configured SAN).
 pub const CERT_USER: &str = "tls-client";

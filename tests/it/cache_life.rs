@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -90,14 +90,6 @@ fn pull(w: &Served, dir: &Path, image: &str) {
     assert!(ok, "skopeo {image}: {out}");
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn eviction_keeps_the_budget_least_recent_first_and_spares_pins() {
     let rt = runtime();
@@ -136,7 +128,7 @@ fn eviction_keeps_the_budget_least_recent_first_and_spares_pins() {
         pull(&w, dir.path(), image);
         within_budget(image);
     }
-    wait_for("an eviction pass", || {
+    eventually(Duration::from_secs(30), "an eviction pass", || {
         w.metric("wharf_evicted_blobs_total") > 0.0
     });
     let top = |i: usize| parts[i - 1].top_layer().to_owned();
@@ -172,7 +164,9 @@ fn eviction_keeps_the_budget_least_recent_first_and_spares_pins() {
         gets_before + 1,
         "an evicted blob is fetched again"
     );
-    wait_for("a second eviction pass", || !cached(&cache, &top(2)));
+    eventually(Duration::from_secs(30), "a second eviction pass", || {
+        !cached(&cache, &top(2))
+    });
     for i in [1, 3, 4, 5] {
         assert!(cached(&cache, &top(i)), "ev{i} must stay");
     }
@@ -247,17 +241,11 @@ fn operator_commands_with_and_without_a_running_server() {
 
     // A second server on the same cache is refused with a reason.
     let mut second = Served::spawn(dir.path(), "second", &body, free_port());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = second.try_wait() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a second server started on a locked cache"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = eventually(
+        Duration::from_secs(20),
+        "a second server on a locked cache to exit",
+        || second.try_wait(),
+    );
     assert!(!status.success());
     let log = std::fs::read_to_string(&second.log).unwrap();
     assert!(log.contains("cannot open the cache"), "{log}");
@@ -468,7 +456,7 @@ fn a_full_disk_fails_the_fill_cleanly_and_wharf_keeps_serving() {
             r.bytes().map(|b| (s, b.len()))
         })
     });
-    wait_for("the fill to start", || {
+    eventually(Duration::from_secs(30), "the fill to start", || {
         files_under(&cache.join("tmp")).iter().any(|(_, l)| *l > 0)
     });
     let ballast = cache.join("ballast");
@@ -482,13 +470,19 @@ fn a_full_disk_fails_the_fill_cleanly_and_wharf_keeps_serving() {
         !matches!(&got, Ok((s, n)) if s.is_success() && *n as u64 == ev2.layers[1].1),
         "a fill that hit ENOSPC cannot have served a complete body: {got:?}"
     );
-    wait_for("the failed fill to clean up", || {
-        files_under(&cache.join("tmp")).is_empty()
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the failed fill to clean up",
+        || files_under(&cache.join("tmp")).is_empty(),
+    );
     assert!(!cached(&cache, ev2.top_layer()));
     // The failure woke eviction, which made room; fill what it freed too:
     // then the cache cannot take a write, and says so.
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(
+        Duration::from_secs(30),
+        "the eviction pass the failure woke",
+        || w.metric("wharf_evicted_blobs_total") > 0.0,
+    );
     let ballast2 = cache.join("ballast2");
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k"])
@@ -671,7 +665,7 @@ fn metrics_add_up_after_a_known_sequence() {
         (200, layer.1)
     ); // miss
        // Clients finish when the digest matched; the fill commits just after.
-    wait_for("the fills to commit", || {
+    eventually(Duration::from_secs(30), "the fills to commit", || {
         w.metric("wharf_fills_in_flight") == 0.0
     });
     assert_eq!(
@@ -771,7 +765,11 @@ fn metrics_add_up_after_a_known_sequence() {
         1.0
     );
     let cache = dir.path().join("cache");
-    wait_for("the big fill to be committed", || cached(&cache, &big));
+    eventually(
+        Duration::from_secs(30),
+        "the big fill to be committed",
+        || cached(&cache, &big),
+    );
     let text = http()
         .get(format!("{}/metrics", w.url()))
         .send()
@@ -832,7 +830,7 @@ fn sigterm_lets_transfers_finish_and_the_admin_listener_reports_health() {
         free_port(),
     );
     w.wait_ready();
-    wait_listening(([127, 0, 0, 1], admin).into(), &mut None);
+    wait_listening(([127, 0, 0, 1], admin).into(), None);
     let port = w.port;
     let a = format!("http://127.0.0.1:{admin}");
     let r = http().get(format!("{a}/healthz")).send().unwrap();
@@ -859,7 +857,7 @@ fn sigterm_lets_transfers_finish_and_the_admin_listener_reports_health() {
         "metrics only on the admin listener"
     );
 
-    // A 64 MiB layer at 12 MiB/s: SIGTERM a second in; it still completes.
+    // A 64 MiB layer at 12 MiB/s: SIGTERM once it streams; it still completes.
     let big = large.top_layer().to_owned();
     let url = format!("{main}/v2/library/large/blobs/{big}");
     let getter = std::thread::spawn(move || {
@@ -867,7 +865,12 @@ fn sigterm_lets_transfers_finish_and_the_admin_listener_reports_health() {
         let bytes = http().get(url).send().unwrap().bytes().unwrap();
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
     });
-    std::thread::sleep(Duration::from_secs(1));
+    let cache = dir.path().join("cache");
+    eventually(
+        Duration::from_secs(30),
+        "the layer's bytes to arrive",
+        || files_under(&cache.join("tmp")).iter().any(|(_, l)| *l > 0),
+    );
     let ready: serde_json::Value = http()
         .get(format!("{a}/readyz"))
         .send()
@@ -876,10 +879,10 @@ fn sigterm_lets_transfers_finish_and_the_admin_listener_reports_health() {
         .unwrap();
     assert_eq!(ready["upstreams"]["hub"], "reachable", "{ready}");
     run(Command::new("kill").args(["-TERM", &w.pid().to_string()]));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "still accepting after SIGTERM"
+    eventually(
+        Duration::from_secs(5),
+        "the listener to close after SIGTERM (still accepting)",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
     );
     assert_eq!(
         getter.join().unwrap(),
@@ -895,7 +898,6 @@ fn sigterm_lets_transfers_finish_and_the_admin_listener_reports_health() {
     );
     // The fill finished in the grace period and its metadata was flushed:
     // after a restart the layer is a hit, without the upstream.
-    let cache = dir.path().join("cache");
     assert!(cached(&cache, &big));
     let (files, bad) = rehash_cache(&cache);
     assert!(files > 0 && bad.is_empty());

@@ -1,7 +1,7 @@
 //! The `wharf` binary: version, config validation, serve and clean shutdown.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -59,7 +59,7 @@ fn serve_answers_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_listening(([127, 0, 0, 1], port).into(), &mut Some(&mut child));
+    wait_listening(([127, 0, 0, 1], port).into(), Some(&mut child));
     let r = http()
         .get(format!(
             "http://127.0.0.1:{port}/v2/library/test/manifests/1"
@@ -72,14 +72,9 @@ fn serve_answers_and_stops_on_sigterm() {
         "relative cache dir resolved next to the config"
     );
     run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "wharf did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = eventually(Duration::from_secs(20), "wharf to stop on SIGTERM", || {
+        child.try_wait().unwrap()
+    });
     let mut log = String::new();
     use std::io::Read;
     child
@@ -128,7 +123,7 @@ fn sighup_reloads_the_certificate_files() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_listening(([127, 0, 0, 1], port).into(), &mut Some(&mut child));
+    wait_listening(([127, 0, 0, 1], port).into(), Some(&mut child));
     let leaf = |chain: &str| {
         use rustls::pki_types::pem::PemObject;
         rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
@@ -159,14 +154,11 @@ fn sighup_reloads_the_certificate_files() {
     std::fs::write(dir.path().join("k.pem"), &kb).unwrap();
     std::fs::write(dir.path().join("c.pem"), &b).unwrap();
     run(Command::new("kill").args(["-HUP", &child.id().to_string()]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served() != leaf(&b) {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload the certificate"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(10),
+        "SIGHUP to reload the certificate",
+        || served() == leaf(&b),
+    );
     run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     let _ = child.wait();
 }

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -51,15 +51,11 @@ impl Netns {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "socat did not create {}",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(
+            Duration::from_secs(10),
+            &format!("socat to create {}", sock.display()),
+            || sock.exists(),
+        );
         ns.relays.push(
             Command::new("ip")
                 .args(["netns", "exec", &ns.name, "socat"])
@@ -120,21 +116,18 @@ impl Dockerd {
             child,
             dir: dir.to_owned(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if dockerd.docker(&["version"]).0 {
-                return dockerd;
-            }
+        let started = poll_until(Duration::from_secs(60), || {
             if let Ok(Some(st)) = dockerd.child.try_wait() {
                 panic!("dockerd exited ({st}): {}", dockerd.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not start: {}",
-                dockerd.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            dockerd.docker(&["version"]).0
+        });
+        assert!(
+            started.is_some(),
+            "dockerd did not start: {}",
+            dockerd.log()
+        );
+        dockerd
     }
 
     fn docker(&self, args: &[&str]) -> (bool, String) {
@@ -158,12 +151,11 @@ impl Drop for Dockerd {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let exited = poll_until(Duration::from_secs(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if exited.is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

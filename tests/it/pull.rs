@@ -214,14 +214,11 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !sock.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "containerd did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        eventually(
+            std::time::Duration::from_secs(20),
+            "containerd to open its socket",
+            || sock.exists(),
+        );
         Containerd { child, sock }
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -350,22 +350,18 @@ fn a_replaced_certificate_is_used_by_new_connections_while_a_download_completes(
     // Rotate: key first, then the certificate (as certbot's deploy hooks do).
     replace(&key_file, &key_b);
     replace(&cert_file, &chain_b);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        // A fresh client: a new connection and a full handshake.
-        let r = client(ca.pem().as_bytes(), None)
-            .get(format!("{}/v2/", https(&w)))
-            .send()
-            .unwrap();
-        if peer(&r) == Some(leaf(&chain_b)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was never served"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(15),
+        "the new certificate to be served",
+        || {
+            // A fresh client: a new connection and a full handshake.
+            let r = client(ca.pem().as_bytes(), None)
+                .get(format!("{}/v2/", https(&w)))
+                .send()
+                .unwrap();
+            peer(&r) == Some(leaf(&chain_b))
+        },
+    );
 
     // The download that started on the old certificate finishes, verified.
     loop {

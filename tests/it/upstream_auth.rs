@@ -51,8 +51,8 @@ fn gitlab_shaped_registry_with_a_deploy_token() {
             ip: [127, 0, 0, 2], // the realm on another host than the registry
             path: "/jwt/auth",
             kid: true,
-            expires_in: None,
-            jwt_lifetime: 300,
+            send_expires_in: false,
+            lifetime: 300,
             check: Arc::new(move |a, b| (a == u && b == p).then(|| u.clone())),
         }),
         &rt,
@@ -142,18 +142,20 @@ fn gitlab_shaped_registry_with_a_deploy_token() {
 #[test]
 fn short_tokens_expire_during_a_slow_blob_without_breaking_it() {
     let rt = runtime();
-    // Docker Hub's shape with 12 s tokens; the upstream link sends 4 MiB/s, so
-    // the 64 MiB layer takes ~16 s: its token dies mid-transfer.
+    // Docker Hub's shape. The image is pushed with long tokens; the pull gets
+    // 2 s tokens and an upstream link of 16 MiB/s, so the 64 MiB layer takes
+    // at least 4 s: its token dies mid-transfer.
+    const LIFETIME: u64 = 2;
     let mut opts = TokenOpts::hub("nobody", "unused");
-    opts.expires_in = Some(12);
-    opts.jwt_lifetime = 12;
     let pull_user = format!("u{}", random_hex(4));
     let pull_pass = random_hex(16);
     let (u, p) = (pull_user.clone(), pull_pass.clone());
     opts.check = Arc::new(move |a, b| (a == u && b == p).then(|| u.clone()));
     let up = Upstream::start(Auth::TokenWith(opts), &rt);
     up.push("large", "private/big:1", None, false);
-    let relay = throttled_relay(&rt, up.addr(), 4 << 20);
+    let token_server = up.token.as_ref().unwrap();
+    token_server.set_lifetime(LIFETIME);
+    let relay = throttled_relay(&rt, up.addr(), 16 << 20);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     private_file(&dir.join("pw"), &pull_pass);
@@ -165,7 +167,7 @@ fn short_tokens_expire_during_a_slow_blob_without_breaking_it() {
             dir.join("pw")
         ),
     );
-    let issued = || up.token.as_ref().unwrap().issued.load(Ordering::SeqCst);
+    let issued = || token_server.issued.load(Ordering::SeqCst);
     let before = issued();
     let started = Instant::now();
     let (ok, out) = skopeo_to_dir(
@@ -178,7 +180,7 @@ fn short_tokens_expire_during_a_slow_blob_without_breaking_it() {
     assert!(ok, "slow pull: {out}");
     let mut seen = vec![out];
     assert!(
-        took > Duration::from_secs(13),
+        took > Duration::from_secs(LIFETIME + 1),
         "the transfer outlived its token ({took:?})"
     );
     // The layer came over one token that expired on the way; blobs asked
@@ -192,22 +194,13 @@ fn short_tokens_expire_during_a_slow_blob_without_breaking_it() {
         assert_eq!(s, 200, "{body}");
     }
     assert_eq!(issued() - before, 2, "one live token after the pull");
-    // ...and once it is past 90% of its 12 s, the next request renews it.
-    std::thread::sleep(Duration::from_secs(11));
+    // ...and once it is past 90% of its life, the next request renews it.
+    sleep_until(token_server.last_token_until());
     let (s, _, _) = get(&url, &mut seen);
     assert_eq!(s, 200);
     assert_eq!(issued() - before, 3, "expired token renewed");
     let mut secrets = vec![pull_pass, up.pass.clone()];
-    secrets.extend(
-        up.token
-            .as_ref()
-            .unwrap()
-            .tokens
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned(),
-    );
+    secrets.extend(token_server.tokens.lock().unwrap().iter().cloned());
     drop(w);
     assert_no_secret(&seen, &dir.join("slow.log"), &secrets);
 }
@@ -216,7 +209,11 @@ fn short_tokens_expire_during_a_slow_blob_without_breaking_it() {
 fn artifact_registry_json_keys_and_the_metadata_server() {
     use base64::Engine as _;
     let rt = runtime();
-    let md = MetadataServer::start(&rt, Duration::from_secs(6));
+    // Both kinds of token live 3 s (the registry's once the image is pushed):
+    // after the pull, waiting out both makes wharf come back to the metadata
+    // server.
+    const LIFETIME: u64 = 3;
+    let md = MetadataServer::start(&rt, Duration::from_secs(LIFETIME));
     let key_json = format!(
         "{{\"type\":\"service_account\",\"project_id\":\"p\",\"private_key_id\":\"{}\",\"private_key\":\"-----BEGIN PRIVATE KEY-----\\n{}\\n-----END PRIVATE KEY-----\\n\",\"client_email\":\"mirror@p.iam.gserviceaccount.com\"}}",
         random_hex(8),
@@ -225,9 +222,6 @@ fn artifact_registry_json_keys_and_the_metadata_server() {
     let (k, md_tokens) = (key_json.clone(), md.tokens.clone());
     let mut opts = TokenOpts::hub("nobody", "unused");
     opts.path = "/v2/token";
-    // Short registry tokens: wharf must come back with a metadata token.
-    opts.expires_in = Some(4);
-    opts.jwt_lifetime = 4;
     opts.check = Arc::new(move |user, pass| {
         let ok = match user {
             "_json_key" => pass == k,
@@ -249,6 +243,9 @@ fn artifact_registry_json_keys_and_the_metadata_server() {
     });
     let up = Upstream::start(Auth::TokenWith(opts), &rt);
     up.push("small", "private/app:1", None, false);
+    // Short registry tokens: wharf must come back with a metadata token.
+    let token_server = up.token.as_ref().unwrap();
+    token_server.set_lifetime(LIFETIME);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     private_file(&dir.join("sa.json"), &key_json);
@@ -302,9 +299,10 @@ fn artifact_registry_json_keys_and_the_metadata_server() {
     );
     assert!(ok, "{out}");
     seen.push(out);
-    // After the metadata token's lifetime, wharf fetches a new one before
-    // the registry would refuse the old one.
-    std::thread::sleep(Duration::from_secs(7));
+    // After the metadata token's lifetime (and the registry token's, so
+    // that wharf needs credentials), wharf fetches a new one before the
+    // registry would refuse the old one.
+    sleep_until(md.current_until().max(token_server.last_token_until()));
     let (s, _, body) = get(
         &format!("{}/v2/node/private/app/tags/list", w.url()),
         &mut seen,
@@ -325,16 +323,7 @@ fn artifact_registry_json_keys_and_the_metadata_server() {
         up.pass.clone(),
     ];
     secrets.extend(md.tokens.lock().unwrap().iter().map(|(t, _)| t.clone()));
-    secrets.extend(
-        up.token
-            .as_ref()
-            .unwrap()
-            .tokens
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned(),
-    );
+    secrets.extend(token_server.tokens.lock().unwrap().iter().cloned());
     drop(w);
     assert_no_secret(&seen, &dir.join("gar.log"), &secrets);
 }
