@@ -3,12 +3,14 @@
 //! [`Config`] is the validated, typed result the rest of wharf uses.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::secret::Secret;
+pub use crate::tls::{TlsConfig, TlsMode};
 
 /// Used when `wharf serve` gets no `--config`: Docker Hub as the default upstream.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -193,24 +195,6 @@ pub struct FileCredentials {
 
 // ---------------------------------------------------------------- typed config
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plain HTTP, configured explicitly.
-    Plain,
-    /// A server certificate minted from wharf's own CA for these names.
-    Auto { names: Vec<String> },
-    /// A certificate and key from files, reloaded when they change.
-    Files { cert: PathBuf, key: PathBuf },
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    pub mode: TlsMode,
-    pub client_ca: Option<PathBuf>,
-    pub client_auth_required: bool,
-    pub reload_interval: Duration,
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -302,30 +286,6 @@ pub enum SecretSpec {
     /// Re-read when it changes. `check_mode`: refused when group or others can
     /// read it (not for systemd credentials, whose directory is private).
     File { path: PathBuf, check_mode: bool },
-}
-
-/// A secret string: `Debug` and `Display` print `<redacted>`; only
-/// [`Secret::expose`] gives the value, so every use is greppable.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 impl Config {
@@ -429,7 +389,7 @@ pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    Ok(Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
 }
 
 /// The Docker config.json keys under which `docker login` stores an upstream:
@@ -587,7 +547,7 @@ fn validate_credentials(
             check_mode: false,
         }
     } else if let Some(var) = c.password_env {
-        SecretSpec::Value(Secret(std::env::var(&var).map_err(|_| {
+        SecretSpec::Value(Secret::new(std::env::var(&var).map_err(|_| {
             invalid(
                 k("password_env"),
                 format!("environment variable {var} is not set"),
@@ -598,7 +558,7 @@ fn validate_credentials(
             "{}: inline password in the config file; prefer password_file, password_credential or password_env",
             k("password")
         ));
-        SecretSpec::Value(Secret(c.password.unwrap_or_default()))
+        SecretSpec::Value(Secret::new(c.password.unwrap_or_default()))
     };
     Ok(CredentialSpec::Password { username, password })
 }

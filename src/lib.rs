@@ -7,6 +7,8 @@
 //! - [`registry`]: protocol words (digests, names, references, media types), the
 //!   request [`registry::Endpoint`] and OCI error codes. No I/O.
 //! - [`config`]: the TOML file and its validation into a typed [`config::Config`].
+//! - [`secret`]: [`secret::Secret`], a string that never prints (a leaf: used by
+//!   config and upstream without either importing the other for it).
 //! - [`cache`]: verified content on disk, metadata (sled behind a small trait),
 //!   and the fill and coalescing components.
 //! - [`upstream`]: the HTTP client for each upstream registry and its auth.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod metrics;
 pub mod mirror;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod tls;
 pub mod trust;

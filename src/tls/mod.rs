@@ -9,6 +9,7 @@
 //! established finish on the certificate they started with.
 
 pub mod ca;
+mod settings;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -24,8 +25,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 pub use ca::Ca;
-
-use crate::config::{TlsConfig, TlsMode};
+pub use settings::{TlsConfig, TlsMode};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {

@@ -22,8 +22,9 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{CredentialSpec, Secret, SecretSpec};
+use crate::config::{CredentialSpec, SecretSpec};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::watched::Watched;
 
 use super::UpstreamError;
