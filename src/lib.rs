@@ -6,7 +6,8 @@
 //!
 //! - [`registry`]: protocol words (digests, names, references, media types), the
 //!   request [`registry::Endpoint`] and OCI error codes. No I/O.
-//! - [`config`]: the TOML file and its validation into a typed [`config::Config`].
+//! - [`config`]: the TOML file and its validation into a typed [`config::Config`],
+//!   one constructor per section.
 //! - [`secret`]: [`secret::Secret`], a string that never prints (a leaf: used by
 //!   config and upstream without either importing the other for it).
 //! - [`cache`]: verified content on disk, metadata (sled behind a small trait),

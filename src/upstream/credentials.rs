@@ -13,8 +13,12 @@
 //! Files are re-read when they change (a rotated token needs no restart). A
 //! replacement that does not parse is logged and the last good value kept.
 //! Secrets live in [`Secret`], which never prints.
+//!
+//! [`CredentialSpec`] is what a validated config says; [`source`] builds the
+//! running [`CredentialSource`] from it.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +26,44 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{CredentialSpec, SecretSpec};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::watched::Watched;
 
 use super::UpstreamError;
+
+/// Where an upstream's credentials come from (built into a
+/// [`CredentialSource`] by [`source`]). Secrets never print.
+#[derive(Clone, Debug)]
+pub enum CredentialSpec {
+    Password {
+        username: String,
+        password: SecretSpec,
+    },
+    DockerConfig {
+        path: PathBuf,
+        /// `auths` keys to look up, first found wins.
+        keys: Vec<String>,
+    },
+    JsonKey {
+        path: PathBuf,
+        base64: bool,
+    },
+    GceMetadata {
+        /// host[:port] of the metadata server.
+        host: String,
+        account: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum SecretSpec {
+    /// Read at start-up (environment, config file).
+    Value(Secret),
+    /// Re-read when it changes. `check_mode`: refused when group or others can
+    /// read it (not for systemd credentials, whose directory is private).
+    File { path: PathBuf, check_mode: bool },
+}
 
 /// Basic credentials, as presented to a registry or its token service.
 #[derive(Clone)]
