@@ -3,14 +3,23 @@
 //! `gce_metadata`), fields only with the kind they belong to, secret files
 //! private. Files are read once here so `check-config` names a broken one;
 //! the running source re-reads them when they change.
+//!
+//! A `docker_config` naming a credential helper (`credHelpers`, `credsStore`)
+//! is refused when the helper's name is not a plain word or the program is
+//! not on `PATH`: in `check-config` and at start-up alike, since an upstream
+//! whose helper cannot run can never authenticate. The helper itself is not
+//! run until the first request needs it (it may be slow, or need the
+//! network).
 
 use std::path::{Path, PathBuf};
 
 use crate::secret::Secret;
-use crate::upstream::credentials::{self as cred, CredentialSpec, SecretSpec};
+use crate::upstream::credentials::{
+    self as cred, helper, CredentialSpec, DockerAuth, HelperProgram, SecretSpec,
+};
 
 use super::file::FileCredentials;
-use super::values::{read_private, read_secret_file, resolve};
+use super::values::{parse_duration, read_private, read_secret_file, resolve};
 use super::{invalid, ConfigError};
 
 type Key<'a> = &'a dyn Fn(&str) -> String;
@@ -34,7 +43,7 @@ impl CredentialSpec {
                 Some(k) => vec![k.clone()],
                 None => docker_config_keys(url, aliases),
             };
-            return docker_config(&resolve(base, path), keys, &k);
+            return docker_config(&resolve(base, path), keys, c.helper_timeout.as_deref(), &k);
         }
         if let Some(path) = &c.json_key_file {
             let path = resolve(base, path);
@@ -102,6 +111,11 @@ fn fields_go_with_their_kind(c: &FileCredentials, k: Key<'_>) -> Result<(), Conf
         (c.metadata_host.is_some() || c.service_account.is_some()) && c.gce_metadata != Some(true),
         "metadata_host",
         "gce_metadata = true",
+    )?;
+    only_with(
+        c.helper_timeout.is_some() && c.docker_config.is_none(),
+        "helper_timeout",
+        "docker_config",
     )
 }
 
@@ -133,14 +147,27 @@ fn docker_config_keys(url: &reqwest::Url, aliases: &[String]) -> Vec<String> {
 fn docker_config(
     path: &Path,
     keys: Vec<String>,
+    timeout: Option<&str>,
     k: Key<'_>,
 ) -> Result<CredentialSpec, ConfigError> {
+    let helper_timeout = match timeout {
+        None => helper::DEFAULT_TIMEOUT,
+        Some(t) => parse_duration(&k("helper_timeout"), t)?,
+    };
+    if helper_timeout.is_zero() {
+        return Err(invalid(k("helper_timeout"), "must be more than 0"));
+    }
     let bytes = read_private(&k("docker_config"), path)?;
-    cred::docker_config_entry(&bytes, &keys)
-        .map_err(|why| invalid(k("docker_config"), format!("{}: {why}", path.display())))?;
+    let in_file = |why: String| invalid(k("docker_config"), format!("{}: {why}", path.display()));
+    let helper = match cred::docker_config_auth(&bytes, &keys).map_err(in_file)? {
+        DockerAuth::Stored(_) => None,
+        DockerAuth::Helper { helper, .. } => Some(HelperProgram::find(&helper).map_err(in_file)?),
+    };
     Ok(CredentialSpec::DockerConfig {
         path: path.to_owned(),
         keys,
+        helper_timeout,
+        helper,
     })
 }
 
@@ -235,6 +262,8 @@ fn systemd_credential(name: &str, k: Key<'_>) -> Result<SecretSpec, ConfigError>
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use crate::config::{Config, CredentialSpec};
 
     #[test]
@@ -343,5 +372,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("password_credential"), "{e}");
+    }
+
+    /// A config.json naming a helper: its name must be a word and the
+    /// program on PATH; `helper_timeout` belongs to `docker_config`.
+    #[test]
+    fn docker_config_helpers_are_checked_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("config.json");
+        let write = |text: &str| {
+            std::fs::write(&json, text).unwrap();
+            std::fs::set_permissions(&json, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let text = |extra: &str| {
+            format!("[[upstream]]\nname = \"a\"\nurl = \"https://gar.example:8443\"\n[upstream.credentials]\ndocker_config = \"config.json\"\n{extra}")
+        };
+        let load = |extra: &str| Config::from_toml(&text(extra), Some(dir.path()));
+        write(r#"{"credHelpers":{"gar.example:8443":"a/b"}}"#);
+        let e = load("").unwrap_err().to_string();
+        assert!(
+            e.starts_with("upstream[0].credentials.docker_config") && e.contains("\"a/b\" refused"),
+            "{e}"
+        );
+        write(r#"{"credHelpers":{"gar.example:8443":"wharf-test-absent"}}"#);
+        let e = load("").unwrap_err().to_string();
+        assert!(
+            e.contains("docker-credential-wharf-test-absent is not on PATH"),
+            "{e}"
+        );
+        write(r#"{"auths":{"gar.example:8443":{"username":"u","password":"p"}}}"#);
+        let c = load("helper_timeout = \"2s\"\n").unwrap();
+        assert!(matches!(
+            &c.upstreams[0].credentials,
+            Some(CredentialSpec::DockerConfig { helper: None, helper_timeout, keys, path })
+                if *helper_timeout == std::time::Duration::from_secs(2)
+                    && keys[0] == "gar.example:8443"
+                    && path == &Path::new(dir.path()).join("config.json")
+        ));
+        let e = load("helper_timeout = \"0s\"\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("upstream[0].credentials.helper_timeout"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[upstream.credentials]\ngce_metadata = true\nhelper_timeout = \"1s\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("helper_timeout: only goes with docker_config"),
+            "{e}"
+        );
     }
 }

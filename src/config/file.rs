@@ -171,11 +171,14 @@ pub struct FileCredentials {
     pub password_credential: Option<String>,
     /// The password inline (works, with a warning).
     pub password: Option<String>,
-    /// A Docker `config.json` with an `auths` entry for this upstream.
+    /// A Docker `config.json`: its `credHelpers`, `credsStore` or `auths`
+    /// entry for this upstream, as docker reads them.
     pub docker_config: Option<PathBuf>,
-    /// The `auths` key to use (default: the upstream's host, or Docker Hub's
-    /// index URL).
+    /// The `config.json` key to use (default: the upstream's host, or Docker
+    /// Hub's index URL).
     pub docker_config_key: Option<String>,
+    /// How long a `docker-credential-<name>` helper may take (default 10s).
+    pub helper_timeout: Option<String>,
     /// A Google service-account JSON key (user `_json_key`).
     pub json_key_file: Option<PathBuf>,
     /// Send the key as `_json_key_base64` instead.
