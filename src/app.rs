@@ -43,7 +43,14 @@ impl App {
     fn with_mirror(config: &Config, mirror: Mirror, metrics: Arc<Metrics>) -> Arc<App> {
         Arc::new(App {
             mirror,
-            access: Access::new(config, metrics.clone()),
+            access: Access::new(
+                &config.access,
+                config
+                    .upstreams
+                    .iter()
+                    .map(|u| (u.name.clone(), u.access.clone())),
+                metrics.clone(),
+            ),
             metrics_on_main: config.admin_listen.is_none(),
             metrics,
         })

@@ -2,16 +2,28 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `server → mirror → {cache, upstream} → registry`.
+//! Dependencies point one way, for imports as for data:
+//! `server → app → {mirror, access} `, `mirror → {cache, upstream} → registry`;
+//! `config` sits on top of the parts it validates (`access`, `tls`,
+//! `upstream`, `cache`), each of which keeps its own settings type and never
+//! imports `config`; `secret` and `registry` are leaves.
 //!
 //! - [`registry`]: protocol words (digests, names, references, media types), the
 //!   request [`registry::Endpoint`] and OCI error codes. No I/O.
-//! - [`config`]: the TOML file and its validation into a typed [`config::Config`].
-//! - [`cache`]: verified content on disk, metadata (sled behind a small trait),
-//!   and the fill and coalescing components.
+//! - [`config`]: the TOML file and its validation into a typed [`config::Config`],
+//!   one constructor per section.
+//! - [`secret`]: [`secret::Secret`], a string that never prints (a leaf: used by
+//!   config and upstream without either importing the other for it).
+//! - [`cache`]: verified content on disk behind the [`cache::Cache`] facade
+//!   (open a linked blob, begin and feed a fill, commit a manifest), its
+//!   metadata (sled behind a small trait), fills, eviction and coalescing.
 //! - [`upstream`]: the HTTP client for each upstream registry and its auth.
-//! - [`mirror`]: routing and cache policy: what is served from where.
-//! - [`server`]: HTTP: parse, dispatch, map errors, stream bodies.
+//! - [`mirror`]: routing and cache policy: what is served from where, and the
+//!   classification of its errors into responses.
+//! - [`app`]: the parts the server and admin listener share (mirror, access,
+//!   metrics).
+//! - [`server`]: HTTP: accept, parse, dispatch, map errors, stream bodies,
+//!   probes, the access log.
 //! - [`tls`]: TLS termination, wharf's own CA, certificate reloads.
 //! - [`trust`]: what each client needs to trust wharf (`wharf trust`).
 //! - [`access`]: who may pull what through the mirror (networks, htpasswd and
@@ -30,6 +42,7 @@ pub mod config;
 pub mod metrics;
 pub mod mirror;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod tls;
 pub mod trust;

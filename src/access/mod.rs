@@ -13,7 +13,9 @@
 //! wharf does not know (dockerd sends its Docker Hub login to a mirror) are
 //! ignored where anonymous access is allowed, and answered with 401 elsewhere.
 
+mod client_cert;
 mod htpasswd;
+mod settings;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,12 +25,13 @@ use globset::{GlobBuilder, GlobMatcher};
 use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{AccessConfig, Config, UpstreamAccess};
 use crate::metrics::Metrics;
 use crate::registry::RepoName;
 use crate::watched::Watched;
 
+pub use client_cert::{certificate_user, CertIdentity, CERT_USER};
 pub use htpasswd::{Htpasswd, TokenList};
+pub use settings::{AccessConfig, UpstreamAccess};
 
 /// What the connection says about the client.
 #[derive(Clone, Debug)]
@@ -107,22 +110,25 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Access {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| UpstreamRules {
-                name: u.name.clone(),
-                rules: u.access.clone(),
-                repos: u
-                    .access
+    /// The mirror-wide settings and each upstream's rules, by upstream name.
+    pub fn new(
+        cfg: &AccessConfig,
+        upstreams: impl IntoIterator<Item = (String, UpstreamAccess)>,
+        metrics: Arc<Metrics>,
+    ) -> Access {
+        let upstreams = upstreams
+            .into_iter()
+            .map(|(name, rules)| UpstreamRules {
+                repos: rules
                     .repositories
                     .iter()
                     .map(|p| repo_glob(p).expect("validated with the config"))
                     .collect(),
+                name,
+                rules,
             })
             .collect();
-        let cfg = config.access.clone();
+        let cfg = cfg.clone();
         Access {
             htpasswd: cfg.htpasswd_file.clone().map(|p| {
                 Watched::new(p, false, |b: &[u8]| {
@@ -162,6 +168,12 @@ impl Access {
             return Err(self.deny(Denied::Network(ip)));
         }
         Ok(())
+    }
+
+    /// The user a verified client certificate (DER) names, as
+    /// `client_certificate_user` says; computed once per connection.
+    pub fn certificate_user(&self, der: &[u8]) -> String {
+        certificate_user(der, self.cfg.client_certificate_user)
     }
 
     /// Step 2: who the client is.

@@ -47,9 +47,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Shared, watcher:
                 Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
             };
+            // rustls keeps only certificates it verified.
+            let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
             let client = ClientInfo {
                 addr: peer,
-                cert_user: tls.client_user(s.get_ref().1),
+                cert_user: leaf.map(|c| shared.app.access.certificate_user(c)),
             };
             let conn = shared
                 .hyper

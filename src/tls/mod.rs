@@ -9,7 +9,7 @@
 //! established finish on the certificate they started with.
 
 pub mod ca;
-mod client_cert;
+mod settings;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -25,9 +25,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 pub use ca::Ca;
-pub use client_cert::{certificate_user, CertIdentity, CERT_USER};
-
-use crate::config::{TlsConfig, TlsMode};
+pub use settings::{TlsConfig, TlsMode};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {
@@ -60,8 +58,6 @@ enum Source {
 /// presents.
 pub struct Tls {
     acceptor: TlsAcceptor,
-    /// What names the user of a verified client certificate.
-    client_user: CertIdentity,
     resolver: Arc<SwapResolver>,
     source: Source,
 }
@@ -165,7 +161,6 @@ impl Tls {
         sc.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
         Ok(Some(Arc::new(Tls {
             acceptor: TlsAcceptor::from(Arc::new(sc)),
-            client_user: CertIdentity::default(),
             resolver,
             source,
         })))
@@ -173,13 +168,6 @@ impl Tls {
 
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
-    }
-
-    /// The user that a connection's client certificate names, if it
-    /// presented one (rustls keeps only certificates it verified).
-    pub fn client_user(&self, conn: &rustls::ServerConnection) -> Option<String> {
-        let leaf = conn.peer_certificates()?.first()?;
-        Some(certificate_user(leaf, self.client_user))
     }
 
     /// Loads the certificate again (files) or mints a fresh one (auto). On error

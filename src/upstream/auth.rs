@@ -13,7 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A parsed authentication challenge.
 #[derive(Clone, Debug, PartialEq, Eq)]

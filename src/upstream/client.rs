@@ -14,9 +14,10 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use crate::config::{Secret, UpstreamConfig};
+use super::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::registry::{Digest, MediaType, Reference, RepoName, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
+use crate::secret::Secret;
 
 use super::auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
 use super::credentials::{self, BasicCredentials, CredentialSource};

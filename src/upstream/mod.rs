@@ -4,10 +4,12 @@
 mod auth;
 mod client;
 pub mod credentials;
+mod settings;
 
 pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
 pub use client::{ManifestBody, ManifestHead, UpstreamClient, UpstreamState};
 pub use credentials::{BasicCredentials, CredentialSource};
+pub use settings::UpstreamConfig;
 
 /// Something went wrong between wharf and an upstream. Messages name the upstream
 /// and never include credentials or tokens.

@@ -7,6 +7,7 @@ mod bad_input;
 mod cache_life;
 mod cli;
 mod coalescing;
+mod cred_helper;
 mod dockerd;
 mod h1;
 mod harness;

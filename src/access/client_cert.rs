@@ -1,7 +1,8 @@
 //! Who a verified client certificate says the client is: its subject's
-//! common name by default, or the first SAN of a configured kind, so
-//! `[upstream.access] users` can tell nodes or teams apart. Reads only
-//! certificates rustls already verified against `client_ca_file`; a
+//! common name by default, or the first SAN of a configured kind
+//! (`[access] client_certificate_user`), so `[upstream.access] users` can
+//! tell nodes or teams apart. Reads only certificates the TLS layer already
+//! verified against `client_ca_file`; never verifies one itself. A
 //! certificate that names nobody the configured way authenticates as
 //! [`CERT_USER`].
 

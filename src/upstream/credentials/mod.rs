@@ -4,7 +4,10 @@
 //! - a username and password or token from a file, an environment variable, a
 //!   systemd credential or the config file (GitLab personal, project, group and
 //!   deploy tokens are this kind too);
-//! - an `auths` entry of a Docker `config.json` (`docker login`);
+//! - a Docker `config.json` read as docker reads it: a credential helper
+//!   (`credHelpers`, `credsStore`: `docker-credential-gcloud` for Artifact
+//!   Registry) or an `auths` entry (`docker login`); see `docker.rs` and
+//!   `helper.rs`;
 //! - a Google service-account JSON key, sent as `_json_key` (or
 //!   `_json_key_base64`), which Artifact Registry's token service accepts;
 //! - the GCE/GKE metadata server's access token for the node's service
@@ -13,8 +16,15 @@
 //! Files are re-read when they change (a rotated token needs no restart). A
 //! replacement that does not parse is logged and the last good value kept.
 //! Secrets live in [`Secret`], which never prints.
+//!
+//! [`CredentialSpec`] is what a validated config says; [`source`] builds the
+//! running [`CredentialSource`] from it.
+
+mod docker;
+pub mod helper;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +32,52 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{CredentialSpec, Secret, SecretSpec};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::watched::Watched;
 
 use super::UpstreamError;
+
+pub use docker::{docker_config_auth, DockerAuth};
+pub use helper::HelperProgram;
+
+/// Where an upstream's credentials come from (built into a
+/// [`CredentialSource`] by [`source`]). Secrets never print.
+#[derive(Clone, Debug)]
+pub enum CredentialSpec {
+    Password {
+        username: String,
+        password: SecretSpec,
+    },
+    DockerConfig {
+        path: PathBuf,
+        /// `credHelpers`/`auths` keys to look up, first found wins.
+        keys: Vec<String>,
+        /// How long a credential helper may take before it is killed.
+        helper_timeout: Duration,
+        /// The helper the file named when the config was loaded, found on
+        /// `PATH` then (a file that later names another is looked up then).
+        helper: Option<HelperProgram>,
+    },
+    JsonKey {
+        path: PathBuf,
+        base64: bool,
+    },
+    GceMetadata {
+        /// host[:port] of the metadata server.
+        host: String,
+        account: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum SecretSpec {
+    /// Read at start-up (environment, config file).
+    Value(Secret),
+    /// Re-read when it changes. `check_mode`: refused when group or others can
+    /// read it (not for systemd credentials, whose directory is private).
+    File { path: PathBuf, check_mode: bool },
+}
 
 /// Basic credentials, as presented to a registry or its token service.
 #[derive(Clone)]
@@ -81,16 +132,18 @@ pub fn source(
                 }
             },
         }),
-        CredentialSpec::DockerConfig { path, keys } => {
-            let keys = keys.clone();
-            Arc::new(FromFile {
-                upstream: upstream.to_owned(),
-                what: "Docker config.json",
-                file: Watched::new(path.clone(), true, move |b: &[u8]| {
-                    docker_config_entry(b, &keys)
-                }),
-            })
-        }
+        CredentialSpec::DockerConfig {
+            path,
+            keys,
+            helper_timeout,
+            helper,
+        } => Arc::new(docker::DockerConfig::new(
+            upstream,
+            path.clone(),
+            keys.clone(),
+            *helper_timeout,
+            helper.clone(),
+        )),
         CredentialSpec::JsonKey { path, base64 } => {
             let b64 = *base64;
             Arc::new(FromFile {
@@ -178,60 +231,6 @@ impl CredentialSource for FromFile {
     }
     fn describe(&self) -> String {
         format!("{} {}", self.what, self.file.path().display())
-    }
-}
-
-/// The entry for this upstream in a Docker `config.json`: `auths[key].auth`
-/// (base64 of `user:password`) or `auths[key].username` + `.password`. The
-/// first of `keys` present wins.
-pub fn docker_config_entry(bytes: &[u8], keys: &[String]) -> Result<BasicCredentials, String> {
-    use base64::Engine as _;
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let auths = v.get("auths").and_then(|a| a.as_object());
-    let entry = auths.and_then(|a| keys.iter().find_map(|k| a.get(k)));
-    let Some(entry) = entry else {
-        let helper = v.get("credsStore").is_some() || v.get("credHelpers").is_some();
-        return Err(format!(
-            "no auths entry for {}{}",
-            keys.join(" or "),
-            if helper {
-                " (credential helpers are not supported: log in with a file store, or give username and password_file)"
-            } else {
-                ""
-            }
-        ));
-    };
-    if entry.get("identitytoken").is_some() && entry.get("auth").is_none() {
-        return Err("the entry holds an identity token (OAuth refresh token), which wharf does not use; give username and password_file".into());
-    }
-    if let Some(auth) = entry
-        .get("auth")
-        .and_then(|a| a.as_str())
-        .filter(|a| !a.is_empty())
-    {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .map_err(|_| "auths entry: auth is not base64".to_owned())?;
-        let raw =
-            String::from_utf8(raw).map_err(|_| "auths entry: auth is not UTF-8".to_owned())?;
-        let (u, p) = raw
-            .split_once(':')
-            .ok_or_else(|| "auths entry: auth is not user:password".to_owned())?;
-        return Ok(BasicCredentials {
-            username: u.to_owned(),
-            password: Secret::new(p),
-        });
-    }
-    match (
-        entry.get("username").and_then(|u| u.as_str()),
-        entry.get("password").and_then(|p| p.as_str()),
-    ) {
-        (Some(u), Some(p)) => Ok(BasicCredentials {
-            username: u.to_owned(),
-            password: Secret::new(p),
-        }),
-        _ => Err("auths entry has neither auth nor username and password".into()),
     }
 }
 
@@ -399,30 +398,6 @@ impl CredentialSource for GceMetadata {
 mod tests {
     use super::*;
     use base64::Engine as _;
-
-    #[test]
-    fn docker_config_entries() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:with:colons");
-        let cfg = format!(
-            r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{b64}"}},"gitlab.example:5050":{{"username":"bob","password":"pw"}}}}}}"#
-        );
-        let c =
-            docker_config_entry(cfg.as_bytes(), &["https://index.docker.io/v1/".into()]).unwrap();
-        assert_eq!(c.username, "alice");
-        assert_eq!(c.password.expose(), "s3cret:with:colons");
-        let c = docker_config_entry(cfg.as_bytes(), &["x".into(), "gitlab.example:5050".into()])
-            .unwrap();
-        assert_eq!((c.username.as_str(), c.password.expose()), ("bob", "pw"));
-        let e = docker_config_entry(cfg.as_bytes(), &["other".into()]).unwrap_err();
-        assert!(e.contains("no auths entry for other"), "{e}");
-        let e = docker_config_entry(br#"{"auths":{},"credsStore":"desktop"}"#, &["h".into()])
-            .unwrap_err();
-        assert!(e.contains("credential helpers"), "{e}");
-        let e = docker_config_entry(br#"{"auths":{"h":{"identitytoken":"x"}}}"#, &["h".into()])
-            .unwrap_err();
-        assert!(e.contains("identity token"), "{e}");
-        assert!(!format!("{c:?}").contains("pw"), "password redacted");
-    }
 
     #[test]
     fn json_keys() {

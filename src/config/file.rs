@@ -1,0 +1,196 @@
+//! The configuration file exactly as written: serde structs, one per TOML
+//! section, with `deny_unknown_fields` so a misspelt key is an error naming
+//! it. No validation happens here; each section's typed constructor does that
+//! (`TlsConfig::from_file`, `UpstreamConfig::from_file`, ...). `config.toml` at
+//! the repository's root documents every field for operators.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Serve only what is cached; never contact an upstream.
+    pub offline: Option<bool>,
+    /// `[server]`: listeners, TLS, shutdown.
+    #[serde(default)]
+    pub server: FileServer,
+    /// `[log]`: the log format.
+    #[serde(default)]
+    pub log: FileLog,
+    /// `[cache]`: where content is kept and for how long tags are trusted.
+    #[serde(default)]
+    pub cache: FileCache,
+    /// `[[upstream]]`: the registries mirrored; at least one.
+    #[serde(default)]
+    pub upstream: Vec<FileUpstream>,
+    /// `[access]`: who may pull; without it, everyone who can connect.
+    pub access: Option<FileAccess>,
+}
+
+/// `[access]`: who may use the mirror.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccess {
+    /// Default for upstreams without their own `anonymous`.
+    pub anonymous: Option<bool>,
+    /// bcrypt users (`htpasswd -B`), for Basic auth.
+    pub htpasswd_file: Option<PathBuf>,
+    /// `name:token` lines, for `Authorization: Bearer <token>`.
+    pub tokens_file: Option<PathBuf>,
+    /// A client certificate verified by `[server.tls] client_ca_file`
+    /// authenticates its client (as user `tls-client`).
+    pub client_certificates: Option<bool>,
+    /// What names a certificate's user: `cn` (the subject's common name,
+    /// the default), `san-dns`, `san-email` or `san-uri` (the first SAN of
+    /// that kind). A certificate without it is user `tls-client`.
+    pub client_certificate_user: Option<String>,
+    /// Client networks (CIDR). Deny wins; a non-empty allow list admits only
+    /// its networks.
+    pub allow_networks: Option<Vec<String>>,
+    /// Client networks (CIDR) refused whatever the allow list says.
+    pub deny_networks: Option<Vec<String>>,
+}
+
+/// `[upstream.access]`: per-upstream rules.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamAccess {
+    /// Serve clients that did not authenticate (default: `[access]
+    /// anonymous`, else true unless clients have a way to authenticate).
+    pub anonymous: Option<bool>,
+    /// Authenticated users allowed here (default: all of them).
+    pub users: Option<Vec<String>>,
+    /// Repository globs (upstream-side names) that may be pulled; default all.
+    pub repositories: Option<Vec<String>>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    /// Address to listen on, `host:port`.
+    pub listen: Option<String>,
+    /// Serve plain HTTP instead of TLS. Must be said explicitly.
+    pub plain_http: Option<bool>,
+    /// `[server.tls]`: how TLS is terminated (default: `auto = true`).
+    pub tls: Option<FileTls>,
+    /// Plain-HTTP listener for /metrics, /healthz and /readyz.
+    pub admin_listen: Option<String>,
+    /// How long in-flight transfers may take to finish after SIGTERM.
+    pub shutdown_grace: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// "text" (default) or "json".
+    pub format: Option<String>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Mint the server certificate from wharf's own CA (default when no
+    /// cert_file is given).
+    pub auto: Option<bool>,
+    /// DNS names and IP addresses for the auto certificate.
+    pub names: Option<Vec<String>>,
+    /// PEM certificate chain (leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// "required" (default with client_ca_file) or "optional".
+    pub client_auth: Option<String>,
+    /// How often cert_file/key_file are checked for replacement.
+    pub reload_interval: Option<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    /// Directory holding blobs, temp files and the metadata database.
+    pub dir: Option<PathBuf>,
+    /// How long a tag -> digest answer is trusted before a HEAD revalidates it.
+    pub tag_ttl: Option<String>,
+    /// Disk budget, e.g. "20GiB"; default: the filesystem's size.
+    pub max_size: Option<String>,
+    /// Fraction of max_size past which eviction starts.
+    pub high_watermark: Option<f64>,
+    /// Fraction of max_size eviction brings usage under.
+    pub low_watermark: Option<f64>,
+    /// Images never evicted.
+    pub pin: Option<Vec<String>>,
+    /// Memory for recent manifests, e.g. "16MiB".
+    pub memory: Option<String>,
+}
+
+/// `[[upstream]]`: one registry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    /// Used in logs, metrics and the cache's metadata.
+    pub name: String,
+    /// Scheme, host and port of the registry API.
+    pub url: String,
+    /// Registry hosts that containerd's `?ns=` names for this upstream.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Serve this upstream under `/v2/<prefix>/...` too.
+    pub prefix: Option<String>,
+    /// Serve requests that name no upstream (dockerd's registry-mirrors).
+    #[serde(default)]
+    pub default: bool,
+    /// Prefix one-component names with `library/` (default: Docker Hub).
+    pub library_prefix: Option<bool>,
+    /// PEM bundle of a private CA for the upstream's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for a connection to the upstream.
+    pub connect_timeout: Option<String>,
+    /// `[upstream.credentials]`: what wharf presents to the upstream.
+    pub credentials: Option<FileCredentials>,
+    /// `[upstream.access]`: who may pull through this upstream.
+    pub access: Option<FileUpstreamAccess>,
+    /// Serve only what is cached from this upstream.
+    pub offline: Option<bool>,
+}
+
+/// `[upstream.credentials]`: one kind of credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredentials {
+    /// The Basic user name, with one of the password fields.
+    pub username: Option<String>,
+    /// A file holding the password or token (chmod 600).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password or token.
+    pub password_env: Option<String>,
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>`.
+    pub password_credential: Option<String>,
+    /// The password inline (works, with a warning).
+    pub password: Option<String>,
+    /// A Docker `config.json`: its `credHelpers`, `credsStore` or `auths`
+    /// entry for this upstream, as docker reads them.
+    pub docker_config: Option<PathBuf>,
+    /// The `config.json` key to use (default: the upstream's host, or Docker
+    /// Hub's index URL).
+    pub docker_config_key: Option<String>,
+    /// How long a `docker-credential-<name>` helper may take (default 10s).
+    pub helper_timeout: Option<String>,
+    /// A Google service-account JSON key (user `_json_key`).
+    pub json_key_file: Option<PathBuf>,
+    /// Send the key as `_json_key_base64` instead.
+    pub json_key_base64: Option<bool>,
+    /// The GCE/GKE metadata server's token for the node's service account.
+    pub gce_metadata: Option<bool>,
+    /// host[:port] of the metadata server.
+    pub metadata_host: Option<String>,
+    /// The node's service account to ask a token for (default "default").
+    pub service_account: Option<String>,
+}
