@@ -3,10 +3,12 @@
 //! # Layout
 //!
 //! Dependencies point one way, for imports as for data:
-//! `server → app → {mirror, access} `, `mirror → {cache, upstream} → registry`;
-//! `config` sits on top of the parts it validates (`access`, `tls`,
-//! `upstream`, `cache`), each of which keeps its own settings type and never
-//! imports `config`; `secret` and `registry` are leaves.
+//! `server → app → {mirror, access}`, `server → {tls, mirror}`,
+//! `mirror → {cache, upstream} → registry`, `upstream → access` (an
+//! upstream's access rules are part of its settings); `config` sits on top
+//! of the parts it validates (`access`, `tls`, `upstream`, `cache`), each of
+//! which keeps its own settings type and never imports `config`; `secret`
+//! and `registry` are leaves.
 //!
 //! - [`registry`]: protocol words (digests, names, references, media types), the
 //!   request [`registry::Endpoint`] and OCI error codes. No I/O.

@@ -25,6 +25,9 @@ pub enum CertIdentity {
     SanEmail,
     /// The first URI SAN (SPIFFE IDs, for instance).
     SanUri,
+    /// Every certificate is [`CERT_USER`] (wharf before 0.2: only "has a
+    /// certificate from the client CA" matters).
+    Fixed,
 }
 
 impl std::str::FromStr for CertIdentity {
@@ -35,7 +38,12 @@ impl std::str::FromStr for CertIdentity {
             "san-dns" => CertIdentity::SanDns,
             "san-email" => CertIdentity::SanEmail,
             "san-uri" => CertIdentity::SanUri,
-            _ => return Err(format!("{s:?}: expected cn, san-dns, san-email or san-uri")),
+            "fixed" => CertIdentity::Fixed,
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected cn, san-dns, san-email, san-uri or fixed"
+                ))
+            }
         })
     }
 }
@@ -43,14 +51,25 @@ impl std::str::FromStr for CertIdentity {
 /// Longest user name taken from a certificate (a CN is at most 64).
 const MAX_USER: usize = 256;
 
+/// Characters a user name may have: no control characters, and no
+/// invisible or direction-changing ones (bidi overrides, zero-width), so a
+/// name reads in logs and `users` lists as what it is.
+fn plain(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 /// The user a verified end-entity certificate (DER) names.
 pub fn certificate_user(der: &[u8], from: CertIdentity) -> String {
     named(der, from)
-        .filter(|u| !u.is_empty() && u.len() <= MAX_USER && !u.chars().any(char::is_control))
+        .filter(|u| !u.is_empty() && u.len() <= MAX_USER && u.chars().all(plain))
         .unwrap_or_else(|| CERT_USER.to_owned())
 }
 
 fn named(der: &[u8], from: CertIdentity) -> Option<String> {
+    if from == CertIdentity::Fixed {
+        return None;
+    }
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     if from == CertIdentity::CommonName {
         let cn = cert.subject().iter_common_name().next()?;
@@ -106,6 +125,7 @@ mod tests {
             certificate_user(&der, CertIdentity::SanUri),
             "spiffe://example/ns/ci"
         );
+        assert_eq!(certificate_user(&der, CertIdentity::Fixed), CERT_USER);
     }
 
     #[test]

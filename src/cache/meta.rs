@@ -514,7 +514,13 @@ pub(crate) mod tests {
         assert_eq!(tags[0].repo.as_str(), "a/b/c");
         assert_eq!(tags[1].tag.as_str(), "1.36");
         assert_eq!(tags[1].record.digest, d.to_string());
+        pins_and_links(m, &repo, &d);
+        m.remove_blob(&d).unwrap();
+        assert_eq!(m.get_blob(&d).unwrap(), None);
+        m.flush().unwrap();
+    }
 
+    fn pins_and_links(m: &Metadata, repo: &RepoName, d: &Digest) {
         assert!(m.add_pin("hub/library/*", &PinRecord { added: 5 }).unwrap());
         assert!(!m.add_pin("hub/library/*", &PinRecord { added: 6 }).unwrap());
         assert_eq!(
@@ -524,22 +530,18 @@ pub(crate) mod tests {
         assert!(m.remove_pin("hub/library/*").unwrap());
         assert!(!m.remove_pin("hub/library/*").unwrap());
 
-        assert!(!m.is_linked("hub", &repo, &d).unwrap());
-        m.link("hub", &repo, &d).unwrap();
-        m.link("hub", &repo, &d).unwrap();
-        assert!(m.is_linked("hub", &repo, &d).unwrap());
+        assert!(!m.is_linked("hub", repo, d).unwrap());
+        m.link("hub", repo, d).unwrap();
+        m.link("hub", repo, d).unwrap();
+        assert!(m.is_linked("hub", repo, d).unwrap());
         let other: RepoName = "other/repo".parse().unwrap();
-        assert!(!m.is_linked("hub", &other, &d).unwrap());
+        assert!(!m.is_linked("hub", &other, d).unwrap());
         assert_eq!(
             m.links().unwrap(),
             vec![("hub".into(), repo.clone(), d.clone())]
         );
-        m.unlink("hub", &repo, &d).unwrap();
-        assert!(!m.is_linked("hub", &repo, &d).unwrap());
-
-        m.remove_blob(&d).unwrap();
-        assert_eq!(m.get_blob(&d).unwrap(), None);
-        m.flush().unwrap();
+        m.unlink("hub", repo, d).unwrap();
+        assert!(!m.is_linked("hub", repo, d).unwrap());
     }
 
     #[test]

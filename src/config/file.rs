@@ -40,11 +40,14 @@ pub struct FileAccess {
     /// `name:token` lines, for `Authorization: Bearer <token>`.
     pub tokens_file: Option<PathBuf>,
     /// A client certificate verified by `[server.tls] client_ca_file`
-    /// authenticates its client (as user `tls-client`).
+    /// authenticates its client, as the user `client_certificate_user` says.
     pub client_certificates: Option<bool>,
     /// What names a certificate's user: `cn` (the subject's common name,
     /// the default), `san-dns`, `san-email` or `san-uri` (the first SAN of
-    /// that kind). A certificate without it is user `tls-client`.
+    /// that kind), or `fixed` (every certificate is user `tls-client`, as
+    /// before this option). A certificate without the field is `tls-client`.
+    /// The client CA names users: it shares their namespace with htpasswd
+    /// and token users.
     pub client_certificate_user: Option<String>,
     /// Client networks (CIDR). Deny wins; a non-empty allow list admits only
     /// its networks.

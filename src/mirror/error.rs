@@ -150,7 +150,12 @@ fn upstream(u: &UpstreamError, kind: RouteKind) -> ErrorResponse {
         UpstreamError::Status { .. } | UpstreamError::Protocol { .. } => {
             gateway(OciCode::Unavailable, msg)
         }
-        UpstreamError::Config(_) => ErrorResponse::new(OciCode::Unknown, msg, Blame::Wharf),
+        // Names files, helpers and keys: for wharf's log, not for clients.
+        UpstreamError::Config(_) => ErrorResponse::new(
+            OciCode::Unknown,
+            "wharf cannot present its credentials to this upstream (a configuration problem); see wharf's log",
+            Blame::Wharf,
+        ),
     }
 }
 

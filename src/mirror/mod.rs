@@ -41,7 +41,8 @@ pub enum CacheStatus {
     Miss,
     /// Joined a fetch another request started.
     Coalesced,
-    /// Passed through, not cacheable (tag lists).
+    /// Asked of the upstream now, not cached (a tag list, a `HEAD` for an
+    /// uncached blob).
     Pass,
 }
 
@@ -77,6 +78,9 @@ pub(crate) struct Inner {
     pub upstreams: Vec<Upstream>,
     pub cache: Arc<Cache>,
     pub manifests: Coalescer<ManifestKey, ManifestResult>,
+    /// Full tag lists, briefly, and the listings in flight.
+    pub tag_lists: moka::sync::Cache<tags::ListKey, tags::FullList>,
+    pub tag_listings: Coalescer<tags::ListKey, Result<tags::FullList, MirrorError>>,
     pub tag_ttl: Duration,
     pub metrics: Arc<Metrics>,
 }
@@ -118,6 +122,15 @@ impl Mirror {
                 upstreams,
                 cache: Arc::new(cache),
                 manifests: Coalescer::default(),
+                tag_lists: moka::sync::Cache::builder()
+                    .max_capacity(32 << 20)
+                    .weigher(|_, l: &tags::FullList| {
+                        let bytes: usize = l.1.iter().map(|t| t.as_str().len() + 32).sum();
+                        bytes.try_into().unwrap_or(u32::MAX)
+                    })
+                    .time_to_live(tags::LIST_TTL)
+                    .build(),
+                tag_listings: Coalescer::default(),
                 tag_ttl: config.tag_ttl,
                 metrics,
             }),

@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use crate::access::{ClientInfo, Who};
 use crate::app::App;
-use crate::mirror::{BlobBody, Routed};
+use crate::mirror::{BlobBody, CacheStatus, Routed};
 use crate::registry::{Accept, Digest, Endpoint, OciCode, Reference, RepoName, Route, RouteKind};
 
 use super::body::{self, Body, Source};
@@ -188,20 +188,28 @@ async fn tags_list<B>(
     r: &Routed,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, RequestError> {
+    outcome.cache = Some(CacheStatus::Pass);
     let page = app.mirror.tags_list(r, ep.n, ep.last.as_deref()).await?;
     outcome.cache = Some(page.status);
     let mut b = Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, page.body.len());
     if let Some(last) = &page.next {
-        // Tags are [A-Za-z0-9_.-] and `ns` was validated as a host name:
-        // nothing here needs escaping.
-        let mut link = format!("<{}?n={}&last={last}", req.uri().path(), ep.n.unwrap_or(0));
+        // The path was parsed (no `%`, valid names), a `Tag` is
+        // [A-Za-z0-9_.-] and `ns` a validated host name: nothing here needs
+        // escaping, and nothing came from the upstream unchecked.
+        let mut link = format!(
+            "<{}?n={}&last={last}",
+            req.uri().path(),
+            ep.n.unwrap_or_default()
+        );
         if let Some(ns) = &ep.ns {
             link.push_str(&format!("&ns={ns}"));
         }
         link.push_str(">; rel=\"next\"");
-        b = b.header(header::LINK, link);
+        if let Ok(v) = HeaderValue::try_from(link) {
+            b = b.header(header::LINK, v);
+        }
     }
     Ok(b.body(body::full(page.body)).expect("valid headers"))
 }

@@ -6,8 +6,9 @@
 //!
 //! `run(listener, app, tls, shutdown, grace)` takes an already-bound listener
 //! and a shutdown future (mini-redis style), so tests bind port 0 and stop it
-//! cleanly. Never names the cache's or an upstream's types: it asks the
-//! [`App`]'s parts and writes what they answer.
+//! cleanly. Never names the cache's or an upstream's error types (only
+//! `MirrorError`, in the one mapping): it asks the [`App`]'s parts and
+//! writes what they answer.
 
 mod body;
 mod connection;

@@ -40,9 +40,15 @@ pub fn healthz(method: &Method) -> Response<Body> {
 /// upstream's state.
 pub async fn readyz(app: &App, method: &Method) -> Response<Body> {
     let cache = app.mirror.cache().clone();
-    let r = tokio::task::spawn_blocking(move || cache.readiness())
-        .await
-        .expect("the readiness check does not panic");
+    let r = match tokio::task::spawn_blocking(move || cache.readiness()).await {
+        Ok(r) => r,
+        // Cancelled at shutdown: not ready.
+        Err(e) => crate::cache::Readiness {
+            writable: Err(format!("readiness check did not finish: {e}")),
+            bytes: app.mirror.cache().bytes(),
+            fills_in_flight: app.mirror.fills_in_flight(),
+        },
+    };
     let upstreams: serde_json::Map<String, serde_json::Value> = app
         .mirror
         .upstream_states()

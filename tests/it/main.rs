@@ -12,6 +12,7 @@ mod dockerd;
 mod h1;
 mod harness;
 mod http_api;
+mod observability;
 mod pull;
 mod redirect;
 mod tls;
