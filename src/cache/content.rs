@@ -7,6 +7,7 @@
 //! and calls these.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -166,17 +167,20 @@ impl Cache {
     }
 
     /// Commits a manifest whose digest the caller verified against `d`
-    /// (`put_verified` checks again): the file (fsynced), its record, the
-    /// hot copy, the link to `origin`, and `tag` pointing at it, checked now.
-    /// Blocking (fsync).
-    pub fn commit_manifest(
-        &self,
+    /// (`put_verified` checks again): the file (fsynced on a blocking
+    /// thread), then its record, the hot copy, the link to `origin`, and
+    /// `tag` pointing at it, checked now.
+    pub async fn commit_manifest(
+        self: &Arc<Self>,
         origin: Origin<'_>,
         tag: Option<&Tag>,
         d: &Digest,
         m: &CachedManifest,
     ) -> Result<(), CacheError> {
-        self.store.put_verified(d, &m.bytes)?;
+        let (this, d2, bytes) = (self.clone(), d.clone(), m.bytes.clone());
+        tokio::task::spawn_blocking(move || this.store.put_verified(&d2, &bytes))
+            .await
+            .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
         let rec = BlobRecord::manifest(m.bytes.len() as u64, m.media_type.as_str(), now_millis());
         self.committed(d, &rec)?;
         self.hot.insert(d.clone(), m.clone());

@@ -208,26 +208,21 @@ impl Mirror {
         }
     }
 
-    /// Commits a verified manifest (and the tag) to the cache. The fsync
-    /// runs off the async workers.
+    /// Commits a verified manifest (and the tag) to the cache.
     async fn store_manifest(
         &self,
         r: &Routed,
         tag: Option<&Tag>,
         f: Fetched,
     ) -> Result<Fetched, MirrorError> {
-        let (this, r2, tag2, f2) = (self.clone(), r.clone(), tag.cloned(), f.clone());
-        tokio::task::spawn_blocking(move || {
-            let m = CachedManifest {
-                bytes: f2.bytes,
-                media_type: f2.media_type,
-            };
-            this.inner
-                .cache
-                .commit_manifest(this.origin(&r2), tag2.as_ref(), &f2.digest, &m)
-        })
-        .await
-        .expect("store task does not panic")?;
+        let m = CachedManifest {
+            bytes: f.bytes.clone(),
+            media_type: f.media_type.clone(),
+        };
+        self.inner
+            .cache
+            .commit_manifest(self.origin(r), tag, &f.digest, &m)
+            .await?;
         Ok(f)
     }
 }
