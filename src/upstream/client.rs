@@ -102,8 +102,9 @@ impl Op {
 }
 
 /// Largest tag list page read from an upstream (Docker Hub's biggest
-/// repositories list a few thousand tags: tens of KiB).
-const MAX_TAG_LIST_BYTES: usize = 16 << 20;
+/// repositories list a few thousand tags: tens of KiB). Parsed, a page of
+/// the shortest tags costs about eight times this in memory.
+const MAX_TAG_LIST_BYTES: usize = 4 << 20;
 
 /// What wharf knows of an upstream's reachability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -702,7 +703,7 @@ impl UpstreamClient {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
             if body.len() + chunk.len() > MAX_TAG_LIST_BYTES {
-                return Err(self.protocol("tag list larger than 16 MiB"));
+                return Err(self.protocol("tag list page larger than 4 MiB"));
             }
             body.extend_from_slice(&chunk);
         }
