@@ -39,7 +39,8 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// The user that a certificate the TLS layer verified against
     /// `client_ca_file` names (its subject CN, or the configured SAN);
-    /// `None` without a verified certificate.
+    /// `None` without a verified certificate, or where certificates do not
+    /// authenticate ([`Access::certificate_user`]).
     pub cert_user: Option<String>,
 }
 
@@ -171,9 +172,13 @@ impl Access {
     }
 
     /// The user a verified client certificate (DER) names, as
-    /// `client_certificate_user` says; computed once per connection.
-    pub fn certificate_user(&self, der: &[u8]) -> String {
-        certificate_user(der, self.cfg.client_certificate_user)
+    /// `client_certificate_user` says; `None` when certificates do not
+    /// authenticate (`client_certificates` off: nothing is parsed).
+    /// Computed once per connection.
+    pub fn certificate_user(&self, der: &[u8]) -> Option<String> {
+        self.cfg
+            .client_certificates
+            .then(|| certificate_user(der, self.cfg.client_certificate_user))
     }
 
     /// Step 2: who the client is.
@@ -197,11 +202,9 @@ impl Access {
                 None => who.unknown_credentials = true,
             }
         }
-        if who.user.is_none() && self.cfg.client_certificates {
-            if let Some(user) = &client.cert_user {
-                who.user = Some(user.clone());
-                who.unknown_credentials = false;
-            }
+        if let (None, Some(user)) = (&who.user, &client.cert_user) {
+            who.user = Some(user.clone());
+            who.unknown_credentials = false;
         }
         who
     }

@@ -1,5 +1,5 @@
-//! The cache's operations on content, shaped like what callers mean: open a
-//! blob a repository may read, begin and feed a fill, commit a manifest,
+//! The cache's operations on content, shaped like what callers mean: may a
+//! repository read a blob, open it, begin and feed a fill, commit a manifest,
 //! record a tag. Each does all of its bookkeeping (record, usage, link, tag,
 //! hot copy, access time) so no caller has to know the order.
 //!
@@ -29,26 +29,14 @@ impl Cache {
     }
 
     /// A verified blob with its length, if cached; counts as a read.
-    /// Whether the caller may read it is the caller's check (see
-    /// [`open_linked`](Self::open_linked)).
+    /// Whether the caller may read it is the caller's check
+    /// ([`is_linked`](Self::is_linked), or the upstream's word).
     pub fn open_blob(&self, d: &Digest) -> Result<Option<(File, u64)>, CacheError> {
         let found = self.store.open_blob(d)?;
         if found.is_some() {
             self.evictor.touch(d, now_millis());
         }
         Ok(found)
-    }
-
-    /// A verified blob that `origin`'s repository may read, with its length.
-    pub fn open_linked(
-        &self,
-        origin: Origin<'_>,
-        d: &Digest,
-    ) -> Result<Option<(File, u64)>, CacheError> {
-        if !self.is_linked(origin, d)? {
-            return Ok(None);
-        }
-        self.open_blob(d)
     }
 
     /// The length of a cached blob, without counting a read (`HEAD`).

@@ -240,10 +240,6 @@ impl Cache {
         Ok((cache, report))
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Bytes of committed content, as counted since the last pass.
     pub fn bytes(&self) -> u64 {
         self.evictor.usage()

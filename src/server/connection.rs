@@ -51,7 +51,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Shared, watcher:
             let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
             let client = ClientInfo {
                 addr: peer,
-                cert_user: leaf.map(|c| shared.app.access.certificate_user(c)),
+                cert_user: leaf.and_then(|c| shared.app.access.certificate_user(c)),
             };
             let conn = shared
                 .hyper

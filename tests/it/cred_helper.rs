@@ -6,7 +6,7 @@
 //! every test ends by searching wharf's log and every answer for them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,61 +53,6 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
     std::env::join_paths(dirs).unwrap()
-}
-
-/// The wharf binary serving `body` (after `[cache] dir`) with `bin` on its
-/// `PATH`, log at debug level in `<dir>/<name>.log`; SIGTERM on drop.
-struct HelperWharf {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    cfg: PathBuf,
-}
-
-impl HelperWharf {
-    fn start(dir: &Path, name: &str, body: &str, bin: &Path) -> HelperWharf {
-        let port = free_port();
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nplain_http = true\n[cache]\ndir = \"cache-{name}\"\n{body}"),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("PATH", path_with(bin))
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_listening(([127, 0, 0, 1], port).into(), Some(&mut child));
-        HelperWharf {
-            child,
-            port,
-            log,
-            cfg,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-impl Drop for HelperWharf {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
 }
 
 /// `wharf check-config` on `cfg` with `path` as its `PATH`.
@@ -221,7 +166,7 @@ fn secrets_of(up: &Upstream, more: &[&str]) -> Vec<String> {
 }
 
 /// check-config names the helper it found; without it on PATH, it refuses.
-fn check_config_finds_the_helper(w: &HelperWharf, bin: &Path, seen: &mut Vec<String>) {
+fn check_config_finds_the_helper(w: &Served, bin: &Path, seen: &mut Vec<String>) {
     let (ok, out) = check_config(&w.cfg, &path_with(bin));
     let found = format!(
         "credential helper {}",
@@ -257,7 +202,7 @@ fn a_credential_helper_supplies_the_credentials_and_is_asked_again_when_they_are
     );
     let json = d.docker_config("config", &server, "wharftest");
     let block = upstream_block("gar", &up, "default = true\n", &json, "");
-    let w = HelperWharf::start(d.path(), "helper", &block, &d.bin);
+    let w = Served::start_env(d.path(), "helper", &block, &[("PATH", &path_with(&d.bin))]);
 
     // A pull through wharf, on one answer from the helper, asked for this
     // upstream's config.json key.
@@ -302,7 +247,7 @@ fn a_credential_helper_supplies_the_credentials_and_is_asked_again_when_they_are
     }
     assert_eq!(asked(&d.state, "wharftest").len(), 2);
 
-    let log = w.log();
+    let log = std::fs::read_to_string(&w.log).unwrap();
     let asks = log.matches("asked the credential helper").count();
     assert_eq!(
         asks, 2,
@@ -367,7 +312,7 @@ fn a_hanging_helper_is_killed_at_its_timeout_and_an_overlong_answer_refused() {
             upstream_block(name, &up, &format!("prefix = \"{name}\"\n"), &json, extra)
         })
         .concat();
-    let w = HelperWharf::start(d.path(), "stuck", &body, &d.bin);
+    let w = Served::start_env(d.path(), "stuck", &body, &[("PATH", &path_with(&d.bin))]);
     let mut seen = Vec::new();
 
     let hang_url = format!("{}/v2/wharfhang/private/app/manifests/1", w.url());
@@ -408,7 +353,9 @@ fn a_hanging_helper_is_killed_at_its_timeout_and_an_overlong_answer_refused() {
     assert_eq!(asked(&d.state, "wharfbig"), [server.as_str()]);
 
     assert!(
-        w.log().contains("credential helper killed"),
+        std::fs::read_to_string(&w.log)
+            .unwrap()
+            .contains("credential helper killed"),
         "the kills are logged"
     );
     drop(w);

@@ -78,12 +78,7 @@ fn metrics_add_up_after_a_known_sequence() {
     for j in joins {
         assert_eq!(j.join().unwrap(), big_size);
     }
-    let text = http()
-        .get(format!("{}/metrics", w.url()))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = w.metrics();
     let m = |s: &str| metric_value(&text, s);
     assert_eq!(
         m("wharf_requests_total{endpoint=\"manifest\",method=\"GET\",status=\"200\"}"),
@@ -151,12 +146,7 @@ fn metrics_add_up_after_a_known_sequence() {
         "the big fill to be committed",
         || cached(&cache, &big),
     );
-    let text = http()
-        .get(format!("{}/metrics", w.url()))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = w.metrics();
     assert_eq!(
         metric_value(&text, "wharf_cache_size_bytes") as u64,
         blob_bytes(&cache)

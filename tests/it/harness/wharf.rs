@@ -8,6 +8,7 @@
 //! `server::run`) here and nowhere else, so a change of that API is mended in
 //! this file.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,7 +29,13 @@ pub struct Served {
 
 impl Served {
     pub fn start(dir: &Path, name: &str, body: &str) -> Served {
-        let mut s = Served::spawn(dir, name, body, free_port());
+        Served::start_env(dir, name, body, &[])
+    }
+
+    /// The same with extra environment variables (`PATH` for credential
+    /// helpers).
+    pub fn start_env(dir: &Path, name: &str, body: &str, env: &[(&str, &OsStr)]) -> Served {
+        let mut s = Served::spawn_env(dir, name, "", body, free_port(), env);
         s.wait_ready();
         s
     }
@@ -42,6 +49,17 @@ impl Served {
     /// `server` goes into the `[server]` section, `body` after `[cache]`'s
     /// `dir` line.
     pub fn spawn_with(dir: &Path, name: &str, server: &str, body: &str, port: u16) -> Served {
+        Served::spawn_env(dir, name, server, body, port, &[])
+    }
+
+    fn spawn_env(
+        dir: &Path,
+        name: &str,
+        server: &str,
+        body: &str,
+        port: u16,
+        env: &[(&str, &OsStr)],
+    ) -> Served {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
@@ -58,6 +76,7 @@ impl Served {
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -127,13 +146,17 @@ impl Served {
 
     /// The value of a metric line (`name{labels}` exactly as rendered), or 0.
     pub fn metric(&self, series: &str) -> f64 {
-        let text = http()
+        metric_value(&self.metrics(), series)
+    }
+
+    /// `/metrics` as Prometheus reads it.
+    pub fn metrics(&self) -> String {
+        http()
             .get(format!("{}/metrics", self.url()))
             .send()
             .unwrap()
             .text()
-            .unwrap();
-        metric_value(&text, series)
+            .unwrap()
     }
 }
 
