@@ -325,6 +325,21 @@ impl FillReader {
         }
     }
 
+    /// Waits for the fill to end: the verified blob's size, or the error
+    /// that ended it.
+    pub async fn finished(&mut self) -> Result<u64, FillError> {
+        let s = self
+            .rx
+            .wait_for(|s| matches!(s.phase, Phase::Done { .. } | Phase::Failed(_)))
+            .await
+            .map_err(|_| FillError::Aborted)?;
+        match &s.phase {
+            Phase::Done { size } => Ok(*size),
+            Phase::Failed(e) => Err(e.clone()),
+            _ => unreachable!("waited for the end"),
+        }
+    }
+
     /// Once the fill is verified (digest matched, perhaps not yet on disk), its
     /// complete content as a file of its own, so it can be served like a cached
     /// blob, ranges included.

@@ -13,7 +13,12 @@
 //!   (from the upstream) to contain this content, so it may be served from cache
 //!   for it without asking the upstream.
 //! - `pins`:  `<pattern>`                    -> [`PinRecord`]: images `wharf pin`
-//!   protects from eviction (config patterns are not stored).
+//!   protects from eviction (config patterns are not stored), or a sync rule
+//!   or bundle import pinned (`source`).
+//! - `notes`: `<kind>/<key>`                 -> JSON: what sync and bundle
+//!   imports remember between runs (a rule's last run, the platforms a sync
+//!   left out of an index, a signing key's last sequence number, an import's
+//!   progress). Added without a schema change: older wharfs never open it.
 //!
 //! Schema history: 1 kept `last_access` in seconds; 2 keeps milliseconds, so
 //! LRU order holds between pulls of the same second. [`Metadata::new`]
@@ -38,6 +43,7 @@ pub enum Tree {
     Blobs,
     Links,
     Pins,
+    Notes,
 }
 
 impl Tree {
@@ -48,6 +54,7 @@ impl Tree {
             Tree::Blobs => "blobs",
             Tree::Links => "links",
             Tree::Pins => "pins",
+            Tree::Notes => "notes",
         }
     }
 }
@@ -122,6 +129,11 @@ impl BlobRecord {
 pub struct PinRecord {
     /// Unix seconds.
     pub added: u64,
+    /// Who pinned: `None` for an operator's `wharf pin`, `sync:<rule>` or
+    /// `bundle:<rule or id>` for what a sync rule or an import pinned (so
+    /// `prune` removes only its own pins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 pub fn now_secs() -> u64 {
@@ -355,6 +367,42 @@ impl Metadata {
         Ok(had)
     }
 
+    /// A note (see the module doc), if any.
+    pub fn get_note<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CacheError> {
+        self.get_json(Tree::Notes, key.as_bytes())
+    }
+
+    pub fn put_note<T: Serialize>(&self, key: &str, v: &T) -> Result<(), CacheError> {
+        self.put_json(Tree::Notes, key.as_bytes(), v)
+    }
+
+    pub fn remove_note(&self, key: &str) -> Result<(), CacheError> {
+        self.kv.remove(Tree::Notes, key.as_bytes())
+    }
+
+    /// The tags of one repository: `(tag, record)`, in key order.
+    pub fn repo_tags(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+    ) -> Result<Vec<(Tag, TagRecord)>, CacheError> {
+        let prefix = format!("{upstream}/{repo}:");
+        let mut out = Vec::new();
+        self.kv.scan(Tree::Tags, prefix.as_bytes(), &mut |k, v| {
+            let tag = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|t| t.parse::<Tag>().ok());
+            if let (Some(tag), Ok(rec)) = (tag, serde_json::from_slice(v)) {
+                out.push((tag, rec));
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
     pub fn link(&self, upstream: &str, repo: &RepoName, d: &Digest) -> Result<(), CacheError> {
         let key = link_key(upstream, repo, d);
         if self.kv.get(Tree::Links, &key)?.is_none() {
@@ -521,11 +569,33 @@ pub(crate) mod tests {
     }
 
     fn pins_and_links(m: &Metadata, repo: &RepoName, d: &Digest) {
-        assert!(m.add_pin("hub/library/*", &PinRecord { added: 5 }).unwrap());
-        assert!(!m.add_pin("hub/library/*", &PinRecord { added: 6 }).unwrap());
+        assert!(m
+            .add_pin(
+                "hub/library/*",
+                &PinRecord {
+                    added: 5,
+                    source: None
+                }
+            )
+            .unwrap());
+        assert!(!m
+            .add_pin(
+                "hub/library/*",
+                &PinRecord {
+                    added: 6,
+                    source: None
+                }
+            )
+            .unwrap());
         assert_eq!(
             m.pins().unwrap(),
-            vec![("hub/library/*".into(), PinRecord { added: 6 })]
+            vec![(
+                "hub/library/*".into(),
+                PinRecord {
+                    added: 6,
+                    source: None
+                }
+            )]
         );
         assert!(m.remove_pin("hub/library/*").unwrap());
         assert!(!m.remove_pin("hub/library/*").unwrap());

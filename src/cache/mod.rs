@@ -17,6 +17,7 @@ mod evict;
 mod fill;
 mod inventory;
 mod meta;
+mod notes;
 mod operator;
 mod pins;
 mod reconcile;

@@ -178,8 +178,40 @@ impl Cache {
 
     pub fn pin(&self, pattern: &str) -> Result<bool, CacheError> {
         let p = Pin::parse(pattern).map_err(CacheError::Invalid)?;
-        self.meta
-            .add_pin(p.as_str(), &PinRecord { added: now_secs() })
+        self.meta.add_pin(
+            p.as_str(),
+            &PinRecord {
+                added: now_secs(),
+                source: None,
+            },
+        )
+    }
+
+    /// Pins `pattern` on behalf of `source` (`sync:<rule>`, `bundle:<…>`).
+    /// An operator's own pin of the same pattern stays the operator's.
+    pub fn pin_for(&self, pattern: &str, source: &str) -> Result<bool, CacheError> {
+        let p = Pin::parse(pattern).map_err(CacheError::Invalid)?;
+        if self.meta.pins()?.iter().any(|(k, _)| k == p.as_str()) {
+            return Ok(false);
+        }
+        self.meta.add_pin(
+            p.as_str(),
+            &PinRecord {
+                added: now_secs(),
+                source: Some(source.to_owned()),
+            },
+        )
+    }
+
+    /// The patterns `source` pinned.
+    pub fn pins_of(&self, source: &str) -> Result<Vec<String>, CacheError> {
+        Ok(self
+            .meta
+            .pins()?
+            .into_iter()
+            .filter(|(_, r)| r.source.as_deref() == Some(source))
+            .map(|(k, _)| k)
+            .collect())
     }
 
     pub fn unpin(&self, pattern: &str) -> Result<bool, CacheError> {

@@ -9,7 +9,7 @@ use super::CacheError;
 
 pub struct SledKv {
     db: sled::Db,
-    trees: [sled::Tree; 5],
+    trees: [sled::Tree; 6],
 }
 
 fn err(e: sled::Error) -> CacheError {
@@ -39,6 +39,7 @@ impl SledKv {
             open(Tree::Blobs)?,
             open(Tree::Links)?,
             open(Tree::Pins)?,
+            open(Tree::Notes)?,
         ];
         Ok(SledKv { db, trees })
     }

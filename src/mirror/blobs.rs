@@ -130,7 +130,7 @@ impl Mirror {
     }
 
     /// Asks the upstream whether this repository holds the blob, and records it.
-    async fn confirm_access(&self, r: &Routed, d: &Digest) -> Result<(), MirrorError> {
+    pub(super) async fn confirm_access(&self, r: &Routed, d: &Digest) -> Result<(), MirrorError> {
         let up = self.upstream(r.upstream);
         up.client.head_blob(&r.repo, d).await?;
         self.inner.cache.link(self.origin(r), d)?;
@@ -139,7 +139,7 @@ impl Mirror {
 
     /// Downloads a blob into the fill. Runs in its own task so the download
     /// finishes (and is cached) even if the client that started it leaves.
-    fn spawn_fill(&self, r: Routed, d: Digest, w: Box<FillWriter>) {
+    pub(super) fn spawn_fill(&self, r: Routed, d: Digest, w: Box<FillWriter>) {
         let this = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();

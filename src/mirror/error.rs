@@ -30,6 +30,16 @@ pub enum MirrorError {
     Fill(#[from] FillError),
     #[error("manifest is {media_type}, which the client's Accept header does not list")]
     NotAcceptable { media_type: String },
+    #[error("upstream {upstream} is offline and this cache holds no tags of {repo}")]
+    OfflineUnknownRepo { upstream: String, repo: String },
+    #[error("manifest {digest} ({platform}) is not on this offline site: {by} left that platform out{}", if kept.is_empty() { String::new() } else { format!(" (platforms = {})", kept.join(", ")) })]
+    PlatformFiltered {
+        digest: String,
+        platform: String,
+        /// "sync rule 'base'", "the bundle's platform filter".
+        by: String,
+        kept: Vec<String>,
+    },
 }
 
 impl From<CacheError> for MirrorError {
@@ -50,8 +60,11 @@ impl MirrorError {
             | MirrorError::NoDefaultUpstream => {
                 ErrorResponse::new(OciCode::NameUnknown, self.to_string(), Blame::Client)
             }
-            MirrorError::NotAcceptable { .. } => {
+            MirrorError::NotAcceptable { .. } | MirrorError::PlatformFiltered { .. } => {
                 ErrorResponse::new(OciCode::ManifestUnknown, self.to_string(), Blame::Client)
+            }
+            MirrorError::OfflineUnknownRepo { .. } => {
+                ErrorResponse::new(OciCode::NameUnknown, self.to_string(), Blame::Client)
             }
             MirrorError::Upstream(u) => upstream(u, kind),
             MirrorError::Fill(f) => fill(f),

@@ -86,12 +86,16 @@ impl Mirror {
         })
     }
 
-    fn linked_manifest(&self, r: &Routed, d: &Digest) -> Result<Option<Fetched>, MirrorError> {
+    pub(super) fn linked_manifest(
+        &self,
+        r: &Routed,
+        d: &Digest,
+    ) -> Result<Option<Fetched>, MirrorError> {
         let m = self.inner.cache.linked_manifest(self.origin(r), d)?;
         Ok(m.map(|m| Fetched::cached(d, m)))
     }
 
-    async fn manifest_by_digest(
+    pub(super) async fn manifest_by_digest(
         &self,
         r: &Routed,
         d: &Digest,
@@ -99,6 +103,29 @@ impl Mirror {
         if let Some(f) = self.linked_manifest(r, d)? {
             return Ok((f, CacheStatus::Hit));
         }
+        let res = self.fetch_manifest_by_digest(r, d).await;
+        match res {
+            // An offline site says why a platform it was never given is missing.
+            Err(MirrorError::Upstream(
+                UpstreamError::Offline { .. } | UpstreamError::Unreachable { .. },
+            )) => match self.left_out(r, d) {
+                Some(why) => Err(MirrorError::PlatformFiltered {
+                    digest: d.to_string(),
+                    platform: why.platform,
+                    by: why.by,
+                    kept: why.kept,
+                }),
+                None => res,
+            },
+            res => res,
+        }
+    }
+
+    async fn fetch_manifest_by_digest(
+        &self,
+        r: &Routed,
+        d: &Digest,
+    ) -> Result<(Fetched, CacheStatus), MirrorError> {
         let this = self.clone();
         let (r2, reference) = (r.clone(), Reference::Digest(d.clone()));
         let key = (r.upstream, r.repo.to_string(), d.to_string());

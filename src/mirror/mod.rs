@@ -9,6 +9,7 @@
 mod blobs;
 mod error;
 mod manifests;
+mod prefetch;
 mod routing;
 mod tags;
 
@@ -25,6 +26,7 @@ use crate::upstream::{UpstreamClient, UpstreamError, UpstreamState};
 pub use blobs::{BlobBody, BlobResponse};
 pub use error::MirrorError;
 pub use manifests::ManifestResponse;
+pub use prefetch::{Held, LeftOut};
 pub use routing::{Routed, UpstreamId};
 pub use tags::TagPage;
 

@@ -9,7 +9,7 @@ use super::{Mirror, MirrorError};
 /// One of the configured upstreams (its place in the configuration): only
 /// routing makes these, so one always names an upstream that exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct UpstreamId(usize);
+pub struct UpstreamId(pub(super) usize);
 
 impl UpstreamId {
     pub(super) fn index(self) -> usize {

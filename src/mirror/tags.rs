@@ -73,6 +73,9 @@ impl Mirror {
         n: Option<u32>,
         last: Option<&str>,
     ) -> Result<TagPage, MirrorError> {
+        if self.is_offline(r.upstream) {
+            return self.offline_tags(r, n, last);
+        }
         let key = (r.upstream, r.repo.to_string());
         let snapshot = last.and_then(|_| self.inner.tag_lists.get(&key));
         let (list, status) = match snapshot {
@@ -98,24 +101,32 @@ impl Mirror {
             }
         };
         let (name, tags) = &*list;
-        let (page, more) = paginate(tags, n, last);
-        let body = serde_json::to_vec(&TagList {
-            name,
-            tags: page.iter().map(Tag::as_str).collect(),
-        })
-        .expect("a tag list serializes");
-        Ok(TagPage {
-            body: body.into(),
-            next: if more { page.last().cloned() } else { None },
-            status,
-        })
+        Ok(page_of(name, tags, n, last, status))
+    }
+
+    /// An offline upstream's tags are what this cache holds (synced,
+    /// imported or pulled before), paged the same way.
+    fn offline_tags(
+        &self,
+        r: &Routed,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<TagPage, MirrorError> {
+        let tags: Vec<Tag> = self.cached_tags(r)?.into_iter().map(|(t, _)| t).collect();
+        if tags.is_empty() {
+            return Err(MirrorError::OfflineUnknownRepo {
+                upstream: self.upstream_name(r.upstream).to_owned(),
+                repo: r.repo.to_string(),
+            });
+        }
+        Ok(page_of(r.repo.as_str(), &tags, n, last, CacheStatus::Hit))
     }
 
     /// Every tag the upstream lists, following its own pages by their
     /// `last` only, within [`MAX_UPSTREAM_PAGES`], [`MAX_TAGS`] and
     /// [`LIST_DEADLINE`]; past any of them the answer is an error, never a
     /// list that looks complete. Tags that are not valid tags are dropped.
-    async fn all_tags(&self, r: &Routed) -> Result<(String, Vec<Tag>), MirrorError> {
+    pub(super) async fn all_tags(&self, r: &Routed) -> Result<(String, Vec<Tag>), MirrorError> {
         let up = self.upstream(r.upstream);
         let fail = |what: String| UpstreamError::Protocol {
             upstream: up.cfg.name.clone(),
@@ -165,6 +176,27 @@ impl Mirror {
             }
         }
         Err(fail(format!("tags/list has over {MAX_UPSTREAM_PAGES} pages")).into())
+    }
+}
+
+/// The page of sorted `tags` after `last`, ready to send.
+fn page_of(
+    name: &str,
+    tags: &[Tag],
+    n: Option<u32>,
+    last: Option<&str>,
+    status: CacheStatus,
+) -> TagPage {
+    let (page, more) = paginate(tags, n, last);
+    let body = serde_json::to_vec(&TagList {
+        name,
+        tags: page.iter().map(Tag::as_str).collect(),
+    })
+    .expect("a tag list serializes");
+    TagPage {
+        body: body.into(),
+        next: if more { page.last().cloned() } else { None },
+        status,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct UpstreamClient {
     token_fetch: tokio::sync::Mutex<()>,
     /// After a 429, nothing is sent until `until`.
     backoff: parking_lot::Mutex<Backoff>,
+    /// The latest `ratelimit-*` headers (Docker Hub), for sync to pace itself.
+    rate_limit: parking_lot::Mutex<Option<RateLimit>>,
     /// `offline = true`: nothing is ever sent.
     offline: bool,
     /// After a connection failure, requests fail fast until this instant
@@ -61,6 +63,25 @@ struct Backoff {
 /// window is 6 hours, so asking every few seconds would only burn requests.
 fn backoff_after(strikes: u32) -> Duration {
     Duration::from_secs(60u64 << strikes.min(4)).min(Duration::from_secs(900))
+}
+
+/// What the upstream's latest `ratelimit-limit` / `ratelimit-remaining`
+/// headers said (`100;w=21600`: 100 pulls per 21,600 s window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: Option<i64>,
+    pub remaining: i64,
+    /// The window in seconds (`w=`), when given.
+    pub window: Option<u64>,
+    pub seen: Instant,
+}
+
+/// `w=21600` of `100;w=21600`.
+fn ratelimit_window(h: &HeaderMap, name: &str) -> Option<u64> {
+    header_str(h, name)?
+        .split(';')
+        .skip(1)
+        .find_map(|p| p.trim().strip_prefix("w=")?.parse().ok())
 }
 
 /// `ratelimit-remaining: 76;w=21600` → 76.
@@ -165,6 +186,7 @@ impl UpstreamClient {
             challenge: parking_lot::Mutex::new(None),
             token_fetch: tokio::sync::Mutex::new(()),
             backoff: parking_lot::Mutex::new(Backoff::default()),
+            rate_limit: parking_lot::Mutex::new(None),
             offline: cfg.offline,
             down: parking_lot::Mutex::new(None),
             answered: std::sync::atomic::AtomicBool::new(false),
@@ -174,6 +196,11 @@ impl UpstreamClient {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The latest `ratelimit-*` figures the upstream sent, if any.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate_limit.lock()
     }
 
     /// What wharf knows of the upstream's reachability (`/readyz`).
@@ -478,6 +505,13 @@ impl UpstreamClient {
                 .upstream_ratelimit_remaining
                 .with_label_values(&[&self.name])
                 .set(v);
+            *self.rate_limit.lock() = Some(RateLimit {
+                limit: ratelimit_value(h, "ratelimit-limit"),
+                remaining: v,
+                window: ratelimit_window(h, "ratelimit-remaining")
+                    .or_else(|| ratelimit_window(h, "ratelimit-limit")),
+                seen: Instant::now(),
+            });
         }
         let mut b = self.backoff.lock();
         if resp.status() != StatusCode::TOO_MANY_REQUESTS {

@@ -7,7 +7,7 @@ pub mod credentials;
 mod settings;
 
 pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
-pub use client::{ManifestBody, ManifestHead, UpstreamClient, UpstreamState};
+pub use client::{ManifestBody, ManifestHead, RateLimit, UpstreamClient, UpstreamState};
 pub use credentials::{BasicCredentials, CredentialSource};
 pub use settings::UpstreamConfig;
 
