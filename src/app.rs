@@ -1,6 +1,7 @@
 //! The running application's parts, built once from the configuration and
 //! handed to the registry server and the admin listener: the [`Mirror`]
-//! (what is served from where), [`Access`] (who may pull what) and the
+//! (what is served from where), [`Access`] (who may pull what), the
+//! [`Syncer`] (sync rules, run on their schedules and on demand) and the
 //! metrics registry. Owns no behaviour of its own: the server asks `access`
 //! before it asks `mirror`, and each part counts into `metrics`.
 
@@ -12,10 +13,12 @@ use crate::cache::Metadata;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mirror::{Mirror, MirrorError};
+use crate::sync::Syncer;
 
 pub struct App {
     pub mirror: Mirror,
     pub access: Access,
+    pub sync: Arc<Syncer>,
     pub metrics: Arc<Metrics>,
     /// No admin listener: `/metrics` is served on the main one.
     pub metrics_on_main: bool,
@@ -41,7 +44,13 @@ impl App {
     }
 
     fn with_mirror(config: &Config, mirror: Mirror, metrics: Arc<Metrics>) -> Arc<App> {
+        let sync = Arc::new(Syncer::new(
+            mirror.clone(),
+            config.sync.clone(),
+            metrics.registry(),
+        ));
         Arc::new(App {
+            sync,
             mirror,
             access: Access::new(
                 &config.access,

@@ -175,6 +175,11 @@ impl Metrics {
         }
     }
 
+    /// Where a subsystem registers metrics of its own (sync, bundles).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

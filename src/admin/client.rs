@@ -54,6 +54,55 @@ pub fn run(config: &Config, op: &Op) -> anyhow::Result<(serde_json::Value, Via)>
 
 /// `Ok(None)`: the socket exists but nobody accepts on it.
 async fn ask(sock: &Path, op: &Op) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(resp) = send(sock, op).await? else {
+        return Ok(None);
+    };
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).context("the server's answer is not JSON")?;
+    if !status.is_success() {
+        bail!(
+            "{}",
+            v["error"]
+                .as_str()
+                .unwrap_or("the server refused the operation")
+        );
+    }
+    Ok(Some(v))
+}
+
+/// Runs a streaming operation on the server: `on_line` gets each line as
+/// it comes. `Ok(false)`: nobody accepts on the socket.
+async fn ask_stream(
+    sock: &Path,
+    op: &Op,
+    on_line: &mut dyn FnMut(&str),
+) -> anyhow::Result<bool> {
+    let Some(resp) = send(sock, op).await? else {
+        return Ok(false);
+    };
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the server's stream broke off")?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            on_line(String::from_utf8_lossy(&line[..i]).trim());
+        }
+    }
+    Ok(true)
+}
+
+/// Sends one operation; `Ok(None)` when nobody accepts on the socket.
+async fn send(
+    sock: &Path,
+    op: &Op,
+) -> anyhow::Result<Option<http::Response<hyper::body::Incoming>>> {
     let stream = match tokio::net::UnixStream::connect(sock).await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
@@ -74,19 +123,65 @@ async fn ask(sock: &Path, op: &Op) -> anyhow::Result<Option<serde_json::Value>> 
         .body(Full::new(bytes::Bytes::from(body)))
         .expect("static request");
     let resp = sender.send_request(req).await.context("admin request")?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).context("the server's answer is not JSON")?;
-    if !status.is_success() {
-        bail!(
-            "{}",
-            v["error"]
-                .as_str()
-                .unwrap_or("the server refused the operation")
-        );
+    Ok(Some(resp))
+}
+
+/// `wharf sync`: runs the rules now, through the running server if one
+/// answers, else on the cache opened here with the configured upstreams.
+/// Fails (exit status 1) when any tag or repository failed.
+pub fn sync(config: Config, rules: Vec<String>, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    use crate::sync::{Event, Renderer};
+    let renderer = parking_lot::Mutex::new(Renderer::new(json));
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    let show = |e: &Event| {
+        if let Event::RunFinished { summary } = e {
+            failures.fetch_add(summary.failed.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        renderer.lock().show(e);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let op = Op::Sync { rules, dry_run };
+    let sock = socket_path(&config.cache_dir);
+    let mut errors = Vec::new();
+    let via_server = sock.exists()
+        && rt.block_on(ask_stream(&sock, &op, &mut |line| {
+            match serde_json::from_str::<Event>(line) {
+                Ok(e) => show(&e),
+                Err(_) => {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                    errors.push(v["error"].as_str().unwrap_or(line).to_owned());
+                }
+            }
+        }))?;
+    if via_server {
+        note(Via::Server);
+    } else {
+        let Op::Sync { rules, dry_run } = op else {
+            unreachable!()
+        };
+        rt.block_on(async {
+            let app = crate::app::App::open(&config, Arc::default()).map_err(|e| {
+                anyhow!("cannot open the cache in {}: {e}", config.cache_dir.display())
+            })?;
+            for rule in app.sync.chosen(&rules)? {
+                app.sync.run(rule, dry_run, &|e| show(&e)).await?;
+            }
+            app.mirror.flush()?;
+            anyhow::Ok(())
+        })?;
     }
-    Ok(Some(v))
+    if let Some(e) = errors.first() {
+        bail!("{e}");
+    }
+    let failed = failures.load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} tag(s) or repositories failed (see above); the rest is synced");
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------ the commands

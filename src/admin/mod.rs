@@ -40,6 +40,16 @@ pub enum Op {
     Pin { pattern: String },
     Unpin { pattern: String },
     Pins,
+    /// Runs sync rules now (all when `rules` is empty); answered with one
+    /// JSON event per line as the run goes.
+    Sync { rules: Vec<String>, dry_run: bool },
+}
+
+impl Op {
+    /// Operations answered with a stream of events rather than one value.
+    pub fn streams(&self) -> bool {
+        matches!(self, Op::Sync { .. })
+    }
 }
 
 /// Runs an operation on an open cache. `live`: a server is using it.
@@ -56,6 +66,11 @@ pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<serde_json::Value, 
         }
         Op::Unpin { pattern } => {
             serde_json::json!({ "pattern": pattern, "removed": cache.unpin(pattern)? })
+        }
+        Op::Sync { .. } => {
+            return Err(CacheError::Invalid(
+                "sync runs through the mirror, not on the cache alone".into(),
+            ))
         }
         Op::Pins => serde_json::json!(cache
             .pin_list()?
@@ -142,6 +157,9 @@ async fn socket_request(app: &App, req: Request<hyper::body::Incoming>) -> Respo
         }
     };
     tracing::info!(op = ?op, "admin operation");
+    if op.streams() {
+        return stream_events(app, op);
+    }
     let cache = app.mirror.cache().clone();
     let op2 = op.clone();
     match tokio::task::spawn_blocking(move || execute(&cache, &op2, true)).await {
@@ -158,6 +176,70 @@ async fn socket_request(app: &App, req: Request<hyper::body::Incoming>) -> Respo
             StatusCode::INTERNAL_SERVER_ERROR,
             &serde_json::json!({"error": e.to_string()}),
         ),
+    }
+}
+
+/// Runs a streaming operation in its own task and answers with its events,
+/// one JSON object per line. The run goes on if the asker leaves (a sync run
+/// interrupted halfway would only be resumed by the next one anyway).
+fn stream_events(app: &Arc<App>, op: Op) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(64);
+    // Events queue here while the asker is slow; the forwarder waits for it,
+    // so the final summary is never dropped.
+    let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(mut line) = erx.recv().await {
+            line.push('\n');
+            if tx.send(Ok(line.into())).await.is_err() {
+                break; // the asker left; the run goes on
+            }
+        }
+    });
+    let app = app.clone();
+    tokio::spawn(async move {
+        let send = |v: &dyn erased::Line| {
+            let _ = etx.send(v.line());
+        };
+        match op {
+            Op::Sync { rules, dry_run } => {
+                let chosen = match app.sync.chosen(&rules) {
+                    Ok(c) => c,
+                    Err(e) => return send(&Failed(e.to_string())),
+                };
+                for rule in chosen {
+                    let emit = |e: crate::sync::Event| send(&e);
+                    if let Err(e) = app.sync.run(rule, dry_run, &emit).await {
+                        send(&Failed(e.to_string()));
+                    }
+                }
+            }
+            _ => send(&Failed("not a streaming operation".into())),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(crate::server::channel_body(rx))
+        .expect("static headers")
+}
+
+/// An operation's failure in a stream: `{"event": "error", "error": ...}`.
+struct Failed(String);
+
+mod erased {
+    /// Anything sent as one line of a stream.
+    pub trait Line {
+        fn line(&self) -> String;
+    }
+    impl Line for crate::sync::Event {
+        fn line(&self) -> String {
+            serde_json::to_string(self).expect("events serialize")
+        }
+    }
+    impl Line for super::Failed {
+        fn line(&self) -> String {
+            serde_json::json!({"event": "error", "error": self.0}).to_string()
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{FillReader, Join, Origin, TagRecord};
-use crate::registry::{Digest, MediaType, Reference, RepoName, Tag};
+use crate::registry::{Digest, MediaType, Reference, RepoName, Tag, MAX_MANIFEST_BYTES};
 use crate::upstream::{RateLimit, UpstreamError};
 
 use super::manifests::Fetched;
@@ -121,6 +121,30 @@ impl Mirror {
             f,
             matches!(status, CacheStatus::Miss | CacheStatus::Coalesced),
         ))
+    }
+
+    /// A small cached blob this repository may read (an image config), at
+    /// most 4 MiB; `None` when not cached or larger.
+    pub fn read_blob_small(
+        &self,
+        r: &Routed,
+        d: &Digest,
+    ) -> Result<Option<Vec<u8>>, MirrorError> {
+        use std::io::Read;
+        if !self.holds_blob(r, d)? {
+            return Ok(None);
+        }
+        let Some((file, len)) = self.inner.cache.open_blob(d)? else {
+            return Ok(None);
+        };
+        if len > MAX_MANIFEST_BYTES as u64 {
+            return Ok(None);
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        file.take(len)
+            .read_to_end(&mut buf)
+            .map_err(crate::cache::CacheError::from)?;
+        Ok(Some(buf))
     }
 
     /// Whether this repository can read `d` from the cache now.

@@ -104,6 +104,15 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Body::Bytes(Some(b.into()))
 }
 
+/// A body of whatever arrives on `rx`, until it closes (an error ends the
+/// response without its terminating chunk, so the reader sees it failed).
+pub fn channel(rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
+    Body::Streaming(ChannelBody {
+        rx,
+        remaining: None,
+    })
+}
+
 pub fn empty() -> Body {
     Body::Bytes(None)
 }

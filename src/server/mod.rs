@@ -38,6 +38,11 @@ pub fn full_body(b: impl Into<bytes::Bytes>) -> Body {
     body::full(b)
 }
 
+/// A streamed body fed from a channel (the admin socket's progress lines).
+pub fn channel_body(rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>) -> Body {
+    body::channel(rx)
+}
+
 /// Serves until `shutdown` completes, then lets in-flight requests finish for up
 /// to `grace` and flushes metadata. With `tls`, every connection is TLS and the
 /// certificate is kept fresh in the background while serving.
@@ -50,6 +55,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let maintenance = tls.as_ref().map(|t| t.spawn_maintenance());
     let upkeep = app.mirror.spawn_maintenance();
+    let schedules = app.sync.spawn_schedules();
     let mut l = listener::Listener::new(listener, app.clone(), tls);
     l.accept_until(shutdown).await;
     l.drain(grace).await;
@@ -57,6 +63,9 @@ pub async fn run(
         m.abort();
     }
     upkeep.abort();
+    for s in schedules {
+        s.abort();
+    }
     app.mirror
         .flush()
         .map_err(|e| std::io::Error::other(e.to_string()))

@@ -1,0 +1,647 @@
+//! The sync engine: one run of one rule. Lists each repository's tags,
+//! filters them, resolves each kept tag with a `HEAD` (free on Docker Hub's
+//! pull limit), and fetches only the manifests and blobs the cache lacks,
+//! through the mirror's own paths (credentials, token cache, 429 backoff,
+//! verify on write, links). An index is kept byte-identical; only the
+//! children of the rule's platforms (and their layers) are fetched, and the
+//! children left out are noted so an offline site can name the filter.
+//!
+//! A tag is pointed at its new digest only once everything it needs is in
+//! the cache, so a client never pulls a tag whose content is half there.
+//! One failing tag or repository is reported and skipped; the run goes on.
+//! Rate limits pause the run instead of failing it.
+//!
+//! Never serves a request and never deletes content (`prune` only unpins).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::cache::now_secs;
+use crate::mirror::{Held, LeftOut, Mirror, MirrorError, Routed};
+use crate::registry::manifest::references;
+use crate::registry::{index_children, Digest, RepoName, Tag};
+use crate::upstream::UpstreamError;
+
+use super::filter::Selection;
+use super::report::{Event, Failure, Summary, SyncedRef};
+use super::settings::{RepoRule, SyncRule};
+use super::SyncMetrics;
+
+/// Below this many pulls left in the upstream's window, a run waits before
+/// each manifest `GET` (the requests Docker Hub counts) for about the time
+/// one pull takes to come back (window / limit), so a scheduled sync never
+/// spends the last pulls the site's clients need.
+pub const RATE_RESERVE: i64 = 2;
+/// Longest single wait for a rate limit, and the most a run waits in all;
+/// past that, what is left fails as rate-limited and the next run resumes.
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
+const MAX_PAUSED_PER_RUN: Duration = Duration::from_secs(6 * 3600);
+
+/// One run in progress: the rule, where it reports, and what it counted.
+pub(super) struct Run<'a> {
+    pub mirror: &'a Mirror,
+    pub rule: &'a SyncRule,
+    pub dry_run: bool,
+    pub emit: &'a (dyn Fn(Event) + Send + Sync),
+    pub metrics: &'a SyncMetrics,
+    pub summary: Summary,
+    paused: Duration,
+}
+
+/// What resolving one tag came to.
+enum Outcome {
+    Synced { manifests: u64, blobs: u64, bytes: u64 },
+    Unchanged,
+    Planned { manifests: u64, blobs: u64, bytes: u64, complete: bool },
+}
+
+/// Counts of what one closure needed.
+#[derive(Default)]
+struct Fetch {
+    manifests: u64,
+    blobs: u64,
+    bytes: u64,
+    /// Dry run: some manifest is not cached, so its blobs are not counted.
+    unknown: bool,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(
+        mirror: &'a Mirror,
+        rule: &'a SyncRule,
+        dry_run: bool,
+        emit: &'a (dyn Fn(Event) + Send + Sync),
+        metrics: &'a SyncMetrics,
+    ) -> Run<'a> {
+        Run {
+            mirror,
+            rule,
+            dry_run,
+            emit,
+            metrics,
+            summary: Summary {
+                rule: rule.name.clone(),
+                dry_run,
+                started: now_secs(),
+                ..Summary::default()
+            },
+            paused: Duration::ZERO,
+        }
+    }
+
+    /// Runs every repository of the rule; returns the summary.
+    pub async fn run(mut self) -> Summary {
+        (self.emit)(Event::RunStarted {
+            rule: self.rule.name.clone(),
+            dry_run: self.dry_run,
+        });
+        for repo in &self.rule.repos {
+            if let Err(e) = self.repo(repo).await {
+                let reference = format!("{}/{}", self.rule.upstream, repo.name);
+                (self.emit)(Event::RepoFailed {
+                    rule: self.rule.name.clone(),
+                    repo: reference.clone(),
+                    reason: e.to_string(),
+                });
+                self.summary.failed.push(Failure {
+                    reference,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        self.summary.finished = now_secs();
+        self.summary.paused_seconds = self.paused.as_secs();
+        self.summary
+    }
+
+    fn routed(&self, repo: &RepoName) -> Result<Routed, MirrorError> {
+        self.mirror
+            .routed(&self.rule.upstream, repo.clone())
+            .ok_or_else(|| {
+                MirrorError::Upstream(UpstreamError::Config(format!(
+                    "sync rule {}: no upstream named {}",
+                    self.rule.name, self.rule.upstream
+                )))
+            })
+    }
+
+    /// Lists, filters and syncs one repository. An error here means the
+    /// repository could not be listed; each tag's own failure is recorded
+    /// and skipped.
+    async fn repo(&mut self, repo: &RepoRule) -> Result<(), MirrorError> {
+        let r = self.routed(&repo.name)?;
+        let all = self.paced(&r, false, |m, r| m.upstream_tags(r)).await?;
+        let kept = self.select(&r, repo, &all).await?;
+        (self.emit)(Event::RepoListed {
+            rule: self.rule.name.clone(),
+            repo: format!("{}/{}", self.rule.upstream, repo.name),
+            tags: all.len(),
+            selected: kept.len(),
+        });
+        for tag in &kept {
+            let reference = format!("{}/{}:{tag}", self.rule.upstream, repo.name);
+            match self.image(&r, tag).await {
+                Ok((d, outcome)) => {
+                    self.report(&reference, &d, outcome);
+                    if !self.dry_run {
+                        self.keep(&r, tag, &d)?;
+                        if self.rule.signatures {
+                            self.signatures(&r, &d).await;
+                        }
+                    }
+                }
+                Err(e) => self.fail(reference, &e),
+            }
+        }
+        if self.rule.prune && !self.dry_run {
+            self.prune(&r, &kept)?;
+        }
+        Ok(())
+    }
+
+    /// The tags of `all` the rule keeps. `keep_last` over tags that are not
+    /// all versions orders by the image's creation time, which needs each
+    /// candidate's config (fetched into the cache, or read from it in a dry
+    /// run; unknown times sort oldest).
+    async fn select(
+        &mut self,
+        r: &Routed,
+        repo: &RepoRule,
+        all: &[Tag],
+    ) -> Result<Vec<Tag>, MirrorError> {
+        match repo.filter.select(all) {
+            Selection::Tags(t) => Ok(t),
+            Selection::NeedsCreated(candidates) => {
+                let mut dated = Vec::with_capacity(candidates.len());
+                for t in candidates {
+                    let created = self.created(r, &t).await;
+                    dated.push((t, created));
+                }
+                Ok(repo.filter.newest_by_created(dated))
+            }
+        }
+    }
+
+    /// When the image `tag` points at was created (its config's `created`),
+    /// for `keep_last` by age. Any failure: unknown.
+    async fn created(&mut self, r: &Routed, tag: &Tag) -> Option<time::OffsetDateTime> {
+        let (d, _) = self.paced(r, false, |m, r| m.head_tag(r, tag)).await.ok()?;
+        let m = self.manifest(r, &d).await.ok()??;
+        let m = match index_children(&m.bytes) {
+            Some(children) => {
+                let c = children
+                    .iter()
+                    .find(|c| self.platform_kept(c.platform.as_ref()) && c.attestation_for.is_none())?;
+                self.manifest(r, &c.digest).await.ok()??
+            }
+            None => m,
+        };
+        let config = references(&m.bytes).blobs.into_iter().next()?;
+        if !self.dry_run {
+            self.paced(r, false, |m, r| m.ensure_blob(r, &config))
+                .await
+                .ok()?;
+        }
+        let bytes = self.mirror.read_blob_small(r, &config).ok()??;
+        #[derive(serde::Deserialize)]
+        struct Config {
+            created: Option<String>,
+        }
+        let c: Config = serde_json::from_slice(&bytes).ok()?;
+        time::OffsetDateTime::parse(
+            c.created.as_deref()?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+    }
+
+    /// A manifest: from the cache, or fetched unless this is a dry run
+    /// (then `None` when not cached).
+    async fn manifest(&mut self, r: &Routed, d: &Digest) -> Result<Option<Held>, MirrorError> {
+        if let Some(h) = self.mirror.held_manifest(r, d)? {
+            return Ok(Some(h));
+        }
+        if self.dry_run {
+            return Ok(None);
+        }
+        let h = self.paced(r, true, |m, r| m.ensure_manifest(r, d)).await?;
+        Ok(Some(h))
+    }
+
+    /// Resolves one tag and makes its closure complete (or, in a dry run,
+    /// counts what that would take). The tag is moved last.
+    async fn image(&mut self, r: &Routed, tag: &Tag) -> Result<(Digest, Outcome), MirrorError> {
+        let (d, _) = self.paced(r, false, |m, r| m.head_tag(r, tag)).await?;
+        let same = self
+            .mirror
+            .cached_tag(r, tag)?
+            .is_some_and(|(old, _)| old == d);
+        if same && self.complete(r, &d)? {
+            if !self.dry_run {
+                if let Some(h) = self.mirror.held_manifest(r, &d)? {
+                    self.mirror.set_tag(r, tag, &h)?;
+                }
+            }
+            return Ok((d, Outcome::Unchanged));
+        }
+        let mut f = Fetch::default();
+        let top = self.closure(r, &d, true, &mut f).await?;
+        if self.dry_run {
+            return Ok((
+                d,
+                Outcome::Planned {
+                    manifests: f.manifests,
+                    blobs: f.blobs,
+                    bytes: f.bytes,
+                    complete: !f.unknown,
+                },
+            ));
+        }
+        let top = top.expect("a real run holds what it fetched");
+        self.mirror.set_tag(r, tag, &top)?;
+        Ok((
+            d,
+            Outcome::Synced {
+                manifests: f.manifests,
+                blobs: f.blobs,
+                bytes: f.bytes,
+            },
+        ))
+    }
+
+    /// Fetches (or counts) manifest `d` and what it needs: an index's kept
+    /// children, a manifest's config and layers. `filter`: apply the rule's
+    /// platforms (not to signatures).
+    async fn closure(
+        &mut self,
+        r: &Routed,
+        d: &Digest,
+        filter: bool,
+        f: &mut Fetch,
+    ) -> Result<Option<Held>, MirrorError> {
+        let Some(m) = self.manifest(r, d).await? else {
+            f.manifests += 1;
+            f.unknown = true;
+            return Ok(None);
+        };
+        f.manifests += u64::from(m.fetched);
+        if let Some(children) = index_children(&m.bytes) {
+            let kept_digests: HashSet<Digest> = children
+                .iter()
+                .filter(|c| c.attestation_for.is_none())
+                .filter(|c| !filter || self.platform_kept(c.platform.as_ref()))
+                .map(|c| c.digest.clone())
+                .collect();
+            for c in &children {
+                let keep = match &c.attestation_for {
+                    Some(subject) => kept_digests.contains(subject),
+                    None => kept_digests.contains(&c.digest),
+                };
+                if keep {
+                    Box::pin(self.closure(r, &c.digest, filter, f)).await?;
+                } else if !self.dry_run {
+                    let platform = c
+                        .platform
+                        .as_ref()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "attestation".into());
+                    let why = LeftOut {
+                        platform,
+                        by: format!("sync rule '{}'", self.rule.name),
+                        kept: self.rule.platforms.iter().map(|p| p.to_string()).collect(),
+                    };
+                    self.mirror.note_left_out(r, &c.digest, &why)?;
+                }
+            }
+            return Ok(Some(m));
+        }
+        for (b, size) in descriptors(&m.bytes) {
+            if self.mirror.holds_blob(r, &b)? {
+                continue;
+            }
+            if self.dry_run {
+                f.blobs += 1;
+                f.bytes += size;
+                continue;
+            }
+            let got = self.paced(r, false, |m, r| m.ensure_blob(r, &b)).await?;
+            if got > 0 {
+                f.blobs += 1;
+                f.bytes += got;
+            }
+        }
+        Ok(Some(m))
+    }
+
+    /// Whether manifest `d` and everything the rule keeps of it are cached
+    /// for this repository. Metadata lookups only.
+    fn complete(&self, r: &Routed, d: &Digest) -> Result<bool, MirrorError> {
+        let Some(m) = self.mirror.held_manifest(r, d)? else {
+            return Ok(false);
+        };
+        if let Some(children) = index_children(&m.bytes) {
+            for c in children
+                .iter()
+                .filter(|c| c.attestation_for.is_none())
+                .filter(|c| self.platform_kept(c.platform.as_ref()))
+            {
+                if !self.complete(r, &c.digest)? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        for (b, _) in descriptors(&m.bytes) {
+            if !self.mirror.holds_blob(r, &b)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn platform_kept(&self, p: Option<&crate::registry::PlatformSpec>) -> bool {
+        if self.rule.platforms.is_empty() {
+            return true;
+        }
+        p.is_some_and(|p| self.rule.platforms.iter().any(|want| want.matches(p)))
+    }
+
+    /// Cosign-style `sha256-<hex>.sig` and `.att` tags of a synced digest:
+    /// synced whole when the upstream has them; absent ones are skipped.
+    async fn signatures(&mut self, r: &Routed, d: &Digest) {
+        for suffix in ["sig", "att"] {
+            let Ok(tag) = format!("{}-{}.{suffix}", d.algorithm().as_str(), d.hex()).parse::<Tag>() else {
+                continue;
+            };
+            let reference = format!("{}/{}:{tag}", self.rule.upstream, r.repo);
+            let head = self.paced(r, false, |m, r| m.head_tag(r, &tag)).await;
+            let sd = match head {
+                Ok((sd, _)) => sd,
+                Err(MirrorError::Upstream(UpstreamError::NotFound { .. })) => continue,
+                Err(e) => {
+                    self.fail(reference, &e);
+                    continue;
+                }
+            };
+            let mut f = Fetch::default();
+            let res = match self.closure(r, &sd, false, &mut f).await {
+                Ok(Some(h)) => self.mirror.set_tag(r, &tag, &h).map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {
+                    let outcome = if f.manifests + f.blobs == 0 {
+                        Outcome::Unchanged
+                    } else {
+                        Outcome::Synced {
+                            manifests: f.manifests,
+                            blobs: f.blobs,
+                            bytes: f.bytes,
+                        }
+                    };
+                    self.report(&reference, &sd, outcome);
+                    if let Err(e) = self.keep(r, &tag, &sd) {
+                        self.fail(reference, &e);
+                    }
+                }
+                Err(e) => self.fail(reference, &e),
+            }
+        }
+    }
+
+    /// Pins the tag for the rule (when `pin`) and lists it in the summary.
+    fn keep(&mut self, r: &Routed, tag: &Tag, d: &Digest) -> Result<(), MirrorError> {
+        if self.rule.pin {
+            let pattern = format!("{}/{}:{tag}", self.rule.upstream, r.repo);
+            self.mirror
+                .cache()
+                .pin_for(&pattern, &self.pin_source())?;
+        }
+        let media_type = self
+            .mirror
+            .held_manifest(r, d)?
+            .map(|h| h.media_type.to_string())
+            .unwrap_or_default();
+        self.summary.refs.push(SyncedRef {
+            upstream: self.rule.upstream.clone(),
+            repository: r.repo.to_string(),
+            tag: tag.to_string(),
+            digest: d.to_string(),
+            media_type,
+        });
+        Ok(())
+    }
+
+    fn pin_source(&self) -> String {
+        format!("sync:{}", self.rule.name)
+    }
+
+    /// `prune`: tags of this repository the rule pinned before but no
+    /// longer keeps (gone upstream or filtered out) lose the pin. Only after
+    /// a successful listing, so an upstream outage never unpins anything.
+    fn prune(&mut self, r: &Routed, kept: &[Tag]) -> Result<(), MirrorError> {
+        let prefix = format!("{}/{}:", self.rule.upstream, r.repo);
+        let cache = self.mirror.cache();
+        for pattern in cache.pins_of(&self.pin_source())? {
+            let Some(tag) = pattern.strip_prefix(&prefix) else {
+                continue;
+            };
+            // Signature tags follow their image.
+            let base_kept = kept.iter().any(|k| k.as_str() == tag);
+            let sig_kept = tag.starts_with("sha256-")
+                && self.summary.refs.iter().any(|s| {
+                    s.repository == r.repo.as_str() && s.tag == tag
+                });
+            if !base_kept && !sig_kept {
+                cache.unpin(&pattern)?;
+                (self.emit)(Event::Unpinned {
+                    rule: self.rule.name.clone(),
+                    pattern,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, reference: &str, d: &Digest, outcome: Outcome) {
+        let rule = self.rule.name.clone();
+        let (reference, digest) = (reference.to_owned(), d.to_string());
+        let m = &self.metrics;
+        match outcome {
+            Outcome::Unchanged => {
+                self.summary.unchanged += 1;
+                m.images.with_label_values(&[&rule, "unchanged"]).inc();
+                (self.emit)(Event::Unchanged {
+                    rule,
+                    reference,
+                    digest,
+                });
+            }
+            Outcome::Synced {
+                manifests,
+                blobs,
+                bytes,
+            } => {
+                self.summary.synced += 1;
+                self.summary.manifests_fetched += manifests;
+                self.summary.blobs_fetched += blobs;
+                self.summary.bytes_fetched += bytes;
+                m.images.with_label_values(&[&rule, "synced"]).inc();
+                m.bytes.with_label_values(&[&rule]).inc_by(bytes);
+                (self.emit)(Event::Synced {
+                    rule,
+                    reference,
+                    digest,
+                    manifests,
+                    blobs,
+                    bytes,
+                });
+            }
+            Outcome::Planned {
+                manifests,
+                blobs,
+                bytes,
+                complete,
+            } => {
+                self.summary.synced += 1;
+                self.summary.manifests_fetched += manifests;
+                self.summary.blobs_fetched += blobs;
+                self.summary.bytes_fetched += bytes;
+                (self.emit)(Event::Planned {
+                    rule,
+                    reference,
+                    digest,
+                    manifests,
+                    blobs,
+                    bytes,
+                    complete,
+                });
+            }
+        }
+    }
+
+    fn fail(&mut self, reference: String, e: &MirrorError) {
+        let rule = self.rule.name.clone();
+        self.metrics.images.with_label_values(&[&rule, "failed"]).inc();
+        tracing::warn!(%rule, %reference, error = %e, "sync: skipped");
+        (self.emit)(Event::Failed {
+            rule,
+            reference: reference.clone(),
+            reason: e.to_string(),
+        });
+        self.summary.failed.push(Failure {
+            reference,
+            reason: e.to_string(),
+        });
+    }
+
+    /// Runs an upstream operation, waiting out rate limits: before a
+    /// counted request (`counted`: a manifest `GET`) when the upstream's
+    /// remaining pulls are at [`RATE_RESERVE`], and after a 429 for as long
+    /// as it said. Gives up (returns the 429) past [`MAX_PAUSED_PER_RUN`].
+    async fn paced<T, F, Fut>(&mut self, r: &Routed, counted: bool, op: F) -> Result<T, MirrorError>
+    where
+        F: Fn(&'a Mirror, &Routed) -> Fut,
+        Fut: std::future::Future<Output = Result<T, MirrorError>>,
+    {
+        let mirror = self.mirror;
+        loop {
+            if counted {
+                if let Some(wait) = self.reserve_wait(r) {
+                    self.pause(wait, "ratelimit-remaining is at the reserve")
+                        .await?;
+                }
+            }
+            match op(mirror, r).await {
+                Err(MirrorError::Upstream(UpstreamError::TooManyRequests {
+                    retry_after, ..
+                })) => {
+                    self.pause(
+                        Duration::from_secs(retry_after.max(1)),
+                        "429 Too Many Requests",
+                    )
+                    .await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// How long to wait before a counted request, if the upstream's last
+    /// word was that only the reserve is left.
+    fn reserve_wait(&self, r: &Routed) -> Option<Duration> {
+        let rl = self.mirror.rate_limit(r.upstream)?;
+        if rl.remaining > RATE_RESERVE {
+            return None;
+        }
+        let per_pull = match (rl.window, rl.limit) {
+            (Some(w), Some(l)) if l > 0 => w / l as u64,
+            _ => 60,
+        };
+        let wait = Duration::from_secs(per_pull.max(1));
+        // Already waited that long since the figure was seen.
+        let since = rl.seen.elapsed();
+        (since < wait).then(|| wait - since)
+    }
+
+    async fn pause(&mut self, wait: Duration, reason: &str) -> Result<(), MirrorError> {
+        let wait = wait.min(MAX_PAUSE);
+        if self.paused + wait > MAX_PAUSED_PER_RUN {
+            return Err(MirrorError::Upstream(UpstreamError::TooManyRequests {
+                upstream: self.rule.upstream.clone(),
+                retry_after: wait.as_secs(),
+            }));
+        }
+        self.metrics
+            .pauses
+            .with_label_values(&[&self.rule.name])
+            .inc();
+        (self.emit)(Event::Paused {
+            rule: self.rule.name.clone(),
+            upstream: self.rule.upstream.clone(),
+            seconds: wait.as_secs().max(1),
+            reason: reason.to_owned(),
+        });
+        tracing::info!(rule = %self.rule.name, upstream = %self.rule.upstream,
+            seconds = wait.as_secs(), reason, "sync paused for the upstream's rate limit");
+        tokio::time::sleep(wait).await;
+        self.paused += wait;
+        Ok(())
+    }
+}
+
+/// A manifest's config and layers with their declared sizes.
+fn descriptors(bytes: &[u8]) -> Vec<(Digest, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Desc {
+        digest: String,
+        #[serde(default)]
+        size: u64,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct M {
+        config: Option<Desc>,
+        layers: Vec<Desc>,
+        blobs: Vec<Desc>,
+    }
+    let sizes: std::collections::HashMap<String, u64> = serde_json::from_slice::<M>(bytes)
+        .map(|m| {
+            m.config
+                .into_iter()
+                .chain(m.layers)
+                .chain(m.blobs)
+                .map(|d| (d.digest, d.size))
+                .collect()
+        })
+        .unwrap_or_default();
+    references(bytes)
+        .blobs
+        .into_iter()
+        .map(|d| {
+            let size = sizes.get(d.as_str()).copied().unwrap_or(0);
+            (d, size)
+        })
+        .collect()
+}

@@ -1,0 +1,242 @@
+//! Sync rules at work in a running wharf: one [`Syncer`] holds the rules,
+//! runs each on its schedule in the background (one run at a time per rule),
+//! runs them on demand (`wharf sync`, through the admin socket or on a cache
+//! no server holds), remembers each rule's last run in the cache's notes, and
+//! counts in Prometheus.
+//!
+//! Never fetches anything itself: a run (`run.rs`) goes through the mirror.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::mirror::Mirror;
+
+use super::report::{Event, Summary};
+use super::run::Run;
+use super::settings::SyncRule;
+
+/// Metrics of sync runs, by rule.
+pub struct SyncMetrics {
+    pub last_start: IntGaugeVec,
+    pub last_end: IntGaugeVec,
+    pub last_success: IntGaugeVec,
+    pub images: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub pauses: IntCounterVec,
+}
+
+impl SyncMetrics {
+    pub fn new(r: &Registry) -> SyncMetrics {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["rule"]).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        SyncMetrics {
+            last_start: gauge(
+                "wharf_sync_last_run_start_seconds",
+                "Unix time the rule's last run started",
+            ),
+            last_end: gauge(
+                "wharf_sync_last_run_end_seconds",
+                "Unix time the rule's last run ended",
+            ),
+            last_success: gauge(
+                "wharf_sync_last_run_success",
+                "1 if the rule's last run synced every selected tag, else 0",
+            ),
+            images: counter(
+                "wharf_sync_images_total",
+                "Tags handled by sync runs: result=synced, unchanged or failed",
+                &["rule", "result"],
+            ),
+            bytes: counter(
+                "wharf_sync_fetched_bytes_total",
+                "Blob bytes sync runs fetched from the upstream",
+                &["rule"],
+            ),
+            failures: counter(
+                "wharf_sync_failed_runs_total",
+                "Sync runs that ended with at least one failure",
+                &["rule"],
+            ),
+            pauses: counter(
+                "wharf_sync_pauses_total",
+                "Times a sync run waited for an upstream's rate limit",
+                &["rule"],
+            ),
+        }
+    }
+}
+
+/// Why `Syncer::run` did not run a rule.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("no sync rule named {0:?} (the configuration has: {1})")]
+    UnknownRule(String, String),
+    #[error("sync rule {0:?} is running now; one run at a time per rule")]
+    Busy(String),
+}
+
+/// The rules of a running (or CLI-opened) wharf.
+pub struct Syncer {
+    mirror: Mirror,
+    rules: Vec<SyncRule>,
+    running: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    metrics: SyncMetrics,
+}
+
+fn last_run_key(rule: &str) -> String {
+    format!("sync-run/{rule}")
+}
+
+impl Syncer {
+    pub fn new(mirror: Mirror, rules: Vec<SyncRule>, registry: &Registry) -> Syncer {
+        let running = rules
+            .iter()
+            .map(|r| (r.name.clone(), Arc::default()))
+            .collect();
+        Syncer {
+            mirror,
+            rules,
+            running,
+            metrics: SyncMetrics::new(registry),
+        }
+    }
+
+    pub fn rules(&self) -> &[SyncRule] {
+        &self.rules
+    }
+
+    /// The rules named (all when `names` is empty), or which one is unknown.
+    pub fn chosen(&self, names: &[String]) -> Result<Vec<&SyncRule>, SyncError> {
+        if names.is_empty() {
+            return Ok(self.rules.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.rules.iter().find(|r| &r.name == n).ok_or_else(|| {
+                    let have: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+                    SyncError::UnknownRule(n.clone(), have.join(", "))
+                })
+            })
+            .collect()
+    }
+
+    /// Runs one rule now, unless it is already running.
+    pub async fn run(
+        &self,
+        rule: &SyncRule,
+        dry_run: bool,
+        emit: &(dyn Fn(Event) + Send + Sync),
+    ) -> Result<Summary, SyncError> {
+        let lock = self.running[&rule.name].clone();
+        let Ok(_guard) = lock.try_lock() else {
+            return Err(SyncError::Busy(rule.name.clone()));
+        };
+        let m = &self.metrics;
+        if !dry_run {
+            m.last_start
+                .with_label_values(&[&rule.name])
+                .set(unix_now() as i64);
+        }
+        tracing::info!(rule = %rule.name, dry_run, "sync run started");
+        let summary = Run::new(&self.mirror, rule, dry_run, emit, m).run().await;
+        if !dry_run {
+            m.last_end
+                .with_label_values(&[&rule.name])
+                .set(summary.finished as i64);
+            m.last_success
+                .with_label_values(&[&rule.name])
+                .set(i64::from(summary.ok()));
+            if !summary.ok() {
+                m.failures.with_label_values(&[&rule.name]).inc();
+            }
+            let cache = self.mirror.cache();
+            if let Err(e) = cache
+                .set_note(&last_run_key(&rule.name), &summary)
+                .and_then(|_| cache.flush())
+            {
+                tracing::warn!(rule = %rule.name, error = %e, "cannot record the sync run");
+            }
+        }
+        tracing::info!(
+            rule = %rule.name, synced = summary.synced, unchanged = summary.unchanged,
+            failed = summary.failed.len(), bytes = summary.bytes_fetched,
+            "sync run finished"
+        );
+        emit(Event::RunFinished {
+            summary: summary.clone(),
+        });
+        Ok(summary)
+    }
+
+    /// The rule's last real run, as recorded in the cache.
+    pub fn last_run(&self, rule: &str) -> Option<Summary> {
+        self.mirror
+            .cache()
+            .note(&last_run_key(rule))
+            .ok()
+            .flatten()
+    }
+
+    /// Runs each scheduled rule on its schedule until the task is aborted.
+    /// A rule whose last run is older than its interval runs soon after
+    /// start; a rule that is running (from `wharf sync`) skips that slot.
+    pub fn spawn_schedules(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.rules
+            .iter()
+            .filter(|r| r.schedule.is_some())
+            .map(|rule| {
+                let (this, rule) = (self.clone(), rule.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let last = this.last_run(&rule.name).map(|s| s.started);
+                        let next = next_run(&rule, last, SystemTime::now());
+                        let wait = next
+                            .duration_since(SystemTime::now())
+                            .unwrap_or(Duration::ZERO);
+                        tracing::info!(rule = %rule.name, in_s = wait.as_secs(), "next sync run");
+                        tokio::time::sleep(wait).await;
+                        if let Err(e) = this.run(&rule, false, &|_| {}).await {
+                            tracing::info!(rule = %rule.name, error = %e, "scheduled sync skipped");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// When a scheduled rule runs next: its schedule's next time after the last
+/// run's start (now, if none or overdue), plus jitter.
+fn next_run(rule: &SyncRule, last_start: Option<u64>, now: SystemTime) -> SystemTime {
+    let schedule = rule.schedule.as_ref().expect("scheduled rules only");
+    let from = last_start
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        .unwrap_or(now);
+    let next = schedule.next_after(from, random_u64());
+    next.max(now)
+}
+
+fn unix_now() -> u64 {
+    crate::cache::now_secs()
+}
+
+fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u64::from_le_bytes(b)
+}
