@@ -19,6 +19,10 @@ pub struct App {
     pub mirror: Mirror,
     pub access: Access,
     pub sync: Arc<Syncer>,
+    /// Bundle imports: the keys that may sign them, and the cache's budget
+    /// the pinned imports must fit in.
+    pub trusted_keys: Vec<std::path::PathBuf>,
+    pub max_size: Option<u64>,
     pub metrics: Arc<Metrics>,
     /// No admin listener: `/metrics` is served on the main one.
     pub metrics_on_main: bool,
@@ -43,6 +47,21 @@ impl App {
         Ok(App::with_mirror(config, mirror, metrics))
     }
 
+    /// Imports a bundle into the cache, checking it against the trusted
+    /// keys (read now, so a rotated key needs no restart).
+    pub async fn import(
+        &self,
+        req: &crate::airgap::ImportRequest,
+        emit: &(dyn Fn(crate::airgap::Event) + Send + Sync),
+    ) -> Result<crate::airgap::ImportReport, crate::airgap::AirgapError> {
+        let keys = self
+            .trusted_keys
+            .iter()
+            .map(|p| crate::bundle::load_public_key(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::airgap::import_bundle(&self.mirror, &keys, self.max_size, req, emit).await
+    }
+
     fn with_mirror(config: &Config, mirror: Mirror, metrics: Arc<Metrics>) -> Arc<App> {
         let sync = Arc::new(Syncer::new(
             mirror.clone(),
@@ -51,6 +70,8 @@ impl App {
         ));
         Arc::new(App {
             sync,
+            trusted_keys: config.bundle.trusted_keys.clone(),
+            max_size: config.cache.limits.max_size,
             mirror,
             access: Access::new(
                 &config.access,

@@ -85,6 +85,21 @@ enum Command {
         config: Option<PathBuf>,
         pattern: Option<String>,
     },
+    /// Run sync rules now (all, or those named): list, filter, resolve by
+    /// HEAD, fetch what the cache lacks, pin. Through the running server if
+    /// one holds the cache. Exit status 1 if any tag failed.
+    Sync {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Rules to run (default: every rule in the configuration).
+        rules: Vec<String>,
+        /// Print the plan (refs, digests, blobs and bytes to fetch); fetch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON object per event (the default when stdout is not a terminal).
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a pin added with `wharf pin`.
     Unpin {
         #[arg(long, short)]
@@ -131,6 +146,12 @@ fn main() -> ExitCode {
         Command::Pin { config, pattern } => {
             with_logs(|| wharf::admin::client::pin(load(config)?, pattern))
         }
+        Command::Sync {
+            config,
+            rules,
+            dry_run,
+            json,
+        } => with_logs(|| wharf::admin::client::sync(load(config)?, rules, dry_run, json)),
         Command::Unpin { config, pattern } => {
             with_logs(|| wharf::admin::client::unpin(load(config)?, pattern))
         }

@@ -412,3 +412,195 @@ fn when(ms: u64) -> String {
         .trim_end_matches('Z')
         .to_owned()
 }
+
+/// Runs a bundle operation: through the running server when one answers on
+/// the admin socket, else here on the opened cache (`direct`). Shows
+/// progress; returns the operation's report.
+fn bundle_op<F>(config: &Config, op: Op, json: bool, direct: F) -> anyhow::Result<serde_json::Value>
+where
+    F: FnOnce(
+        Arc<crate::app::App>,
+        &(dyn Fn(crate::airgap::Event) + Send + Sync),
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<serde_json::Value>> + '_>,
+    >,
+{
+    use crate::airgap::{Event, Progress};
+    let progress = parking_lot::Mutex::new(Progress::new(json));
+    let show = |e: Event| progress.lock().show(&e);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let sock = socket_path(&config.cache_dir);
+    let mut last: Option<Result<serde_json::Value, String>> = None;
+    let via_server = sock.exists()
+        && rt.block_on(ask_stream(&sock, &op, &mut |line| {
+            match serde_json::from_str::<Event>(line) {
+                Ok(Event::Done { report }) => last = Some(Ok(report)),
+                Ok(Event::Error { error }) => last = Some(Err(error)),
+                Ok(e) => show(e),
+                Err(_) => {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                    last = Some(Err(v["error"].as_str().unwrap_or(line).to_owned()));
+                }
+            }
+        }))?;
+    if via_server {
+        show(Event::Done {
+            report: serde_json::Value::Null,
+        });
+        note(Via::Server);
+        return match last {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(anyhow!("{e}")),
+            None => Err(anyhow!("the server's stream ended without a result")),
+        };
+    }
+    let r = rt.block_on(async {
+        let app = crate::app::App::open(config, Arc::default()).map_err(|e| match &e {
+            MirrorError::Cache(c) if matches!(**c, CacheError::Locked(_)) => anyhow!(
+                "{e}, which does not answer on {} (an older wharf, or one still starting?)",
+                sock.display()
+            ),
+            _ => anyhow!("cannot open the cache in {}: {e}", config.cache_dir.display()),
+        })?;
+        let r = direct(app.clone(), &show).await;
+        app.mirror.flush()?;
+        r
+    });
+    show(Event::Done {
+        report: serde_json::Value::Null,
+    });
+    r
+}
+
+/// `wharf bundle create`.
+pub fn bundle_create(
+    config: Config,
+    req: crate::airgap::CreateRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let out = req.out.clone();
+    let v = bundle_op(&config, Op::BundleCreate(req.clone()), json, |app, emit| {
+        Box::pin(async move {
+            let doc = tokio::task::block_in_place(|| {
+                crate::airgap::create_bundle(&app.mirror, &app.sync, &req, emit)
+            })?;
+            Ok(serde_json::json!({"id": doc.id, "sequence": doc.sequence, "volumes": doc.volumes.len(), "blobs": doc.blobs.len(), "refs": doc.refs.len()}))
+        })
+    })?;
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "bundle {} (sequence {}) written to {}: {} refs, {} blobs in {} volume(s)",
+            v["id"].as_str().unwrap_or("?"),
+            v["sequence"],
+            out.display(),
+            v["refs"],
+            v["blobs"],
+            v["volumes"]
+        );
+    }
+    Ok(())
+}
+
+/// `wharf bundle import`. As root with no server running, the import runs
+/// as the cache directory's owner, so a `DynamicUser` service can read
+/// what it wrote.
+pub fn bundle_import(
+    config: Config,
+    req: crate::airgap::ImportRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let sock = socket_path(&config.cache_dir);
+    let server_answers = sock.exists() && std::os::unix::net::UnixStream::connect(&sock).is_ok();
+    if !server_answers {
+        become_cache_owner(&config.cache_dir, &req.dir)?;
+    }
+    let v = bundle_op(&config, Op::BundleImport(req.clone()), json, |app, emit| {
+        Box::pin(async move {
+            let r = app.import(&req, emit).await?;
+            Ok(serde_json::to_value(r)?)
+        })
+    })?;
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "imported bundle {} (sequence {}): {} refs, {} blobs written ({}), {} already here, {} tag(s) moved{}",
+            v["bundle"].as_str().unwrap_or("?"),
+            v["sequence"],
+            v["refs"],
+            v["blobs_written"],
+            size(v["bytes_written"].as_u64().unwrap_or(0)),
+            v["blobs_present"],
+            v["tags_moved"],
+            match v["unpinned"].as_array() {
+                Some(a) if !a.is_empty() => format!(", {} unpinned", a.len()),
+                _ => String::new(),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `wharf inventory export`: every digest the cache holds, as JSON.
+pub fn inventory_export(config: Config, out: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let (v, via) = run(&config, &Op::Inventory)?;
+    let text = serde_json::to_string_pretty(&v)? + "\n";
+    match out {
+        Some(p) => {
+            std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!(
+                "{}: {} digests",
+                p.display(),
+                v["blobs"].as_array().map_or(0, Vec::len)
+            );
+        }
+        None => print!("{text}"),
+    }
+    note(via);
+    Ok(())
+}
+
+/// Root importing into a cache directory owned by another user (a
+/// `DynamicUser` or `wharf` service account) becomes that user first, so
+/// every file and metadata page it writes belongs to the service. The bundle
+/// must then be readable by that user; if not, say so instead of writing
+/// files the service cannot read.
+fn become_cache_owner(cache_dir: &Path, bundle: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(cache_dir) else {
+        return Ok(()); // created by this import, as root: root's cache
+    };
+    let (uid, gid) = (meta.uid(), meta.gid());
+    if uid == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscalls on integers; on failure nothing changed.
+    let ok = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(gid) == 0 && libc::setuid(uid) == 0
+    };
+    if !ok {
+        bail!(
+            "cannot switch to the cache directory's owner (uid {uid}): {}; refusing to write files the service could not read",
+            std::io::Error::last_os_error()
+        );
+    }
+    let probe = bundle.join(crate::bundle::DOC_FILE);
+    if let Err(e) = std::fs::File::open(&probe) {
+        bail!(
+            "importing as the cache's owner (uid {uid}, like the service), {} is not readable: {e}; make the bundle readable by that user (or copy it somewhere it can read)",
+            probe.display()
+        );
+    }
+    eprintln!("(importing as uid {uid}, the owner of {})", cache_dir.display());
+    Ok(())
+}

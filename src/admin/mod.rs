@@ -43,12 +43,21 @@ pub enum Op {
     /// Runs sync rules now (all when `rules` is empty); answered with one
     /// JSON event per line as the run goes.
     Sync { rules: Vec<String>, dry_run: bool },
+    /// `wharf bundle create`, streamed like `Sync`.
+    BundleCreate(crate::airgap::CreateRequest),
+    /// `wharf bundle import`, streamed like `Sync`.
+    BundleImport(crate::airgap::ImportRequest),
+    /// `wharf inventory export`: every digest the cache holds.
+    Inventory,
 }
 
 impl Op {
     /// Operations answered with a stream of events rather than one value.
     pub fn streams(&self) -> bool {
-        matches!(self, Op::Sync { .. })
+        matches!(
+            self,
+            Op::Sync { .. } | Op::BundleCreate(_) | Op::BundleImport(_)
+        )
     }
 }
 
@@ -67,9 +76,10 @@ pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<serde_json::Value, 
         Op::Unpin { pattern } => {
             serde_json::json!({ "pattern": pattern, "removed": cache.unpin(pattern)? })
         }
-        Op::Sync { .. } => {
+        Op::Inventory => json(serde_json::to_value(crate::airgap::SiteInventory::of(cache)?)),
+        Op::Sync { .. } | Op::BundleCreate(_) | Op::BundleImport(_) => {
             return Err(CacheError::Invalid(
-                "sync runs through the mirror, not on the cache alone".into(),
+                "this operation runs through the mirror, not on the cache alone".into(),
             ))
         }
         Op::Pins => serde_json::json!(cache
@@ -213,6 +223,27 @@ fn stream_events(app: &Arc<App>, op: Op) -> Response<Body> {
                     }
                 }
             }
+            Op::BundleCreate(req) => {
+                let app2 = app.clone();
+                let etx2 = etx.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let emit = |e: crate::airgap::Event| {
+                        let _ = etx2.send(erased::Line::line(&e));
+                    };
+                    crate::airgap::create_bundle(&app2.mirror, &app2.sync, &req, &emit)
+                        .map(|doc| serde_json::json!({"id": doc.id, "sequence": doc.sequence, "volumes": doc.volumes.len(), "blobs": doc.blobs.len(), "refs": doc.refs.len()}))
+                })
+                .await;
+                send(&done(res.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()))));
+            }
+            Op::BundleImport(req) => {
+                let emit = |e: crate::airgap::Event| send(&e);
+                let res = app.import(&req, &emit).await;
+                send(&done(
+                    res.map(|r| serde_json::to_value(r).expect("reports serialize"))
+                        .map_err(|e| e.to_string()),
+                ));
+            }
             _ => send(&Failed("not a streaming operation".into())),
         }
     });
@@ -226,12 +257,25 @@ fn stream_events(app: &Arc<App>, op: Op) -> Response<Body> {
 /// An operation's failure in a stream: `{"event": "error", "error": ...}`.
 struct Failed(String);
 
+/// The last event of a bundle operation.
+fn done(r: Result<serde_json::Value, String>) -> crate::airgap::Event {
+    match r {
+        Ok(report) => crate::airgap::Event::Done { report },
+        Err(error) => crate::airgap::Event::Error { error },
+    }
+}
+
 mod erased {
     /// Anything sent as one line of a stream.
     pub trait Line {
         fn line(&self) -> String;
     }
     impl Line for crate::sync::Event {
+        fn line(&self) -> String {
+            serde_json::to_string(self).expect("events serialize")
+        }
+    }
+    impl Line for crate::airgap::Event {
         fn line(&self) -> String {
             serde_json::to_string(self).expect("events serialize")
         }

@@ -66,7 +66,29 @@ impl Cache {
         size: Option<u64>,
         chunks: impl IntoIterator<Item = Result<B, FillError>>,
     ) -> Result<u64, FillError> {
-        let r = self.feed(w, size, chunks);
+        self.fill_and_link(w, size, chunks, true)
+    }
+
+    /// [`fill`](Self::fill) without the link: the blob is committed but no
+    /// repository may read it until someone links it (a bundle import links
+    /// everything at its end, so a refused import leaves nothing readable).
+    pub fn fill_unlinked<B: AsRef<[u8]>>(
+        &self,
+        w: Box<FillWriter>,
+        size: Option<u64>,
+        chunks: impl IntoIterator<Item = Result<B, FillError>>,
+    ) -> Result<u64, FillError> {
+        self.fill_and_link(w, size, chunks, false)
+    }
+
+    fn fill_and_link<B: AsRef<[u8]>>(
+        &self,
+        w: Box<FillWriter>,
+        size: Option<u64>,
+        chunks: impl IntoIterator<Item = Result<B, FillError>>,
+        link: bool,
+    ) -> Result<u64, FillError> {
+        let r = self.feed(w, size, chunks, link);
         self.metrics.fills_in_flight.set(self.fills.len() as i64);
         if r.as_ref().is_err_and(FillError::is_disk_full) {
             // Make room for the next fill.
@@ -80,6 +102,7 @@ impl Cache {
         mut w: Box<FillWriter>,
         size: Option<u64>,
         chunks: impl IntoIterator<Item = Result<B, FillError>>,
+        link: bool,
     ) -> Result<u64, FillError> {
         let room = match size.map(|s| self.reserve(s)).transpose() {
             Ok(r) => r,
@@ -105,7 +128,10 @@ impl Cache {
             // From here the blob counts as usage, not as a promise.
             drop(room);
             self.committed(&d, &BlobRecord::blob(size, now_millis()))?;
-            self.meta.link(&upstream, &repo, &d)
+            if link {
+                self.meta.link(&upstream, &repo, &d)?;
+            }
+            Ok(())
         })
     }
 
@@ -176,6 +202,23 @@ impl Cache {
         if let Some(t) = tag {
             self.set_tag(origin, t, d, &m.media_type)?;
         }
+        Ok(())
+    }
+
+    /// Commits a manifest (verified against `d`) that no repository may
+    /// read yet: a bundle import links and tags it at its end.
+    pub async fn commit_manifest_unlinked(
+        self: &Arc<Self>,
+        d: &Digest,
+        m: &CachedManifest,
+    ) -> Result<(), CacheError> {
+        let (this, d2, bytes) = (self.clone(), d.clone(), m.bytes.clone());
+        tokio::task::spawn_blocking(move || this.store.put_verified(&d2, &bytes))
+            .await
+            .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
+        let rec = BlobRecord::manifest(m.bytes.len() as u64, m.media_type.as_str(), now_millis());
+        self.committed(d, &rec)?;
+        self.hot.insert(d.clone(), m.clone());
         Ok(())
     }
 

@@ -23,6 +23,19 @@ impl Cache {
         Ok(listing)
     }
 
+    /// Every committed blob and manifest with its size: what a site
+    /// holds (`wharf inventory export`).
+    pub fn digests(&self) -> Result<Vec<(Digest, u64)>, CacheError> {
+        let mut out: Vec<(Digest, u64)> = self
+            .meta
+            .blobs()?
+            .into_iter()
+            .filter_map(|(k, rec)| Some((k.parse().ok()?, rec.ok()?.size)))
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        Ok(out)
+    }
+
     pub fn usage(&self) -> Result<Usage, CacheError> {
         let inv = Inventory::load(&self.meta, &self.store)?;
         let pinned = inv.pinned(&self.pins()?);

@@ -19,10 +19,10 @@ use std::time::Duration;
 use crate::cache::now_secs;
 use crate::mirror::{Held, LeftOut, Mirror, MirrorError, Routed};
 use crate::registry::manifest::references;
-use crate::registry::{index_children, Digest, RepoName, Tag};
+use crate::registry::{index_children, select_children, Digest, RepoName, Tag};
 use crate::upstream::UpstreamError;
 
-use super::filter::Selection;
+use super::filter::{signature_tags, KeepLast};
 use super::report::{Event, Failure, Summary, SyncedRef};
 use super::settings::{RepoRule, SyncRule};
 use super::SyncMetrics;
@@ -169,15 +169,16 @@ impl<'a> Run<'a> {
         repo: &RepoRule,
         all: &[Tag],
     ) -> Result<Vec<Tag>, MirrorError> {
-        match repo.filter.select(all) {
-            Selection::Tags(t) => Ok(t),
-            Selection::NeedsCreated(candidates) => {
+        let candidates = repo.filter.candidates(all.iter().cloned());
+        match repo.filter.keep_newest(candidates) {
+            KeepLast::Chosen(t) => Ok(t),
+            KeepLast::NeedCreated(candidates) => {
                 let mut dated = Vec::with_capacity(candidates.len());
                 for t in candidates {
                     let created = self.created(r, &t).await;
-                    dated.push((t, created));
+                    dated.push((t, created.map(std::time::SystemTime::from)));
                 }
-                Ok(repo.filter.newest_by_created(dated))
+                Ok(repo.filter.by_created(dated))
             }
         }
     }
@@ -189,10 +190,12 @@ impl<'a> Run<'a> {
         let m = self.manifest(r, &d).await.ok()??;
         let m = match index_children(&m.bytes) {
             Some(children) => {
-                let c = children
-                    .iter()
-                    .find(|c| self.platform_kept(c.platform.as_ref()) && c.attestation_for.is_none())?;
-                self.manifest(r, &c.digest).await.ok()??
+                let c = select_children(&children, &self.rule.platforms)
+                    .into_iter()
+                    .find(|c| c.attestation_for.is_none())?
+                    .digest
+                    .clone();
+                self.manifest(r, &c).await.ok()??
             }
             None => m,
         };
@@ -286,18 +289,16 @@ impl<'a> Run<'a> {
         };
         f.manifests += u64::from(m.fetched);
         if let Some(children) = index_children(&m.bytes) {
-            let kept_digests: HashSet<Digest> = children
-                .iter()
-                .filter(|c| c.attestation_for.is_none())
-                .filter(|c| !filter || self.platform_kept(c.platform.as_ref()))
-                .map(|c| c.digest.clone())
-                .collect();
+            let kept: HashSet<Digest> = if filter {
+                select_children(&children, &self.rule.platforms)
+            } else {
+                children.iter().collect()
+            }
+            .into_iter()
+            .map(|c| c.digest.clone())
+            .collect();
             for c in &children {
-                let keep = match &c.attestation_for {
-                    Some(subject) => kept_digests.contains(subject),
-                    None => kept_digests.contains(&c.digest),
-                };
-                if keep {
+                if kept.contains(&c.digest) {
                     Box::pin(self.closure(r, &c.digest, filter, f)).await?;
                 } else if !self.dry_run {
                     let platform = c
@@ -340,11 +341,7 @@ impl<'a> Run<'a> {
             return Ok(false);
         };
         if let Some(children) = index_children(&m.bytes) {
-            for c in children
-                .iter()
-                .filter(|c| c.attestation_for.is_none())
-                .filter(|c| self.platform_kept(c.platform.as_ref()))
-            {
+            for c in select_children(&children, &self.rule.platforms) {
                 if !self.complete(r, &c.digest)? {
                     return Ok(false);
                 }
@@ -359,20 +356,11 @@ impl<'a> Run<'a> {
         Ok(true)
     }
 
-    fn platform_kept(&self, p: Option<&crate::registry::PlatformSpec>) -> bool {
-        if self.rule.platforms.is_empty() {
-            return true;
-        }
-        p.is_some_and(|p| self.rule.platforms.iter().any(|want| want.matches(p)))
-    }
-
-    /// Cosign-style `sha256-<hex>.sig` and `.att` tags of a synced digest:
-    /// synced whole when the upstream has them; absent ones are skipped.
+    /// Cosign-style `sha256-<hex>.sig`, `.att` and `.sbom` tags of a synced
+    /// digest: synced whole when the upstream has them; absent ones are
+    /// skipped.
     async fn signatures(&mut self, r: &Routed, d: &Digest) {
-        for suffix in ["sig", "att"] {
-            let Ok(tag) = format!("{}-{}.{suffix}", d.algorithm().as_str(), d.hex()).parse::<Tag>() else {
-                continue;
-            };
+        for tag in signature_tags(d) {
             let reference = format!("{}/{}:{tag}", self.rule.upstream, r.repo);
             let head = self.paced(r, false, |m, r| m.head_tag(r, &tag)).await;
             let sd = match head {
