@@ -234,4 +234,20 @@ fn site_upstream_fixtures_hold_three_platforms_a_signature_and_many_tags() {
     assert_eq!(puts.len(), 200);
     assert!(puts.iter().all(|(_, _, status)| *status == 201), "{puts:?}");
     assert_eq!(up.get_manifest("library/multi", "1.199.0").0, index);
+
+    // push_unique: new images with blobs of their own, sharing busybox.
+    let (d1, new1) = up.push_unique("library/app", "1.0.0", "2026-01-01T00:00:00Z");
+    let (d2, new2) = up.push_unique("library/app", "1.1.0", "2026-02-01T00:00:00Z");
+    assert_ne!(d1, d2);
+    assert!(new1.iter().all(|b| !new2.contains(b)), "{new1:?} {new2:?}");
+    assert_eq!(
+        up.count("POST", "/v2/library/app/blobs/uploads/"),
+        1 + 2 + 2,
+        "busybox once, then each image's own layer and config"
+    );
+    let (m, _) = up.get_manifest("library/app", "1.1.0");
+    assert_eq!(
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&m))),
+        d2
+    );
 }

@@ -199,6 +199,110 @@ impl Upstream {
         tag
     }
 
+    /// Pushes a new image to `repo:tag`: `small`'s busybox layer plus a fresh
+    /// layer (a gzipped tar of one random 1 KiB file) and a config whose
+    /// `created` is `created` (RFC 3339), so every call makes distinct
+    /// blobs and the images sort by creation time. Blobs the repository
+    /// already holds are not sent. Returns the manifest's digest and the
+    /// digests of the two blobs no other image has (the layer and config).
+    pub fn push_unique(&self, repo: &str, tag: &str, created: &str) -> (String, Vec<String>) {
+        use sha2::Digest as _;
+        let digest_of = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
+        let blob = |d: &str| std::fs::read(images().join("blobs/sha256").join(&d[7..])).unwrap();
+        let json = |d: &str| -> serde_json::Value { serde_json::from_slice(&blob(d)).unwrap() };
+        let small = json(&layout_digest("small"));
+        let base_layer = small["layers"][0].clone();
+        let mut config = json(small["config"]["digest"].as_str().unwrap());
+
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("unique.bin"), random_hex(512)).unwrap();
+        run(Command::new("tar")
+            .arg("-cf")
+            .arg(work.path().join("layer.tar"))
+            .arg("-C")
+            .arg(work.path())
+            .arg("unique.bin"));
+        let tar = std::fs::read(work.path().join("layer.tar")).unwrap();
+        run(Command::new("gzip")
+            .arg("-n")
+            .arg(work.path().join("layer.tar")));
+        let layer = std::fs::read(work.path().join("layer.tar.gz")).unwrap();
+        config["created"] = created.into();
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .unwrap()
+            .push(digest_of(&tar).into());
+        let config = serde_json::to_vec(&config).unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digest_of(&config), "size": config.len()},
+            "layers": [base_layer, {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                    "digest": digest_of(&layer), "size": layer.len()}],
+        }))
+        .unwrap();
+
+        let auth = self.push_auth(repo);
+        let client = http();
+        let base = blob(base_layer["digest"].as_str().unwrap());
+        for b in [&base, &layer, &config] {
+            self.upload(&client, &auth, repo, b);
+        }
+        self.put(
+            &client,
+            &auth,
+            repo,
+            tag,
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        (
+            digest_of(&manifest),
+            vec![digest_of(&layer), digest_of(&config)],
+        )
+    }
+
+    /// A monolithic blob upload (POST, then PUT `?digest=`), unless the
+    /// repository has the blob already.
+    fn upload(
+        &self,
+        client: &reqwest::blocking::Client,
+        auth: &Option<String>,
+        repo: &str,
+        bytes: &[u8],
+    ) {
+        use sha2::Digest as _;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        let with_auth = |r: reqwest::blocking::RequestBuilder| match auth {
+            Some(a) => r.header("authorization", a),
+            None => r,
+        };
+        let head = with_auth(client.head(format!("{}/v2/{repo}/blobs/{digest}", self.url())))
+            .send()
+            .unwrap();
+        if head.status().is_success() {
+            return;
+        }
+        let r = with_auth(client.post(format!("{}/v2/{repo}/blobs/uploads/", self.url())))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 202, "upload to {repo}");
+        let location = r.headers()["location"].to_str().unwrap();
+        let location = if location.starts_with('/') {
+            format!("{}{location}", self.url())
+        } else {
+            location.to_owned()
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let r = with_auth(client.put(format!("{location}{sep}digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "upload of {digest} to {repo}");
+    }
+
     /// The `Authorization` value a pusher of `repo` sends: none without auth,
     /// Basic with htpasswd, else a Bearer token for `pull,push` from the token
     /// service (the test user gets every action it asks for).
