@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::harness::*;
-use crate::pull::Containerd;
 
 /// Every text a run produced that someone other than wharf's operator could
 /// see or that ends up in logs: response bodies and headers, client output,

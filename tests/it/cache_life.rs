@@ -536,7 +536,7 @@ fn offline_serves_cached_images_to_skopeo_and_containerd() {
     point_containerd_at(w.addr());
     let hd = dir.path().join("hosts");
     let hd = hd.to_str().unwrap();
-    let ctd = crate::pull::Containerd::start(&dir.path().join("ctd"));
+    let ctd = Containerd::start(&dir.path().join("ctd"));
     let ctr_pull = |image: &str| {
         let r = ctd.ctr(&["images", "pull", "--hosts-dir", hd, image]);
         // Next time from wharf again, not from containerd's own store.

@@ -3,164 +3,14 @@
 //! `insecure-registries`.
 //!
 //! dockerd never verifies TLS for mirrors on 127.0.0.0/8, so the mirror address
-//! must be non-loopback: dockerd runs in a network namespace of its own that has
-//! only `lo` with 198.18.0.1, and socat relays 198.18.0.1:5000 in there to
-//! wharf on the host's loopback through a unix socket. With only `lo`, dockerd's
-//! fallback to the real Docker Hub cannot go anywhere.
+//! must be non-loopback: dockerd runs in an isolated network namespace
+//! ([`Netns::isolated`]: only `lo` with 198.18.0.1), and a relay opens
+//! 198.18.0.1:5000 in there to wharf on the host's loopback. With only `lo`,
+//! dockerd's fallback to the real Docker Hub cannot go anywhere.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
 use crate::harness::*;
-
-const MIRROR_IP: &str = "198.18.0.1";
-
-struct Netns {
-    name: String,
-    relays: Vec<Child>,
-}
-
-impl Netns {
-    /// A namespace with `lo` and 198.18.0.1, and 198.18.0.1:5000 relayed to
-    /// `target` on the host.
-    fn new(target: std::net::SocketAddr, dir: &Path) -> Netns {
-        let name = format!("wharf-{}", random_hex(4));
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns {
-            name,
-            relays: vec![],
-        };
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        run(Command::new("ip").args([
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{MIRROR_IP}/32"),
-            "dev",
-            "lo",
-        ]));
-        let sock = dir.join("relay.sock");
-        let mut ns = ns;
-        ns.relays.push(
-            Command::new("socat")
-                .arg(format!("UNIX-LISTEN:{},fork,unlink-early", sock.display()))
-                .arg(format!("TCP:{target}"))
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        eventually(
-            Duration::from_secs(10),
-            &format!("socat to create {}", sock.display()),
-            || sock.exists(),
-        );
-        ns.relays.push(
-            Command::new("ip")
-                .args(["netns", "exec", &ns.name, "socat"])
-                .arg(format!("TCP-LISTEN:5000,bind={MIRROR_IP},fork,reuseaddr"))
-                .arg(format!("UNIX-CONNECT:{}", sock.display()))
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for r in &mut self.relays {
-            let _ = r.kill();
-            let _ = r.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-struct Dockerd {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Dockerd {
-    /// Starts dockerd inside `ns` with `/etc/docker` bind-mounted from
-    /// `dir/etc-docker` (so certs.d is the test's), mirror https://198.18.0.1:5000.
-    fn start(ns: &Netns, dir: &Path) -> Dockerd {
-        let d = dir.display();
-        std::fs::create_dir_all(dir.join("etc-docker")).unwrap();
-        std::fs::write(
-            dir.join("daemon.json"),
-            format!(
-                r#"{{"data-root": "{d}/data", "exec-root": "{d}/exec", "pidfile": "{d}/docker.pid",
-  "hosts": ["unix://{d}/docker.sock"], "iptables": false, "ip-masq": false, "ip6tables": false,
-  "bridge": "none", "storage-driver": "vfs", "registry-mirrors": ["https://{MIRROR_IP}:5000"]}}"#
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-                "mount --bind {d}/etc-docker /etc/docker && exec dockerd --config-file {d}/daemon.json"
-            ))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut dockerd = Dockerd {
-            child,
-            dir: dir.to_owned(),
-        };
-        let started = poll_until(Duration::from_secs(60), || {
-            if let Ok(Some(st)) = dockerd.child.try_wait() {
-                panic!("dockerd exited ({st}): {}", dockerd.log());
-            }
-            dockerd.docker(&["version"]).0
-        });
-        assert!(
-            started.is_some(),
-            "dockerd did not start: {}",
-            dockerd.log()
-        );
-        dockerd
-    }
-
-    fn docker(&self, args: &[&str]) -> (bool, String) {
-        let mut c = Command::new("docker");
-        c.env(
-            "DOCKER_HOST",
-            format!("unix://{}/docker.sock", self.dir.display()),
-        )
-        .args(args);
-        try_run(&mut c)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM lets dockerd stop the containerd it started.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let exited = poll_until(Duration::from_secs(20), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if exited.is_some() {
-            return;
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Every blob of an image on the upstream (config and layers of each manifest).
 fn blobs(up: &Upstream, repo: &str, tag: &str, platform_arch: Option<&str>) -> Vec<String> {
@@ -207,17 +57,19 @@ fn dockerd_pulls_through_a_non_loopback_tls_mirror_trusting_only_the_ca() {
     up.push("large", "library/big:1", None, false);
     let w = Wharf::start_with(
         &rt,
-        &format!("[server.tls]\nnames = [\"{MIRROR_IP}\"]\n"),
+        &format!("[server.tls]\nnames = [\"{SITE_IP}\"]\n"),
         &Wharf::hub_block(&up, false, Path::new("/")),
         "",
     );
     let tmp = tempfile::tempdir().unwrap();
-    let ns = Netns::new(w.addr, tmp.path());
+    let mut ns = Netns::isolated();
+    ns.relay(5000, w.addr, tmp.path());
+    let mirror = format!("https://{SITE_IP}:5000");
 
     // Without the CA: dockerd refuses the mirror's certificate and, with no
     // route to Docker Hub, the pull fails.
     {
-        let dockerd = Dockerd::start(&ns, &tmp.path().join("untrusting"));
+        let dockerd = Dockerd::start(&ns, &tmp.path().join("untrusting"), &mirror, None);
         let (ok, out) = dockerd.docker(&["pull", "test:1"]);
         assert!(!ok, "a pull through an untrusted mirror must fail: {out}");
         let log = dockerd.log();
@@ -234,10 +86,11 @@ fn dockerd_pulls_through_a_non_loopback_tls_mirror_trusting_only_the_ca() {
 
     // With the CA in certs.d/<host:port>/ca.crt, and no insecure-registries.
     let dir = tmp.path().join("trusting");
-    let certs = dir.join(format!("etc-docker/certs.d/{MIRROR_IP}:5000"));
-    std::fs::create_dir_all(&certs).unwrap();
-    std::fs::copy(w.cache_dir().join("tls/ca.crt"), certs.join("ca.crt")).unwrap();
-    let dockerd = Dockerd::start(&ns, &dir);
+    let ca = w.cache_dir().join("tls/ca.crt");
+    let dockerd = Dockerd::start(&ns, &dir, &mirror, Some(&ca));
+    assert!(dir
+        .join(format!("etc-docker/certs.d/{SITE_IP}:5000/ca.crt"))
+        .exists());
     for image in ["test:1", "multi:1", "big:1"] {
         let (ok, out) = dockerd.docker(&["pull", image]);
         assert!(

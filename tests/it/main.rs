@@ -15,5 +15,6 @@ mod http_api;
 mod observability;
 mod pull;
 mod redirect;
+mod site;
 mod tls;
 mod upstream_auth;

@@ -187,55 +187,6 @@ pub fn manifest_digest(base: &str, repo: &str, tag: &str) -> String {
         .to_owned()
 }
 
-pub struct Containerd {
-    child: std::process::Child,
-    sock: std::path::PathBuf,
-}
-
-impl Containerd {
-    pub fn start(dir: &std::path::Path) -> Containerd {
-        require(&["containerd", "ctr"]);
-        std::fs::create_dir_all(dir).unwrap();
-        let sock = dir.join("containerd.sock");
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n",
-                dir.display(),
-                sock.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        eventually(
-            std::time::Duration::from_secs(20),
-            "containerd to open its socket",
-            || sock.exists(),
-        );
-        Containerd { child, sock }
-    }
-
-    pub fn ctr(&self, args: &[&str]) -> (bool, String) {
-        let mut c = Command::new("ctr");
-        c.arg("-a").arg(&self.sock).args(["-n", "test"]).args(args);
-        try_run(&mut c)
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn containerd_pulls_through_hosts_toml_with_ns() {
     let rt = runtime();

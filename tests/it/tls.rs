@@ -142,7 +142,7 @@ fn containerd_trusts_wharf_for_two_upstreams_selected_by_ns() {
         .unwrap();
     }
     let hosts = tmp.path().join("hosts");
-    let ctd = crate::pull::Containerd::start(&tmp.path().join("ctd"));
+    let ctd = Containerd::start(&tmp.path().join("ctd"));
     for image in [
         "docker.io/library/test:1",
         "europe-docker.pkg.dev/my-project/my-repo/app:1",

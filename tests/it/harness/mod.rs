@@ -16,21 +16,35 @@
 //! - [`wharf`]: wharf itself, in-process ([`Wharf`], [`Fixture`]) or as its
 //!   binary ([`Served`]), and readers of its cache and metrics. The harness
 //!   uses wharf's library API in that file only.
-//! - [`clients`]: registries.conf and skopeo helpers.
+//! - [`clients`]: registries.conf and skopeo helpers, [`Skopeo`] on the host
+//!   or in a namespace.
+//! - [`netns`]: [`Netns`], a network namespace with no route anywhere (an
+//!   air-gapped site), commands run inside it.
+//! - [`dockerd`], [`containerd`]: [`Dockerd`] (in a namespace only) and
+//!   [`Containerd`] (either), private daemons and their clients;
+//!   [`hosts_dir`] for `ctr --hosts-dir`.
 
 mod clients;
+mod containerd;
+mod dockerd;
 mod metadata;
+mod netns;
 mod ratelimit;
 mod registry;
 mod token;
 mod wharf;
 
-pub use self::clients::{dir_contents, registries_conf, registries_conf_for, skopeo_to_dir};
+pub use self::clients::{
+    dir_contents, registries_conf, registries_conf_for, skopeo_to_dir, Skopeo,
+};
+pub use self::containerd::{hosts_dir, Containerd};
+pub use self::dockerd::Dockerd;
 pub use self::metadata::MetadataServer;
+pub use self::netns::{Netns, SITE_IP};
 pub use self::ratelimit::{throttled_relay, RateLimiter};
 pub use self::registry::{Auth, Upstream};
 pub use self::token::{TokenOpts, TokenServer};
-pub use self::wharf::{files_under, metric_value, rehash_cache, Fixture, Served, Wharf};
+pub use self::wharf::{files_under, metric_value, rehash_cache, Fixture, Served, Wharf, SITE_PORT};
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -110,6 +124,22 @@ pub fn images() -> PathBuf {
             .arg(&dir));
     });
     dir.join("oci")
+}
+
+/// The digest of a tag of the test layout (`multi`'s, which a push with
+/// `--all` and no `--format` keeps).
+pub fn layout_digest(tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images().join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag} in the test layout"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// A plain blocking HTTP client for direct requests to wharf.

@@ -1,6 +1,7 @@
 //! wharf itself, the way the tests run it: [`Wharf`] in-process on the
 //! test's runtime (its `Mirror` at hand), [`Served`] as its binary (real
-//! signals, admin socket and start-up), [`Fixture`] for the common plain
+//! signals, admin socket and start-up) on the host or inside a [`Netns`]
+//! ([`Served::start_in`], a site's wharf), [`Fixture`] for the common plain
 //! upstream with wharf in front; and readers of what it leaves behind: its
 //! cache files and its metrics.
 //!
@@ -16,15 +17,26 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{eventually, free_port, http, runtime, wait_listening, Auth, Upstream};
+use super::netns::{exec_in, SITE_IP};
+use super::{eventually, free_port, http, runtime, wait_listening, Auth, Netns, Upstream};
+
+/// The port a wharf in a [`Netns`] listens on (at [`SITE_IP`]): the namespace
+/// is the test's alone, so a fixed port is free and survives restarts.
+pub const SITE_PORT: u16 = 5000;
 
 /// wharf serving `config` (written next to its cache), stopped on drop; the
-/// log (debug level) is kept for the secrets check.
+/// log (debug level) is kept for the secrets check. On the host it serves
+/// plain HTTP on 127.0.0.1; in a [`Netns`], TLS (unless told otherwise) on
+/// [`SITE_IP`]:[`SITE_PORT`], and everything that talks to it ([`Served::get`],
+/// [`Served::cli`], the readiness probe) runs in that namespace too.
 pub struct Served {
     child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
     pub cfg: PathBuf,
+    ip: std::net::IpAddr,
+    tls: bool,
+    ns: Option<String>,
 }
 
 impl Served {
@@ -60,19 +72,53 @@ impl Served {
         port: u16,
         env: &[(&str, &OsStr)],
     ) -> Served {
+        let server = format!("plain_http = true\n{server}");
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        Served::spawn_at(None, dir, name, &server, body, (ip, port).into(), env)
+    }
+
+    /// wharf inside `ns` (which must outlive it) on
+    /// [`SITE_IP`]:[`SITE_PORT`], once it answers `/healthz` there. `server`
+    /// goes into `[server]` after `listen`: TLS (`auto`, whose default names
+    /// include the listen address) unless it says `plain_http = true`; `body`
+    /// after `[cache]`'s `dir` line.
+    pub fn start_in(ns: &Netns, dir: &Path, name: &str, server: &str, body: &str) -> Served {
+        let mut s = Served::spawn_in(ns, dir, name, server, body);
+        s.wait_ready();
+        s
+    }
+
+    /// [`Served::start_in`] without waiting (for restarts and start-up
+    /// failures).
+    pub fn spawn_in(ns: &Netns, dir: &Path, name: &str, server: &str, body: &str) -> Served {
+        let addr = (SITE_IP.parse::<std::net::IpAddr>().unwrap(), SITE_PORT).into();
+        Served::spawn_at(Some(&ns.name), dir, name, server, body, addr, &[])
+    }
+
+    fn spawn_at(
+        ns: Option<&str>,
+        dir: &Path,
+        name: &str,
+        server: &str,
+        body: &str,
+        listen: SocketAddr,
+        env: &[(&str, &OsStr)],
+    ) -> Served {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
-            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nplain_http = true\n{server}[cache]\ndir = \"cache\"\n{body}"),
+            format!("[server]\nlisten = \"{listen}\"\n{server}[cache]\ndir = \"cache\"\n{body}"),
         )
         .unwrap();
+        let tls = !server.contains("plain_http = true");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        // `ip netns exec` execs wharf itself: the child's PID is wharf's.
+        let child = exec_in(ns, env!("CARGO_BIN_EXE_wharf"))
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "debug")
@@ -83,22 +129,91 @@ impl Served {
             .unwrap();
         Served {
             child: Some(child),
-            port,
+            port: listen.port(),
             log,
             cfg,
+            ip: listen.ip(),
+            tls,
+            ns: ns.map(str::to_owned),
         }
     }
 
+    /// Waits until it accepts connections (on the host), or answers
+    /// `/healthz` from inside its namespace (which the host cannot reach);
+    /// panics with its log if it exits first.
     pub fn wait_ready(&mut self) {
-        wait_listening(([127, 0, 0, 1], self.port).into(), self.child.as_mut());
+        if self.ns.is_none() {
+            return wait_listening(self.addr(), self.child.as_mut());
+        }
+        eventually(
+            Duration::from_secs(20),
+            &format!("wharf to answer at {} in its namespace", self.url()),
+            || {
+                if let Some(st) = self.try_wait() {
+                    panic!(
+                        "wharf exited ({st}): {}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
+                }
+                let (ok, out) = self.curl(&[
+                    "-k",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("{}/healthz", self.url()),
+                ]);
+                ok && out.trim() == "200"
+            },
+        )
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
+        (self.ip, self.port).into()
+    }
+
+    /// `host:port` as clients name the mirror (`198.18.0.1:5000`).
+    pub fn host(&self) -> String {
+        self.addr().to_string()
+    }
+
+    /// The CA its `auto` TLS made (`cache/tls/ca.crt`), for clients to trust.
+    pub fn ca(&self) -> PathBuf {
+        self.cfg.parent().unwrap().join("cache/tls/ca.crt")
+    }
+
+    /// `curl -sS ARGS` where wharf runs (in its namespace, if any):
+    /// (success, stdout+stderr).
+    pub fn curl(&self, args: &[&str]) -> (bool, String) {
+        super::try_run(
+            exec_in(self.ns.as_deref(), "curl")
+                .args(["-sS", "--max-time", "30"])
+                .args(args),
+        )
+    }
+
+    /// GET `path` from wharf (from inside its namespace, trusting its CA):
+    /// (status, body). On the host without TLS, a plain reqwest GET.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.url());
+        if self.ns.is_none() && !self.tls {
+            let r = http().get(url).send().unwrap();
+            return (r.status().as_u16(), r.text().unwrap());
+        }
+        let ca = self.ca();
+        let mut args = vec!["-w", "\n%{http_code}", &url];
+        if self.tls {
+            args.extend(["--cacert", ca.to_str().unwrap()]);
+        }
+        let (ok, out) = self.curl(&args);
+        assert!(ok, "curl {url}: {out}");
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        (status.trim().parse().unwrap(), body.to_owned())
     }
 
     pub fn pid(&self) -> u32 {
@@ -131,9 +246,10 @@ impl Served {
         self.terminate();
     }
 
-    /// A `wharf` subcommand with this instance's config.
+    /// A `wharf` subcommand with this instance's config (in its namespace,
+    /// if any).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        let mut c = exec_in(self.ns.as_deref(), env!("CARGO_BIN_EXE_wharf"));
         c.arg(args[0])
             .arg("--config")
             .arg(&self.cfg)
@@ -151,12 +267,7 @@ impl Served {
 
     /// `/metrics` as Prometheus reads it.
     pub fn metrics(&self) -> String {
-        http()
-            .get(format!("{}/metrics", self.url()))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
+        self.get("/metrics").1
     }
 }
 
