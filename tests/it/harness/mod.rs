@@ -41,7 +41,7 @@ pub use self::containerd::{hosts_dir, Containerd};
 pub use self::dockerd::Dockerd;
 pub use self::metadata::MetadataServer;
 pub use self::netns::{Netns, SITE_IP};
-pub use self::ratelimit::{throttled_relay, RateLimiter};
+pub use self::ratelimit::{throttled_relay, RateLimiter, Window};
 pub use self::registry::{Auth, Upstream};
 pub use self::token::{TokenOpts, TokenServer};
 pub use self::wharf::{files_under, metric_value, rehash_cache, Fixture, Served, Wharf, SITE_PORT};

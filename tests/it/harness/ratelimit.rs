@@ -64,15 +64,39 @@ pub struct RateLimiter {
     pub seen: Arc<AtomicUsize>,
 }
 
+/// A small window of pulls, for sync's pacing: `limit` manifest `GET`s per
+/// `seconds`; the `GET` after the last one gets 429 with `Retry-After:
+/// retry_after` and starts a new window.
+#[derive(Clone, Copy)]
+pub struct Window {
+    pub limit: usize,
+    pub seconds: u64,
+    pub retry_after: u64,
+}
+
 impl RateLimiter {
     pub fn start(rt: &tokio::runtime::Runtime, upstream: String) -> RateLimiter {
+        RateLimiter::start_with(rt, upstream, None)
+    }
+
+    /// Docker Hub's headers with a window of `w.limit` pulls.
+    pub fn start_window(rt: &tokio::runtime::Runtime, upstream: String, w: Window) -> RateLimiter {
+        RateLimiter::start_with(rt, upstream, Some(w))
+    }
+
+    fn start_with(
+        rt: &tokio::runtime::Runtime,
+        upstream: String,
+        window: Option<Window>,
+    ) -> RateLimiter {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
         let limited = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(AtomicUsize::new(0));
-        let remaining = Arc::new(AtomicUsize::new(100));
+        let remaining = Arc::new(AtomicUsize::new(window.map_or(100, |w| w.limit)));
+        let header = window.map_or("100;w=21600".to_owned(), |w| format!("{};w={}", w.limit, w.seconds));
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -80,13 +104,24 @@ impl RateLimiter {
         let (l, s) = (limited.clone(), seen.clone());
         rt.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (l, s, r, c, up) = (l.clone(), s.clone(), remaining.clone(), client.clone(), upstream.clone());
+                let (l, s, r, c, up, h) = (l.clone(), s.clone(), remaining.clone(), client.clone(), upstream.clone(), header.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (l, s, r, c, up) = (l.clone(), s.clone(), r.clone(), c.clone(), up.clone());
+                        let (l, s, r, c, up, h) = (l.clone(), s.clone(), r.clone(), c.clone(), up.clone(), h.clone());
                         async move {
                             s.fetch_add(1, Ordering::SeqCst);
                             let full = |status: u16, body: bytes::Bytes| hyper::Response::builder().status(status).body(http_body_util::Full::new(body));
+                            let counted = req.uri().path().contains("/manifests/") && req.method() == hyper::Method::GET;
+                            if let (Some(w), true) = (window, counted) {
+                                if r.load(Ordering::SeqCst) == 0 {
+                                    r.store(w.limit, Ordering::SeqCst);
+                                    let mut resp = full(429, bytes::Bytes::from(r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}]}"#)).unwrap();
+                                    resp.headers_mut().insert("retry-after", w.retry_after.to_string().parse().unwrap());
+                                    resp.headers_mut().insert("ratelimit-limit", h.parse().unwrap());
+                                    resp.headers_mut().insert("ratelimit-remaining", format!("0;w={}", w.seconds).parse().unwrap());
+                                    return Ok::<_, std::convert::Infallible>(resp);
+                                }
+                            }
                             if l.load(Ordering::SeqCst) {
                                 let mut resp = full(429, bytes::Bytes::from(r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit"}]}"#)).unwrap();
                                 resp.headers_mut().insert("ratelimit-limit", "100;w=21600".parse().unwrap());
@@ -111,7 +146,8 @@ impl RateLimiter {
                             }
                             if manifest && req.method() == hyper::Method::GET {
                                 let left = r.fetch_sub(1, Ordering::SeqCst) - 1;
-                                b = b.header("ratelimit-limit", "100;w=21600").header("ratelimit-remaining", format!("{left};w=21600"));
+                                let w = h.split_once(';').map_or("", |x| x.1);
+                                b = b.header("ratelimit-limit", h.as_str()).header("ratelimit-remaining", format!("{left};{w}"));
                             }
                             let body = up_resp.bytes().await.unwrap_or_default();
                             Ok(b.body(http_body_util::Full::new(body)).unwrap())

@@ -1,0 +1,383 @@
+//! Air-gapped sites end to end: a connected wharf syncs from a real
+//! distribution upstream by rules (tags, semver, platforms, signatures),
+//! writes signed bundles, and a second wharf in a network namespace with no
+//! route to anything imports them and serves dockerd, containerd and skopeo
+//! offline. Incremental bundles against the site's inventory, damaged media,
+//! `kill -9` during an import, rate limits during a sync, and volumes split
+//! to a size.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// The JSON lines a `--json` command printed (others ignored).
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+/// The summary of the last finished sync run in `out`.
+fn summary(out: &str) -> serde_json::Value {
+    json_lines(out)
+        .into_iter()
+        .rev()
+        .find(|v| v["event"] == "run_finished")
+        .unwrap_or_else(|| panic!("no run_finished event in: {out}"))["summary"]
+        .clone()
+}
+
+/// GETs of manifests and blobs the upstream answered, all repositories.
+fn content_gets(up: &Upstream) -> usize {
+    up.access_log()
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && (p.contains("/manifests/") || p.contains("/blobs/")))
+        .count()
+}
+
+fn wharf(args: &[&str]) -> (bool, String) {
+    try_run(Command::new(env!("CARGO_BIN_EXE_wharf")).args(args))
+}
+
+/// The children of an index as (digest, "os/arch[/variant]").
+fn children(index: &[u8]) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(index).unwrap();
+    v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let p = &c["platform"];
+            let mut plat = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            );
+            if let Some(v) = p["variant"].as_str() {
+                plat = format!("{plat}/{v}");
+            }
+            (c["digest"].as_str().unwrap().to_owned(), plat)
+        })
+        .collect()
+}
+
+/// The connected side's config: the upstream as `hub` and the rule `base`.
+fn connected_body(up: &Upstream, extra_rule: &str) -> String {
+    format!(
+        r#"{}
+[[sync]]
+name = "base"
+upstream = "hub"
+platforms = ["linux/amd64", "linux/arm64"]
+signatures = true
+prune = true
+{extra_rule}
+  [[sync.repo]]
+  name = "library/multi"
+  semver = ">=1, <2"
+  [[sync.repo]]
+  name = "library/test"
+  include = ['^1$']
+  [[sync.repo]]
+  name = "library/list"
+"#,
+        Wharf::hub_block(up, false, Path::new("/"))
+    )
+}
+
+/// An upstream with: `library/multi` (an OCI index of three platforms) at
+/// 1.0.0, 1.1.0, v1.2.0, 2.0.0-rc1 and latest, with a cosign-style
+/// signature; `library/test:1` and `:2`; `library/list:1` (a Docker
+/// manifest list of three platforms).
+fn upstream(rt: &tokio::runtime::Runtime) -> Upstream {
+    let up = Upstream::start(Auth::None, rt);
+    up.push("multi", "library/multi:1.0.0", None, true);
+    up.retag(
+        "library/multi",
+        "1.0.0",
+        &["1.1.0", "v1.2.0", "2.0.0-rc1", "latest"].map(String::from),
+    );
+    up.push_signature("library/multi");
+    up.push("small", "library/test:1", None, false);
+    up.push("small", "library/test:2", None, false);
+    up.push_docker_list("library/list:1");
+    up
+}
+
+fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
+    let (ok, out) = wharf(&["bundle", "keygen", "--out", dir.to_str().unwrap(), "site"]);
+    assert!(ok, "keygen: {out}");
+    (dir.join("site.key"), dir.join("site.pub"))
+}
+
+/// The site's config body: the same upstream name, offline, trusting `key`.
+fn site_body(key: &Path) -> String {
+    format!(
+        "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:9\"\naliases = [\"docker.io\"]\nprefix = \"hub\"\ndefault = true\noffline = true\n[bundle]\ntrusted_keys = [{key:?}]\n"
+    )
+}
+
+#[test]
+fn sync_keeps_what_the_rules_select_and_a_second_run_sends_only_heads() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let up = upstream(&rt);
+    let tmp = tempfile::tempdir().unwrap();
+    let w = Served::start(tmp.path(), "connected", &connected_body(&up, ""));
+
+    let (ok, out) = w.cli(&["sync", "--dry-run", "--json"]);
+    assert!(ok, "{out}");
+    let plan = summary(&out);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(content_gets(&up), 0, "a dry run fetches nothing");
+
+    let (ok, out) = w.cli(&["sync", "base", "--json"]);
+    assert!(ok, "{out}");
+    let s = summary(&out);
+    assert!(s["failed"].as_array().unwrap().is_empty(), "{s}");
+    let refs: HashSet<String> = s["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}:{}", r["repository"].as_str().unwrap(), r["tag"].as_str().unwrap()))
+        .collect();
+    let sig = format!("{}.sig", layout_digest("multi").replace(':', "-"));
+    let want: HashSet<String> = [
+        "library/multi:1.0.0",
+        "library/multi:1.1.0",
+        "library/multi:v1.2.0",
+        &format!("library/multi:{sig}"),
+        "library/test:1",
+        "library/list:1",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(refs, want, "semver range, include, signatures: {s}");
+
+    // The arm/v7 children were never fetched; amd64 and arm64 were.
+    let (index, _) = up.get_manifest("library/multi", "1.0.0");
+    for (d, plat) in children(&index) {
+        let gets = up.count("GET", &format!("/v2/library/multi/manifests/{d}"));
+        if plat == "linux/arm/v7" {
+            assert_eq!(gets, 0, "{plat} was filtered out");
+        } else {
+            assert!(gets >= 1, "{plat} was synced");
+        }
+    }
+    // The index is served byte-identical.
+    let (status, body) = w.get("/v2/library/multi/manifests/1.0.0");
+    assert_eq!(status, 200);
+    assert_eq!(body.as_bytes(), &index[..]);
+
+    // Nothing changed upstream: HEADs (and tag lists) only.
+    let before = content_gets(&up);
+    let heads = up.count("HEAD", "/v2/");
+    let (ok, out) = w.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let s2 = summary(&out);
+    assert_eq!(s2["synced"], 0, "{s2}");
+    assert_eq!(s2["unchanged"].as_u64().unwrap(), want.len() as u64, "{s2}");
+    assert_eq!(content_gets(&up), before, "the second run sent a manifest or blob GET");
+    assert!(up.count("HEAD", "/v2/") > heads);
+    assert_eq!(
+        w.metric("wharf_sync_last_run_success{rule=\"base\"}"),
+        1.0,
+        "{}",
+        w.metrics()
+    );
+}
+
+#[test]
+fn sync_runs_on_its_schedule_in_the_server() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:1", None, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}\n[[sync]]\nname = \"tick\"\nupstream = \"hub\"\ninterval = \"1s\"\n  [[sync.repo]]\n  name = \"library/test\"\n",
+        Wharf::hub_block(&up, false, Path::new("/"))
+    );
+    let w = Served::start(tmp.path(), "sched", &body);
+    let runs = |w: &Served| {
+        w.metric("wharf_sync_images_total{result=\"synced\",rule=\"tick\"}")
+            + w.metric("wharf_sync_images_total{result=\"unchanged\",rule=\"tick\"}")
+    };
+    eventually(Duration::from_secs(20), "three scheduled runs", || runs(&w) >= 3.0);
+    assert_eq!(
+        w.metric("wharf_sync_images_total{result=\"synced\",rule=\"tick\"}"),
+        1.0,
+        "the first run syncs, the later ones find it unchanged"
+    );
+    let log = std::fs::read_to_string(&w.log).unwrap();
+    assert!(log.matches("sync run finished").count() >= 3, "{log}");
+}
+
+#[test]
+fn sync_pauses_for_rate_limits_and_finishes() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    for i in 1..=6 {
+        up.push_unique("library/test", &i.to_string(), &format!("2026-01-0{i}T00:00:00Z"));
+    }
+    // 4 pulls per 4 s: the reserve (2) is reached after two GETs, so the run
+    // paces itself; then the window is spent and a 429 says wait 1 s.
+    let limiter = RateLimiter::start_window(
+        &rt,
+        up.url(),
+        Window {
+            limit: 4,
+            seconds: 4,
+            retry_after: 1,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:{}\"\ndefault = true\n\n[[sync]]\nname = \"limited\"\nupstream = \"hub\"\n  [[sync.repo]]\n  name = \"library/test\"\n",
+        limiter.port
+    );
+    let w = Served::start(tmp.path(), "ratelimited", &body);
+    let (ok, out) = w.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let s = summary(&out);
+    assert!(s["failed"].as_array().unwrap().is_empty(), "{s}");
+    assert_eq!(s["synced"], 6, "{s}");
+    let paused: Vec<_> = json_lines(&out)
+        .into_iter()
+        .filter(|v| v["event"] == "paused")
+        .collect();
+    assert!(!paused.is_empty(), "the run never paused: {out}");
+    assert!(s["paused_seconds"].as_u64().unwrap() >= 1, "{s}");
+    assert!(w.metric("wharf_sync_pauses_total{rule=\"limited\"}") >= 1.0);
+}
+
+/// The whole path: sync → signed bundle → an isolated site imports it →
+/// dockerd, ctr and skopeo pull every synced ref there by tag and digest,
+/// byte-identical to the upstream; a filtered platform fails clearly; then
+/// an incremental bundle against the site's inventory carries exactly the
+/// new blobs, and the same bundle onto an empty site is refused.
+#[test]
+fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
+    require(&[
+        "docker-registry", "skopeo", "ip", "curl", "dockerd", "docker", "containerd", "ctr",
+    ]);
+    let rt = runtime();
+    let up = upstream(&rt);
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let conn = Served::start(&t.join("conn"), "connected", &connected_body(&up, ""));
+    let (ok, out) = conn.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let (key, public) = keygen(&t.join("keys"));
+    let b1 = t.join("b1");
+    let (ok, out) = conn.cli(&[
+        "bundle", "create", "--out", b1.to_str().unwrap(), "--sync", "base",
+        "--sign-key", key.to_str().unwrap(), "--volume-size", "8MiB",
+    ]);
+    assert!(ok, "bundle create: {out}");
+    let (ok, out) = wharf(&["bundle", "verify", b1.to_str().unwrap(), "--trusted-key", public.to_str().unwrap()]);
+    assert!(ok, "bundle verify: {out}");
+
+    // The site: no route to anything, offline, a fresh cache.
+    let ns = Netns::isolated();
+    std::fs::create_dir_all(t.join("site")).unwrap();
+    let site = Served::start_in(&ns, &t.join("site"), "site", "", &site_body(&public));
+    let (ok, out) = site.cli(&["bundle", "import", b1.to_str().unwrap()]);
+    assert!(ok, "bundle import: {out}");
+
+    let (index, _) = up.get_manifest("library/multi", "1.0.0");
+    let index_digest = layout_digest("multi");
+    // Offline tags/list, paged.
+    let (ok, page) = site.curl(&["-sS", "-i", &format!("{}/v2/library/multi/tags/list?n=2", site.url())]);
+    assert!(ok && page.contains("\"tags\":[\"1.0.0\",\"1.1.0\"]"), "{page}");
+    assert!(page.to_lowercase().contains("link: </v2/library/multi/tags/list?"), "{page}");
+    // A filtered platform: a clear MANIFEST_UNKNOWN naming the filter.
+    let armv7 = children(&index).into_iter().find(|(_, p)| p == "linux/arm/v7").unwrap().0;
+    let (status, text) = site.get(&format!("/v2/library/multi/manifests/{armv7}"));
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("MANIFEST_UNKNOWN") && text.contains("linux/arm/v7") && text.contains("'base'"), "{text}");
+
+    // skopeo: every ref by tag and by digest, byte-identical.
+    let sk = Skopeo::mirror(&t.join("sk"), &site.host(), Some(&site.ca())).in_ns(&ns);
+    for (repo, tag) in [("library/multi", "1.0.0"), ("library/multi", "v1.2.0"), ("library/test", "1"), ("library/list", "1")] {
+        let (want_bytes, _) = up.get_manifest(repo, tag);
+        let d = format!("sha256:{}", sha256_hex(&want_bytes));
+        for reference in [format!("{repo}:{tag}"), format!("{repo}@{d}")] {
+            let out_dir = t.join(format!("pull-{}", reference.replace(['/', ':', '@'], "_")));
+            let (ok, out) = sk.copy_to_dir(&format!("docker://docker.io/{reference}"), &out_dir, false);
+            assert!(ok, "skopeo {reference}: {out}");
+            let direct = t.join(format!("direct-{}", reference.replace(['/', ':', '@'], "_")));
+            let (ok, out) = skopeo_to_dir(None, &format!("docker://127.0.0.1:{}/{reference}", up.port), &direct, false);
+            assert!(ok, "skopeo direct {reference}: {out}");
+            assert_eq!(dir_contents(&out_dir), dir_contents(&direct), "{reference}");
+        }
+    }
+    let (ok, out) = sk.copy_to_dir(&format!("docker://docker.io/library/multi@{index_digest}"), &t.join("all"), true);
+    assert!(!ok, "--all needs arm/v7, which the site does not have: {out}");
+
+    // ctr and dockerd.
+    let mirror = format!("https://{}", site.host());
+    let ctd = Containerd::start_in(&ns, &t.join("ctd"));
+    let hosts = hosts_dir(&t.join("hosts"), &mirror, Some(&site.ca()));
+    for image in ["docker.io/library/multi:1.1.0", &format!("docker.io/library/multi@{index_digest}"), "docker.io/library/list:1"] {
+        let (ok, out) = ctd.pull(&hosts, image);
+        assert!(ok, "ctr pull {image}: {out}");
+    }
+    let d = Dockerd::start(&ns, &t.join("dockerd"), &mirror, Some(&site.ca()));
+    for image in ["multi:1.0.0", &format!("multi@{index_digest}"), "test:1"] {
+        let (ok, out) = d.docker(&["pull", image]);
+        assert!(ok, "docker pull {image}: {out}");
+    }
+    drop(d);
+    drop(ctd);
+
+    // New tags upstream: an incremental bundle against the site's inventory.
+    let (new_manifest, new_blobs) = up.push_unique("library/multi", "1.3.0", "2026-11-01T00:00:00Z");
+    let (ok, out) = conn.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let inv = t.join("site-inventory.json");
+    let (ok, out) = site.cli(&["inventory", "export", "--out", inv.to_str().unwrap()]);
+    assert!(ok, "inventory export: {out}");
+    let b2 = t.join("b2");
+    let (ok, out) = conn.cli(&[
+        "bundle", "create", "--out", b2.to_str().unwrap(), "--sync", "base",
+        "--against", inv.to_str().unwrap(), "--sign-key", key.to_str().unwrap(),
+    ]);
+    assert!(ok, "incremental bundle: {out}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(b2.join("bundle.json")).unwrap()).unwrap();
+    let carried: HashSet<String> = doc["blobs"].as_array().unwrap().iter().map(|b| b["digest"].as_str().unwrap().to_owned()).collect();
+    let mut expected: HashSet<String> = new_blobs.into_iter().collect();
+    expected.insert(new_manifest.clone());
+    assert_eq!(carried, expected, "exactly the new blobs and the new manifest");
+    assert_eq!(doc["sequence"], 2, "the key's second bundle");
+
+    // Onto an empty site: refused before anything changes.
+    let empty = t.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty_cfg = empty.join("site.toml");
+    std::fs::write(&empty_cfg, format!("[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{}", site_body(&public))).unwrap();
+    let (ok, out) = wharf(&["bundle", "import", "--config", empty_cfg.to_str().unwrap(), b2.to_str().unwrap()]);
+    assert!(!ok && out.contains("does not hold"), "{out}");
+    let (ok, out) = wharf(&["ls", "--config", empty_cfg.to_str().unwrap(), "--json"]);
+    assert!(ok && out.trim() == "[]", "{out}");
+    assert!(files_under(&empty.join("cache/blobs")).is_empty(), "no blob was copied");
+
+    // At the site it imports, and the new tag pulls.
+    let (ok, out) = site.cli(&["bundle", "import", b2.to_str().unwrap()]);
+    assert!(ok, "incremental import: {out}");
+    let (ok, out) = sk.copy_to_dir("docker://docker.io/library/multi:1.3.0", &t.join("new"), false);
+    assert!(ok, "{out}");
+    // Nothing at the site ever reached the upstream.
+    assert!(!ns.can_connect("127.0.0.1", up.port));
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
