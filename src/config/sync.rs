@@ -348,6 +348,38 @@ signatures = true
         assert!(e.contains("tags"), "{e}");
     }
 
+    /// The commented `[[sync]]` example in the shipped `config.toml` is valid
+    /// once uncommented, and says what it means.
+    #[test]
+    fn documented_example_is_valid() {
+        let doc = include_str!("../../config.toml");
+        let start = doc
+            .find("# [[sync]]\n")
+            .expect("config.toml documents [[sync]]");
+        let end = start + doc[start..].find("\n\n").unwrap();
+        let example: String = doc[start..end]
+            .lines()
+            .map(|l| {
+                let l = l.strip_prefix('#').unwrap_or(l);
+                l.strip_prefix(' ').unwrap_or(l).to_owned() + "\n"
+            })
+            .collect();
+        let c = Config::from_toml(
+            &format!("[[upstream]]\nname = \"dockerhub\"\nurl = \"https://registry-1.docker.io\"\n{example}"),
+            None,
+        )
+        .unwrap();
+        let r = &c.sync[0];
+        assert_eq!(
+            (r.name.as_str(), r.repos.len(), r.platforms.len()),
+            ("base", 2, 2)
+        );
+        let tag = |t: &str| t.parse().unwrap();
+        assert!(r.repos[0].filter.matches(&tag("1.27.3-alpine")));
+        assert!(!r.repos[0].filter.matches(&tag("1.27.3-alpine-perl")));
+        assert!(r.repos[1].filter.matches(&tag("3.19")));
+    }
+
     #[test]
     fn warnings_for_likely_mistakes() {
         let c = Config::from_toml(

@@ -18,7 +18,7 @@ pub enum ScheduleKind {
     /// This long after the previous run started.
     Interval(Duration),
     /// At the times a cron expression names, in UTC.
-    Cron(Cron),
+    Cron(Box<Cron>),
 }
 
 /// A rule's schedule: when it runs, plus up to `jitter` later.
@@ -63,7 +63,7 @@ impl Schedule {
             return Err(ScheduleError::Never(expr.to_owned()));
         }
         Ok(Schedule {
-            kind: ScheduleKind::Cron(cron),
+            kind: ScheduleKind::Cron(Box::new(cron)),
             jitter,
         })
     }
