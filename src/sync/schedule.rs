@@ -35,7 +35,7 @@ pub enum ScheduleError {
     ZeroInterval,
     #[error("{expr:?} is not a cron expression: {why} (five fields, minute hour day-of-month month day-of-week, in UTC; e.g. \"0 2 * * *\")")]
     Cron { expr: String, why: String },
-    #[error("{0:?} names no time from now on")]
+    #[error("{0:?} names no time that exists")]
     Never(String),
 }
 
@@ -52,14 +52,19 @@ impl Schedule {
     }
 
     /// At the times of a five-field cron expression (`@daily` and the other
-    /// nicknames too), in UTC. One that names no future time (`0 0 30 2 *`)
-    /// is refused.
+    /// nicknames too), in UTC. One that names no time that exists
+    /// (`0 0 30 2 *`) is refused.
     pub fn cron(expr: &str, jitter: Duration) -> Result<Schedule, ScheduleError> {
         let cron = Cron::new(expr).parse().map_err(|e| ScheduleError::Cron {
             expr: expr.to_owned(),
             why: e.to_string(),
         })?;
-        if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+        // Cron names no years, so a pattern that matches once matches again
+        // (Feb 29 every leap year): searching from 1970 needs no clock.
+        if cron
+            .find_next_occurrence(&DateTime::<Utc>::UNIX_EPOCH, false)
+            .is_err()
+        {
             return Err(ScheduleError::Never(expr.to_owned()));
         }
         Ok(Schedule {
@@ -179,6 +184,12 @@ mod tests {
         assert_eq!(
             Schedule::cron("0 0 30 2 *", Duration::ZERO).unwrap_err(),
             ScheduleError::Never("0 0 30 2 *".into())
+        );
+        // Rare is not never: the next Feb 29.
+        let leap = Schedule::cron("0 0 29 2 *", Duration::ZERO).unwrap();
+        assert_eq!(
+            leap.next_after(at("2025-03-01T00:00:00Z"), 0),
+            Some(at("2028-02-29T00:00:00Z"))
         );
     }
 
