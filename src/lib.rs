@@ -4,11 +4,11 @@
 //!
 //! Dependencies point one way, for imports as for data:
 //! `server → app → {mirror, access}`, `server → {tls, mirror}`,
-//! `mirror → {cache, upstream} → registry`, `upstream → access` (an
+//! `sync → mirror → {cache, upstream} → registry`, `upstream → access` (an
 //! upstream's access rules are part of its settings); `config` sits on top
-//! of the parts it validates (`access`, `tls`, `upstream`, `cache`), each of
-//! which keeps its own settings type and never imports `config`; `secret`
-//! and `registry` are leaves.
+//! of the parts it validates (`access`, `tls`, `upstream`, `cache`, `sync`),
+//! each of which keeps its own settings type and never imports `config`;
+//! `secret` and `registry` are leaves.
 //!
 //! - [`registry`]: protocol words (digests, names, references, media types), the
 //!   request [`registry::Endpoint`] and OCI error codes. No I/O.
@@ -22,6 +22,9 @@
 //! - [`upstream`]: the HTTP client for each upstream registry and its auth.
 //! - [`mirror`]: routing and cache policy: what is served from where, and the
 //!   classification of its errors into responses.
+//! - [`sync`]: sync rules (which tags and platforms of which repositories, on
+//!   what schedule) and the runs that fill the cache from them, ahead of any
+//!   pull; above `mirror`, and never serving requests.
 //! - [`app`]: the parts the server and admin listener share (mirror, access,
 //!   metrics).
 //! - [`server`]: HTTP: accept, parse, dispatch, map errors, stream bodies,
@@ -46,6 +49,7 @@ pub mod mirror;
 pub mod registry;
 pub mod secret;
 pub mod server;
+pub mod sync;
 pub mod tls;
 pub mod trust;
 pub mod upstream;

@@ -232,6 +232,34 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         );
     }
+    for r in &c.sync {
+        println!(
+            "sync {}: upstream {}, {}, platforms {}, {} repositor{}{}{}{}",
+            r.name,
+            r.upstream,
+            r.schedule
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "on `wharf sync` only".into()),
+            if r.platforms.is_empty() {
+                "all".to_string()
+            } else {
+                r.platforms
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            r.repos.len(),
+            if r.repos.len() == 1 { "y" } else { "ies" },
+            if r.pin { ", pin" } else { "" },
+            if r.prune { ", prune" } else { "" },
+            if r.signatures { ", signatures" } else { "" },
+        );
+    }
+    for k in &c.bundle.trusted_keys {
+        println!("bundle trusted key: {}", k.display());
+    }
     println!("configuration OK");
     Ok(())
 }

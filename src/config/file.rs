@@ -27,6 +27,68 @@ pub struct FileConfig {
     pub upstream: Vec<FileUpstream>,
     /// `[access]`: who may pull; without it, everyone who can connect.
     pub access: Option<FileAccess>,
+    /// `[[sync]]`: images kept filled ahead of any pull.
+    #[serde(default)]
+    pub sync: Vec<FileSync>,
+    /// `[bundle]`: what bundle imports trust.
+    pub bundle: Option<FileBundle>,
+}
+
+/// `[[sync]]`: one sync rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSync {
+    /// Names the rule in `wharf sync RULE`, metrics and bundles; unique.
+    pub name: String,
+    /// The `[[upstream]]` (by name) the repositories come from.
+    pub upstream: String,
+    /// Run this long after the previous run started ("6h"). Not with
+    /// `schedule`; with neither, the rule runs only on `wharf sync`.
+    pub interval: Option<String>,
+    /// Run at the times of a five-field cron expression, in UTC.
+    pub schedule: Option<String>,
+    /// Start each scheduled run up to this much later, at random.
+    pub jitter: Option<String>,
+    /// `os/architecture[/variant]` of the images taken from an index
+    /// (default: all).
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Synced images are never evicted (default true).
+    pub pin: Option<bool>,
+    /// Unpin tags that no longer match or vanished upstream (default false).
+    pub prune: Option<bool>,
+    /// Bring cosign-style `.sig`/`.att` tags of synced digests (default false).
+    pub signatures: Option<bool>,
+    /// `[[sync.repo]]`: the repositories; at least one.
+    #[serde(default)]
+    pub repo: Vec<FileSyncRepo>,
+}
+
+/// `[[sync.repo]]`: one repository of a sync rule and its tag filter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSyncRepo {
+    /// The repository as the upstream names it (`library/nginx`).
+    pub name: String,
+    /// Regexes; a tag must match one (default: every tag).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Regexes; a tag matching any is left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// A semver range (`">=3.19, <4"`) the tag must be a version in.
+    pub semver: Option<String>,
+    /// Keep only the newest N tags that pass the filters.
+    pub keep_last: Option<i64>,
+}
+
+/// `[bundle]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileBundle {
+    /// Public keys (`wharf bundle keygen`) whose signatures imports accept.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// `[access]`: who may use the mirror.

@@ -14,18 +14,23 @@
 //! - `credentials.rs`: `[upstream.credentials]` → [`CredentialSpec`];
 //! - `access.rs`: `[access]`, `[upstream.access]` → [`AccessConfig`],
 //!   [`UpstreamAccess`];
+//! - `sync.rs`: `[[sync]]`, `[[sync.repo]]` → [`SyncRule`] (rule names,
+//!   the upstream, schedule, platforms, tag filters);
+//! - `bundle.rs`: `[bundle]` → [`BundleSettings`];
 //! - `values.rs`: durations, sizes, relative paths, private secret files.
 //!
 //! Errors name the key (`upstream[0].credentials.password_file: ...`) and never
 //! a secret. Types that a part of wharf consumes are defined beside it
 //! ([`TlsConfig`] in `tls`, [`CredentialSpec`] in `upstream::credentials`,
-//! `CacheSettings` in `cache`) and re-exported here.
+//! `CacheSettings` in `cache`, [`SyncRule`] in `sync`) and re-exported here.
 
 mod access;
+mod bundle;
 mod cache;
 mod credentials;
 mod file;
 mod server;
+mod sync;
 mod tls;
 mod upstream;
 mod values;
@@ -37,10 +42,12 @@ use std::time::Duration;
 pub use crate::tls::{TlsConfig, TlsMode};
 pub use crate::upstream::credentials::{CredentialSpec, SecretSpec};
 pub use access::{AccessConfig, UpstreamAccess};
+pub use bundle::BundleSettings;
 pub use file::{
-    FileAccess, FileCache, FileConfig, FileCredentials, FileLog, FileServer, FileTls, FileUpstream,
-    FileUpstreamAccess,
+    FileAccess, FileBundle, FileCache, FileConfig, FileCredentials, FileLog, FileServer, FileSync,
+    FileSyncRepo, FileTls, FileUpstream, FileUpstreamAccess,
 };
+pub use sync::{RepoRule, SyncRule};
 pub use upstream::UpstreamConfig;
 pub use values::{parse_size, read_secret_file};
 
@@ -94,6 +101,10 @@ pub struct Config {
     pub cache: crate::cache::CacheSettings,
     pub upstreams: Vec<UpstreamConfig>,
     pub access: AccessConfig,
+    /// `[[sync]]` rules, in the file's order.
+    pub sync: Vec<SyncRule>,
+    /// `[bundle]`.
+    pub bundle: BundleSettings,
     /// Things worth telling the operator at start-up (inline passwords, ...).
     pub warnings: Vec<String>,
 }
@@ -125,7 +136,7 @@ impl Config {
 impl FileConfig {
     /// Builds each section in turn. The order is the order errors are found
     /// in, so it stays: listener, TLS, cache, the rest of `[server]`, log,
-    /// access, upstreams.
+    /// access, upstreams, sync rules, bundles.
     pub fn validate(mut self, base: Option<&Path>) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
         let listen = server::listen(&self.server)?;
@@ -154,6 +165,8 @@ impl FileConfig {
             all_offline: self.offline.unwrap_or(false),
         };
         let upstreams = UpstreamConfig::all_from_file(self.upstream, &cx, &mut warnings)?;
+        let sync = SyncRule::all_from_file(self.sync, &upstreams, &mut warnings)?;
+        let bundle = BundleSettings::from_file(self.bundle, base)?;
         Ok(Config {
             listen,
             admin_listen: server.admin_listen,
@@ -165,6 +178,8 @@ impl FileConfig {
             cache: cache.settings,
             upstreams,
             access,
+            sync,
+            bundle,
             warnings,
         })
     }
