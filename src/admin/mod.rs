@@ -141,7 +141,7 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
         .expect("static headers")
 }
 
-async fn socket_request(app: &App, req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn socket_request(app: &Arc<App>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     if req.method() != Method::POST || req.uri().path() != "/op" {
         return json_response(
             StatusCode::NOT_FOUND,

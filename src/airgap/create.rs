@@ -82,7 +82,14 @@ pub fn create_bundle(
         c.add_ref(mirror, image, None)?;
     }
     let (left_out, against) = leave_out(req)?;
+    let prune = req
+        .sync
+        .iter()
+        .filter(|r| syncer.rules().iter().any(|x| &&x.name == r && x.prune))
+        .map(|r| format!("sync:{r}"))
+        .collect();
     let mut plan = Plan {
+        prune,
         refs: c.refs,
         filtered: c.filtered,
         sources,

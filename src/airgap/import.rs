@@ -266,7 +266,7 @@ fn read_manifest(dir: &std::path::Path, b: &BundleBlob) -> Result<Vec<u8>, Airga
         )));
     }
     let mut buf = Vec::with_capacity(b.size as usize);
-    blob_reader(dir, b)?
+    blob_reader(dir, b)
         .read_to_end(&mut buf)
         .map_err(|e| AirgapError::file(dir, e))?;
     let actual = Digest::of(b.digest.algorithm(), &buf);
@@ -389,13 +389,7 @@ async fn copy_blob(
         Join::Leader(writer, _reader) => {
             let (cache, dir, b2) = (cache.clone(), dir.to_owned(), b.clone());
             tokio::task::spawn_blocking(move || -> Result<(), AirgapError> {
-                let mut rd = match blob_reader(&dir, &b2) {
-                    Ok(rd) => rd,
-                    Err(e) => {
-                        cache.abandon_fill(writer, FillError::Aborted);
-                        return Err(e.into());
-                    }
-                };
+                let mut rd = blob_reader(&dir, &b2);
                 let mut buf = vec![0u8; 1 << 20];
                 let chunks = std::iter::from_fn(|| match rd.read(&mut buf) {
                     Ok(0) => None,
@@ -482,8 +476,19 @@ fn switch(
         )?;
         report.tags_moved += u64::from(moved);
     }
-    if doc.prune {
-        for source in refs.iter().map(|x| &x.pin_source).collect::<BTreeSet<_>>() {
+    let pruned: BTreeSet<String> = doc
+        .prune
+        .iter()
+        .filter_map(|s| s.strip_prefix("sync:"))
+        .map(|rule| format!("bundle:{rule}"))
+        .collect();
+    {
+        for source in refs
+            .iter()
+            .map(|x| &x.pin_source)
+            .filter(|s| pruned.contains(*s))
+            .collect::<BTreeSet<_>>()
+        {
             for pattern in cache.pins_of(source)? {
                 let carried = refs
                     .iter()

@@ -13,9 +13,14 @@
 //!   index's children is `crate::registry::Platform`, with the index parsing.
 //! - `schedule.rs`: [`Schedule`], when a rule runs next (an interval or a
 //!   cron expression in UTC, plus jitter).
-//! - The engine (`run.rs`: list tags, filter, resolve each by `HEAD`, fetch
-//!   only what the cache lacks, report) and the scheduler that runs each rule
-//!   in the background, one run at a time per rule.
+//! - `run.rs`: the engine, one run of one rule (list tags, filter, resolve
+//!   each by `HEAD`, fetch only what the cache lacks, pin, prune, pace
+//!   itself by the upstream's rate limit).
+//! - `service.rs`: [`Syncer`], the rules of a running wharf: runs each on its
+//!   schedule in the background and on demand, one run at a time per rule,
+//!   remembers the last run, counts in Prometheus ([`SyncMetrics`]).
+//! - `report.rs`: the [`Event`]s a run emits and its [`Summary`], shown as
+//!   progress bars or JSON lines ([`Renderer`]).
 //!
 //! Dependencies: `sync → mirror → {cache, upstream} → registry`. Sync goes
 //! through the same upstream client and cache facade as the pull path
@@ -25,8 +30,14 @@
 //! I/O and read no clock; the caller passes the time.
 
 mod filter;
+mod report;
+mod run;
 mod schedule;
+mod service;
 mod settings;
+
+pub use report::{human_bytes, summary_line, Event, Failure, Renderer, Summary, SyncedRef};
+pub use service::{SyncError, SyncMetrics, Syncer};
 
 pub use filter::{is_signature_tag, parse_version, signature_tags, KeepLast, TagFilter};
 pub use schedule::{Schedule, ScheduleError, ScheduleKind};

@@ -130,7 +130,8 @@ impl<'a> Run<'a> {
     /// and skipped.
     async fn repo(&mut self, repo: &RepoRule) -> Result<(), MirrorError> {
         let r = self.routed(&repo.name)?;
-        let all = self.paced(&r, false, |m, r| m.upstream_tags(r)).await?;
+        let mirror = self.mirror;
+        let all = self.paced(&r, false, || mirror.upstream_tags(&r)).await?;
         let kept = self.select(&r, repo, &all).await?;
         (self.emit)(Event::RepoListed {
             rule: self.rule.name.clone(),
@@ -186,7 +187,8 @@ impl<'a> Run<'a> {
     /// When the image `tag` points at was created (its config's `created`),
     /// for `keep_last` by age. Any failure: unknown.
     async fn created(&mut self, r: &Routed, tag: &Tag) -> Option<time::OffsetDateTime> {
-        let (d, _) = self.paced(r, false, |m, r| m.head_tag(r, tag)).await.ok()?;
+        let mirror = self.mirror;
+        let (d, _) = self.paced(r, false, || mirror.head_tag(r, tag)).await.ok()?;
         let m = self.manifest(r, &d).await.ok()??;
         let m = match index_children(&m.bytes) {
             Some(children) => {
@@ -201,7 +203,8 @@ impl<'a> Run<'a> {
         };
         let config = references(&m.bytes).blobs.into_iter().next()?;
         if !self.dry_run {
-            self.paced(r, false, |m, r| m.ensure_blob(r, &config))
+            let mirror = self.mirror;
+            self.paced(r, false, || mirror.ensure_blob(r, &config))
                 .await
                 .ok()?;
         }
@@ -227,14 +230,16 @@ impl<'a> Run<'a> {
         if self.dry_run {
             return Ok(None);
         }
-        let h = self.paced(r, true, |m, r| m.ensure_manifest(r, d)).await?;
+        let mirror = self.mirror;
+        let h = self.paced(r, true, || mirror.ensure_manifest(r, d)).await?;
         Ok(Some(h))
     }
 
     /// Resolves one tag and makes its closure complete (or, in a dry run,
     /// counts what that would take). The tag is moved last.
     async fn image(&mut self, r: &Routed, tag: &Tag) -> Result<(Digest, Outcome), MirrorError> {
-        let (d, _) = self.paced(r, false, |m, r| m.head_tag(r, tag)).await?;
+        let mirror = self.mirror;
+        let (d, _) = self.paced(r, false, || mirror.head_tag(r, tag)).await?;
         let same = self
             .mirror
             .cached_tag(r, tag)?
@@ -325,7 +330,8 @@ impl<'a> Run<'a> {
                 f.bytes += size;
                 continue;
             }
-            let got = self.paced(r, false, |m, r| m.ensure_blob(r, &b)).await?;
+            let mirror = self.mirror;
+            let got = self.paced(r, false, || mirror.ensure_blob(r, &b)).await?;
             if got > 0 {
                 f.blobs += 1;
                 f.bytes += got;
@@ -362,7 +368,8 @@ impl<'a> Run<'a> {
     async fn signatures(&mut self, r: &Routed, d: &Digest) {
         for tag in signature_tags(d) {
             let reference = format!("{}/{}:{tag}", self.rule.upstream, r.repo);
-            let head = self.paced(r, false, |m, r| m.head_tag(r, &tag)).await;
+            let mirror = self.mirror;
+            let head = self.paced(r, false, || mirror.head_tag(r, &tag)).await;
             let sd = match head {
                 Ok((sd, _)) => sd,
                 Err(MirrorError::Upstream(UpstreamError::NotFound { .. })) => continue,
@@ -530,10 +537,9 @@ impl<'a> Run<'a> {
     /// as it said. Gives up (returns the 429) past [`MAX_PAUSED_PER_RUN`].
     async fn paced<T, F, Fut>(&mut self, r: &Routed, counted: bool, op: F) -> Result<T, MirrorError>
     where
-        F: Fn(&'a Mirror, &Routed) -> Fut,
+        F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, MirrorError>>,
     {
-        let mirror = self.mirror;
         loop {
             if counted {
                 if let Some(wait) = self.reserve_wait(r) {
@@ -541,7 +547,7 @@ impl<'a> Run<'a> {
                         .await?;
                 }
             }
-            match op(mirror, r).await {
+            match op().await {
                 Err(MirrorError::Upstream(UpstreamError::TooManyRequests {
                     retry_after, ..
                 })) => {

@@ -16,6 +16,7 @@ use crate::mirror::Mirror;
 
 use super::report::{Event, Summary};
 use super::run::Run;
+use super::schedule::ScheduleKind;
 use super::settings::SyncRule;
 
 /// Metrics of sync runs, by rule.
@@ -133,7 +134,8 @@ impl Syncer {
             .collect()
     }
 
-    /// Runs one rule now, unless it is already running.
+    /// Runs one rule now; if it is running already (its schedule), waits
+    /// for that run to end first: one run at a time per rule.
     pub async fn run(
         &self,
         rule: &SyncRule,
@@ -141,9 +143,25 @@ impl Syncer {
         emit: &(dyn Fn(Event) + Send + Sync),
     ) -> Result<Summary, SyncError> {
         let lock = self.running[&rule.name].clone();
+        let _guard = lock.lock().await;
+        Ok(self.run_locked(rule, dry_run, emit).await)
+    }
+
+    /// A scheduled run: skipped when the rule is running already.
+    async fn run_scheduled(&self, rule: &SyncRule) -> Result<Summary, SyncError> {
+        let lock = self.running[&rule.name].clone();
         let Ok(_guard) = lock.try_lock() else {
             return Err(SyncError::Busy(rule.name.clone()));
         };
+        Ok(self.run_locked(rule, false, &|_| {}).await)
+    }
+
+    async fn run_locked(
+        &self,
+        rule: &SyncRule,
+        dry_run: bool,
+        emit: &(dyn Fn(Event) + Send + Sync),
+    ) -> Summary {
         let m = &self.metrics;
         if !dry_run {
             m.last_start
@@ -178,7 +196,7 @@ impl Syncer {
         emit(Event::RunFinished {
             summary: summary.clone(),
         });
-        Ok(summary)
+        summary
     }
 
     /// The rule's last real run, as recorded in the cache.
@@ -202,13 +220,16 @@ impl Syncer {
                 tokio::spawn(async move {
                     loop {
                         let last = this.last_run(&rule.name).map(|s| s.started);
-                        let next = next_run(&rule, last, SystemTime::now());
+                        let Some(next) = next_run(&rule, last, SystemTime::now()) else {
+                            tracing::warn!(rule = %rule.name, "the schedule has no next time; not running it again");
+                            return;
+                        };
                         let wait = next
                             .duration_since(SystemTime::now())
                             .unwrap_or(Duration::ZERO);
                         tracing::info!(rule = %rule.name, in_s = wait.as_secs(), "next sync run");
                         tokio::time::sleep(wait).await;
-                        if let Err(e) = this.run(&rule, false, &|_| {}).await {
+                        if let Err(e) = this.run_scheduled(&rule).await {
                             tracing::info!(rule = %rule.name, error = %e, "scheduled sync skipped");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
@@ -219,15 +240,27 @@ impl Syncer {
     }
 }
 
-/// When a scheduled rule runs next: its schedule's next time after the last
-/// run's start (now, if none or overdue), plus jitter.
-fn next_run(rule: &SyncRule, last_start: Option<u64>, now: SystemTime) -> SystemTime {
-    let schedule = rule.schedule.as_ref().expect("scheduled rules only");
-    let from = last_start
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
-        .unwrap_or(now);
-    let next = schedule.next_after(from, random_u64());
-    next.max(now)
+/// When a scheduled rule runs next. An interval counts from the last run's
+/// start: a rule that never ran, or is overdue (wharf was down), runs now
+/// (plus jitter). A cron schedule runs at its next time after now (a missed
+/// slot is not made up at start-up). `None`: never again.
+fn next_run(rule: &SyncRule, last_start: Option<u64>, now: SystemTime) -> Option<SystemTime> {
+    let schedule = rule.schedule.as_ref()?;
+    let rng = random_u64();
+    match &schedule.kind {
+        ScheduleKind::Interval(every) => {
+            let due = last_start
+                .map(|s| UNIX_EPOCH + Duration::from_secs(s) + *every)
+                .unwrap_or(now);
+            let jitter = if schedule.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(rng % schedule.jitter.as_nanos().max(1) as u64)
+            };
+            Some(due.max(now) + jitter)
+        }
+        ScheduleKind::Cron(_) => schedule.next_after(now, rng),
+    }
 }
 
 fn unix_now() -> u64 {
