@@ -91,6 +91,11 @@ enum Command {
         config: Option<PathBuf>,
         pattern: String,
     },
+    /// Bundles for air-gapped sites: keys, verification, extraction.
+    Bundle {
+        #[command(subcommand)]
+        command: wharf::bundle::cli::BundleCommand,
+    },
 }
 
 /// Logs go to stderr (journald takes them from there): text, or one JSON
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
         Command::Unpin { config, pattern } => {
             with_logs(|| wharf::admin::client::unpin(load(config)?, pattern))
         }
+        Command::Bundle { command } => with_logs(|| wharf::bundle::cli::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

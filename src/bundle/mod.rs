@@ -39,7 +39,9 @@
 //! - `create`: the writer.
 //! - `verify`: signature, files, volumes, parts and completeness checks.
 //! - `read`: [`blob_reader`] and [`extract`].
+//! - [`cli`]: `wharf bundle keygen|verify|extract`.
 
+pub mod cli;
 mod create;
 pub mod doc;
 pub mod keys;
