@@ -38,10 +38,16 @@
 //! - [`admin`]: the operator side: `/metrics`, `/healthz`, `/readyz` on the
 //!   admin listener, and the `wharf ls/du/rm/gc/pin` operations, run through
 //!   the running server's admin socket or on a cache no server holds.
+//! - [`bundle`]: images carried across an air gap: the on-media format
+//!   (tar volumes forming an OCI layout, `bundle.json`), signing keys and
+//!   verification. Reads content through a `BlobSource`; never writes into
+//!   the cache itself.
 
 pub mod access;
 pub mod admin;
+pub mod airgap;
 pub mod app;
+pub mod bundle;
 pub mod cache;
 pub mod config;
 pub mod metrics;

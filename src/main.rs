@@ -106,6 +106,97 @@ enum Command {
         config: Option<PathBuf>,
         pattern: String,
     },
+    /// What this cache holds, for the connected side to make bundles against.
+    Inventory {
+        #[command(subcommand)]
+        command: InventoryCommand,
+    },
+    /// Bundles for air-gapped sites: keys, create, verify, import, extract.
+    Bundle {
+        #[command(subcommand)]
+        command: wharf::bundle::cli::BundleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum InventoryCommand {
+    /// Every digest the cache holds, as JSON (to FILE, or stdout): give it
+    /// to `wharf bundle create --against` on the connected side.
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `wharf bundle ...`: create and import open the cache (or ask the server
+/// holding it); the rest only read bundle files.
+fn bundle(cmd: wharf::bundle::cli::BundleCommand) -> anyhow::Result<()> {
+    use wharf::airgap::{CreateRequest, ImportRequest};
+    use wharf::bundle::cli::BundleCommand as B;
+    match cmd {
+        B::Create {
+            config,
+            out,
+            sync,
+            images,
+            against,
+            since,
+            volume_size,
+            sign_key,
+            json,
+        } => {
+            let volume_size = wharf::config::parse_size("--volume-size", &volume_size)
+                .map_err(|e| anyhow::anyhow!("--volume-size {volume_size}: {e}"))?;
+            let req = CreateRequest {
+                out: absolute(out)?,
+                sync,
+                images,
+                against: against.map(absolute).transpose()?,
+                since: since.into_iter().map(absolute).collect::<Result<_, _>>()?,
+                volume_size,
+                sign_key: sign_key.map(absolute).transpose()?,
+            };
+            wharf::admin::client::bundle_create(load(config)?, req, json)
+        }
+        B::Import {
+            config,
+            dir,
+            map,
+            allow_rollback,
+            json,
+        } => {
+            let map = map
+                .iter()
+                .map(|m| {
+                    m.split_once('=')
+                        .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("--map {m}: expected BUNDLE-NAME=SITE-NAME"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let req = ImportRequest {
+                dir: absolute(dir)?,
+                map,
+                allow_rollback,
+            };
+            wharf::admin::client::bundle_import(load(config)?, req, json)
+        }
+        B::Verify { ref config, .. } => {
+            let keys = match config {
+                Some(c) => load(Some(c.clone()))?.bundle.trusted_keys,
+                None => Vec::new(),
+            };
+            wharf::bundle::cli::run(cmd, keys)
+        }
+        other => wharf::bundle::cli::run(other, Vec::new()),
+    }
+}
+
+/// Paths handed to a running server must not depend on this shell's
+/// working directory.
+fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
+    std::path::absolute(&p).with_context(|| format!("{}", p.display()))
 }
 
 /// Logs go to stderr (journald takes them from there): text, or one JSON
@@ -155,6 +246,10 @@ fn main() -> ExitCode {
         Command::Unpin { config, pattern } => {
             with_logs(|| wharf::admin::client::unpin(load(config)?, pattern))
         }
+        Command::Bundle { command } => with_logs(|| bundle(command)),
+        Command::Inventory {
+            command: InventoryCommand::Export { config, out },
+        } => with_logs(|| wharf::admin::client::inventory_export(load(config)?, out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -74,11 +74,7 @@ async fn ask(sock: &Path, op: &Op) -> anyhow::Result<Option<serde_json::Value>> 
 
 /// Runs a streaming operation on the server: `on_line` gets each line as
 /// it comes. `Ok(false)`: nobody accepts on the socket.
-async fn ask_stream(
-    sock: &Path,
-    op: &Op,
-    on_line: &mut dyn FnMut(&str),
-) -> anyhow::Result<bool> {
+async fn ask_stream(sock: &Path, op: &Op, on_line: &mut dyn FnMut(&str)) -> anyhow::Result<bool> {
     let Some(resp) = send(sock, op).await? else {
         return Ok(false);
     };
@@ -148,15 +144,17 @@ pub fn sync(config: Config, rules: Vec<String>, dry_run: bool, json: bool) -> an
     let sock = socket_path(&config.cache_dir);
     let mut errors = Vec::new();
     let via_server = sock.exists()
-        && rt.block_on(ask_stream(&sock, &op, &mut |line| {
-            match serde_json::from_str::<Event>(line) {
+        && rt.block_on(ask_stream(
+            &sock,
+            &op,
+            &mut |line| match serde_json::from_str::<Event>(line) {
                 Ok(e) => show(&e),
                 Err(_) => {
                     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
                     errors.push(v["error"].as_str().unwrap_or(line).to_owned());
                 }
-            }
-        }))?;
+            },
+        ))?;
     if via_server {
         note(Via::Server);
     } else {
@@ -165,7 +163,10 @@ pub fn sync(config: Config, rules: Vec<String>, dry_run: bool, json: bool) -> an
         };
         rt.block_on(async {
             let app = crate::app::App::open(&config, Arc::default()).map_err(|e| {
-                anyhow!("cannot open the cache in {}: {e}", config.cache_dir.display())
+                anyhow!(
+                    "cannot open the cache in {}: {e}",
+                    config.cache_dir.display()
+                )
             })?;
             for rule in app.sync.chosen(&rules)? {
                 app.sync.run(rule, dry_run, &|e| show(&e)).await?;
@@ -436,8 +437,10 @@ where
     let sock = socket_path(&config.cache_dir);
     let mut last: Option<Result<serde_json::Value, String>> = None;
     let via_server = sock.exists()
-        && rt.block_on(ask_stream(&sock, &op, &mut |line| {
-            match serde_json::from_str::<Event>(line) {
+        && rt.block_on(ask_stream(
+            &sock,
+            &op,
+            &mut |line| match serde_json::from_str::<Event>(line) {
                 Ok(Event::Done { report }) => last = Some(Ok(report)),
                 Ok(Event::Error { error }) => last = Some(Err(error)),
                 Ok(e) => show(e),
@@ -445,8 +448,8 @@ where
                     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
                     last = Some(Err(v["error"].as_str().unwrap_or(line).to_owned()));
                 }
-            }
-        }))?;
+            },
+        ))?;
     if via_server {
         show(Event::Done {
             report: serde_json::Value::Null,
@@ -464,7 +467,10 @@ where
                 "{e}, which does not answer on {} (an older wharf, or one still starting?)",
                 sock.display()
             ),
-            _ => anyhow!("cannot open the cache in {}: {e}", config.cache_dir.display()),
+            _ => anyhow!(
+                "cannot open the cache in {}: {e}",
+                config.cache_dir.display()
+            ),
         })?;
         let r = direct(app.clone(), &show).await;
         app.mirror.flush()?;
@@ -488,7 +494,9 @@ pub fn bundle_create(
             let doc = tokio::task::block_in_place(|| {
                 crate::airgap::create_bundle(&app.mirror, &app.sync, &req, emit)
             })?;
-            Ok(serde_json::json!({"id": doc.id, "sequence": doc.sequence, "volumes": doc.volumes.len(), "blobs": doc.blobs.len(), "refs": doc.refs.len()}))
+            Ok(
+                serde_json::json!({"id": doc.id, "sequence": doc.sequence, "volumes": doc.volumes.len(), "blobs": doc.blobs.len(), "refs": doc.refs.len()}),
+            )
         })
     })?;
     if json {
@@ -586,7 +594,9 @@ fn become_cache_owner(cache_dir: &Path, bundle: &Path) -> anyhow::Result<()> {
     }
     // SAFETY: plain syscalls on integers; on failure nothing changed.
     let ok = unsafe {
-        libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(gid) == 0 && libc::setuid(uid) == 0
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(gid) == 0
+            && libc::setuid(uid) == 0
     };
     if !ok {
         bail!(
@@ -601,6 +611,9 @@ fn become_cache_owner(cache_dir: &Path, bundle: &Path) -> anyhow::Result<()> {
             probe.display()
         );
     }
-    eprintln!("(importing as uid {uid}, the owner of {})", cache_dir.display());
+    eprintln!(
+        "(importing as uid {uid}, the owner of {})",
+        cache_dir.display()
+    );
     Ok(())
 }

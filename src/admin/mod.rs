@@ -35,14 +35,25 @@ use crate::server::{healthz, metrics_response, readyz, Body};
 pub enum Op {
     Ls,
     Du,
-    Rm { image: String },
-    Gc { verify: bool },
-    Pin { pattern: String },
-    Unpin { pattern: String },
+    Rm {
+        image: String,
+    },
+    Gc {
+        verify: bool,
+    },
+    Pin {
+        pattern: String,
+    },
+    Unpin {
+        pattern: String,
+    },
     Pins,
     /// Runs sync rules now (all when `rules` is empty); answered with one
     /// JSON event per line as the run goes.
-    Sync { rules: Vec<String>, dry_run: bool },
+    Sync {
+        rules: Vec<String>,
+        dry_run: bool,
+    },
     /// `wharf bundle create`, streamed like `Sync`.
     BundleCreate(crate::airgap::CreateRequest),
     /// `wharf bundle import`, streamed like `Sync`.
@@ -76,7 +87,9 @@ pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<serde_json::Value, 
         Op::Unpin { pattern } => {
             serde_json::json!({ "pattern": pattern, "removed": cache.unpin(pattern)? })
         }
-        Op::Inventory => json(serde_json::to_value(crate::airgap::SiteInventory::of(cache)?)),
+        Op::Inventory => json(serde_json::to_value(crate::airgap::SiteInventory::of(
+            cache,
+        )?)),
         Op::Sync { .. } | Op::BundleCreate(_) | Op::BundleImport(_) => {
             return Err(CacheError::Invalid(
                 "this operation runs through the mirror, not on the cache alone".into(),
@@ -234,7 +247,10 @@ fn stream_events(app: &Arc<App>, op: Op) -> Response<Body> {
                         .map(|doc| serde_json::json!({"id": doc.id, "sequence": doc.sequence, "volumes": doc.volumes.len(), "blobs": doc.blobs.len(), "refs": doc.refs.len()}))
                 })
                 .await;
-                send(&done(res.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()))));
+                send(&done(
+                    res.map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                ));
             }
             Op::BundleImport(req) => {
                 let emit = |e: crate::airgap::Event| send(&e);

@@ -58,11 +58,7 @@ pub fn create_bundle(
             "nothing to carry: give --sync RULE or --image UPSTREAM/REPO:TAG".into(),
         ));
     }
-    let key = req
-        .sign_key
-        .as_deref()
-        .map(load_signing_key)
-        .transpose()?;
+    let key = req.sign_key.as_deref().map(load_signing_key).transpose()?;
     let mut c = Closure::default();
     let mut sources = Vec::new();
     for rule in &req.sync {

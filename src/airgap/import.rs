@@ -124,10 +124,7 @@ pub async fn import_bundle(
             .get(&b.digest)
             .and_then(|o| o.first())
             .ok_or_else(|| {
-                AirgapError::Request(format!(
-                    "blob {} belongs to no ref of the bundle",
-                    b.digest
-                ))
+                AirgapError::Request(format!("blob {} belongs to no ref of the bundle", b.digest))
             })?;
         let written = copy_blob(mirror, &dir, b, owner).await?;
         if written {
@@ -209,7 +206,10 @@ fn owners(
     let mut owners: HashMap<Digest, Vec<Routed>> = HashMap::new();
     let mut add = |d: &Digest, r: &Routed| {
         let v = owners.entry(d.clone()).or_default();
-        if !v.iter().any(|x| x.upstream == r.upstream && x.repo == r.repo) {
+        if !v
+            .iter()
+            .any(|x| x.upstream == r.upstream && x.repo == r.repo)
+        {
             v.push(r.clone());
         }
     };
@@ -221,12 +221,11 @@ fn owners(
                 continue; // a layer, or a manifest the site holds elsewhere
             };
             match index_children(&bytes) {
-                Some(children) => stack.extend(
-                    children
-                        .into_iter()
-                        .map(|c| c.digest)
-                        .filter(|c| doc.blob(c).is_some() || mirror.cache().blob_len(c).ok().flatten().is_some()),
-                ),
+                Some(children) => {
+                    stack.extend(children.into_iter().map(|c| c.digest).filter(|c| {
+                        doc.blob(c).is_some() || mirror.cache().blob_len(c).ok().flatten().is_some()
+                    }))
+                }
                 None => {
                     for b in references(&bytes).blobs {
                         add(&b, &x.r);
@@ -254,7 +253,13 @@ fn manifest_bytes(
             .cache()
             .manifest(d)?
             .map(|m| m.bytes.to_vec())
-            .or_else(|| mirror.held_manifest(r, d).ok().flatten().map(|h| h.bytes.to_vec()))),
+            .or_else(|| {
+                mirror
+                    .held_manifest(r, d)
+                    .ok()
+                    .flatten()
+                    .map(|h| h.bytes.to_vec())
+            })),
     }
 }
 
@@ -496,7 +501,9 @@ fn switch(
                 if !carried {
                     cache.unpin(&pattern)?;
                     emit(Event::Note {
-                        message: format!("unpinned {pattern}: the connected side no longer carries it"),
+                        message: format!(
+                            "unpinned {pattern}: the connected side no longer carries it"
+                        ),
                     });
                     report.unpinned.push(pattern);
                 }

@@ -78,11 +78,20 @@ pub enum Event {
         left_out: usize,
     },
     /// Blob bytes copied so far.
-    Copied { bytes: u64, total: u64 },
-    Note { message: String },
+    Copied {
+        bytes: u64,
+        total: u64,
+    },
+    Note {
+        message: String,
+    },
     /// The end: the operation's report.
-    Done { report: serde_json::Value },
-    Error { error: String },
+    Done {
+        report: serde_json::Value,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Shows bundle events: a progress bar on a terminal, JSON lines otherwise.

@@ -125,11 +125,7 @@ impl Mirror {
 
     /// A small cached blob this repository may read (an image config), at
     /// most 4 MiB; `None` when not cached or larger.
-    pub fn read_blob_small(
-        &self,
-        r: &Routed,
-        d: &Digest,
-    ) -> Result<Option<Vec<u8>>, MirrorError> {
+    pub fn read_blob_small(&self, r: &Routed, d: &Digest) -> Result<Option<Vec<u8>>, MirrorError> {
         use std::io::Read;
         if !self.holds_blob(r, d)? {
             return Ok(None);

@@ -168,9 +168,15 @@ impl Renderer {
                     b.inc_length(*selected as u64);
                 }
             }
-            Event::Synced { rule, reference, .. }
-            | Event::Unchanged { rule, reference, .. }
-            | Event::Planned { rule, reference, .. } => {
+            Event::Synced {
+                rule, reference, ..
+            }
+            | Event::Unchanged {
+                rule, reference, ..
+            }
+            | Event::Planned {
+                rule, reference, ..
+            } => {
                 if let Some(b) = self.by_rule.get(rule) {
                     if !reference.contains(":sha256-") {
                         b.inc(1);

@@ -50,9 +50,18 @@ pub(super) struct Run<'a> {
 
 /// What resolving one tag came to.
 enum Outcome {
-    Synced { manifests: u64, blobs: u64, bytes: u64 },
+    Synced {
+        manifests: u64,
+        blobs: u64,
+        bytes: u64,
+    },
     Unchanged,
-    Planned { manifests: u64, blobs: u64, bytes: u64, complete: bool },
+    Planned {
+        manifests: u64,
+        blobs: u64,
+        bytes: u64,
+        complete: bool,
+    },
 }
 
 /// Counts of what one closure needed.
@@ -188,7 +197,10 @@ impl<'a> Run<'a> {
     /// for `keep_last` by age. Any failure: unknown.
     async fn created(&mut self, r: &Routed, tag: &Tag) -> Option<time::OffsetDateTime> {
         let mirror = self.mirror;
-        let (d, _) = self.paced(r, false, || mirror.head_tag(r, tag)).await.ok()?;
+        let (d, _) = self
+            .paced(r, false, || mirror.head_tag(r, tag))
+            .await
+            .ok()?;
         let m = self.manifest(r, &d).await.ok()??;
         let m = match index_children(&m.bytes) {
             Some(children) => {
@@ -409,9 +421,7 @@ impl<'a> Run<'a> {
     fn keep(&mut self, r: &Routed, tag: &Tag, d: &Digest) -> Result<(), MirrorError> {
         if self.rule.pin {
             let pattern = format!("{}/{}:{tag}", self.rule.upstream, r.repo);
-            self.mirror
-                .cache()
-                .pin_for(&pattern, &self.pin_source())?;
+            self.mirror.cache().pin_for(&pattern, &self.pin_source())?;
         }
         let media_type = self
             .mirror
@@ -445,9 +455,11 @@ impl<'a> Run<'a> {
             // Signature tags follow their image.
             let base_kept = kept.iter().any(|k| k.as_str() == tag);
             let sig_kept = tag.starts_with("sha256-")
-                && self.summary.refs.iter().any(|s| {
-                    s.repository == r.repo.as_str() && s.tag == tag
-                });
+                && self
+                    .summary
+                    .refs
+                    .iter()
+                    .any(|s| s.repository == r.repo.as_str() && s.tag == tag);
             if !base_kept && !sig_kept {
                 cache.unpin(&pattern)?;
                 (self.emit)(Event::Unpinned {
@@ -518,7 +530,10 @@ impl<'a> Run<'a> {
 
     fn fail(&mut self, reference: String, e: &MirrorError) {
         let rule = self.rule.name.clone();
-        self.metrics.images.with_label_values(&[&rule, "failed"]).inc();
+        self.metrics
+            .images
+            .with_label_values(&[&rule, "failed"])
+            .inc();
         tracing::warn!(%rule, %reference, error = %e, "sync: skipped");
         (self.emit)(Event::Failed {
             rule,

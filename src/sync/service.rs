@@ -201,11 +201,7 @@ impl Syncer {
 
     /// The rule's last real run, as recorded in the cache.
     pub fn last_run(&self, rule: &str) -> Option<Summary> {
-        self.mirror
-            .cache()
-            .note(&last_run_key(rule))
-            .ok()
-            .flatten()
+        self.mirror.cache().note(&last_run_key(rule)).ok().flatten()
     }
 
     /// Runs each scheduled rule on its schedule until the task is aborted.

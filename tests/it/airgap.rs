@@ -143,7 +143,13 @@ fn sync_keeps_what_the_rules_select_and_a_second_run_sends_only_heads() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| format!("{}:{}", r["repository"].as_str().unwrap(), r["tag"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["repository"].as_str().unwrap(),
+                r["tag"].as_str().unwrap()
+            )
+        })
         .collect();
     let sig = format!("{}.sig", layout_digest("multi").replace(':', "-"));
     let want: HashSet<String> = [
@@ -182,7 +188,11 @@ fn sync_keeps_what_the_rules_select_and_a_second_run_sends_only_heads() {
     let s2 = summary(&out);
     assert_eq!(s2["synced"], 0, "{s2}");
     assert_eq!(s2["unchanged"].as_u64().unwrap(), want.len() as u64, "{s2}");
-    assert_eq!(content_gets(&up), before, "the second run sent a manifest or blob GET");
+    assert_eq!(
+        content_gets(&up),
+        before,
+        "the second run sent a manifest or blob GET"
+    );
     assert!(up.count("HEAD", "/v2/") > heads);
     assert_eq!(
         w.metric("wharf_sync_last_run_success{rule=\"base\"}"),
@@ -208,7 +218,9 @@ fn sync_runs_on_its_schedule_in_the_server() {
         w.metric("wharf_sync_images_total{result=\"synced\",rule=\"tick\"}")
             + w.metric("wharf_sync_images_total{result=\"unchanged\",rule=\"tick\"}")
     };
-    eventually(Duration::from_secs(20), "three scheduled runs", || runs(&w) >= 3.0);
+    eventually(Duration::from_secs(20), "three scheduled runs", || {
+        runs(&w) >= 3.0
+    });
     assert_eq!(
         w.metric("wharf_sync_images_total{result=\"synced\",rule=\"tick\"}"),
         1.0,
@@ -224,7 +236,11 @@ fn sync_pauses_for_rate_limits_and_finishes() {
     let rt = runtime();
     let up = Upstream::start(Auth::None, &rt);
     for i in 1..=6 {
-        up.push_unique("library/test", &i.to_string(), &format!("2026-01-0{i}T00:00:00Z"));
+        up.push_unique(
+            "library/test",
+            &i.to_string(),
+            &format!("2026-01-0{i}T00:00:00Z"),
+        );
     }
     // 4 pulls per 4 s: the reserve (2) is reached after two GETs, so the run
     // paces itself; then the window is spent and a 429 says wait 1 s.
@@ -265,7 +281,14 @@ fn sync_pauses_for_rate_limits_and_finishes() {
 #[test]
 fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
     require(&[
-        "docker-registry", "skopeo", "ip", "curl", "dockerd", "docker", "containerd", "ctr",
+        "docker-registry",
+        "skopeo",
+        "ip",
+        "curl",
+        "dockerd",
+        "docker",
+        "containerd",
+        "ctr",
     ]);
     let rt = runtime();
     let up = upstream(&rt);
@@ -277,11 +300,25 @@ fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
     let (key, public) = keygen(&t.join("keys"));
     let b1 = t.join("b1");
     let (ok, out) = conn.cli(&[
-        "bundle", "create", "--out", b1.to_str().unwrap(), "--sync", "base",
-        "--sign-key", key.to_str().unwrap(), "--volume-size", "8MiB",
+        "bundle",
+        "create",
+        "--out",
+        b1.to_str().unwrap(),
+        "--sync",
+        "base",
+        "--sign-key",
+        key.to_str().unwrap(),
+        "--volume-size",
+        "8MiB",
     ]);
     assert!(ok, "bundle create: {out}");
-    let (ok, out) = wharf(&["bundle", "verify", b1.to_str().unwrap(), "--trusted-key", public.to_str().unwrap()]);
+    let (ok, out) = wharf(&[
+        "bundle",
+        "verify",
+        b1.to_str().unwrap(),
+        "--trusted-key",
+        public.to_str().unwrap(),
+    ]);
     assert!(ok, "bundle verify: {out}");
 
     // The site: no route to anything, offline, a fresh cache.
@@ -294,38 +331,83 @@ fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
     let (index, _) = up.get_manifest("library/multi", "1.0.0");
     let index_digest = layout_digest("multi");
     // Offline tags/list, paged.
-    let (ok, page) = site.curl(&["-sS", "-i", &format!("{}/v2/library/multi/tags/list?n=2", site.url())]);
-    assert!(ok && page.contains("\"tags\":[\"1.0.0\",\"1.1.0\"]"), "{page}");
-    assert!(page.to_lowercase().contains("link: </v2/library/multi/tags/list?"), "{page}");
+    let (ok, page) = site.curl(&[
+        "-sS",
+        "-i",
+        &format!("{}/v2/library/multi/tags/list?n=2", site.url()),
+    ]);
+    assert!(
+        ok && page.contains("\"tags\":[\"1.0.0\",\"1.1.0\"]"),
+        "{page}"
+    );
+    assert!(
+        page.to_lowercase()
+            .contains("link: </v2/library/multi/tags/list?"),
+        "{page}"
+    );
     // A filtered platform: a clear MANIFEST_UNKNOWN naming the filter.
-    let armv7 = children(&index).into_iter().find(|(_, p)| p == "linux/arm/v7").unwrap().0;
+    let armv7 = children(&index)
+        .into_iter()
+        .find(|(_, p)| p == "linux/arm/v7")
+        .unwrap()
+        .0;
     let (status, text) = site.get(&format!("/v2/library/multi/manifests/{armv7}"));
     assert_eq!(status, 404, "{text}");
-    assert!(text.contains("MANIFEST_UNKNOWN") && text.contains("linux/arm/v7") && text.contains("'base'"), "{text}");
+    assert!(
+        text.contains("MANIFEST_UNKNOWN")
+            && text.contains("linux/arm/v7")
+            && text.contains("'base'"),
+        "{text}"
+    );
 
     // skopeo: every ref by tag and by digest, byte-identical.
     let sk = Skopeo::mirror(&t.join("sk"), &site.host(), Some(&site.ca())).in_ns(&ns);
-    for (repo, tag) in [("library/multi", "1.0.0"), ("library/multi", "v1.2.0"), ("library/test", "1"), ("library/list", "1")] {
+    for (repo, tag) in [
+        ("library/multi", "1.0.0"),
+        ("library/multi", "v1.2.0"),
+        ("library/test", "1"),
+        ("library/list", "1"),
+    ] {
         let (want_bytes, _) = up.get_manifest(repo, tag);
         let d = format!("sha256:{}", sha256_hex(&want_bytes));
         for reference in [format!("{repo}:{tag}"), format!("{repo}@{d}")] {
             let out_dir = t.join(format!("pull-{}", reference.replace(['/', ':', '@'], "_")));
-            let (ok, out) = sk.copy_to_dir(&format!("docker://docker.io/{reference}"), &out_dir, false);
+            let (ok, out) =
+                sk.copy_to_dir(&format!("docker://docker.io/{reference}"), &out_dir, false);
             assert!(ok, "skopeo {reference}: {out}");
-            let direct = t.join(format!("direct-{}", reference.replace(['/', ':', '@'], "_")));
-            let (ok, out) = skopeo_to_dir(None, &format!("docker://127.0.0.1:{}/{reference}", up.port), &direct, false);
+            let direct = t.join(format!(
+                "direct-{}",
+                reference.replace(['/', ':', '@'], "_")
+            ));
+            let (ok, out) = skopeo_to_dir(
+                None,
+                &format!("docker://127.0.0.1:{}/{reference}", up.port),
+                &direct,
+                false,
+            );
             assert!(ok, "skopeo direct {reference}: {out}");
             assert_eq!(dir_contents(&out_dir), dir_contents(&direct), "{reference}");
         }
     }
-    let (ok, out) = sk.copy_to_dir(&format!("docker://docker.io/library/multi@{index_digest}"), &t.join("all"), true);
-    assert!(!ok, "--all needs arm/v7, which the site does not have: {out}");
+    let (ok, out) = sk.copy_to_dir(
+        &format!("docker://docker.io/library/multi@{index_digest}"),
+        &t.join("all"),
+        true,
+    );
+    assert!(
+        !ok,
+        "--all needs arm/v7, which the site does not have: {out}"
+    );
 
     // ctr and dockerd.
     let mirror = format!("https://{}", site.host());
     let ctd = Containerd::start_in(&ns, &t.join("ctd"));
     let hosts = hosts_dir(&t.join("hosts"), &mirror, Some(&site.ca()));
-    for image in ["docker.io/library/multi:1.1.0", &format!("docker.io/library/multi@{index_digest}"), "docker.io/library/list:1"] {
+    for image in [
+        "docker.io/library/multi:1.1.0",
+        &format!("docker.io/library/multi@{index_digest}"),
+        "docker.io/library/list:1",
+    ] {
         let (ok, out) = ctd.pull(&hosts, image);
         assert!(ok, "ctr pull {image}: {out}");
     }
@@ -338,7 +420,8 @@ fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
     drop(ctd);
 
     // New tags upstream: an incremental bundle against the site's inventory.
-    let (new_manifest, new_blobs) = up.push_unique("library/multi", "1.3.0", "2026-11-01T00:00:00Z");
+    let (new_manifest, new_blobs) =
+        up.push_unique("library/multi", "1.3.0", "2026-11-01T00:00:00Z");
     let (ok, out) = conn.cli(&["sync", "--json"]);
     assert!(ok, "{out}");
     let inv = t.join("site-inventory.json");
@@ -346,32 +429,69 @@ fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
     assert!(ok, "inventory export: {out}");
     let b2 = t.join("b2");
     let (ok, out) = conn.cli(&[
-        "bundle", "create", "--out", b2.to_str().unwrap(), "--sync", "base",
-        "--against", inv.to_str().unwrap(), "--sign-key", key.to_str().unwrap(),
+        "bundle",
+        "create",
+        "--out",
+        b2.to_str().unwrap(),
+        "--sync",
+        "base",
+        "--against",
+        inv.to_str().unwrap(),
+        "--sign-key",
+        key.to_str().unwrap(),
     ]);
     assert!(ok, "incremental bundle: {out}");
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(b2.join("bundle.json")).unwrap()).unwrap();
-    let carried: HashSet<String> = doc["blobs"].as_array().unwrap().iter().map(|b| b["digest"].as_str().unwrap().to_owned()).collect();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b2.join("bundle.json")).unwrap()).unwrap();
+    let carried: HashSet<String> = doc["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["digest"].as_str().unwrap().to_owned())
+        .collect();
     let mut expected: HashSet<String> = new_blobs.into_iter().collect();
     expected.insert(new_manifest.clone());
-    assert_eq!(carried, expected, "exactly the new blobs and the new manifest");
+    assert_eq!(
+        carried, expected,
+        "exactly the new blobs and the new manifest"
+    );
     assert_eq!(doc["sequence"], 2, "the key's second bundle");
 
     // Onto an empty site: refused before anything changes.
     let empty = t.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let empty_cfg = empty.join("site.toml");
-    std::fs::write(&empty_cfg, format!("[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{}", site_body(&public))).unwrap();
-    let (ok, out) = wharf(&["bundle", "import", "--config", empty_cfg.to_str().unwrap(), b2.to_str().unwrap()]);
+    std::fs::write(
+        &empty_cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{}",
+            site_body(&public)
+        ),
+    )
+    .unwrap();
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        empty_cfg.to_str().unwrap(),
+        b2.to_str().unwrap(),
+    ]);
     assert!(!ok && out.contains("does not hold"), "{out}");
     let (ok, out) = wharf(&["ls", "--config", empty_cfg.to_str().unwrap(), "--json"]);
     assert!(ok && out.trim() == "[]", "{out}");
-    assert!(files_under(&empty.join("cache/blobs")).is_empty(), "no blob was copied");
+    assert!(
+        files_under(&empty.join("cache/blobs")).is_empty(),
+        "no blob was copied"
+    );
 
     // At the site it imports, and the new tag pulls.
     let (ok, out) = site.cli(&["bundle", "import", b2.to_str().unwrap()]);
     assert!(ok, "incremental import: {out}");
-    let (ok, out) = sk.copy_to_dir("docker://docker.io/library/multi:1.3.0", &t.join("new"), false);
+    let (ok, out) = sk.copy_to_dir(
+        "docker://docker.io/library/multi:1.3.0",
+        &t.join("new"),
+        false,
+    );
     assert!(ok, "{out}");
     // Nothing at the site ever reached the upstream.
     assert!(!ns.can_connect("127.0.0.1", up.port));

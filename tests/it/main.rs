@@ -3,6 +3,7 @@
 //! `harness`. Needs the Debian packages from `scripts/install-deps.sh`.
 
 mod access;
+mod airgap;
 mod bad_input;
 mod cache_life;
 mod cli;

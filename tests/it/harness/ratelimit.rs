@@ -96,7 +96,9 @@ impl RateLimiter {
         let limited = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(AtomicUsize::new(0));
         let remaining = Arc::new(AtomicUsize::new(window.map_or(100, |w| w.limit)));
-        let header = window.map_or("100;w=21600".to_owned(), |w| format!("{};w={}", w.limit, w.seconds));
+        let header = window.map_or("100;w=21600".to_owned(), |w| {
+            format!("{};w={}", w.limit, w.seconds)
+        });
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
