@@ -46,6 +46,9 @@ pub(super) struct Run<'a> {
     pub metrics: &'a SyncMetrics,
     pub summary: Summary,
     paused: Duration,
+    /// Digests whose signature tags this run handled (several tags often
+    /// point at one digest).
+    signed: HashSet<(RepoName, Digest)>,
 }
 
 /// What resolving one tag came to.
@@ -95,6 +98,7 @@ impl<'a> Run<'a> {
                 ..Summary::default()
             },
             paused: Duration::ZERO,
+            signed: HashSet::new(),
         }
     }
 
@@ -155,9 +159,9 @@ impl<'a> Run<'a> {
                     self.report(&reference, &d, outcome);
                     if !self.dry_run {
                         self.keep(&r, tag, &d)?;
-                        if self.rule.signatures {
-                            self.signatures(&r, &d).await;
-                        }
+                    }
+                    if self.rule.signatures {
+                        self.signatures(&r, &d).await;
                     }
                 }
                 Err(e) => self.fail(reference, &e),
@@ -378,6 +382,9 @@ impl<'a> Run<'a> {
     /// digest: synced whole when the upstream has them; absent ones are
     /// skipped.
     async fn signatures(&mut self, r: &Routed, d: &Digest) {
+        if !self.signed.insert((r.repo.clone(), d.clone())) {
+            return;
+        }
         for tag in signature_tags(d) {
             let reference = format!("{}/{}:{tag}", self.rule.upstream, r.repo);
             let mirror = self.mirror;
@@ -391,6 +398,26 @@ impl<'a> Run<'a> {
                 }
             };
             let mut f = Fetch::default();
+            if self.dry_run {
+                let same = matches!(self.mirror.cached_tag(r, &tag), Ok(Some((old, _))) if old == sd);
+                let outcome = match self.complete(r, &sd) {
+                    Ok(true) if same => Outcome::Unchanged,
+                    _ => match self.closure(r, &sd, false, &mut f).await {
+                        Ok(_) => Outcome::Planned {
+                            manifests: f.manifests,
+                            blobs: f.blobs,
+                            bytes: f.bytes,
+                            complete: !f.unknown,
+                        },
+                        Err(e) => {
+                            self.fail(reference, &e);
+                            continue;
+                        }
+                    },
+                };
+                self.report(&reference, &sd, outcome);
+                continue;
+            }
             let res = match self.closure(r, &sd, false, &mut f).await {
                 Ok(Some(h)) => self.mirror.set_tag(r, &tag, &h).map(|_| ()),
                 Ok(None) => Ok(()),

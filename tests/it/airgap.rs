@@ -129,11 +129,14 @@ fn sync_keeps_what_the_rules_select_and_a_second_run_sends_only_heads() {
     let tmp = tempfile::tempdir().unwrap();
     let w = Served::start(tmp.path(), "connected", &connected_body(&up, ""));
 
+    // (The fixture's retag read one manifest.)
+    let setup = content_gets(&up);
     let (ok, out) = w.cli(&["sync", "--dry-run", "--json"]);
     assert!(ok, "{out}");
     let plan = summary(&out);
     assert_eq!(plan["dry_run"], true);
-    assert_eq!(content_gets(&up), 0, "a dry run fetches nothing");
+    assert_eq!(plan["synced"], 6, "six refs planned: {plan}");
+    assert_eq!(content_gets(&up), setup, "a dry run fetches nothing");
 
     let (ok, out) = w.cli(&["sync", "base", "--json"]);
     assert!(ok, "{out}");
