@@ -399,7 +399,8 @@ impl<'a> Run<'a> {
             };
             let mut f = Fetch::default();
             if self.dry_run {
-                let same = matches!(self.mirror.cached_tag(r, &tag), Ok(Some((old, _))) if old == sd);
+                let same =
+                    matches!(self.mirror.cached_tag(r, &tag), Ok(Some((old, _))) if old == sd);
                 let outcome = match self.complete(r, &sd) {
                     Ok(true) if same => Outcome::Unchanged,
                     _ => match self.closure(r, &sd, false, &mut f).await {

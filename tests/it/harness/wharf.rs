@@ -250,10 +250,16 @@ impl Served {
     /// if any).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let mut c = exec_in(self.ns.as_deref(), env!("CARGO_BIN_EXE_wharf"));
-        c.arg(args[0])
+        // `bundle create`, `inventory export`: the option follows both words.
+        let words = if matches!(args[0], "bundle" | "inventory") {
+            2
+        } else {
+            1
+        };
+        c.args(&args[..words])
             .arg("--config")
             .arg(&self.cfg)
-            .args(&args[1..]);
+            .args(&args[words..]);
         let out = c.output().unwrap();
         let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
         s.push_str(&String::from_utf8_lossy(&out.stderr));
