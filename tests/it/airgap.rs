@@ -507,3 +507,416 @@ fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// A connected wharf that synced `library/big:1` (64 MiB random layer) and
+/// `library/ev:1..3`, and a signed bundle of it in 16 MiB volumes; the
+/// public key; a function making fresh site configs.
+struct Carried {
+    _up: Upstream,
+    _conn: Served,
+    tmp: tempfile::TempDir,
+    bundle: PathBuf,
+    public: PathBuf,
+    key: PathBuf,
+    conn_cfg: PathBuf,
+}
+
+fn carried(rt: &tokio::runtime::Runtime) -> Carried {
+    let up = Upstream::start(Auth::None, rt);
+    up.push("large", "library/big:1", None, false);
+    for i in 1..=3 {
+        up.push(&format!("ev{i}"), &format!("library/ev:{i}"), None, false);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::create_dir_all(t.join("conn")).unwrap();
+    let body = format!(
+        "{}\n[[sync]]\nname = \"all\"\nupstream = \"hub\"\n  [[sync.repo]]\n  name = \"library/big\"\n  [[sync.repo]]\n  name = \"library/ev\"\n",
+        Wharf::hub_block(&up, false, Path::new("/"))
+    );
+    let conn = Served::start(&t.join("conn"), "conn", &body);
+    let (ok, out) = conn.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let (key, public) = keygen(&t.join("keys"));
+    let bundle = t.join("bundle");
+    let (ok, out) = conn.cli(&[
+        "bundle",
+        "create",
+        "--out",
+        bundle.to_str().unwrap(),
+        "--sync",
+        "all",
+        "--sign-key",
+        key.to_str().unwrap(),
+        "--volume-size",
+        "16MiB",
+    ]);
+    assert!(ok, "bundle create: {out}");
+    Carried {
+        conn_cfg: conn.cfg.clone(),
+        _up: up,
+        _conn: conn,
+        tmp,
+        bundle,
+        public,
+        key,
+    }
+}
+
+impl Carried {
+    /// A fresh site (config file; its cache under `name/cache`).
+    fn site(&self, name: &str) -> PathBuf {
+        let dir = self.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("site.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{}",
+                site_body(&self.public)
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    /// A copy of the bundle to damage.
+    fn copy(&self, name: &str) -> PathBuf {
+        let to = self.tmp.path().join(name);
+        run(Command::new("cp").arg("-r").arg(&self.bundle).arg(&to));
+        to
+    }
+}
+
+fn doc(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("bundle.json")).unwrap()).unwrap()
+}
+
+/// Nothing at all is visible in a site's cache: no tag, no readable image.
+fn nothing_visible(cfg: &Path) {
+    let (ok, out) = wharf(&["ls", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(
+        ok && out.starts_with("[]"),
+        "something became visible: {out}"
+    );
+}
+
+#[test]
+fn bundles_keep_to_their_volume_size_and_extract_for_skopeo() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let c = carried(&rt);
+    let d = doc(&c.bundle);
+    let limit = 16 << 20;
+    for v in d["volumes"].as_array().unwrap() {
+        let f = c.bundle.join(v["file"].as_str().unwrap());
+        let len = std::fs::metadata(&f).unwrap().len();
+        assert!(len <= limit, "{} is {len} bytes", f.display());
+    }
+    let split: Vec<_> = d["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["parts"].as_array().unwrap().len() > 1)
+        .collect();
+    assert_eq!(split.len(), 1, "the 64 MiB layer is split into parts");
+    assert!(split[0]["parts"].as_array().unwrap().len() >= 4);
+
+    let out = c.tmp.path().join("layout");
+    let (ok, text) = wharf(&[
+        "bundle",
+        "extract",
+        c.bundle.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--trusted-key",
+        c.public.to_str().unwrap(),
+    ]);
+    assert!(ok, "extract: {text}");
+    let via = c.tmp.path().join("via-layout");
+    let (ok, text) = try_run(
+        Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("oci:{}:hub/library/big:1", out.display()))
+            .arg(format!("dir:{}", via.display())),
+    );
+    assert!(ok, "skopeo from the extracted layout: {text}");
+    let direct = c.tmp.path().join("direct");
+    let (ok, text) = skopeo_to_dir(
+        None,
+        &format!("docker://127.0.0.1:{}/library/big:1", c._up.port),
+        &direct,
+        false,
+    );
+    assert!(ok, "{text}");
+    assert_eq!(dir_contents(&via), dir_contents(&direct));
+}
+
+#[test]
+fn damaged_or_unsigned_bundles_are_refused_naming_the_file_and_nothing_changes() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let c = carried(&rt);
+    let d = doc(&c.bundle);
+    let volumes: Vec<String> = d["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["file"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(volumes.len() >= 4, "{volumes:?}");
+    let second = volumes[1].clone();
+    let last = volumes.last().unwrap().clone();
+
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Damage, String)> = vec![
+        (
+            "flipped",
+            Box::new({
+                let f = second.clone();
+                move |b: &Path| {
+                    use std::os::unix::fs::FileExt;
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(b.join(&f))
+                        .unwrap();
+                    let at = file.metadata().unwrap().len() / 2;
+                    let mut byte = [0u8];
+                    file.read_at(&mut byte, at).unwrap();
+                    file.write_at(&[byte[0] ^ 0x01], at).unwrap();
+                }
+            }),
+            second.clone(),
+        ),
+        (
+            "truncated",
+            Box::new({
+                let f = last.clone();
+                move |b: &Path| {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(b.join(&f))
+                        .unwrap();
+                    let len = file.metadata().unwrap().len();
+                    file.set_len(len - 4096).unwrap();
+                }
+            }),
+            last.clone(),
+        ),
+        (
+            "missing",
+            Box::new({
+                let f = second.clone();
+                move |b: &Path| std::fs::remove_file(b.join(&f)).unwrap()
+            }),
+            second.clone(),
+        ),
+        (
+            "extra",
+            Box::new(|b: &Path| std::fs::write(b.join("notes.txt"), "hello").unwrap()),
+            "notes.txt".to_owned(),
+        ),
+        (
+            "resigned",
+            Box::new(|b: &Path| {
+                let p = b.join("bundle.json");
+                let text = std::fs::read_to_string(&p).unwrap();
+                std::fs::write(&p, text.replacen("\"library/ev\"", "\"library/evil\"", 1)).unwrap();
+            }),
+            "bundle.json".to_owned(),
+        ),
+    ];
+    for (name, damage, file) in cases {
+        let b = c.copy(name);
+        damage(&b);
+        let (ok, out) = wharf(&[
+            "bundle",
+            "verify",
+            b.to_str().unwrap(),
+            "--trusted-key",
+            c.public.to_str().unwrap(),
+        ]);
+        assert!(!ok && out.contains(&file), "verify {name}: {out}");
+        let site = c.site(&format!("site-{name}"));
+        let (ok, out) = wharf(&[
+            "bundle",
+            "import",
+            "--config",
+            site.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ]);
+        assert!(!ok && out.contains(&file), "import {name}: {out}");
+        nothing_visible(&site);
+    }
+
+    // Unsigned, with trusted keys configured: refused.
+    let (ok, out) = wharf(&[
+        "bundle",
+        "create",
+        "--config",
+        c.conn_cfg.to_str().unwrap(),
+        "--out",
+        c.tmp.path().join("unsigned").to_str().unwrap(),
+        "--sync",
+        "all",
+    ]);
+    assert!(ok, "{out}");
+    let site = c.site("site-unsigned");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        c.tmp.path().join("unsigned").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && out.contains("bundle.json") && out.contains("not signed"),
+        "{out}"
+    );
+    nothing_visible(&site);
+    // Signed by a key the site does not trust: refused.
+    let (other, _) = keygen(&c.tmp.path().join("other-keys"));
+    let (ok, out) = wharf(&[
+        "bundle",
+        "create",
+        "--config",
+        c.conn_cfg.to_str().unwrap(),
+        "--out",
+        c.tmp.path().join("other").to_str().unwrap(),
+        "--sync",
+        "all",
+        "--sign-key",
+        other.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        c.tmp.path().join("other").to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("not among the trusted keys"), "{out}");
+    nothing_visible(&site);
+    let _ = &c.key;
+}
+
+/// `kill -9` at random points of an import, several rounds: no tag is ever
+/// visible before the import completes, every blob in the cache re-hashes,
+/// and the run that completes copies only what no earlier run finished.
+#[test]
+fn an_import_killed_at_random_points_resumes_without_copying_twice() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let c = carried(&rt);
+    let total = doc(&c.bundle)["blobs"].as_array().unwrap().len();
+    let site = c.site("site");
+    let cache = site.parent().unwrap().join("cache");
+    let seed: u64 = std::env::var("WHARF_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| u64::from_str_radix(&random_hex(4), 16).unwrap());
+    println!("kill -9 rounds with seed {seed} (WHARF_TEST_SEED={seed} repeats them)");
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut killed = 0;
+    for round in 0..6 {
+        // Killed after a random number of blobs (0: right after the plan),
+        // plus a random few milliseconds into the next one.
+        let after = (next() % (total as u64 / 2)) as usize;
+        let extra = Duration::from_millis(next() % 5);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["bundle", "import", "--config", site.to_str().unwrap(), "--json"])
+            .arg(&c.bundle)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read on a thread to the end: a closed pipe would fail the child.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Keep draining after the test stopped listening.
+                    continue;
+                }
+            }
+        });
+        let mut seen = 0usize;
+        let mut planned = false;
+        for line in rx.iter() {
+            if line.contains("\"event\":\"planned\"") {
+                planned = true;
+            }
+            if line.contains("\"event\":\"copied\"") {
+                seen += 1;
+            }
+            if planned && seen >= after {
+                break;
+            }
+        }
+        std::thread::sleep(extra);
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                println!("round {round}: finished before the kill ({status})");
+                break;
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                killed += 1;
+                println!("round {round}: killed after {seen} blobs and {extra:?}");
+            }
+        }
+        nothing_visible(&site);
+        let (checked, bad) = rehash_cache(&cache);
+        assert!(
+            bad.is_empty(),
+            "blobs that do not re-hash after a kill: {bad:?} ({checked} checked)"
+        );
+    }
+    assert!(killed >= 1, "no round was killed halfway");
+    let present = files_under(&cache.join("blobs")).len();
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        "--json",
+        c.bundle.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let report: serde_json::Value = out
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v.get("blobs_written").is_some())
+        })
+        .unwrap_or_else(|| panic!("no report in {out}"));
+    let written = report["blobs_written"].as_u64().unwrap() as usize;
+    let already = report["blobs_present"].as_u64().unwrap() as usize;
+    assert_eq!(written + already, total, "{report}");
+    // At most the blob in flight at the last kill (committed, its record not
+    // yet durable) is copied again.
+    assert!(
+        already + 1 >= present.min(total),
+        "{report}: {present} blob files were there before the final run"
+    );
+    println!("{killed} kills; the final run wrote {written} of {total} blobs, found {already}");
+    let (ok, out) = wharf(&["ls", "--config", site.to_str().unwrap(), "--json"]);
+    assert!(
+        ok && out.contains("library/big") && out.contains("library/ev"),
+        "{out}"
+    );
+    let (checked, bad) = rehash_cache(&cache);
+    assert!(bad.is_empty() && checked >= total, "{checked} {bad:?}");
+}
