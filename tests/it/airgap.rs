@@ -831,7 +831,13 @@ fn an_import_killed_at_random_points_resumes_without_copying_twice() {
         let after = (next() % (total as u64 / 2)) as usize;
         let extra = Duration::from_millis(next() % 5);
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args(["bundle", "import", "--config", site.to_str().unwrap(), "--json"])
+            .args([
+                "bundle",
+                "import",
+                "--config",
+                site.to_str().unwrap(),
+                "--json",
+            ])
             .arg(&c.bundle)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -919,4 +925,46 @@ fn an_import_killed_at_random_points_resumes_without_copying_twice() {
     );
     let (checked, bad) = rehash_cache(&cache);
     assert!(bad.is_empty() && checked >= total, "{checked} {bad:?}");
+}
+
+/// Root importing with no server running into a cache directory that a
+/// service user owns: every file written belongs to that user.
+#[test]
+fn an_import_as_root_leaves_files_owned_by_the_cache_owner() {
+    require(&["docker-registry", "skopeo"]);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let rt = runtime();
+    let c = carried(&rt);
+    // The service user must be able to reach the config's key and the bundle.
+    let open =
+        |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    open(c.tmp.path());
+    open(&c.tmp.path().join("keys"));
+    let site = c.site("owned");
+    let cache = site.parent().unwrap().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let (uid, gid) = (4242u32, 4242u32);
+    std::os::unix::fs::chown(site.parent().unwrap(), Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(&cache, Some(uid), Some(gid)).unwrap();
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        c.bundle.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("uid 4242"), "{out}");
+    let mut n = 0;
+    for (p, _) in files_under(&cache) {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (uid, gid),
+            "{} is not the cache owner's",
+            p.display()
+        );
+        n += 1;
+    }
+    assert!(n > 13, "blobs and metadata files: {n}");
 }
