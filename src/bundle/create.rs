@@ -19,11 +19,10 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
 use crate::registry::{Algorithm, Digest};
 
 use super::doc::{Against, BundleBlob, BundleDoc, BundleRef, Filtered, Part, Signature, Volume};
+use super::hashpipe::HashPipe;
 use super::keys::{sync_dir, SigningKeyFile};
 use super::layout::{self, header, padded, BLOCK, END_OF_ARCHIVE, MIN_VOLUME_SIZE};
 use super::verify::{check_complete, check_ref, parse_manifest, Descriptors};
@@ -276,7 +275,7 @@ fn write_all(
         mtime: now.unix_timestamp().max(0) as u64,
         done: Vec::new(),
         cur: None,
-        buf: vec![0u8; 1 << 20],
+        pipe: HashPipe::new(),
         copied: 0,
         written,
     };
@@ -299,7 +298,7 @@ fn write_all(
             bytes.len() as u64,
             &mut &bytes[..],
             &d,
-            None,
+            false,
             progress,
         )?;
     }
@@ -375,7 +374,7 @@ struct Volumes<'a> {
     mtime: u64,
     done: Vec<Volume>,
     cur: Option<Open>,
-    buf: Vec<u8>,
+    pipe: HashPipe,
     copied: u64,
     written: &'a mut Vec<PathBuf>,
 }
@@ -386,7 +385,37 @@ struct Open {
     path: PathBuf,
     file: File,
     pos: u64,
-    hasher: Sha256,
+    /// Bytes before this offset were handed to writeback already.
+    flushed: u64,
+}
+
+/// Writeback is started every this many bytes, so the fsync at the end of a
+/// volume waits for the last stretch only, not for the whole volume.
+const WRITEBACK: u64 = 32 << 20;
+
+impl Open {
+    /// Starts (without waiting for) writeback of what was written since the
+    /// last call, once there is a stretch of it.
+    fn start_writeback(&mut self) {
+        if self.pos - self.flushed < WRITEBACK {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: a plain syscall on a descriptor we own. Only a hint: an
+            // error here changes nothing, the fsync at the end still runs.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.flushed as libc::off64_t,
+                    (self.pos - self.flushed) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        self.flushed = self.pos;
+    }
 }
 
 impl Volumes<'_> {
@@ -414,7 +443,7 @@ impl Volumes<'_> {
             path,
             file,
             pos: 0,
-            hasher: Sha256::new(),
+            flushed: 0,
         });
         Ok(())
     }
@@ -424,7 +453,7 @@ impl Volumes<'_> {
             return Ok(());
         };
         let end = [0u8; END_OF_ARCHIVE as usize];
-        c.hasher.update(end);
+        self.pipe.small(&end, false);
         c.file
             .write_all(&end)
             .and_then(|_| c.file.sync_all())
@@ -434,7 +463,7 @@ impl Volumes<'_> {
         self.done.push(Volume {
             file: c.name,
             size: c.pos,
-            sha256: hex::encode(c.hasher.finalize()),
+            sha256: self.pipe.end_volume(),
         });
         progress(Progress::Volume(self.done.last().expect("just pushed")));
         Ok(())
@@ -457,7 +486,7 @@ impl Volumes<'_> {
             if b.size > self.room() {
                 self.next_volume(progress)?;
             }
-            let (volume, offset) = self.entry(&path, b.size, r, &b.digest, None, progress)?;
+            let (volume, offset) = self.entry(&path, b.size, r, &b.digest, false, progress)?;
             expect_end(r, &b.digest, b.size)?;
             return Ok(vec![Part {
                 volume,
@@ -479,9 +508,8 @@ impl Volumes<'_> {
             let size = left.min(self.room());
             let n = parts.len() + 1;
             let path = layout::part_path(&b.digest, n);
-            let mut h = Sha256::new();
             let (volume, offset) = self
-                .entry(&path, size, r, &b.digest, Some(&mut h), progress)
+                .entry(&path, size, r, &b.digest, true, progress)
                 .map_err(|e| match e {
                     // Name the whole blob's shortfall, not the part's.
                     BundleError::SourceShort { digest, got, .. } => BundleError::SourceShort {
@@ -496,7 +524,7 @@ impl Volumes<'_> {
                 path,
                 offset,
                 size,
-                sha256: hex::encode(h.finalize()),
+                sha256: self.pipe.end_part(),
             });
             left -= size;
         }
@@ -506,50 +534,68 @@ impl Volumes<'_> {
 
     /// One tar entry of exactly `size` bytes from `r` in the current volume
     /// (which must have room). Returns the volume number and the data offset.
+    /// With `part`, the data is also hashed on its own (`pipe.end_part`).
     fn entry(
         &mut self,
         path: &str,
         size: u64,
         r: &mut dyn Read,
         digest: &Digest,
-        mut part: Option<&mut Sha256>,
+        part: bool,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(u32, u64), BundleError> {
         debug_assert!(size <= self.room());
-        let mut buf = std::mem::take(&mut self.buf);
-        let copied = &mut self.copied;
         let c = self.cur.as_mut().expect("a volume is open");
         let h = header(path, size, self.mtime).map_err(BundleError::io(&c.path))?;
-        c.hasher.update(h.as_bytes());
+        self.pipe.small(h.as_bytes(), false);
         c.file
             .write_all(h.as_bytes())
             .map_err(BundleError::io(&c.path))?;
         c.pos += BLOCK;
         let offset = c.pos;
-        let vol_path = c.path.clone();
-        let result = copy_exact_buf(r, digest, size, &mut buf, &mut |chunk| {
-            c.hasher.update(chunk);
-            if let Some(p) = part.as_deref_mut() {
-                p.update(chunk);
+        let mut done = 0u64;
+        while done < size {
+            let mut buf = self.pipe.buffer();
+            let want = (size - done).min(buf.len() as u64) as usize;
+            // Retried in place: a buffer dropped here would shrink the pool.
+            let n = loop {
+                match r.read(&mut buf[..want]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        return Err(BundleError::Source {
+                            digest: digest.clone(),
+                            source,
+                        })
+                    }
+                }
+            };
+            if n == 0 {
+                return Err(BundleError::SourceShort {
+                    digest: digest.clone(),
+                    expected: size,
+                    got: done,
+                });
             }
             c.file
-                .write_all(chunk)
-                .map_err(BundleError::io(&vol_path))?;
+                .write_all(&buf[..n])
+                .map_err(BundleError::io(&c.path))?;
+            self.pipe.chunk(buf, n, part);
+            done += n as u64;
+            c.pos += n as u64;
+            c.start_writeback();
             if digest_counts(path) {
-                *copied += chunk.len() as u64;
-                progress(Progress::Copied { bytes: *copied });
+                self.copied += n as u64;
+                progress(Progress::Copied { bytes: self.copied });
             }
-            Ok(())
-        });
-        self.buf = buf;
-        result?;
+        }
         let pad = (padded(size) - size) as usize;
         let zeros = [0u8; BLOCK as usize];
-        c.hasher.update(&zeros[..pad]);
+        self.pipe.small(&zeros[..pad], false);
         c.file
             .write_all(&zeros[..pad])
             .map_err(BundleError::io(&c.path))?;
-        c.pos += padded(size);
+        c.pos += pad as u64;
         Ok((c.number, offset))
     }
 }

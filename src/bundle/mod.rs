@@ -36,7 +36,7 @@
 //! - [`keys`]: key pairs, key ids, per-key sequence numbers.
 //! - `layout`: names and bytes shared by writer and readers (volume and blob
 //!   paths, tar headers, `oci-layout`, `index.json`).
-//! - `create`: the writer.
+//! - `create`: the writer; `hashpipe` hashes its volumes on a second thread.
 //! - `verify`: signature, files, volumes, parts and completeness checks.
 //! - `read`: [`blob_reader`] and [`extract`].
 //! - [`cli`]: `wharf bundle keygen|verify|extract`.
@@ -44,6 +44,7 @@
 pub mod cli;
 mod create;
 pub mod doc;
+mod hashpipe;
 pub mod keys;
 mod layout;
 mod read;

@@ -26,6 +26,7 @@ use sha2::{Digest as _, Sha256};
 use crate::registry::{Algorithm, Digest, Hasher, RepoName, Tag, MAX_MANIFEST_BYTES};
 
 use super::doc::{BundleDoc, BundleRef};
+use super::hashpipe::HashPipe;
 use super::keys::PublicKey;
 use super::layout::{self, entry_len, padded, BLOCK, END_OF_ARCHIVE};
 use super::{BundleError, DOC_FILE, FORMAT};
@@ -395,7 +396,7 @@ fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, B
     }
     let mut joined: HashMap<usize, Hasher> = HashMap::new();
     let mut manifests: HashMap<usize, Vec<u8>> = HashMap::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut pipe = HashPipe::new();
     for (v, mut entries) in doc.volumes.iter().zip(by_volume) {
         entries.sort_by_key(|e| e.offset);
         let path = dir.join(&v.file);
@@ -403,7 +404,7 @@ fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, B
         let mut r = Tracked {
             inner: file,
             pos: 0,
-            hasher: Sha256::new(),
+            pipe: &mut pipe,
         };
         let io = |e| BundleError::io(&path)(e);
         // The first thing wrong inside the volume; reported after the whole
@@ -423,7 +424,7 @@ fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, B
                 });
                 continue;
             }
-            r.skip(e.offset - BLOCK, &mut buf).map_err(io)?;
+            r.skip(e.offset - BLOCK).map_err(io)?;
             let mut h = [0u8; BLOCK as usize];
             r.read_exact(&mut h).map_err(io)?;
             let header = tar::Header::from_byte_slice(&h);
@@ -468,7 +469,7 @@ fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, B
                 }
                 _ => None,
             };
-            r.data(e.size, &mut buf, &mut |chunk| {
+            r.data(e.size, &mut |chunk| {
                 part.update(chunk);
                 if let Some(h) = blob_hasher.as_deref_mut() {
                     h.update(chunk);
@@ -517,8 +518,8 @@ fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, B
                 }
             }
         }
-        r.skip(u64::MAX, &mut buf).map_err(io)?;
-        let got = hex::encode(r.hasher.finalize());
+        r.skip(u64::MAX).map_err(io)?;
+        let got = r.pipe.end_volume();
         if r.pos != v.size {
             return Err(BundleError::SizeMismatch {
                 file: v.file.clone(),
@@ -540,51 +541,57 @@ fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, B
     Ok(manifests.into_iter().collect())
 }
 
-/// A reader that hashes everything read and knows where it is.
-struct Tracked<R> {
+/// A reader that hashes everything read (on the pipe's thread, so the
+/// volume's sha256 and the parts' run side by side) and knows where it is.
+struct Tracked<'p, R> {
     inner: R,
     pos: u64,
-    hasher: Sha256,
+    pipe: &'p mut HashPipe,
 }
 
-impl<R: Read> Tracked<R> {
+impl<R: Read> Tracked<'_, R> {
     fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
         self.inner.read_exact(buf)?;
-        self.hasher.update(&*buf);
+        self.pipe.small(buf, false);
         self.pos += buf.len() as u64;
         Ok(())
     }
 
-    /// Reads (and hashes) up to `to`, or to the end of the file.
-    fn skip(&mut self, to: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        while self.pos < to {
-            let want = (to - self.pos).min(buf.len() as u64) as usize;
-            let n = match self.inner.read(&mut buf[..want]) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+    /// Reads up to `want` bytes (0 at the end of the file) and hands them to
+    /// `f` before the volume's hash gets them.
+    fn chunk(&mut self, want: u64, f: &mut dyn FnMut(&[u8])) -> std::io::Result<usize> {
+        let mut buf = self.pipe.buffer();
+        let want = want.min(buf.len() as u64) as usize;
+        let n = loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
-            };
-            self.hasher.update(&buf[..n]);
-            self.pos += n as u64;
+            }
+        };
+        f(&buf[..n]);
+        self.pipe.chunk(buf, n, false);
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    /// Reads (and hashes) up to `to`, or to the end of the file.
+    fn skip(&mut self, to: u64) -> std::io::Result<()> {
+        while self.pos < to {
+            if self.chunk(to - self.pos, &mut |_| {})? == 0 {
+                break;
+            }
         }
         Ok(())
     }
 
     /// Reads an entry's `size` bytes of data, handing them to `f`.
-    fn data(&mut self, size: u64, buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> std::io::Result<()> {
+    fn data(&mut self, size: u64, f: &mut dyn FnMut(&[u8])) -> std::io::Result<()> {
         let end = self.pos + size;
         while self.pos < end {
-            let want = (end - self.pos).min(buf.len() as u64) as usize;
-            let n = match self.inner.read(&mut buf[..want]) {
-                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.hasher.update(&buf[..n]);
-            f(&buf[..n]);
-            self.pos += n as u64;
+            if self.chunk(end - self.pos, f)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
         }
         Ok(())
     }
