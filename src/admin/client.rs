@@ -161,6 +161,7 @@ pub fn sync(config: Config, rules: Vec<String>, dry_run: bool, json: bool) -> an
         let Op::Sync { rules, dry_run } = op else {
             unreachable!()
         };
+        become_cache_owner(&config.cache_dir, &[])?;
         rt.block_on(async {
             let app = crate::app::App::open(&config, Arc::default()).map_err(|e| {
                 anyhow!(
@@ -417,7 +418,13 @@ fn when(ms: u64) -> String {
 /// Runs a bundle operation: through the running server when one answers on
 /// the admin socket, else here on the opened cache (`direct`). Shows
 /// progress; returns the operation's report.
-fn bundle_op<F>(config: &Config, op: Op, json: bool, direct: F) -> anyhow::Result<serde_json::Value>
+fn bundle_op<F>(
+    config: &Config,
+    op: Op,
+    json: bool,
+    before_direct: &dyn Fn() -> anyhow::Result<()>,
+    direct: F,
+) -> anyhow::Result<serde_json::Value>
 where
     F: FnOnce(
         Arc<crate::app::App>,
@@ -461,6 +468,7 @@ where
             None => Err(anyhow!("the server's stream ended without a result")),
         };
     }
+    before_direct()?;
     let r = rt.block_on(async {
         let app = crate::app::App::open(config, Arc::default()).map_err(|e| match &e {
             MirrorError::Cache(c) if matches!(**c, CacheError::Locked(_)) => anyhow!(
@@ -489,16 +497,23 @@ pub fn bundle_create(
     json: bool,
 ) -> anyhow::Result<()> {
     let out = req.out.clone();
-    let v = bundle_op(&config, Op::BundleCreate(req.clone()), json, |app, emit| {
-        Box::pin(async move {
-            let doc = tokio::task::block_in_place(|| {
-                crate::airgap::create_bundle(&app.mirror, &app.sync, &req, emit)
-            })?;
-            Ok(
-                serde_json::json!({"id": doc.id, "sequence": doc.sequence, "volumes": doc.volumes.len(), "blobs": doc.blobs.len(), "refs": doc.refs.len()}),
-            )
-        })
-    })?;
+    let owner = || become_cache_owner(&config.cache_dir, &[]);
+    let v = bundle_op(
+        &config,
+        Op::BundleCreate(req.clone()),
+        json,
+        &owner,
+        |app, emit| {
+            Box::pin(async move {
+                let doc = tokio::task::block_in_place(|| {
+                    crate::airgap::create_bundle(&app.mirror, &app.sync, &req, emit)
+                })?;
+                Ok(
+                    serde_json::json!({"id": doc.id, "sequence": doc.sequence, "volumes": doc.volumes.len(), "blobs": doc.blobs.len(), "refs": doc.refs.len()}),
+                )
+            })
+        },
+    )?;
     if json {
         println!("{v}");
     } else {
@@ -523,17 +538,20 @@ pub fn bundle_import(
     req: crate::airgap::ImportRequest,
     json: bool,
 ) -> anyhow::Result<()> {
-    let sock = socket_path(&config.cache_dir);
-    let server_answers = sock.exists() && std::os::unix::net::UnixStream::connect(&sock).is_ok();
-    if !server_answers {
-        become_cache_owner(&config.cache_dir, &req.dir)?;
-    }
-    let v = bundle_op(&config, Op::BundleImport(req.clone()), json, |app, emit| {
-        Box::pin(async move {
-            let r = app.import(&req, emit).await?;
-            Ok(serde_json::to_value(r)?)
-        })
-    })?;
+    let doc = req.dir.join(crate::bundle::DOC_FILE);
+    let owner = || become_cache_owner(&config.cache_dir, &[&doc]);
+    let v = bundle_op(
+        &config,
+        Op::BundleImport(req.clone()),
+        json,
+        &owner,
+        |app, emit| {
+            Box::pin(async move {
+                let r = app.import(&req, emit).await?;
+                Ok(serde_json::to_value(r)?)
+            })
+        },
+    )?;
     if json {
         println!("{v}");
     } else {
@@ -574,12 +592,13 @@ pub fn inventory_export(config: Config, out: Option<std::path::PathBuf>) -> anyh
     Ok(())
 }
 
-/// Root importing into a cache directory owned by another user (a
-/// `DynamicUser` or `wharf` service account) becomes that user first, so
-/// every file and metadata page it writes belongs to the service. The bundle
-/// must then be readable by that user; if not, say so instead of writing
-/// files the service cannot read.
-fn become_cache_owner(cache_dir: &Path, bundle: &Path) -> anyhow::Result<()> {
+/// Root writing into a cache directory owned by another user (a
+/// `DynamicUser` or `wharf` service account) with no server running becomes
+/// that user first, so every file and metadata page it writes belongs to the
+/// service (sync, bundle create and import). `readable` (a bundle) must
+/// then be readable by that user; if not, say so instead of writing files
+/// the service cannot read.
+fn become_cache_owner(cache_dir: &Path, readable: &[&Path]) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -604,15 +623,16 @@ fn become_cache_owner(cache_dir: &Path, bundle: &Path) -> anyhow::Result<()> {
             std::io::Error::last_os_error()
         );
     }
-    let probe = bundle.join(crate::bundle::DOC_FILE);
-    if let Err(e) = std::fs::File::open(&probe) {
-        bail!(
-            "importing as the cache's owner (uid {uid}, like the service), {} is not readable: {e}; make the bundle readable by that user (or copy it somewhere it can read)",
-            probe.display()
-        );
+    for probe in readable {
+        if let Err(e) = std::fs::File::open(probe) {
+            bail!(
+                "working as the cache's owner (uid {uid}, like the service), {} is not readable: {e}; make it readable by that user (or copy it somewhere it can read)",
+                probe.display()
+            );
+        }
     }
     eprintln!(
-        "(importing as uid {uid}, the owner of {})",
+        "(working as uid {uid}, the owner of {})",
         cache_dir.display()
     );
     Ok(())

@@ -11,6 +11,7 @@
 //! writes into the cache except through the cache's verify-on-write fills
 //! and manifest commits.
 
+mod admit;
 mod create;
 mod import;
 mod inventory;

@@ -70,6 +70,9 @@ pub struct BundleRef {
     #[serde(with = "digest")]
     pub digest: Digest,
     pub media_type: String,
+    /// The sync rule the ref came from (`None` for `--image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 impl BundleRef {
@@ -232,6 +235,7 @@ mod tests {
                 tag: "1.27".into(),
                 digest: d.clone(),
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                rule: None,
             }],
             blobs: vec![],
             requires: vec![d],

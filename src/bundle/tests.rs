@@ -140,6 +140,7 @@ fn fixture(layer_sizes: &[usize]) -> Fixture {
         tag: tag.into(),
         digest: d.clone(),
         media_type: mt.into(),
+        rule: None,
     };
     let plan = Plan {
         refs: vec![

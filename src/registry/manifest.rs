@@ -15,6 +15,8 @@ use super::Digest;
 #[derive(Deserialize)]
 struct Descriptor {
     digest: String,
+    #[serde(default)]
+    size: u64,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +70,25 @@ pub fn references(bytes: &[u8]) -> References {
             .collect(),
         blobs,
     }
+}
+
+/// A manifest's config and layers (or an artifact's blobs) with the sizes
+/// their descriptors declare (0 for schema 1, which declares none), in
+/// order, each once. Not an index's children: those are manifests.
+pub fn blob_descriptors(bytes: &[u8]) -> Vec<(Digest, u64)> {
+    let Ok(m) = serde_json::from_slice::<Any>(bytes) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    m.config
+        .iter()
+        .chain(&m.layers)
+        .chain(&m.blobs)
+        .map(|d| (d.digest.as_str(), d.size))
+        .chain(m.fs_layers.iter().map(|l| (l.blob_sum.as_str(), 0)))
+        .filter_map(|(d, size)| Some((d.parse::<Digest>().ok()?, size)))
+        .filter(|(d, _)| seen.insert(d.clone()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::cache::now_secs;
 use crate::mirror::{Held, LeftOut, Mirror, MirrorError, Routed};
-use crate::registry::manifest::references;
+use crate::registry::manifest::{blob_descriptors as descriptors, references};
 use crate::registry::{index_children, select_children, Digest, RepoName, Tag};
 use crate::upstream::UpstreamError;
 
@@ -67,9 +67,17 @@ enum Outcome {
     },
 }
 
+/// Most manifests one image may be made of (an index's children, nested
+/// indexes) and how deep indexes may nest: an upstream that answers with a
+/// graph that repeats itself is refused, never walked for ever.
+const MAX_MANIFESTS: usize = 10_000;
+const MAX_DEPTH: usize = 4;
+
 /// Counts of what one closure needed.
 #[derive(Default)]
 struct Fetch {
+    /// Manifests already walked: each once, however many paths reach it.
+    seen: HashSet<Digest>,
     manifests: u64,
     blobs: u64,
     bytes: u64,
@@ -269,7 +277,7 @@ impl<'a> Run<'a> {
             return Ok((d, Outcome::Unchanged));
         }
         let mut f = Fetch::default();
-        let top = self.closure(r, &d, true, &mut f).await?;
+        let top = self.closure(r, &d, true, &mut f, 0).await?;
         if self.dry_run {
             return Ok((
                 d,
@@ -302,7 +310,14 @@ impl<'a> Run<'a> {
         d: &Digest,
         filter: bool,
         f: &mut Fetch,
+        depth: usize,
     ) -> Result<Option<Held>, MirrorError> {
+        if depth > MAX_DEPTH || f.seen.len() >= MAX_MANIFESTS {
+            return Err(too_deep(&self.rule.upstream, r, d));
+        }
+        if !f.seen.insert(d.clone()) {
+            return self.mirror.held_manifest(r, d);
+        }
         let Some(m) = self.manifest(r, d).await? else {
             f.manifests += 1;
             f.unknown = true;
@@ -320,7 +335,7 @@ impl<'a> Run<'a> {
             .collect();
             for c in &children {
                 if kept.contains(&c.digest) {
-                    Box::pin(self.closure(r, &c.digest, filter, f)).await?;
+                    Box::pin(self.closure(r, &c.digest, filter, f, depth + 1)).await?;
                 } else if !self.dry_run {
                     let platform = c
                         .platform
@@ -359,12 +374,28 @@ impl<'a> Run<'a> {
     /// Whether manifest `d` and everything the rule keeps of it are cached
     /// for this repository. Metadata lookups only.
     fn complete(&self, r: &Routed, d: &Digest) -> Result<bool, MirrorError> {
+        self.complete_from(r, d, &mut HashSet::new(), 0)
+    }
+
+    fn complete_from(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        seen: &mut HashSet<Digest>,
+        depth: usize,
+    ) -> Result<bool, MirrorError> {
+        if depth > MAX_DEPTH || seen.len() >= MAX_MANIFESTS {
+            return Err(too_deep(&self.rule.upstream, r, d));
+        }
+        if !seen.insert(d.clone()) {
+            return Ok(true); // walked (or being walked) on another path
+        }
         let Some(m) = self.mirror.held_manifest(r, d)? else {
             return Ok(false);
         };
         if let Some(children) = index_children(&m.bytes) {
             for c in select_children(&children, &self.rule.platforms) {
-                if !self.complete(r, &c.digest)? {
+                if !self.complete_from(r, &c.digest, seen, depth + 1)? {
                     return Ok(false);
                 }
             }
@@ -403,7 +434,7 @@ impl<'a> Run<'a> {
                     matches!(self.mirror.cached_tag(r, &tag), Ok(Some((old, _))) if old == sd);
                 let outcome = match self.complete(r, &sd) {
                     Ok(true) if same => Outcome::Unchanged,
-                    _ => match self.closure(r, &sd, false, &mut f).await {
+                    _ => match self.closure(r, &sd, false, &mut f, 0).await {
                         Ok(_) => Outcome::Planned {
                             manifests: f.manifests,
                             blobs: f.blobs,
@@ -419,7 +450,7 @@ impl<'a> Run<'a> {
                 self.report(&reference, &sd, outcome);
                 continue;
             }
-            let res = match self.closure(r, &sd, false, &mut f).await {
+            let res = match self.closure(r, &sd, false, &mut f, 0).await {
                 Ok(Some(h)) => self.mirror.set_tag(r, &tag, &h).map(|_| ()),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
@@ -648,37 +679,14 @@ impl<'a> Run<'a> {
     }
 }
 
-/// A manifest's config and layers with their declared sizes.
-fn descriptors(bytes: &[u8]) -> Vec<(Digest, u64)> {
-    #[derive(serde::Deserialize)]
-    struct Desc {
-        digest: String,
-        #[serde(default)]
-        size: u64,
-    }
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default)]
-    struct M {
-        config: Option<Desc>,
-        layers: Vec<Desc>,
-        blobs: Vec<Desc>,
-    }
-    let sizes: std::collections::HashMap<String, u64> = serde_json::from_slice::<M>(bytes)
-        .map(|m| {
-            m.config
-                .into_iter()
-                .chain(m.layers)
-                .chain(m.blobs)
-                .map(|d| (d.digest, d.size))
-                .collect()
-        })
-        .unwrap_or_default();
-    references(bytes)
-        .blobs
-        .into_iter()
-        .map(|d| {
-            let size = sizes.get(d.as_str()).copied().unwrap_or(0);
-            (d, size)
-        })
-        .collect()
+/// An image whose indexes nest deeper than [`MAX_DEPTH`] or reach more than
+/// [`MAX_MANIFESTS`] manifests.
+fn too_deep(upstream: &str, r: &Routed, d: &Digest) -> MirrorError {
+    MirrorError::Upstream(UpstreamError::Protocol {
+        upstream: upstream.to_owned(),
+        what: format!(
+            "{}@{d}: indexes nest deeper than {MAX_DEPTH} or reach over {MAX_MANIFESTS} manifests; not synced",
+            r.repo
+        ),
+    })
 }

@@ -798,7 +798,50 @@ fn damaged_or_unsigned_bundles_are_refused_naming_the_file_and_nothing_changes()
     ]);
     assert!(!ok && out.contains("not among the trusted keys"), "{out}");
     nothing_visible(&site);
-    let _ = &c.key;
+
+    // A newer bundle from the same key, then the older one again: refused
+    // unless the operator asks for the rollback.
+    let newer = c.tmp.path().join("newer");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "create",
+        "--config",
+        c.conn_cfg.to_str().unwrap(),
+        "--out",
+        newer.to_str().unwrap(),
+        "--sync",
+        "all",
+        "--sign-key",
+        c.key.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(doc(&newer)["sequence"], 2);
+    let site = c.site("site-rollback");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        newer.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        c.bundle.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("older than sequence 2"), "{out}");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        "--allow-rollback",
+        c.bundle.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
 }
 
 /// `kill -9` at random points of an import, several rounds: no tag is ever
@@ -954,7 +997,7 @@ fn an_import_as_root_leaves_files_owned_by_the_cache_owner() {
         c.bundle.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
-    assert!(out.contains("uid 4242"), "{out}");
+    assert!(out.contains("as uid 4242"), "{out}");
     let mut n = 0;
     for (p, _) in files_under(&cache) {
         let m = std::fs::metadata(&p).unwrap();
@@ -967,4 +1010,107 @@ fn an_import_as_root_leaves_files_owned_by_the_cache_owner() {
         n += 1;
     }
     assert!(n > 13, "blobs and metadata files: {n}");
+}
+
+/// Hostile bundles at a site that trusts no key (so unsigned bundles are
+/// accepted): one whose manifest's layer is neither carried nor at the
+/// site, and one that names content the site holds for another repository
+/// under a repository of its choosing. Both are refused before anything
+/// changes; what the site held stays readable only where it was.
+#[test]
+fn unsigned_bundles_cannot_leave_tags_incomplete_or_graft_content_into_other_repositories() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let c = carried(&rt);
+    let unsigned = c.tmp.path().join("unsigned");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "create",
+        "--config",
+        c.conn_cfg.to_str().unwrap(),
+        "--out",
+        unsigned.to_str().unwrap(),
+        "--sync",
+        "all",
+    ]);
+    assert!(ok, "{out}");
+    let site_dir = c.tmp.path().join("open-site");
+    std::fs::create_dir_all(&site_dir).unwrap();
+    let site = site_dir.join("site.toml");
+    std::fs::write(
+        &site,
+        "[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[cache]\ndir = \"cache\"\n[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\noffline = true\n",
+    )
+    .unwrap();
+    let edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let b = c.tmp.path().join(name);
+        run(Command::new("cp").arg("-r").arg(&unsigned).arg(&b));
+        let mut d = doc(&b);
+        f(&mut d);
+        std::fs::write(
+            b.join("bundle.json"),
+            serde_json::to_vec_pretty(&d).unwrap(),
+        )
+        .unwrap();
+        b
+    };
+
+    // A layer dropped from the list: the volumes still hold its bytes, but
+    // the document no longer carries it, and nothing requires it.
+    let big_layer = {
+        let d = doc(&unsigned);
+        d["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["size"].as_u64().unwrap() > 60 << 20)
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let incomplete = edit("incomplete", &|d| {
+        let blobs = d["blobs"].as_array_mut().unwrap();
+        blobs.retain(|b| b["digest"] != big_layer.as_str());
+    });
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        incomplete.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && out.contains(&big_layer) && out.contains("does not carry"),
+        "{out}"
+    );
+    nothing_visible(&site);
+
+    // The real bundle, then one that points library/evil at library/big's
+    // manifest and carries nothing.
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        unsigned.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let graft = edit("graft", &|d| {
+        let refs = d["refs"].as_array_mut().unwrap();
+        refs.retain(|r| r["repository"] == "library/big");
+        refs[0]["repository"] = "library/evil".into();
+        d["blobs"] = serde_json::json!([]);
+        d["prune"] = serde_json::json!([]);
+    });
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        graft.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("only for other repositories"), "{out}");
+    let (ok, out) = wharf(&["ls", "--config", site.to_str().unwrap(), "--json"]);
+    assert!(ok && !out.contains("library/evil"), "{out}");
 }
