@@ -1,8 +1,11 @@
 //! What sync rules and bundle imports remember between runs, kept in the
 //! metadata beside the content it is about (the `notes` tree): a rule's last
-//! run, the index children a platform filter left out, a signing key's last
-//! imported sequence number, an import's progress. Also the per-repository
-//! tag list an offline site answers `tags/list` from.
+//! run (`sync-run/<rule>`), the index children a platform filter left out
+//! (`left-out/...`), the highest sequence imported from a signing key
+//! (`bundle-key/<id>`) and which bundle last set each tag (`bundle-tag/...`).
+//! (An import's progress needs no note: the blobs it committed are in the
+//! cache, and a re-run skips them.) Also the per-repository tag list an
+//! offline site answers `tags/list` from.
 //!
 //! The cache stores these as opaque JSON under keys its callers choose; it
 //! never interprets them.

@@ -1114,3 +1114,69 @@ fn unsigned_bundles_cannot_leave_tags_incomplete_or_graft_content_into_other_rep
     let (ok, out) = wharf(&["ls", "--config", site.to_str().unwrap(), "--json"]);
     assert!(ok && !out.contains("library/evil"), "{out}");
 }
+
+/// A connected wharf whose upstream is another wharf (a DMZ mirror) over
+/// TLS, trusted through the DMZ's CA: sync from it works as from any
+/// registry, and a second run sends only HEADs through the chain.
+#[test]
+fn sync_from_a_dmz_wharf_over_tls() {
+    require(&["docker-registry", "skopeo", "curl"]);
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("multi", "library/multi:1.0.0", None, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // The DMZ wharf: TLS from its own CA on a loopback port.
+    let port = free_port();
+    let dmz_cfg = t.join("dmz.toml");
+    std::fs::write(
+        &dmz_cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[cache]\ndir = {:?}\n{}",
+            t.join("dmz-cache"),
+            Wharf::hub_block(&up, false, Path::new("/"))
+        ),
+    )
+    .unwrap();
+    let mut dmz = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--config"])
+        .arg(&dmz_cfg)
+        .stderr(std::fs::File::create(t.join("dmz.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let ca = t.join("dmz-cache/tls/ca.crt");
+    eventually(
+        Duration::from_secs(20),
+        "the DMZ wharf to serve TLS",
+        || {
+            ca.exists()
+                && try_run(
+                    Command::new("curl")
+                        .args(["-sSf", "--cacert"])
+                        .arg(&ca)
+                        .arg(format!("https://127.0.0.1:{port}/v2/")),
+                )
+                .0
+        },
+    );
+    let body = format!(
+        "[[upstream]]\nname = \"dmz\"\nurl = \"https://127.0.0.1:{port}\"\nca_file = {ca:?}\ndefault = true\n\n[[sync]]\nname = \"from-dmz\"\nupstream = \"dmz\"\nplatforms = [\"linux/amd64\"]\n  [[sync.repo]]\n  name = \"library/multi\"\n"
+    );
+    std::fs::create_dir_all(t.join("site")).unwrap();
+    let site = Served::start(&t.join("site"), "chained", &body);
+    let (ok, out) = site.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let s = summary(&out);
+    assert_eq!(s["synced"], 1, "{s}");
+    let before = content_gets(&up);
+    let (ok, out) = site.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    assert_eq!(summary(&out)["unchanged"], 1, "{out}");
+    assert_eq!(
+        content_gets(&up),
+        before,
+        "an unchanged chain sends no GET upstream"
+    );
+    let _ = dmz.kill();
+    let _ = dmz.wait();
+}
