@@ -74,6 +74,10 @@ enum Phase {
 struct State {
     phase: Phase,
     written: u64,
+    /// How the fill ended for the cache: committed (file and metadata) with
+    /// its size, or why not. Readers of bytes need only `phase`; callers
+    /// that go on to use the cached blob (sync, imports) wait for this.
+    settled: Option<Result<u64, FillError>>,
 }
 
 struct Fill {
@@ -126,6 +130,7 @@ impl Fills {
         let (tx, _) = watch::channel(State {
             phase: Phase::Starting,
             written: 0,
+            settled: None,
         });
         let fill = Arc::new(Fill {
             state: tx,
@@ -230,6 +235,8 @@ impl FillWriter {
             Ok(_) => self.fills.remove(&self.digest, &self.fill),
             Err(e) => self.fail_with(e.clone()),
         }
+        let settled = r.clone();
+        self.fill.state.send_modify(|s| s.settled = Some(settled));
         r
     }
 
@@ -278,8 +285,9 @@ impl FillWriter {
         // The first failure is the one readers hear about.
         self.fill.state.send_modify(|s| {
             if !matches!(s.phase, Phase::Done { .. } | Phase::Failed(_)) {
-                s.phase = Phase::Failed(err)
+                s.phase = Phase::Failed(err.clone())
             }
+            s.settled.get_or_insert(Err(err));
         });
         self.fills.remove(&self.digest, &self.fill);
     }
@@ -325,19 +333,15 @@ impl FillReader {
         }
     }
 
-    /// Waits for the fill to end: the verified blob's size, or the error
-    /// that ended it.
+    /// Waits until the fill is settled in the cache: committed (file,
+    /// record and link) with its size, or the error that ended it.
     pub async fn finished(&mut self) -> Result<u64, FillError> {
         let s = self
             .rx
-            .wait_for(|s| matches!(s.phase, Phase::Done { .. } | Phase::Failed(_)))
+            .wait_for(|s| s.settled.is_some())
             .await
             .map_err(|_| FillError::Aborted)?;
-        match &s.phase {
-            Phase::Done { size } => Ok(*size),
-            Phase::Failed(e) => Err(e.clone()),
-            _ => unreachable!("waited for the end"),
-        }
+        s.settled.clone().expect("waited for it")
     }
 
     /// Once the fill is verified (digest matched, perhaps not yet on disk), its

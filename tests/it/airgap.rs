@@ -1180,3 +1180,39 @@ fn sync_from_a_dmz_wharf_over_tls() {
     let _ = dmz.kill();
     let _ = dmz.wait();
 }
+
+/// `keep_last` over tags that are not versions keeps the newest images by
+/// their config's `created` time, whatever the tag names say.
+#[test]
+fn keep_last_without_versions_keeps_the_newest_images_by_created_time() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    for (tag, created) in [
+        ("zeta", "2026-01-01T00:00:00Z"),
+        ("alpha", "2026-03-01T00:00:00Z"),
+        ("mid", "2026-02-01T00:00:00Z"),
+        ("old", "2025-01-01T00:00:00Z"),
+    ] {
+        up.push_unique("library/app", tag, created);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}\n[[sync]]\nname = \"newest\"\nupstream = \"hub\"\n  [[sync.repo]]\n  name = \"library/app\"\n  keep_last = 2\n",
+        Wharf::hub_block(&up, false, Path::new("/"))
+    );
+    let w = Served::start(tmp.path(), "newest", &body);
+    let (ok, out) = w.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let tags: HashSet<String> = summary(&out)["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tag"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        tags,
+        HashSet::from(["alpha".to_owned(), "mid".to_owned()]),
+        "{out}"
+    );
+}
