@@ -197,6 +197,7 @@ impl Closure {
             tag: tag.to_string(),
             digest: d,
             media_type: m.media_type.to_string(),
+            rule: rule.map(str::to_owned),
         });
         Ok(())
     }

@@ -155,6 +155,7 @@ mod tests {
             tag: "1.27".into(),
             digest: d.clone(),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            rule: None,
         };
         let b = BundleBlob {
             digest: d,

@@ -134,17 +134,18 @@ fn fixture(layer_sizes: &[usize]) -> Fixture {
         size: *n as u64,
         media_type: None,
     }));
-    let r = |tag: &str, d: &Digest, mt: &str| BundleRef {
+    let r = |tag: &str, d: &Digest, mt: &str, rule: Option<&str>| BundleRef {
         upstream: "dockerhub".into(),
         repository: "library/demo".into(),
         tag: tag.into(),
         digest: d.clone(),
         media_type: mt.into(),
+        rule: rule.map(str::to_owned),
     };
     let plan = Plan {
         refs: vec![
-            r("1.0", &index, OCI_INDEX),
-            r("1.0-amd64", &manifests[0].0, OCI_MANIFEST),
+            r("1.0", &index, OCI_INDEX, Some("base")),
+            r("1.0-amd64", &manifests[0].0, OCI_MANIFEST, None),
         ],
         blobs,
         requires: vec![],
