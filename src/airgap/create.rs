@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::bundle::{
-    create, load_signing_key, Against, BlobSource, BundleDoc, BundleRef, CreateOptions, Filtered,
-    Plan, PlannedBlob, Progress,
+    check_platform, create, load_signing_key, Against, BlobSource, BundleDoc, BundleRef,
+    CreateOptions, Filtered, Plan, PlannedBlob, Progress,
 };
 use crate::cache::Cache;
 use crate::mirror::{Mirror, Routed};
@@ -224,8 +224,13 @@ impl Closure {
                 } else {
                     // Not here on purpose (a platform filter) or never
                     // pulled: the site is told which, not left guessing.
+                    // An upstream may spell a platform in a way a filter
+                    // cannot (`x86_64`, capitals): bundles carry only what
+                    // verify accepts, and "unknown" for the rest.
                     let platform = match (&c.platform, &c.attestation_for) {
-                        (Some(p), _) => p.to_string(),
+                        (Some(p), _) => Some(p.to_string())
+                            .filter(|p| check_platform(p).is_ok())
+                            .unwrap_or_else(|| "unknown".into()),
                         (None, Some(_)) => "attestation".into(),
                         (None, None) => "unknown".into(),
                     };

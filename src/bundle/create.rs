@@ -19,13 +19,14 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::registry::{Algorithm, Digest};
+use crate::registry::{Algorithm, Digest, MAX_MANIFEST_BYTES};
 
 use super::doc::{Against, BundleBlob, BundleDoc, BundleRef, Filtered, Part, Signature, Volume};
 use super::hashpipe::HashPipe;
 use super::keys::{sync_dir, SigningKeyFile};
 use super::layout::{self, header, padded, BLOCK, END_OF_ARCHIVE, MIN_VOLUME_SIZE};
-use super::verify::{check_complete, check_ref, parse_manifest, Descriptors};
+use super::structure::{check_filtered, check_refs};
+use super::verify::{check_complete, parse_manifest, Descriptors};
 use super::{BundleError, DOC_FILE, FORMAT};
 
 /// Where `create` reads blob bytes from (the cache on the connected side).
@@ -115,6 +116,31 @@ struct Ordered {
 /// Checks the plan and returns its blobs in writing order: content in the
 /// plan's order, then manifests, each after the manifests it refers to.
 fn order_and_check(plan: &Plan, src: &dyn BlobSource) -> Result<Vec<Ordered>, BundleError> {
+    check_names(plan)?;
+    let PlanBlobs {
+        mut ordered,
+        manifests,
+        parsed,
+    } = read_manifests(plan, src)?;
+    ordered.extend(order_manifests(manifests, &parsed));
+    let sequence: Vec<(&Digest, bool)> = ordered
+        .iter()
+        .map(|o| (&o.blob.digest, o.blob.media_type.is_some()))
+        .collect();
+    check_complete(
+        &sequence,
+        &parsed,
+        &plan.refs,
+        &plan.requires,
+        &plan.filtered,
+    )
+    .map_err(BundleError::Plan)?;
+    Ok(ordered)
+}
+
+/// What `verify` checks of the document's names, on the plan: sha256 blobs
+/// planned once, valid refs (each once), valid filtered entries.
+fn check_names(plan: &Plan) -> Result<(), BundleError> {
     let mut seen = HashSet::new();
     for b in &plan.blobs {
         if b.digest.algorithm() != Algorithm::Sha256 {
@@ -130,89 +156,94 @@ fn order_and_check(plan: &Plan, src: &dyn BlobSource) -> Result<Vec<Ordered>, Bu
             )));
         }
     }
-    let mut names = HashSet::new();
-    for r in &plan.refs {
-        check_ref(r).map_err(BundleError::Plan)?;
-        if !names.insert(r.name()) {
-            return Err(BundleError::Plan(format!(
-                "ref {} is planned twice",
-                r.name()
-            )));
-        }
+    check_refs(&plan.refs).map_err(BundleError::Plan)?;
+    for f in &plan.filtered {
+        check_filtered(f).map_err(BundleError::Plan)?;
     }
-    // Manifests are small (at most 4 MiB, usually a few KiB): read them now
-    // to order and check them, and write them from memory later.
+    Ok(())
+}
+
+/// The plan's blobs split by [`read_manifests`].
+struct PlanBlobs {
+    /// Content, in the plan's order: the start of the writing order.
+    ordered: Vec<Ordered>,
+    /// Manifests with their bytes, in the plan's order.
+    manifests: Vec<Ordered>,
+    /// Each manifest's references.
+    parsed: HashMap<Digest, Descriptors>,
+}
+
+/// Splits the plan's blobs into content and manifests, read and parsed:
+/// manifests are small (at most 4 MiB, usually a few KiB), so they are read
+/// now to order and check them, and written from memory later.
+fn read_manifests(plan: &Plan, src: &dyn BlobSource) -> Result<PlanBlobs, BundleError> {
     let mut content = Vec::new();
     let mut manifests = Vec::new();
     let mut parsed: HashMap<Digest, Descriptors> = HashMap::new();
     for b in &plan.blobs {
-        match &b.media_type {
-            None => content.push(Ordered {
+        let Some(mt) = &b.media_type else {
+            content.push(Ordered {
                 blob: b.clone(),
                 bytes: None,
-            }),
-            Some(mt) => {
-                if b.size > crate::registry::MAX_MANIFEST_BYTES as u64 {
-                    return Err(BundleError::Plan(format!(
-                        "manifest {} is {} bytes, more than the {} a manifest may have",
-                        b.digest,
-                        b.size,
-                        crate::registry::MAX_MANIFEST_BYTES
-                    )));
-                }
-                let mut r = src.open(&b.digest).map_err(|source| BundleError::Source {
-                    digest: b.digest.clone(),
-                    source,
-                })?;
-                let mut bytes = Vec::with_capacity(b.size as usize);
-                let got = copy_exact(&mut *r, &b.digest, b.size, &mut |chunk| {
-                    bytes.extend_from_slice(chunk);
-                    Ok(())
-                })?;
-                debug_assert_eq!(got, b.size);
-                let d = parse_manifest(&bytes).map_err(|why| {
-                    BundleError::Plan(format!("manifest {} ({mt}): {why}", b.digest))
-                })?;
-                parsed.insert(b.digest.clone(), d);
-                manifests.push(Ordered {
-                    blob: b.clone(),
-                    bytes: Some(bytes),
-                });
-            }
-        }
+            });
+            continue;
+        };
+        let bytes = read_manifest(b, src)?;
+        let d = parse_manifest(&bytes)
+            .map_err(|why| BundleError::Plan(format!("manifest {} ({mt}): {why}", b.digest)))?;
+        parsed.insert(b.digest.clone(), d);
+        manifests.push(Ordered {
+            blob: b.clone(),
+            bytes: Some(bytes),
+        });
     }
-    // Depth first over the carried manifests each one refers to: children
-    // before parents, otherwise the plan's order.
-    let mut at: HashMap<Digest, usize> = HashMap::new();
-    for (i, m) in manifests.iter().enumerate() {
-        at.insert(m.blob.digest.clone(), i);
+    Ok(PlanBlobs {
+        ordered: content,
+        manifests,
+        parsed,
+    })
+}
+
+/// A planned manifest's bytes: exactly its planned size, at most
+/// `MAX_MANIFEST_BYTES`.
+fn read_manifest(b: &PlannedBlob, src: &dyn BlobSource) -> Result<Vec<u8>, BundleError> {
+    if b.size > MAX_MANIFEST_BYTES as u64 {
+        return Err(BundleError::Plan(format!(
+            "manifest {} is {} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have",
+            b.digest, b.size,
+        )));
     }
+    let mut r = src.open(&b.digest).map_err(|source| BundleError::Source {
+        digest: b.digest.clone(),
+        source,
+    })?;
+    let mut bytes = Vec::with_capacity(b.size as usize);
+    let got = copy_exact(&mut *r, &b.digest, b.size, &mut |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    debug_assert_eq!(got, b.size);
+    Ok(bytes)
+}
+
+/// Depth first over the carried manifests each one refers to: children
+/// before parents, otherwise the plan's order.
+fn order_manifests(manifests: Vec<Ordered>, parsed: &HashMap<Digest, Descriptors>) -> Vec<Ordered> {
+    let at: HashMap<Digest, usize> = manifests
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.blob.digest.clone(), i))
+        .collect();
     let mut done = vec![false; manifests.len()];
     let mut order = Vec::with_capacity(manifests.len());
     for i in 0..manifests.len() {
-        visit(i, &manifests, &parsed, &at, &mut done, &mut order);
+        visit(i, &manifests, parsed, &at, &mut done, &mut order);
     }
     let mut slots: Vec<Option<Ordered>> = manifests.into_iter().map(Some).collect();
-    let mut ordered = content;
-    ordered.extend(
-        order
-            .into_iter()
-            .map(|i| slots[i].take().expect("each once")),
-    );
-
-    let sequence: Vec<(&Digest, bool)> = ordered
-        .iter()
-        .map(|o| (&o.blob.digest, o.blob.media_type.is_some()))
-        .collect();
-    check_complete(
-        &sequence,
-        &parsed,
-        &plan.refs,
-        &plan.requires,
-        &plan.filtered,
-    )
-    .map_err(BundleError::Plan)?;
-    Ok(ordered)
+    order
+        .into_iter()
+        .map(|i| slots[i].take().expect("each once"))
+        .collect()
 }
 
 fn visit(
@@ -240,6 +271,40 @@ fn visit(
     order.push(i);
 }
 
+/// What names this bundle apart from the blobs: its id, when it was made
+/// and its number in the signing key's sequence.
+struct Identity {
+    id: String,
+    created: String,
+    mtime: u64,
+    sequence: u64,
+}
+
+impl Identity {
+    fn new(opts: &CreateOptions) -> Result<Identity, BundleError> {
+        let sequence = match &opts.key {
+            Some(k) => k.next_sequence()?,
+            None => 0,
+        };
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond");
+        let created = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("a UTC time formats as RFC 3339");
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id).map_err(|e| {
+            BundleError::Plan(format!("no randomness from the OS for the bundle id: {e}"))
+        })?;
+        Ok(Identity {
+            id: hex::encode(id),
+            created,
+            mtime: now.unix_timestamp().max(0) as u64,
+            sequence,
+        })
+    }
+}
+
 fn write_all(
     out: &Path,
     plan: Plan,
@@ -254,25 +319,11 @@ fn write_all(
         blobs: ordered.len(),
         bytes: total,
     });
-    let sequence = match &opts.key {
-        Some(k) => k.next_sequence()?,
-        None => 0,
-    };
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("0 is a valid nanosecond");
-    let created = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("a UTC time formats as RFC 3339");
-    let mut id = [0u8; 16];
-    getrandom::getrandom(&mut id).map_err(|e| {
-        BundleError::Plan(format!("no randomness from the OS for the bundle id: {e}"))
-    })?;
-
+    let ident = Identity::new(opts)?;
     let mut vols = Volumes {
         dir: out,
         limit: opts.volume_size,
-        mtime: now.unix_timestamp().max(0) as u64,
+        mtime: ident.mtime,
         done: Vec::new(),
         cur: None,
         pipe: HashPipe::new(),
@@ -280,29 +331,69 @@ fn write_all(
         written,
     };
     vols.open_next()?;
+    write_layout(&mut vols, &plan.refs, &ordered, progress)?;
+    let blobs = write_blobs(&mut vols, ordered, src, progress)?;
+    vols.finish_current(progress)?;
+    let mut doc = BundleDoc {
+        format: FORMAT.into(),
+        id: ident.id,
+        created: ident.created,
+        sequence: ident.sequence,
+        key_id: opts.key.as_ref().map(|k| k.key_id().to_owned()),
+        sources: plan.sources,
+        against: plan.against,
+        since: plan.since,
+        refs: plan.refs,
+        blobs,
+        requires: plan.requires,
+        filtered: plan.filtered,
+        prune: plan.prune,
+        volumes: std::mem::take(&mut vols.done),
+        signature: None,
+    };
+    if let Some(k) = &opts.key {
+        doc.signature = Some(Signature {
+            key_id: k.key_id().to_owned(),
+            ed25519: k.sign(&doc.signed_bytes()),
+        });
+    }
+    write_doc(out, &doc, vols.written)?;
+    Ok(doc)
+}
+
+/// `oci-layout` and `index.json` at the start of volume 1.
+fn write_layout(
+    vols: &mut Volumes,
+    refs: &[BundleRef],
+    ordered: &[Ordered],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), BundleError> {
     let sizes: HashMap<&Digest, u64> = ordered
         .iter()
         .map(|o| (&o.blob.digest, o.blob.size))
         .collect();
-    for (name, bytes) in layout::layout_files(&plan.refs, |d| sizes.get(d).copied()) {
+    for (name, bytes) in layout::layout_files(refs, |d| sizes.get(d).copied()) {
         if bytes.len() as u64 > vols.room() {
             return Err(BundleError::Plan(format!(
                 "{name} ({} bytes) does not fit in a volume of {} bytes; use a larger volume size",
                 bytes.len(),
-                opts.volume_size
+                vols.limit
             )));
         }
         let d = Digest::sha256_of(&bytes);
-        vols.entry(
-            name,
-            bytes.len() as u64,
-            &mut &bytes[..],
-            &d,
-            false,
-            progress,
-        )?;
+        let size = bytes.len() as u64;
+        vols.entry(name, size, &mut &bytes[..], &d, false, progress)?;
     }
+    Ok(())
+}
 
+/// Every blob in order, manifests from memory, content from the source.
+fn write_blobs(
+    vols: &mut Volumes,
+    ordered: Vec<Ordered>,
+    src: &dyn BlobSource,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<BundleBlob>, BundleError> {
     let mut blobs = Vec::with_capacity(ordered.len());
     for o in ordered {
         let parts = match &o.bytes {
@@ -324,33 +415,7 @@ fn write_all(
             parts,
         });
     }
-    vols.finish_current(progress)?;
-
-    let mut doc = BundleDoc {
-        format: FORMAT.into(),
-        id: hex::encode(id),
-        created,
-        sequence,
-        key_id: opts.key.as_ref().map(|k| k.key_id().to_owned()),
-        sources: plan.sources,
-        against: plan.against,
-        since: plan.since,
-        refs: plan.refs,
-        blobs,
-        requires: plan.requires,
-        filtered: plan.filtered,
-        prune: plan.prune,
-        volumes: std::mem::take(&mut vols.done),
-        signature: None,
-    };
-    if let Some(k) = &opts.key {
-        doc.signature = Some(Signature {
-            key_id: k.key_id().to_owned(),
-            ed25519: k.sign(&doc.signed_bytes()),
-        });
-    }
-    write_doc(out, &doc, vols.written)?;
-    Ok(doc)
+    Ok(blobs)
 }
 
 /// `bundle.json` through a temp file, fsynced, renamed, directory fsynced.

@@ -70,7 +70,9 @@ pub struct BundleRef {
     #[serde(with = "digest")]
     pub digest: Digest,
     pub media_type: String,
-    /// The sync rule the ref came from (`None` for `--image`).
+    /// The sync rule this ref came from (`--sync RULE`); `None` for a named
+    /// image. Signed like every field; absent from the file when `None`, so
+    /// bundles written before the field existed read (and verify) as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
 }
@@ -235,7 +237,7 @@ mod tests {
                 tag: "1.27".into(),
                 digest: d.clone(),
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                rule: None,
+                rule: Some("base".into()),
             }],
             blobs: vec![],
             requires: vec![d],
@@ -277,6 +279,25 @@ mod tests {
             .map(|k| text.find(&format!("\n  {k}")).unwrap())
             .collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
+
+    #[test]
+    fn a_ref_rule_round_trips_is_signed_and_is_absent_when_none() {
+        let doc = sample();
+        let signed = String::from_utf8(doc.signed_bytes()).unwrap();
+        assert!(signed.contains(r#""rule":"base""#), "{signed}");
+        let mut other = doc.clone();
+        other.refs[0].rule = Some("other".into());
+        assert_ne!(other.signed_bytes(), doc.signed_bytes());
+
+        // Without a rule the key is left out, as in bundles that predate it.
+        other.refs[0].rule = None;
+        let text = String::from_utf8(other.to_file_bytes()).unwrap();
+        // Top-level keys only: `against` has a `blobs` too.
+        let refs = &text[text.find("\n  \"refs\"").unwrap()..text.find("\n  \"blobs\"").unwrap()];
+        assert!(!refs.contains("\"rule\""), "{refs}");
+        let back: BundleDoc = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, other);
     }
 
     #[test]

@@ -37,10 +37,13 @@
 //! - `layout`: names and bytes shared by writer and readers (volume and blob
 //!   paths, tar headers, `oci-layout`, `index.json`).
 //! - `create`: the writer; `hashpipe` hashes its volumes on a second thread.
-//! - `verify`: signature, files, volumes, parts and completeness checks.
+//! - `verify`: signature, files, volumes, parts and completeness checks;
+//!   `structure` the document's consistency; `check` the checks of read
+//!   bytes `verify` and `read` share (entry headers, part and blob hashes).
 //! - `read`: [`blob_reader`] and [`extract`].
 //! - [`cli`]: `wharf bundle keygen|verify|extract`.
 
+mod check;
 pub mod cli;
 mod create;
 pub mod doc;
@@ -48,6 +51,7 @@ mod hashpipe;
 pub mod keys;
 mod layout;
 mod read;
+mod structure;
 mod verify;
 
 #[cfg(test)]
@@ -65,6 +69,7 @@ pub use keys::{keygen, load_public_key, load_signing_key, PublicKey, SigningKeyF
 pub use layout::volume_file;
 pub use layout::MIN_VOLUME_SIZE;
 pub use read::{blob_reader, extract, BlobReader};
+pub(crate) use structure::check_platform;
 pub use verify::{open_checked, verify};
 
 /// Everything that can go wrong with a bundle. Each message names the file (a

@@ -10,10 +10,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Take, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
-use crate::registry::Hasher;
-
+use super::check::{self, BlobHash};
 use super::doc::{BundleBlob, BundleDoc, Part};
 use super::keys::PublicKey;
 use super::layout;
@@ -47,8 +44,8 @@ fn open_part(dir: &Path, p: &Part) -> std::io::Result<(String, Take<File>)> {
 }
 
 /// `open_part`, after checking the ustar header before the data names the
-/// part's path and size: what someone untarring the volume would get.
-fn open_checked(dir: &Path, p: &Part) -> Result<(String, Take<File>), BundleError> {
+/// part's path and size.
+fn open_part_checked(dir: &Path, p: &Part) -> Result<(String, Take<File>), BundleError> {
     let name = layout::volume_file(p.volume);
     let path = dir.join(&name);
     let mut f = File::open(&path).map_err(BundleError::io(&path))?;
@@ -56,21 +53,7 @@ fn open_checked(dir: &Path, p: &Part) -> Result<(String, Take<File>), BundleErro
     f.seek(SeekFrom::Start(p.offset - layout::BLOCK))
         .and_then(|_| f.read_exact(&mut h))
         .map_err(BundleError::io(&path))?;
-    let header = tar::Header::from_byte_slice(&h);
-    let found = (header.path_bytes(), header.entry_size().ok());
-    if found.0.as_ref() != p.path.as_bytes() || found.1 != Some(p.size) {
-        return Err(BundleError::BadEntry {
-            file: name,
-            why: format!(
-                "at offset {}: expected entry {} of {} bytes, found {:?} of {:?} bytes",
-                p.offset - layout::BLOCK,
-                p.path,
-                p.size,
-                String::from_utf8_lossy(&found.0),
-                found.1
-            ),
-        });
-    }
+    check::entry_header(&name, p.offset, &h, &p.path, p.size)?;
     Ok((name, f.take(p.size)))
 }
 
@@ -117,62 +100,48 @@ pub fn extract(
     std::fs::create_dir_all(&blobs).map_err(BundleError::io(&blobs))?;
     let mut buf = vec![0u8; 1 << 20];
     for b in &doc.blobs {
-        let path = blobs.join(b.digest.hex());
-        let tmp = blobs.join(format!("{}.tmp", b.digest.hex()));
-        let mut f = File::create(&tmp).map_err(BundleError::io(&tmp))?;
-        let mut joined = Hasher::new(b.digest.algorithm());
-        let split = b.parts.len() > 1;
-        for p in &b.parts {
-            let (name, mut r) = open_checked(dir, p)?;
-            let mut h = Sha256::new();
-            let mut got = 0u64;
-            loop {
-                let n = r.read(&mut buf).map_err(BundleError::io(dir.join(&name)))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                if split {
-                    joined.update(&buf[..n]);
-                }
-                f.write_all(&buf[..n]).map_err(BundleError::io(&tmp))?;
-                got += n as u64;
-            }
-            if got != p.size {
-                return Err(BundleError::BadEntry {
-                    file: name,
-                    why: format!("{} ends after {got} of {} bytes", p.path, p.size),
-                });
-            }
-            let got = hex::encode(h.finalize());
-            if got != p.sha256 {
-                return Err(BundleError::HashMismatch {
-                    file: format!("{name}: {}", p.path),
-                    expected: p.sha256.clone(),
-                    got,
-                });
-            }
-        }
-        if split {
-            let got = joined.finish();
-            if got != b.digest {
-                return Err(BundleError::HashMismatch {
-                    file: format!(
-                        "{} (joined from {} parts)",
-                        layout::blob_path(&b.digest),
-                        b.parts.len()
-                    ),
-                    expected: b.digest.hex().into(),
-                    got: got.hex().into(),
-                });
-            }
-        }
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(BundleError::io(&path))?;
+        extract_blob(dir, b, &blobs, &mut buf)?;
     }
     for (name, bytes) in layout::doc_layout_files(&doc.refs, &doc.blobs) {
         let path = out.join(name);
         std::fs::write(&path, bytes).map_err(BundleError::io(&path))?;
     }
     Ok(doc)
+}
+
+/// Writes blob `b` (its parts joined) to `blobs/<hex>` through a temp file,
+/// renamed into place once every part and the whole checked out.
+fn extract_blob(
+    dir: &Path,
+    b: &BundleBlob,
+    blobs: &Path,
+    buf: &mut [u8],
+) -> Result<(), BundleError> {
+    let path = blobs.join(b.digest.hex());
+    let tmp = blobs.join(format!("{}.tmp", b.digest.hex()));
+    let mut f = File::create(&tmp).map_err(BundleError::io(&tmp))?;
+    let mut hash = BlobHash::new(b);
+    for p in &b.parts {
+        let (name, mut r) = open_part_checked(dir, p)?;
+        let mut got = 0u64;
+        loop {
+            let n = r.read(buf).map_err(BundleError::io(dir.join(&name)))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            f.write_all(&buf[..n]).map_err(BundleError::io(&tmp))?;
+            got += n as u64;
+        }
+        if got != p.size {
+            return Err(BundleError::BadEntry {
+                file: name,
+                why: format!("{} ends after {got} of {} bytes", p.path, p.size),
+            });
+        }
+        hash.end_part(&name, p)?;
+    }
+    hash.end_blob(b)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(BundleError::io(&path))
 }

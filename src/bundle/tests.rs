@@ -134,18 +134,18 @@ fn fixture(layer_sizes: &[usize]) -> Fixture {
         size: *n as u64,
         media_type: None,
     }));
-    let r = |tag: &str, d: &Digest, mt: &str| BundleRef {
+    let r = |tag: &str, d: &Digest, mt: &str, rule: Option<&str>| BundleRef {
         upstream: "dockerhub".into(),
         repository: "library/demo".into(),
         tag: tag.into(),
         digest: d.clone(),
         media_type: mt.into(),
-        rule: None,
+        rule: rule.map(str::to_owned),
     };
     let plan = Plan {
         refs: vec![
-            r("1.0", &index, OCI_INDEX),
-            r("1.0-amd64", &manifests[0].0, OCI_MANIFEST),
+            r("1.0", &index, OCI_INDEX, Some("base")),
+            r("1.0-amd64", &manifests[0].0, OCI_MANIFEST, None),
         ],
         blobs,
         requires: vec![],
@@ -693,4 +693,209 @@ fn create_refuses_small_volumes_and_used_directories() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not empty"), "{e}");
+}
+
+/// `edit_doc`, then signed again with `key`: a forger holding a trusted key,
+/// so only the structure check stands in the way.
+fn edit_signed(dir: &Path, key: &Path, f: impl FnOnce(&mut BundleDoc)) {
+    let sk = load_signing_key(key).unwrap();
+    edit_doc(dir, |doc| {
+        f(doc);
+        doc.signature = Some(Signature {
+            key_id: sk.key_id().into(),
+            ed25519: sk.sign(&doc.signed_bytes()),
+        });
+    })
+}
+
+#[test]
+fn a_ref_rule_round_trips_and_is_signed() {
+    let f = fixture(&[1000]);
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys("conn");
+    let sk = load_signing_key(&k.key).unwrap();
+    let doc = make(tmp.path(), &f, &opts(MIB, Some(sk))).unwrap();
+    let trusted = std::slice::from_ref(&k.public);
+    let back = verify(tmp.path(), trusted, true).unwrap();
+    let rules: Vec<Option<&str>> = back.refs.iter().map(|r| r.rule.as_deref()).collect();
+    assert_eq!(rules, [Some("base"), None]);
+    assert_eq!(back, doc);
+
+    // The rule is signed: changing, adding or dropping one breaks the
+    // signature.
+    let p = tmp.path().join(DOC_FILE);
+    let good = std::fs::read_to_string(&p).unwrap();
+    assert_eq!(
+        good.matches("\"rule\": \"base\"").count(),
+        2,
+        "ref and filtered"
+    );
+    for edit in [
+        |d: &mut BundleDoc| d.refs[0].rule = Some("other".into()),
+        |d: &mut BundleDoc| d.refs[0].rule = None,
+        |d: &mut BundleDoc| d.refs[1].rule = Some("base".into()),
+    ] {
+        edit_doc(tmp.path(), edit);
+        let e = verify(tmp.path(), trusted, true).unwrap_err().to_string();
+        assert!(e.starts_with("bundle.json: bad signature"), "{e}");
+        std::fs::write(&p, &good).unwrap();
+    }
+    verify(tmp.path(), trusted, true).unwrap();
+}
+
+#[test]
+fn bad_rule_and_platform_strings_are_refused() {
+    let d = Damaged::new();
+    let key = d.keys.key.clone();
+    type Edit = fn(&mut BundleDoc);
+    let cases: [(&str, Edit); 6] = [
+        ("rule name", |doc| doc.refs[0].rule = Some("../../x".into())),
+        ("rule name", |doc| doc.refs[0].rule = Some(String::new())),
+        ("rule name", |doc| doc.refs[1].rule = Some("r".repeat(129))),
+        ("platform", |doc| {
+            doc.filtered[0].platform = "Linux/AMD64".into()
+        }),
+        ("platform", |doc| {
+            doc.filtered[0].platform = format!("linux/{}", "a".repeat(200))
+        }),
+        ("rule name", |doc| {
+            doc.filtered[0].rule = Some("a\nb".into())
+        }),
+    ];
+    for (what, edit) in cases {
+        let e = d.refused(|dir| edit_signed(dir, &key, edit));
+        assert!(e.starts_with("bundle.json: "), "{e}");
+        assert!(e.contains(what), "{what}: {e}");
+    }
+    // The words create writes for a child without a platform pass.
+    for word in ["attestation", "unknown"] {
+        let dir = d.good.with_file_name(word);
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(&d.good).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        edit_signed(&dir, &key, |doc| doc.filtered[0].platform = word.into());
+        verify(&dir, std::slice::from_ref(&d.keys.public), true).unwrap();
+    }
+}
+
+/// Runs `verify` on another thread: a hostile `bundle.json` must be refused
+/// promptly, not hang the test.
+fn verify_within_seconds(dir: &Path) -> String {
+    let dir = dir.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(verify(&dir, &[], false).map(|_| ()));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("verify hung on bundle.json");
+    got.unwrap_err().to_string()
+}
+
+#[test]
+fn a_bundle_json_that_is_no_regular_file_is_refused() {
+    let f = fixture(&[1000]);
+    let tmp = tempfile::tempdir().unwrap();
+    make(tmp.path(), &f, &opts(MIB, None)).unwrap();
+    let p = tmp.path().join(DOC_FILE);
+    let good = std::fs::read(&p).unwrap();
+
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+    let e = verify_within_seconds(tmp.path());
+    assert!(e.starts_with("bundle.json: not a regular file"), "{e}");
+
+    // A link to the good document itself is refused just the same.
+    let real = tmp.path().with_extension("json");
+    std::fs::write(&real, &good).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink(&real, &p).unwrap();
+    let e = verify_within_seconds(tmp.path());
+    assert!(e.starts_with("bundle.json: not a regular file"), "{e}");
+
+    // A FIFO nobody writes to: opening it for reading would wait forever.
+    std::fs::remove_file(&p).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let e = verify_within_seconds(tmp.path());
+    assert!(e.starts_with("bundle.json: not a regular file"), "{e}");
+
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(&p, &good).unwrap();
+    verify(tmp.path(), &[], false).unwrap();
+}
+
+#[test]
+fn a_65_mib_bundle_json_is_refused() {
+    let f = fixture(&[1000]);
+    let tmp = tempfile::tempdir().unwrap();
+    make(tmp.path(), &f, &opts(MIB, None)).unwrap();
+    // The valid document, then whitespace: only its size is wrong.
+    let p = tmp.path().join(DOC_FILE);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes.resize(65 << 20, b' ');
+    std::fs::write(&p, &bytes).unwrap();
+    let e = verify(tmp.path(), &[], false).unwrap_err().to_string();
+    assert!(e.starts_with("bundle.json: larger than 64 MiB"), "{e}");
+    // At the limit it still reads.
+    bytes.truncate(64 << 20);
+    std::fs::write(&p, &bytes).unwrap();
+    verify(tmp.path(), &[], false).unwrap();
+}
+
+#[test]
+fn a_manifest_split_across_volumes_verifies_and_extracts() {
+    // A manifest of about 1.4 MiB (its layers required, not carried) in
+    // volumes of 1 MiB: split, so verify parses it from joined parts.
+    let mut mem = Mem::default();
+    let layers: Vec<Digest> = (0..9000u32)
+        .map(|i| Digest::sha256_of(&i.to_le_bytes()))
+        .collect();
+    let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#;
+    let config = mem.add(config_bytes.to_vec());
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc("application/vnd.oci.image.config.v1+json", &config, config_bytes.len()),
+        "layers": layers.iter().map(|d| desc("application/vnd.oci.image.layer.v1.tar+gzip", d, 1)).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    assert!(m.len() as u64 > MIB && m.len() < 4 << 20);
+    let len = m.len() as u64;
+    let md = mem.add(m);
+    let plan = Plan {
+        refs: vec![BundleRef {
+            upstream: "dockerhub".into(),
+            repository: "library/wide".into(),
+            tag: "1".into(),
+            digest: md.clone(),
+            media_type: OCI_MANIFEST.into(),
+            rule: None,
+        }],
+        blobs: vec![
+            PlannedBlob {
+                digest: md.clone(),
+                size: len,
+                media_type: Some(OCI_MANIFEST.into()),
+            },
+            PlannedBlob {
+                digest: config,
+                size: config_bytes.len() as u64,
+                media_type: None,
+            },
+        ],
+        requires: layers,
+        ..Plan::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    let doc = create(&out, plan, &mem, &opts(MIB, None), &mut |_| {}).unwrap();
+    assert!(doc.blob(&md).unwrap().parts.len() >= 2);
+    verify(&out, &[], false).unwrap();
+    extract(&out, &tmp.path().join("layout"), &[], false).unwrap();
 }

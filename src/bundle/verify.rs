@@ -21,14 +21,15 @@ use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
-use crate::registry::{Algorithm, Digest, Hasher, RepoName, Tag, MAX_MANIFEST_BYTES};
+use crate::registry::Digest;
 
-use super::doc::{BundleDoc, BundleRef};
+use super::check::{self, BlobHash};
+use super::doc::{BundleDoc, BundleRef, Volume};
 use super::hashpipe::HashPipe;
 use super::keys::PublicKey;
-use super::layout::{self, entry_len, padded, BLOCK, END_OF_ARCHIVE};
+use super::layout::{self, entry_len, BLOCK};
+use super::structure::check_structure;
 use super::{BundleError, DOC_FILE, FORMAT};
 
 /// Verifies the bundle in `dir` and returns its document. With
@@ -43,24 +44,7 @@ pub fn verify(
 ) -> Result<BundleDoc, BundleError> {
     let doc = read_doc(dir, trusted, require_signature)?;
     check_files(dir, &doc)?;
-    let manifests = check_volumes(dir, &doc)?;
-    let mut parsed = HashMap::new();
-    for (i, bytes) in manifests {
-        let b = &doc.blobs[i];
-        let d = parse_manifest(&bytes).map_err(|why| BundleError::Incomplete {
-            file: format!(
-                "{} {}",
-                layout::volume_file(b.parts[0].volume),
-                b.parts[0].path
-            ),
-            why: format!(
-                "manifest {} ({}) does not parse: {why}",
-                b.digest,
-                b.media_type.as_deref().unwrap_or_default()
-            ),
-        })?;
-        parsed.insert(b.digest.clone(), d);
-    }
+    let parsed = check_volumes(dir, &doc)?;
     let order: Vec<(&Digest, bool)> = doc
         .blobs
         .iter()
@@ -96,20 +80,11 @@ pub(crate) fn read_doc(
     trusted: &[PublicKey],
     require_signature: bool,
 ) -> Result<BundleDoc, BundleError> {
-    let path = dir.join(DOC_FILE);
     let invalid = |why: String| BundleError::Invalid {
         file: DOC_FILE.into(),
         why,
     };
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(BundleError::MissingFile {
-                file: format!("{DOC_FILE} (an incomplete bundle, or not a bundle directory)"),
-            })
-        }
-        Err(e) => return Err(BundleError::io(&path)(e)),
-    };
+    let bytes = read_doc_bytes(dir)?;
     let doc: BundleDoc = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(format!("not a wharf bundle document: {e}")))?;
     if doc.format != FORMAT {
@@ -164,144 +139,64 @@ fn check_signature(
     }
 }
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+/// The largest `bundle.json` read: a document listing a million blobs is
+/// well under it.
+const MAX_DOC_BYTES: u64 = 64 << 20;
 
-fn check_structure(doc: &BundleDoc) -> Result<(), String> {
-    if !is_hex(&doc.id, 32) {
-        return Err(format!("id {:?} is not 32 lowercase hex digits", doc.id));
+/// `bundle.json`'s bytes, if it is a regular file (not a symlink, FIFO or
+/// device, which could hang the read or never end) of at most
+/// [`MAX_DOC_BYTES`].
+fn read_doc_bytes(dir: &Path) -> Result<Vec<u8>, BundleError> {
+    let path = dir.join(DOC_FILE);
+    let not_regular = || {
+        BundleError::Invalid {
+        file: DOC_FILE.into(),
+        why: "not a regular file (a symlink, a FIFO or a device); copy the bundle's own bundle.json here".into(),
     }
-    time::OffsetDateTime::parse(&doc.created, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("created {:?}: {e}", doc.created))?;
-    if doc.volumes.is_empty() {
-        return Err("lists no volumes".into());
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(not_regular()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BundleError::MissingFile {
+                file: format!("{DOC_FILE} (an incomplete bundle, or not a bundle directory)"),
+            })
+        }
+        Err(e) => return Err(BundleError::io(&path)(e)),
     }
-    for (i, v) in doc.volumes.iter().enumerate() {
-        let want = layout::volume_file(i as u32 + 1);
-        if v.file != want {
-            return Err(format!(
-                "volume {} is named {:?}, expected {want}",
-                i + 1,
-                v.file
-            ));
-        }
-        if !is_hex(&v.sha256, 64) {
-            return Err(format!("{}: sha256 is not 64 lowercase hex digits", v.file));
-        }
+    // The name may be swapped between the look and the open: the open
+    // neither follows a link nor waits for a FIFO's writer, and what was
+    // opened is checked again.
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
     }
-    let mut names = HashSet::new();
-    for r in &doc.refs {
-        check_ref(r)?;
-        if !names.insert(r.name()) {
-            return Err(format!("ref {} is listed twice", r.name()));
-        }
+    let f = match open.open(&path) {
+        Ok(f) => f,
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_regular()),
+        Err(e) => return Err(BundleError::io(&path)(e)),
+    };
+    if !f.metadata().map_err(BundleError::io(&path))?.is_file() {
+        return Err(not_regular());
     }
-    for f in &doc.filtered {
-        check_upstream(&f.upstream)?;
-        f.repository
-            .parse::<RepoName>()
-            .map_err(|e| format!("filtered {}: {e}", f.child))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_DOC_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(BundleError::io(&path))?;
+    if bytes.len() as u64 > MAX_DOC_BYTES {
+        return Err(BundleError::Invalid {
+            file: DOC_FILE.into(),
+            why: format!(
+                "larger than {} MiB, which no bundle's document is",
+                MAX_DOC_BYTES >> 20
+            ),
+        });
     }
-    let mut seen = HashSet::new();
-    for b in &doc.blobs {
-        let d = &b.digest;
-        if d.algorithm() != Algorithm::Sha256 {
-            return Err(format!("blob {d}: bundles carry sha256 blobs only"));
-        }
-        if !seen.insert(d) {
-            return Err(format!("blob {d} is listed twice"));
-        }
-        if b.parts.is_empty() {
-            return Err(format!("blob {d} has no parts"));
-        }
-        let sum: u64 = b.parts.iter().map(|p| p.size).sum();
-        if sum != b.size {
-            return Err(format!(
-                "blob {d}: parts add up to {sum} bytes, the blob has {}",
-                b.size
-            ));
-        }
-        let split = b.parts.len() > 1;
-        let mut last_volume = 0;
-        for (i, p) in b.parts.iter().enumerate() {
-            let want = if split {
-                layout::part_path(d, i + 1)
-            } else {
-                layout::blob_path(d)
-            };
-            if p.path != want {
-                return Err(format!(
-                    "blob {d}: part {} is at {:?}, expected {want}",
-                    i + 1,
-                    p.path
-                ));
-            }
-            if p.volume <= last_volume {
-                return Err(format!("blob {d}: parts are not in increasing volumes"));
-            }
-            last_volume = p.volume;
-            let Some(v) = doc.volumes.get(p.volume as usize - 1) else {
-                return Err(format!(
-                    "blob {d}: part in volume {}, which is not listed",
-                    p.volume
-                ));
-            };
-            let fits = p.offset >= BLOCK
-                && p.offset % BLOCK == 0
-                && p.offset
-                    .checked_add(padded(p.size) + END_OF_ARCHIVE)
-                    .is_some_and(|end| end <= v.size);
-            if !fits {
-                return Err(format!(
-                    "blob {d}: {} at offset {} with {} bytes does not fit in {} ({} bytes)",
-                    p.path, p.offset, p.size, v.file, v.size
-                ));
-            }
-            if !is_hex(&p.sha256, 64) {
-                return Err(format!(
-                    "blob {d}: {}: sha256 is not 64 lowercase hex digits",
-                    p.path
-                ));
-            }
-            if !split && p.sha256 != d.hex() {
-                return Err(format!(
-                    "blob {d}: sha256 {} of a whole blob is not its digest",
-                    p.sha256
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_upstream(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "upstream name {name:?}: use letters, digits, '-' and '_'"
-        ))
-    }
-}
-
-/// A ref's names must be valid protocol words: the importer puts them in
-/// paths and the layout in `ref.name`.
-pub(crate) fn check_ref(r: &BundleRef) -> Result<(), String> {
-    check_upstream(&r.upstream).map_err(|e| format!("ref {}: {e}", r.name()))?;
-    r.repository
-        .parse::<RepoName>()
-        .map_err(|e| format!("ref {}: {e}", r.name()))?;
-    r.tag
-        .parse::<Tag>()
-        .map_err(|e| format!("ref {}: {e}", r.name()))?;
-    Ok(())
+    Ok(bytes)
 }
 
 /// Step 3: the directory holds exactly the document and the listed volumes,
@@ -369,9 +264,25 @@ struct Entry {
     expect: Expect,
 }
 
-/// Step 4: reads every volume once. Returns the bytes of every carried
-/// manifest, by blob index.
-fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, BundleError> {
+/// Step 4: reads every volume once, front to back. Returns the references
+/// of every carried manifest, parsed as its last byte was read.
+fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<HashMap<Digest, Descriptors>, BundleError> {
+    let mut blobs = Blobs {
+        doc,
+        hashes: HashMap::new(),
+        pending: HashMap::new(),
+        parsed: HashMap::new(),
+    };
+    let mut pipe = HashPipe::new();
+    for (v, entries) in doc.volumes.iter().zip(entries_by_volume(doc)) {
+        check_volume(dir, v, &entries, &mut blobs, &mut pipe)?;
+    }
+    Ok(blobs.parsed)
+}
+
+/// Every entry `bundle.json` implies, per volume, in offset order: the
+/// layout files at the start of volume 1, then the blobs' parts.
+fn entries_by_volume(doc: &BundleDoc) -> Vec<Vec<Entry>> {
     let mut by_volume: Vec<Vec<Entry>> = doc.volumes.iter().map(|_| Vec::new()).collect();
     let mut offset = BLOCK;
     for (name, bytes) in layout::doc_layout_files(&doc.refs, &doc.blobs) {
@@ -394,151 +305,166 @@ fn check_volumes(dir: &Path, doc: &BundleDoc) -> Result<Vec<(usize, Vec<u8>)>, B
             });
         }
     }
-    let mut joined: HashMap<usize, Hasher> = HashMap::new();
-    let mut manifests: HashMap<usize, Vec<u8>> = HashMap::new();
-    let mut pipe = HashPipe::new();
-    for (v, mut entries) in doc.volumes.iter().zip(by_volume) {
+    for entries in &mut by_volume {
         entries.sort_by_key(|e| e.offset);
-        let path = dir.join(&v.file);
-        let file = File::open(&path).map_err(BundleError::io(&path))?;
-        let mut r = Tracked {
-            inner: file,
-            pos: 0,
-            pipe: &mut pipe,
-        };
-        let io = |e| BundleError::io(&path)(e);
-        // The first thing wrong inside the volume; reported after the whole
-        // file was hashed, unless the file's own sha256 is wrong (the cause).
-        let mut first: Option<BundleError> = None;
-        let bad = |why: String| BundleError::BadEntry {
-            file: v.file.clone(),
-            why,
-        };
-        for e in &entries {
-            if e.offset - BLOCK < r.pos {
-                first.get_or_insert_with(|| {
-                    bad(format!(
-                        "{} at offset {} overlaps the entry before it",
-                        e.path, e.offset
-                    ))
-                });
-                continue;
-            }
-            r.skip(e.offset - BLOCK).map_err(io)?;
-            let mut h = [0u8; BLOCK as usize];
-            r.read_exact(&mut h).map_err(io)?;
-            let header = tar::Header::from_byte_slice(&h);
-            let found_path = header.path_bytes().into_owned();
-            let found_size = header.entry_size().unwrap_or(u64::MAX);
-            if found_path != e.path.as_bytes() || found_size != e.size {
-                first.get_or_insert_with(|| {
-                    bad(format!(
-                        "at offset {}: expected entry {} of {} bytes, found {:?} of {} bytes",
-                        e.offset - BLOCK,
-                        e.path,
-                        e.size,
-                        String::from_utf8_lossy(&found_path),
-                        found_size
-                    ))
-                });
-            }
-            let mut part = Sha256::new();
-            let mut blob_hasher = match e.expect {
-                Expect::Part { blob, .. } if doc.blobs[blob].parts.len() > 1 => Some(
-                    joined
-                        .entry(blob)
-                        .or_insert_with(|| Hasher::new(Algorithm::Sha256)),
-                ),
-                _ => None,
-            };
-            let mut keep: Option<Vec<u8>> = match &e.expect {
-                Expect::Layout(_) => Some(Vec::new()),
-                Expect::Part { blob, .. } if doc.blobs[*blob].media_type.is_some() => {
-                    let size = doc.blobs[*blob].size;
-                    if size > MAX_MANIFEST_BYTES as u64 {
-                        first.get_or_insert_with(|| {
-                            bad(format!(
-                                "{}: a manifest of {size} bytes is too large",
-                                e.path
-                            ))
-                        });
-                        None
-                    } else {
-                        Some(manifests.remove(blob).unwrap_or_default())
-                    }
-                }
-                _ => None,
-            };
-            r.data(e.size, &mut |chunk| {
-                part.update(chunk);
-                if let Some(h) = blob_hasher.as_deref_mut() {
-                    h.update(chunk);
-                }
-                if let Some(k) = keep.as_mut() {
-                    k.extend_from_slice(chunk);
-                }
-            })
-            .map_err(io)?;
-            let got = hex::encode(part.finalize());
-            match &e.expect {
-                Expect::Layout(want) => {
-                    if keep.as_deref() != Some(want.as_slice()) {
-                        first.get_or_insert_with(|| {
-                            bad(format!("{} is not the one bundle.json describes", e.path))
-                        });
-                    }
-                }
-                Expect::Part { blob, part } => {
-                    let b = &doc.blobs[*blob];
-                    let want = &b.parts[*part].sha256;
-                    if &got != want {
-                        first.get_or_insert_with(|| BundleError::HashMismatch {
-                            file: format!("{}: {}", v.file, e.path),
-                            expected: want.clone(),
-                            got: got.clone(),
-                        });
-                    }
-                    if let Some(k) = keep {
-                        manifests.insert(*blob, k);
-                    }
-                    if *part + 1 == b.parts.len() && b.parts.len() > 1 {
-                        let got = joined.remove(blob).expect("hashed above").finish();
-                        if got != b.digest {
-                            first.get_or_insert_with(|| BundleError::HashMismatch {
-                                file: format!(
-                                    "{} (joined from {} parts)",
-                                    layout::blob_path(&b.digest),
-                                    b.parts.len()
-                                ),
-                                expected: b.digest.hex().into(),
-                                got: got.hex().into(),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        r.skip(u64::MAX).map_err(io)?;
-        let got = r.pipe.end_volume();
-        if r.pos != v.size {
-            return Err(BundleError::SizeMismatch {
-                file: v.file.clone(),
-                expected: v.size,
-                got: r.pos,
-            });
-        }
-        if got != v.sha256 {
-            return Err(BundleError::HashMismatch {
-                file: v.file.clone(),
-                expected: v.sha256.clone(),
-                got,
-            });
-        }
-        if let Some(e) = first {
-            return Err(e);
-        }
     }
-    Ok(manifests.into_iter().collect())
+    by_volume
+}
+
+/// One volume: every entry's header and data, then the file's size and
+/// sha256. The first thing wrong inside the volume is reported after the
+/// whole file was hashed, unless the file's own sha256 is wrong (the cause).
+fn check_volume(
+    dir: &Path,
+    v: &Volume,
+    entries: &[Entry],
+    blobs: &mut Blobs,
+    pipe: &mut HashPipe,
+) -> Result<(), BundleError> {
+    let path = dir.join(&v.file);
+    let io = |e| BundleError::io(&path)(e);
+    let file = File::open(&path).map_err(io)?;
+    let mut r = Tracked {
+        inner: file,
+        pos: 0,
+        pipe,
+    };
+    let mut first: Option<BundleError> = None;
+    for e in entries {
+        check_entry(&mut r, v, e, blobs, &mut first).map_err(io)?;
+    }
+    r.skip(u64::MAX).map_err(io)?;
+    let got = r.pipe.end_volume();
+    if r.pos != v.size {
+        return Err(BundleError::SizeMismatch {
+            file: v.file.clone(),
+            expected: v.size,
+            got: r.pos,
+        });
+    }
+    if got != v.sha256 {
+        return Err(BundleError::HashMismatch {
+            file: v.file.clone(),
+            expected: v.sha256.clone(),
+            got,
+        });
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// One entry: its header, then its data. What is wrong with them goes into
+/// `first` (unless something is there already); only I/O errors return.
+fn check_entry(
+    r: &mut Tracked<File>,
+    v: &Volume,
+    e: &Entry,
+    blobs: &mut Blobs,
+    first: &mut Option<BundleError>,
+) -> std::io::Result<()> {
+    let mut note = |found: Result<(), BundleError>| {
+        if let Err(x) = found {
+            first.get_or_insert(x);
+        }
+    };
+    if e.offset - BLOCK < r.pos {
+        note(Err(BundleError::BadEntry {
+            file: v.file.clone(),
+            why: format!(
+                "{} at offset {} overlaps the entry before it",
+                e.path, e.offset
+            ),
+        }));
+        return Ok(());
+    }
+    r.skip(e.offset - BLOCK)?;
+    let mut h = [0u8; BLOCK as usize];
+    r.read_exact(&mut h)?;
+    note(check::entry_header(&v.file, e.offset, &h, &e.path, e.size));
+    match &e.expect {
+        Expect::Layout(want) => {
+            let mut same = true;
+            let mut at = 0;
+            r.data(e.size, &mut |chunk| {
+                same &= want.get(at..at + chunk.len()) == Some(chunk);
+                at += chunk.len();
+            })?;
+            if !same {
+                note(Err(BundleError::BadEntry {
+                    file: v.file.clone(),
+                    why: format!("{} is not the one bundle.json describes", e.path),
+                }));
+            }
+        }
+        Expect::Part { blob, part } => blobs.part(r, v, *blob, *part, &mut note)?,
+    }
+    Ok(())
+}
+
+/// What verify holds of the blobs between their parts: the hashes of blobs
+/// being read, the bytes of manifests being read (a whole one from its
+/// first byte to its last, a split one across its volumes: structure allows
+/// one split blob at a time, so this is at most two manifests), and the
+/// references of manifests read.
+struct Blobs<'d> {
+    doc: &'d BundleDoc,
+    hashes: HashMap<usize, BlobHash>,
+    pending: HashMap<usize, Vec<u8>>,
+    parsed: HashMap<Digest, Descriptors>,
+}
+
+impl Blobs<'_> {
+    /// Part `part` of blob `blob`: its data hashed (and kept, for a
+    /// manifest), checked against its sha256, and after the last part the
+    /// whole blob checked and a manifest parsed.
+    fn part(
+        &mut self,
+        r: &mut Tracked<File>,
+        v: &Volume,
+        blob: usize,
+        part: usize,
+        note: &mut dyn FnMut(Result<(), BundleError>),
+    ) -> std::io::Result<()> {
+        let doc = self.doc;
+        let b = &doc.blobs[blob];
+        let p = &b.parts[part];
+        let hash = self.hashes.entry(blob).or_insert_with(|| BlobHash::new(b));
+        let mut keep = b
+            .media_type
+            .is_some()
+            .then(|| self.pending.entry(blob).or_default());
+        r.data(p.size, &mut |chunk| {
+            hash.update(chunk);
+            if let Some(k) = keep.as_mut() {
+                k.extend_from_slice(chunk);
+            }
+        })?;
+        note(hash.end_part(&v.file, p));
+        if part + 1 < b.parts.len() {
+            return Ok(());
+        }
+        let hash = self.hashes.remove(&blob).expect("inserted above");
+        note(hash.end_blob(b));
+        if let Some(bytes) = self.pending.remove(&blob) {
+            match parse_manifest(&bytes) {
+                Ok(d) => {
+                    self.parsed.insert(b.digest.clone(), d);
+                }
+                Err(why) => note(Err(BundleError::Incomplete {
+                    file: format!(
+                        "{} {}",
+                        layout::volume_file(b.parts[0].volume),
+                        b.parts[0].path
+                    ),
+                    why: format!(
+                        "manifest {} ({}) does not parse: {why}",
+                        b.digest,
+                        b.media_type.as_deref().unwrap_or_default()
+                    ),
+                })),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A reader that hashes everything read (on the pipe's thread, so the
