@@ -327,6 +327,13 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         );
     }
+    print_sync(&c);
+    println!("configuration OK");
+    Ok(())
+}
+
+/// `check-config`'s lines for sync rules and bundle keys.
+fn print_sync(c: &Config) {
     for r in &c.sync {
         println!(
             "sync {}: upstream {}, {}, platforms {}, {} repositor{}{}{}{}",
@@ -355,8 +362,6 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     for k in &c.bundle.trusted_keys {
         println!("bundle trusted key: {}", k.display());
     }
-    println!("configuration OK");
-    Ok(())
 }
 
 fn trust(path: Option<PathBuf>, host: Option<String>, out: Option<PathBuf>) -> anyhow::Result<()> {

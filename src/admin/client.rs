@@ -35,7 +35,18 @@ pub fn run(config: &Config, op: &Op) -> anyhow::Result<(serde_json::Value, Via)>
             Err(e) => return Err(e),
         }
     }
-    let meta = open_metadata(&config.cache_dir).map_err(|e| match &e {
+    let meta = open_metadata(&config.cache_dir).map_err(|e| open_failed(config, &sock, e))?;
+    let (cache, _) = Cache::open(&config.cache_dir, meta, &config.cache, Arc::default())
+        .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
+    let v = execute(&cache, op, false)?;
+    cache.flush()?;
+    Ok((v, Via::Direct))
+}
+
+/// Why the cache could not be opened here: held by a process that does not
+/// answer on the admin socket, or something else.
+fn open_failed(config: &Config, sock: &Path, e: MirrorError) -> anyhow::Error {
+    match &e {
         MirrorError::Cache(c) if matches!(**c, CacheError::Locked(_)) => anyhow!(
             "{e}, which does not answer on {} (an older wharf, or one still starting?)",
             sock.display()
@@ -44,12 +55,7 @@ pub fn run(config: &Config, op: &Op) -> anyhow::Result<(serde_json::Value, Via)>
             "cannot open the cache in {}: {e}",
             config.cache_dir.display()
         ),
-    })?;
-    let (cache, _) = Cache::open(&config.cache_dir, meta, &config.cache, Arc::default())
-        .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
-    let v = execute(&cache, op, false)?;
-    cache.flush()?;
-    Ok((v, Via::Direct))
+    }
 }
 
 /// `Ok(None)`: the socket exists but nobody accepts on it.
@@ -163,12 +169,8 @@ pub fn sync(config: Config, rules: Vec<String>, dry_run: bool, json: bool) -> an
         };
         become_cache_owner(&config.cache_dir, &[])?;
         rt.block_on(async {
-            let app = crate::app::App::open(&config, Arc::default()).map_err(|e| {
-                anyhow!(
-                    "cannot open the cache in {}: {e}",
-                    config.cache_dir.display()
-                )
-            })?;
+            let app = crate::app::App::open(&config, Arc::default())
+                .map_err(|e| open_failed(&config, &sock, e))?;
             for rule in app.sync.chosen(&rules)? {
                 app.sync.run(rule, dry_run, &|e| show(&e)).await?;
             }
@@ -389,18 +391,7 @@ fn short(digest: &str) -> String {
 }
 
 fn size(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::sync::human_bytes(b)
 }
 
 fn when(ms: u64) -> String {
@@ -470,16 +461,8 @@ where
     }
     before_direct()?;
     let r = rt.block_on(async {
-        let app = crate::app::App::open(config, Arc::default()).map_err(|e| match &e {
-            MirrorError::Cache(c) if matches!(**c, CacheError::Locked(_)) => anyhow!(
-                "{e}, which does not answer on {} (an older wharf, or one still starting?)",
-                sock.display()
-            ),
-            _ => anyhow!(
-                "cannot open the cache in {}: {e}",
-                config.cache_dir.display()
-            ),
-        })?;
+        let app = crate::app::App::open(config, Arc::default())
+            .map_err(|e| open_failed(config, &sock, e))?;
         let r = direct(app.clone(), &show).await;
         app.mirror.flush()?;
         r

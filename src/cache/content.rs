@@ -191,13 +191,7 @@ impl Cache {
         d: &Digest,
         m: &CachedManifest,
     ) -> Result<(), CacheError> {
-        let (this, d2, bytes) = (self.clone(), d.clone(), m.bytes.clone());
-        tokio::task::spawn_blocking(move || this.store.put_verified(&d2, &bytes))
-            .await
-            .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
-        let rec = BlobRecord::manifest(m.bytes.len() as u64, m.media_type.as_str(), now_millis());
-        self.committed(d, &rec)?;
-        self.hot.insert(d.clone(), m.clone());
+        self.commit_manifest_unlinked(d, m).await?;
         self.link(origin, d)?;
         if let Some(t) = tag {
             self.set_tag(origin, t, d, &m.media_type)?;
