@@ -405,6 +405,43 @@ fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
         "--all needs arm/v7, which the site does not have: {out}"
     );
 
+    // podman, trusting the site's CA through a certs directory.
+    let pd = t.join("podman");
+    std::fs::create_dir_all(pd.join("certs")).unwrap();
+    std::fs::copy(site.ca(), pd.join("certs/ca.crt")).unwrap();
+    let conf = registries_conf_for(&pd, &site.host(), false);
+    std::fs::write(
+        pd.join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
+            pd.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        pd.join("containers.conf"),
+        format!("[network]\nnetwork_config_dir = \"{}/net\"\n", pd.display()),
+    )
+    .unwrap();
+    for image in [
+        "docker.io/library/multi:1.1.0".to_owned(),
+        format!("docker.io/library/multi@{index_digest}"),
+    ] {
+        let mut c = ns.command("podman");
+        c.env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .env("CONTAINERS_STORAGE_CONF", pd.join("storage.conf"))
+            .env("CONTAINERS_CONF", pd.join("containers.conf"))
+            .arg("--root")
+            .arg(pd.join("root"))
+            .arg("--runroot")
+            .arg(pd.join("run"))
+            .args(["--storage-driver", "vfs", "pull", "-q", "--cert-dir"])
+            .arg(pd.join("certs"))
+            .arg(&image);
+        let (ok, out) = try_run(&mut c);
+        assert!(ok, "podman pull {image}: {out}");
+    }
+
     // ctr and dockerd.
     let mirror = format!("https://{}", site.host());
     let ctd = Containerd::start_in(&ns, &t.join("ctd"));
@@ -493,6 +530,26 @@ fn air_gap_round_trip_to_an_offline_site_and_an_incremental_bundle() {
     // At the site it imports, and the new tag pulls.
     let (ok, out) = site.cli(&["bundle", "import", b2.to_str().unwrap()]);
     assert!(ok, "incremental import: {out}");
+    // Over a one-way link: leave out what the first bundle carried instead.
+    let b3 = t.join("b3");
+    let (ok, out) = conn.cli(&[
+        "bundle",
+        "create",
+        "--out",
+        b3.to_str().unwrap(),
+        "--sync",
+        "base",
+        "--since",
+        b1.join("bundle.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "bundle create --since: {out}");
+    let carried3: HashSet<String> = self::doc(&b3)["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(carried3, expected, "--since leaves out what b1 carried");
     let (ok, out) = sk.copy_to_dir(
         "docker://docker.io/library/multi:1.3.0",
         &t.join("new"),
@@ -1238,4 +1295,50 @@ fn keep_last_without_versions_keeps_the_newest_images_by_created_time() {
         HashSet::from(["alpha".to_owned(), "mid".to_owned()]),
         "{out}"
     );
+}
+
+/// Upstream names map with `--map`; a bundle whose pinned content would not
+/// fit under the site's `max_size` is refused before anything is copied.
+#[test]
+fn imports_map_upstream_names_and_refuse_what_would_not_fit() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let c = carried(&rt);
+    let write_site = |name: &str, upstream: &str, cache_extra: &str| {
+        let dir = c.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("site.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{cache_extra}\n[[upstream]]\nname = \"{upstream}\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\noffline = true\n[bundle]\ntrusted_keys = [{:?}]\n",
+                c.public
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let site = write_site("mapped", "docker-hub", "");
+    let b = c.bundle.to_str().unwrap();
+    let (ok, out) = wharf(&["bundle", "import", "--config", site.to_str().unwrap(), b]);
+    assert!(!ok && out.contains("hub") && out.contains("--map"), "{out}");
+    nothing_visible(&site);
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        "--map",
+        "hub=docker-hub",
+        b,
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = wharf(&["ls", "--config", site.to_str().unwrap(), "--json"]);
+    assert!(ok && out.contains("docker-hub"), "{out}");
+
+    let small = write_site("small", "hub", "max_size = \"32MiB\"");
+    let (ok, out) = wharf(&["bundle", "import", "--config", small.to_str().unwrap(), b]);
+    assert!(!ok && out.contains("max_size"), "{out}");
+    nothing_visible(&small);
+    assert!(files_under(&small.parent().unwrap().join("cache/blobs")).is_empty());
 }
