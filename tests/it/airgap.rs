@@ -1342,3 +1342,41 @@ fn imports_map_upstream_names_and_refuse_what_would_not_fit() {
     nothing_visible(&small);
     assert!(files_under(&small.parent().unwrap().join("cache/blobs")).is_empty());
 }
+
+/// `prune = true`: a tag that vanished upstream loses the rule's pin at the
+/// next run; an operator's own pin of the same tag is never the rule's.
+#[test]
+fn sync_prune_unpins_tags_that_vanished_upstream() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push_unique("library/app", "keep", "2026-01-01T00:00:00Z");
+    let (gone, _) = up.push_unique("library/app", "gone", "2026-01-02T00:00:00Z");
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}\n[[sync]]\nname = \"p\"\nupstream = \"hub\"\nprune = true\n  [[sync.repo]]\n  name = \"library/app\"\n",
+        Wharf::hub_block(&up, false, Path::new("/"))
+    );
+    let w = Served::start(tmp.path(), "prune", &body);
+    let (ok, out) = w.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let (ok, pins) = w.cli(&["pin"]);
+    assert!(
+        ok && pins.contains("hub/library/app:gone") && pins.contains("hub/library/app:keep"),
+        "{pins}"
+    );
+    // The upstream deletes the image (and so its tag).
+    let resp = http()
+        .delete(format!("{}/v2/library/app/manifests/{gone}", up.url()))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let (ok, out) = w.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"event\":\"unpinned\""), "{out}");
+    let (ok, pins) = w.cli(&["pin"]);
+    assert!(
+        ok && !pins.contains("hub/library/app:gone") && pins.contains("hub/library/app:keep"),
+        "{pins}"
+    );
+}
