@@ -1380,3 +1380,90 @@ fn sync_prune_unpins_tags_that_vanished_upstream() {
         "{pins}"
     );
 }
+
+/// At the site, `prune` follows each rule: a later bundle of rule `a` alone
+/// unpins only what rule `a` no longer carries, never rule `b`'s images.
+#[test]
+fn site_prune_follows_each_rule_of_a_bundle() {
+    require(&["docker-registry", "skopeo"]);
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push_unique("library/a", "1", "2026-01-01T00:00:00Z");
+    up.push_unique("library/a", "2", "2026-01-02T00:00:00Z");
+    up.push_unique("library/b", "1", "2026-01-03T00:00:00Z");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::create_dir_all(t.join("conn")).unwrap();
+    let rules = |a_include: &str| {
+        format!(
+            "{}\n[[sync]]\nname = \"a\"\nupstream = \"hub\"\nprune = true\n  [[sync.repo]]\n  name = \"library/a\"\n  include = ['{a_include}']\n[[sync]]\nname = \"b\"\nupstream = \"hub\"\nprune = true\n  [[sync.repo]]\n  name = \"library/b\"\n",
+            Wharf::hub_block(&up, false, Path::new("/"))
+        )
+    };
+    let conn = Served::start(&t.join("conn"), "conn", &rules("."));
+    let (ok, out) = conn.cli(&["sync", "--json"]);
+    assert!(ok, "{out}");
+    let (key, public) = keygen(&t.join("keys"));
+    let b1 = t.join("b1");
+    let (ok, out) = conn.cli(&[
+        "bundle",
+        "create",
+        "--out",
+        b1.to_str().unwrap(),
+        "--sync",
+        "a",
+        "--sync",
+        "b",
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    drop(conn);
+    // Rule a now keeps only tag 2.
+    let conn = Served::start(&t.join("conn"), "conn", &rules("^2$"));
+    let (ok, out) = conn.cli(&["sync", "a", "--json"]);
+    assert!(ok, "{out}");
+    let b2 = t.join("b2");
+    let (ok, out) = conn.cli(&[
+        "bundle",
+        "create",
+        "--out",
+        b2.to_str().unwrap(),
+        "--sync",
+        "a",
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+
+    std::fs::create_dir_all(t.join("site")).unwrap();
+    let site = t.join("site/site.toml");
+    std::fs::write(
+        &site,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n[cache]\ndir = \"cache\"\n{}",
+            site_body(&public)
+        ),
+    )
+    .unwrap();
+    for b in [&b1, &b2] {
+        let (ok, out) = wharf(&[
+            "bundle",
+            "import",
+            "--config",
+            site.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+    }
+    let (ok, pins) = wharf(&["pin", "--config", site.to_str().unwrap()]);
+    assert!(ok, "{pins}");
+    assert!(
+        pins.contains("hub/library/a:2") && pins.contains("hub/library/b:1"),
+        "{pins}"
+    );
+    assert!(
+        !pins.contains("hub/library/a:1"),
+        "rule a no longer carries a:1: {pins}"
+    );
+}
