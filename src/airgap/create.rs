@@ -62,6 +62,9 @@ pub fn create_bundle(
     let mut c = Closure::default();
     let mut sources = Vec::new();
     for rule in &req.sync {
+        syncer
+            .chosen(std::slice::from_ref(rule))
+            .map_err(|e| AirgapError::Request(e.to_string()))?;
         let Some(run) = syncer.last_run(rule) else {
             return Err(AirgapError::Request(format!(
                 "sync rule {rule:?} has not run on this cache yet: run `wharf sync {rule}` first"

@@ -12,8 +12,10 @@ use super::{extract, keygen, load_public_key, verify, BundleDoc, PublicKey};
 #[derive(clap::Subcommand)]
 pub enum BundleCommand {
     /// Make an ed25519 key pair for signing bundles: OUT/NAME.key (private,
-    /// mode 0600; keep NAME.key.seq, the sequence file created beside it, with
-    /// it) and OUT/NAME.pub (for the site's `[bundle] trusted_keys`).
+    /// mode 0600: it stays on the connected side) and OUT/NAME.pub (for the
+    /// site's `[bundle] trusted_keys`). The first `bundle create` adds
+    /// NAME.key.seq beside the key, its bundles' sequence numbers (never
+    /// below the clock, so a key moved without it still counts upwards).
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -48,7 +50,8 @@ pub enum BundleCommand {
         /// Sign with this private key (from `wharf bundle keygen`).
         #[arg(long, value_name = "FILE")]
         sign_key: Option<PathBuf>,
-        /// Progress as JSON lines on stderr and the result as JSON.
+        /// Progress as JSON lines on stderr (also the default when stderr is
+        /// not a terminal) and the result as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -136,6 +139,16 @@ pub fn run(cmd: BundleCommand, config_keys: Vec<PathBuf>) -> anyhow::Result<()> 
             print!("{}", summary(&doc, !trusted.is_empty()));
             for r in doc.refs.iter().filter(|r| doc.blob(&r.digest).is_some()) {
                 println!("oci:{}:{}", out.display(), r.name());
+            }
+            let absent = doc
+                .refs
+                .iter()
+                .filter(|r| doc.blob(&r.digest).is_none())
+                .count();
+            if absent > 0 {
+                println!(
+                    "{absent} ref(s) not in the layout: their manifests are not in this bundle (made --against an inventory or --since an earlier bundle, it carries only what the site lacked)"
+                );
             }
             Ok(())
         }

@@ -123,7 +123,11 @@ impl SigningKeyFile {
                 why: format!("not a sequence number: {t:?}"),
             })?,
         };
-        let next = last + 1;
+        // Never below the clock (unix seconds): a key copied to a new
+        // machine without its `.seq` file still numbers its bundles above
+        // every earlier one, instead of restarting at 1 and being refused as
+        // a rollback by every site.
+        let next = (last + 1).max(crate::cache::now_secs());
         f.rewind().map_err(BundleError::io(&path))?;
         f.set_len(0).map_err(BundleError::io(&path))?;
         f.write_all(format!("{next}\n").as_bytes())
@@ -376,8 +380,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (k, _, _) = keygen(dir.path(), "k").unwrap();
         let sk = load_signing_key(&k).unwrap();
-        assert_eq!(sk.next_sequence().unwrap(), 1);
-        assert_eq!(sk.next_sequence().unwrap(), 2);
+        let before = crate::cache::now_secs();
+        let first = sk.next_sequence().unwrap();
+        assert!(first >= before, "never below the clock: {first} < {before}");
+        assert_eq!(sk.next_sequence().unwrap(), first + 1);
         // Concurrent takers (each with its own open file, as two processes
         // would have) never get the same number.
         let got: Vec<u64> = std::thread::scope(|s| {
@@ -397,7 +403,13 @@ mod tests {
         let mut sorted = got.clone();
         sorted.sort();
         sorted.dedup();
-        assert_eq!(sorted, (3..=82).collect::<Vec<u64>>());
-        assert_eq!(std::fs::read_to_string(sk.sequence_path()).unwrap(), "82\n");
+        assert_eq!(sorted, (first + 2..=first + 81).collect::<Vec<u64>>());
+        assert_eq!(
+            std::fs::read_to_string(sk.sequence_path()).unwrap(),
+            format!("{}\n", first + 81)
+        );
+        // The `.seq` file lost (a key moved without it): still above.
+        std::fs::remove_file(sk.sequence_path()).unwrap();
+        assert!(sk.next_sequence().unwrap() >= before);
     }
 }

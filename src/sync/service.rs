@@ -86,6 +86,8 @@ pub enum SyncError {
     UnknownRule(String, String),
     #[error("sync rule {0:?} is running now; one run at a time per rule")]
     Busy(String),
+    #[error("the configuration has no [[sync]] rules (is --config the right file?)")]
+    NoRules,
 }
 
 /// The rules of a running (or CLI-opened) wharf.
@@ -120,6 +122,9 @@ impl Syncer {
 
     /// The rules named (all when `names` is empty), or which one is unknown.
     pub fn chosen(&self, names: &[String]) -> Result<Vec<&SyncRule>, SyncError> {
+        if self.rules.is_empty() {
+            return Err(SyncError::NoRules);
+        }
         if names.is_empty() {
             return Ok(self.rules.iter().collect());
         }
