@@ -480,7 +480,14 @@ pub fn bundle_create(
     json: bool,
 ) -> anyhow::Result<()> {
     let out = req.out.clone();
-    let owner = || become_cache_owner(&config.cache_dir, &[]);
+    let key = req.sign_key.clone();
+    let owner = || {
+        let readable: Vec<&Path> = key.iter().map(|k| k.as_path()).collect();
+        become_cache_owner(&config.cache_dir, &readable)?;
+        // The key's sequence file and the output are written as that user.
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create {} (as the cache's owner)", out.display()))
+    };
     let v = bundle_op(
         &config,
         Op::BundleCreate(req.clone()),

@@ -24,8 +24,9 @@ use crate::registry::{index_children, Digest, MediaType, Tag};
 use super::import::{read_manifest, ImportRequest};
 use super::AirgapError;
 
-/// Most manifests and blobs one ref may reach, and how deep indexes may
-/// nest: a bundle whose graph repeats itself is refused, not walked.
+/// Most (repository, digest) pairs a whole bundle may reach, and how deep
+/// indexes may nest: a bundle whose graph repeats itself, or whose many refs
+/// fan out over one large index, is refused, not walked.
 const MAX_NODES: usize = 100_000;
 const MAX_DEPTH: usize = 4;
 
@@ -36,16 +37,18 @@ pub(super) struct SiteRef {
     pub tag: Tag,
     pub digest: Digest,
     pub media_type: MediaType,
-    /// `bundle:<rule>` for refs of a sync rule, `bundle:images` otherwise.
+    /// `bundle:<key id or unsigned>:<rule>` for refs of a sync rule,
+    /// `bundle:<key>:images` otherwise.
     pub pin_source: String,
-    /// Every digest the ref needs, manifests after what they refer to.
-    pub closure: Vec<Digest>,
 }
 
 /// The checked import: refs and which repositories each digest belongs to.
 pub(super) struct Admitted {
     pub refs: Vec<SiteRef>,
     pub owners: HashMap<Digest, Vec<Routed>>,
+    /// Every digest some ref needs (held or carried): leased from eviction
+    /// while the import runs, checked present before any tag moves.
+    pub needed: HashSet<Digest>,
     /// Carried blobs the cache lacks, and their bytes.
     pub missing: usize,
     pub new_bytes: u64,
@@ -77,9 +80,10 @@ pub(super) fn admit(
     signed: bool,
     max_size: Option<u64>,
 ) -> Result<Admitted, AirgapError> {
-    let mut refs = site_refs(mirror, doc, req)?;
+    let refs = site_refs(mirror, doc, req, signed)?;
     check_requires(mirror, doc)?;
-    let owners = Walk::new(mirror, doc, &req.dir, signed).run(&mut refs)?;
+    let owners = Walk::new(mirror, doc, &req.dir, signed).run(&refs)?;
+    let needed: HashSet<Digest> = owners.keys().cloned().collect();
     if let Some(d) = doc.blobs.iter().find(|b| !owners.contains_key(&b.digest)) {
         return Err(AirgapError::Refused(format!(
             "bundle.json: blob {} belongs to no ref of the bundle",
@@ -96,10 +100,11 @@ pub(super) fn admit(
             new_bytes += b.size;
         }
     }
-    check_room(mirror, max_size, new_bytes)?;
+    check_room(mirror, doc, max_size, &needed, new_bytes)?;
     Ok(Admitted {
         refs,
         owners,
+        needed,
         missing,
         new_bytes,
     })
@@ -110,7 +115,12 @@ fn site_refs(
     mirror: &Mirror,
     doc: &BundleDoc,
     req: &ImportRequest,
+    signed: bool,
 ) -> Result<Vec<SiteRef>, AirgapError> {
+    let key = match (&doc.key_id, signed) {
+        (Some(k), true) => k.as_str(),
+        _ => "unsigned",
+    };
     let mut out = Vec::new();
     let mut unknown = BTreeSet::new();
     for x in &doc.refs {
@@ -129,8 +139,7 @@ fn site_refs(
             tag: x.tag.parse().map_err(|_| bad("tag"))?,
             digest: x.digest.clone(),
             media_type: x.media_type.parse().map_err(|_| bad("media type"))?,
-            pin_source: format!("bundle:{}", ref_rule(x).unwrap_or("images")),
-            closure: Vec::new(),
+            pin_source: pin_source(key, ref_rule(x).unwrap_or("images")),
         });
     }
     if !unknown.is_empty() {
@@ -141,6 +150,12 @@ fn site_refs(
         )));
     }
     Ok(out)
+}
+
+/// Who pinned an imported ref: the key that signed the bundle and the rule,
+/// so `prune` of one connected side's rule never touches another's.
+pub(super) fn pin_source(key: &str, rule: &str) -> String {
+    format!("bundle:{key}:{rule}")
 }
 
 /// The sync rule a ref came from, if any.
@@ -173,6 +188,11 @@ struct Walk<'a> {
     filtered: HashSet<(&'a Digest, &'a Digest)>,
     parsed: HashMap<Digest, std::rc::Rc<Node>>,
     owners: HashMap<Digest, Vec<Routed>>,
+    /// What each repository's refs reached so far: refs of one repository
+    /// share it, so many tags of one index cost one walk.
+    seen: HashMap<(crate::mirror::UpstreamId, String), HashSet<Digest>>,
+    /// (repository, digest) pairs reached by the whole bundle.
+    nodes: usize,
 }
 
 impl<'a> Walk<'a> {
@@ -186,58 +206,34 @@ impl<'a> Walk<'a> {
             filtered: doc.filtered.iter().map(|f| (&f.index, &f.child)).collect(),
             parsed: HashMap::new(),
             owners: HashMap::new(),
+            seen: HashMap::new(),
+            nodes: 0,
         }
     }
 
-    fn run(mut self, refs: &mut [SiteRef]) -> Result<HashMap<Digest, Vec<Routed>>, AirgapError> {
-        for x in refs.iter_mut() {
-            let mut seen = HashSet::new();
-            let mut closure = Vec::new();
-            self.manifest(x, &x.digest.clone(), 0, &mut seen, &mut closure)?;
-            x.closure = closure;
+    fn run(mut self, refs: &[SiteRef]) -> Result<HashMap<Digest, Vec<Routed>>, AirgapError> {
+        for x in refs {
+            self.manifest(x, &x.digest, 0)?;
         }
         Ok(self.owners)
     }
 
-    fn manifest(
-        &mut self,
-        x: &SiteRef,
-        d: &Digest,
-        depth: usize,
-        seen: &mut HashSet<Digest>,
-        closure: &mut Vec<Digest>,
-    ) -> Result<(), AirgapError> {
-        if depth > MAX_DEPTH || seen.len() >= MAX_NODES {
+    /// Marks `d` reached by `x`'s repository; `false` if it was already.
+    fn reach(&mut self, x: &SiteRef, d: &Digest) -> Result<bool, AirgapError> {
+        let seen = self
+            .seen
+            .entry((x.r.upstream, x.r.repo.to_string()))
+            .or_default();
+        if !seen.insert(d.clone()) {
+            return Ok(false);
+        }
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
             return Err(refuse(
                 x,
-                format!("indexes nest deeper than {MAX_DEPTH} or reach over {MAX_NODES} digests"),
+                format!("the bundle reaches over {MAX_NODES} (repository, digest) pairs"),
             ));
         }
-        if !seen.insert(d.clone()) {
-            return Ok(());
-        }
-        match &*self.node(x, d)? {
-            Node::Index(children) => {
-                for c in children {
-                    if !self.filtered.contains(&(d, c)) {
-                        self.manifest(x, c, depth + 1, seen, closure)?;
-                    }
-                }
-            }
-            Node::Image(blobs) => {
-                for b in blobs {
-                    if seen.insert(b.clone()) {
-                        self.usable(x, b, false)?;
-                        self.own(x, b, closure);
-                    }
-                }
-            }
-        }
-        self.own(x, d, closure);
-        Ok(())
-    }
-
-    fn own(&mut self, x: &SiteRef, d: &Digest, closure: &mut Vec<Digest>) {
         let v = self.owners.entry(d.clone()).or_default();
         if !v
             .iter()
@@ -245,7 +241,35 @@ impl<'a> Walk<'a> {
         {
             v.push(x.r.clone());
         }
-        closure.push(d.clone());
+        Ok(true)
+    }
+
+    fn manifest(&mut self, x: &SiteRef, d: &Digest, depth: usize) -> Result<(), AirgapError> {
+        if depth > MAX_DEPTH {
+            return Err(refuse(x, format!("indexes nest deeper than {MAX_DEPTH}")));
+        }
+        if !self.reach(x, d)? {
+            return Ok(());
+        }
+        // Checked for every repository that reaches it, not once per import.
+        self.usable(x, d, true)?;
+        match &*self.node(x, d)? {
+            Node::Index(children) => {
+                for c in children {
+                    if !self.filtered.contains(&(d, c)) {
+                        self.manifest(x, c, depth + 1)?;
+                    }
+                }
+            }
+            Node::Image(blobs) => {
+                for b in blobs {
+                    if self.reach(x, b)? {
+                        self.usable(x, b, false)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A manifest's references: from the bundle when it carries it (checked
@@ -263,7 +287,6 @@ impl<'a> Walk<'a> {
                 ))
             }
             None => {
-                self.usable(x, d, true)?;
                 let m = self.mirror.cache().manifest(d)?;
                 m.map(|m| m.bytes.to_vec()).ok_or_else(|| {
                     refuse(
@@ -386,14 +409,30 @@ fn check_rollback(
     )))
 }
 
-/// Refuses when the imported content, which is pinned, would not fit under
-/// `max_size` beside what is pinned already, or on the disk.
-fn check_room(mirror: &Mirror, max_size: Option<u64>, new_bytes: u64) -> Result<(), AirgapError> {
-    let u = mirror.cache().usage()?;
+/// Refuses when what the refs need (carried or already held), which the
+/// import pins, would not fit under `max_size` beside what is pinned
+/// already, or the new bytes not on the disk.
+fn check_room(
+    mirror: &Mirror,
+    doc: &BundleDoc,
+    max_size: Option<u64>,
+    needed: &HashSet<Digest>,
+    new_bytes: u64,
+) -> Result<(), AirgapError> {
+    let cache = mirror.cache();
+    let u = cache.usage()?;
     if let Some(max) = max_size {
-        if u.pinned_bytes + new_bytes > max {
+        let pinned = cache.pinned_digests()?;
+        let mut more = 0u64;
+        for d in needed.iter().filter(|d| !pinned.contains(*d)) {
+            more += match cache.blob_len(d)? {
+                Some(len) => len,
+                None => doc.blob(d).map_or(0, |b| b.size),
+            };
+        }
+        if u.pinned_bytes + more > max {
             return Err(AirgapError::Refused(format!(
-                "importing {new_bytes} bytes beside {} bytes already pinned would exceed cache.max_size ({max} bytes); nothing was imported",
+                "the bundle's images ({more} bytes not pinned yet) beside {} bytes already pinned would exceed cache.max_size ({max} bytes); nothing was imported",
                 u.pinned_bytes
             )));
         }

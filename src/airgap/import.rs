@@ -24,7 +24,7 @@ use crate::cache::{CachedManifest, FillError, Join};
 use crate::mirror::{LeftOut, Mirror, Routed};
 use crate::registry::{Digest, MAX_MANIFEST_BYTES};
 
-use super::admit::{admit, key_note, tag_note, Admitted, TagOrigin};
+use super::admit::{admit, key_note, pin_source, tag_note, Admitted, TagOrigin};
 use super::{AirgapError, Event};
 
 /// What the operator asked for.
@@ -86,6 +86,9 @@ pub async fn import_bundle(
         blobs_present: (doc.blobs.len() - admitted.missing) as u64,
         ..ImportReport::default()
     };
+    // What the refs need stays out of eviction's reach until the tags (and
+    // their pins) are in place.
+    let _lease = mirror.cache().lease(admitted.needed.iter().cloned());
     let mut copied = 0u64;
     for b in &doc.blobs {
         let owner = &admitted.owners[&b.digest][0];
@@ -206,14 +209,11 @@ fn switch(
     report: &mut ImportReport,
 ) -> Result<(), AirgapError> {
     let cache = mirror.cache();
-    for x in &a.refs {
-        for d in &x.closure {
-            if cache.blob_len(d)?.is_none() {
-                return Err(AirgapError::Refused(format!(
-                    "{}/{}:{} needs {d}, which is no longer in the cache (evicted during the import?); no tag moved: import again",
-                    x.upstream, x.r.repo, x.tag
-                )));
-            }
+    for d in &a.needed {
+        if cache.blob_len(d)?.is_none() {
+            return Err(AirgapError::Refused(format!(
+                "{d}, which the bundle's refs need, is not in the cache (removed during the import?); no tag moved: import again"
+            )));
         }
     }
     for (d, rs) in &a.owners {
@@ -222,10 +222,13 @@ fn switch(
         }
     }
     for f in &doc.filtered {
-        let site = a
-            .refs
-            .iter()
-            .find(|x| x.r.repo.as_str() == f.repository && x.closure.contains(&f.index));
+        let site = a.refs.iter().find(|x| {
+            x.r.repo.as_str() == f.repository
+                && a.owners.get(&f.index).is_some_and(|rs| {
+                    rs.iter()
+                        .any(|r| r.upstream == x.r.upstream && r.repo == x.r.repo)
+                })
+        });
         if let Some(x) = site {
             let why = LeftOut {
                 platform: f.platform.clone(),
@@ -262,26 +265,37 @@ fn switch(
         let high = cache.note::<u64>(&key_note(key))?.unwrap_or(0);
         cache.set_note(&key_note(key), &high.max(doc.sequence))?;
     }
-    prune(mirror, doc, a, report)
+    prune(mirror, doc, a, signed, report)
 }
 
 /// `prune`: for each rule whose refs this bundle carries in full, the
 /// site's pins of that rule's earlier refs that this bundle no longer
-/// carries are removed (eviction may then take them).
+/// carries are removed (eviction may then take them). Only for a bundle
+/// whose signature was checked, only for rules it carries refs of, and only
+/// pins made by bundles of the same key: nobody else's images.
 fn prune(
     mirror: &Mirror,
     doc: &BundleDoc,
     a: &Admitted,
+    signed: bool,
     report: &mut ImportReport,
 ) -> Result<(), AirgapError> {
+    let (true, Some(key)) = (signed, &doc.key_id) else {
+        return Ok(());
+    };
     let cache = mirror.cache();
     let carried: BTreeSet<String> = a
         .refs
         .iter()
         .map(|x| format!("{}/{}:{}", x.upstream, x.r.repo, x.tag))
         .collect();
+    let sources: BTreeSet<&str> = a.refs.iter().map(|x| x.pin_source.as_str()).collect();
     for rule in doc.prune.iter().filter_map(|s| s.strip_prefix("sync:")) {
-        for pattern in cache.pins_of(&format!("bundle:{rule}"))? {
+        let source = pin_source(key, rule);
+        if !sources.contains(source.as_str()) {
+            continue; // carries no ref of that rule: nothing to prune by
+        }
+        for pattern in cache.pins_of(&source)? {
             if !carried.contains(&pattern) {
                 cache.unpin(&pattern)?;
                 report.unpinned.push(pattern);

@@ -297,6 +297,20 @@ impl Drop for FillWriter {
     fn drop(&mut self) {
         if self.temp.is_some() || self.hasher.is_some() {
             self.fail_with(FillError::Aborted);
+        } else {
+            // Dropped between the digest check and the commit (a panic in
+            // it): whoever waits for the fill to settle must not wait for
+            // ever, and the next request starts a fill of its own.
+            let unsettled = self.fill.state.send_if_modified(|s| {
+                let unset = s.settled.is_none();
+                if unset {
+                    s.settled = Some(Err(FillError::Aborted));
+                }
+                unset
+            });
+            if unsettled {
+                self.fills.remove(&self.digest, &self.fill);
+            }
         }
     }
 }

@@ -150,7 +150,31 @@ pub struct Cache {
     config_pins: Vec<Pin>,
     /// Recent manifests, so tag and digest hits read neither sled nor a file.
     hot: moka::sync::Cache<Digest, CachedManifest>,
+    /// Content an operation in progress relies on (a bundle import): held
+    /// like pinned content by eviction until its [`Lease`] is dropped.
+    leases: parking_lot::Mutex<std::collections::HashMap<Digest, usize>>,
     metrics: Arc<Metrics>,
+}
+
+/// Keeps content from eviction while an operation needs it; see
+/// [`Cache::lease`].
+pub struct Lease<'a> {
+    cache: &'a Cache,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut l = self.cache.leases.lock();
+        for d in &self.digests {
+            if let Some(n) = l.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    l.remove(d);
+                }
+            }
+        }
+    }
 }
 
 /// `wharf du`.
@@ -214,6 +238,7 @@ impl Cache {
             fills: Fills::default(),
             evictor: Evictor::new(settings.limits.clone(), metrics.clone()),
             config_pins: settings.pins.clone(),
+            leases: Default::default(),
             hot: moka::sync::Cache::builder()
                 .max_capacity(settings.memory)
                 .weigher(|_, m: &CachedManifest| m.bytes.len().try_into().unwrap_or(u32::MAX))
@@ -239,6 +264,20 @@ impl Cache {
         );
         release_scratch_memory();
         Ok((cache, report))
+    }
+
+    /// Holds `digests` like pinned content until the lease is dropped:
+    /// eviction passes never choose them.
+    pub fn lease(&self, digests: impl IntoIterator<Item = Digest>) -> Lease<'_> {
+        let digests: Vec<Digest> = digests.into_iter().collect();
+        let mut l = self.leases.lock();
+        for d in &digests {
+            *l.entry(d.clone()).or_default() += 1;
+        }
+        Lease {
+            cache: self,
+            digests,
+        }
     }
 
     /// Bytes of committed content, as counted since the last pass.

@@ -36,6 +36,16 @@ impl Cache {
         Ok(out)
     }
 
+    /// Every digest a pin protects now (config and `wharf pin` patterns,
+    /// with the content of the images they name).
+    pub fn pinned_digests(&self) -> Result<HashSet<Digest>, CacheError> {
+        let pins = self.pins()?;
+        if pins.is_empty() {
+            return Ok(HashSet::new());
+        }
+        Ok(Inventory::load(&self.meta, &self.store)?.pinned(&pins))
+    }
+
     pub fn usage(&self) -> Result<Usage, CacheError> {
         let inv = Inventory::load(&self.meta, &self.store)?;
         let pinned = inv.pinned(&self.pins()?);

@@ -49,11 +49,12 @@ impl Cache {
             .filter_map(|(k, r)| Some((k.parse().ok()?, r.ok()?)))
             .collect();
         let pins = self.pins()?;
-        let pinned = if pins.is_empty() {
+        let mut pinned = if pins.is_empty() {
             Default::default()
         } else {
             Inventory::load(&self.meta, &self.store)?.pinned(&pins)
         };
+        pinned.extend(self.leases.lock().keys().cloned());
         let (available, _) = self.store.disk_space()?;
         for (d, rec) in pass.choose(blobs, &pinned, available, need) {
             match pass.verdict(&d, &rec) {

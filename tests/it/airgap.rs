@@ -1198,6 +1198,25 @@ fn unsigned_bundles_cannot_leave_tags_incomplete_or_graft_content_into_other_rep
         graft.to_str().unwrap(),
     ]);
     assert!(!ok && out.contains("only for other repositories"), "{out}");
+    // The same through a second ref: the legitimate one first, so the
+    // manifest was already read for its own repository.
+    let graft2 = edit("graft2", &|d| {
+        let refs = d["refs"].as_array_mut().unwrap();
+        refs.retain(|r| r["repository"] == "library/big");
+        let mut evil = refs[0].clone();
+        evil["repository"] = "library/evil".into();
+        refs.push(evil);
+        d["blobs"] = serde_json::json!([]);
+        d["prune"] = serde_json::json!([]);
+    });
+    let (ok, out) = wharf(&[
+        "bundle",
+        "import",
+        "--config",
+        site.to_str().unwrap(),
+        graft2.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("only for other repositories"), "{out}");
     let (ok, out) = wharf(&["ls", "--config", site.to_str().unwrap(), "--json"]);
     assert!(ok && !out.contains("library/evil"), "{out}");
 }
