@@ -732,6 +732,35 @@ fn bundles_keep_to_their_volume_size_and_extract_for_skopeo() {
     );
     assert!(ok, "{text}");
     assert_eq!(dir_contents(&via), dir_contents(&direct));
+
+    // A bundle of named images rather than a rule's refs.
+    let named = c.tmp.path().join("named");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "create",
+        "--config",
+        c.conn_cfg.to_str().unwrap(),
+        "--out",
+        named.to_str().unwrap(),
+        "--image",
+        "hub/library/ev:2",
+    ]);
+    assert!(ok, "{out}");
+    let d = doc(&named);
+    assert_eq!(d["refs"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["refs"][0]["tag"], "2");
+    assert!(d["refs"][0].get("rule").is_none(), "{d}");
+    let (ok, out) = wharf(&[
+        "bundle",
+        "create",
+        "--config",
+        c.conn_cfg.to_str().unwrap(),
+        "--out",
+        c.tmp.path().join("absent").to_str().unwrap(),
+        "--image",
+        "hub/library/ev:9",
+    ]);
+    assert!(!ok && out.contains("not in this cache"), "{out}");
 }
 
 #[test]
