@@ -420,9 +420,14 @@ fn check_room(
     new_bytes: u64,
 ) -> Result<(), AirgapError> {
     let cache = mirror.cache();
-    let u = cache.usage()?;
+    // One pass over the metadata: the pinned set gives both what is pinned
+    // and its bytes (the full `usage()` would load the inventory again).
     if let Some(max) = max_size {
         let pinned = cache.pinned_digests()?;
+        let mut pinned_bytes = 0u64;
+        for d in &pinned {
+            pinned_bytes += cache.blob_len(d)?.unwrap_or(0);
+        }
         let mut more = 0u64;
         for d in needed.iter().filter(|d| !pinned.contains(*d)) {
             more += match cache.blob_len(d)? {
@@ -430,17 +435,16 @@ fn check_room(
                 None => doc.blob(d).map_or(0, |b| b.size),
             };
         }
-        if u.pinned_bytes + more > max {
+        if pinned_bytes + more > max {
             return Err(AirgapError::Refused(format!(
-                "the bundle's images ({more} bytes not pinned yet) beside {} bytes already pinned would exceed cache.max_size ({max} bytes); nothing was imported",
-                u.pinned_bytes
+                "the bundle's images ({more} bytes not pinned yet) beside {pinned_bytes} bytes already pinned would exceed cache.max_size ({max} bytes); nothing was imported"
             )));
         }
     }
-    if new_bytes > u.disk_available {
+    let available = cache.disk_available()?;
+    if new_bytes > available {
         return Err(AirgapError::Refused(format!(
-            "importing needs {new_bytes} bytes and the disk has {} available; nothing was imported",
-            u.disk_available
+            "importing needs {new_bytes} bytes and the disk has {available} available; nothing was imported"
         )));
     }
     Ok(())

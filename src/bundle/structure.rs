@@ -125,15 +125,7 @@ fn check_upstream(name: &str) -> Result<(), String> {
 /// `_`, `-`, starting with a letter or digit (so never `.` or `..`), at most
 /// [`MAX_NAME`] bytes.
 fn check_rule(name: &str) -> Result<(), String> {
-    let ok = name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::sync::is_valid_rule_name(name) {
         Ok(())
     } else {
         Err(format!(

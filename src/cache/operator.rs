@@ -46,6 +46,11 @@ impl Cache {
         Ok(Inventory::load(&self.meta, &self.store)?.pinned(&pins))
     }
 
+    /// Bytes free on the cache's filesystem.
+    pub fn disk_available(&self) -> Result<u64, CacheError> {
+        Ok(self.store.disk_space()?.0)
+    }
+
     pub fn usage(&self) -> Result<Usage, CacheError> {
         let inv = Inventory::load(&self.meta, &self.store)?;
         let pinned = inv.pinned(&self.pins()?);

@@ -18,7 +18,7 @@ use super::values::parse_duration;
 use super::{invalid, ConfigError, UpstreamConfig};
 
 /// The longest rule name: it appears in metric labels and file names.
-const MAX_RULE_NAME: usize = 128;
+use crate::sync::{is_valid_rule_name, MAX_RULE_NAME};
 
 impl SyncRule {
     /// Every `[[sync]]`, in order, against the validated upstreams.
@@ -117,15 +117,7 @@ impl SyncRule {
 /// Letters, digits, `.`, `_` and `-`, starting with a letter or digit (so
 /// never `.` or `..` where it names a file).
 fn rule_name(name: &str, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    let ok = name.len() <= MAX_RULE_NAME
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if is_valid_rule_name(name) {
         Ok(())
     } else {
         Err(invalid(

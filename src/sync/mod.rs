@@ -41,4 +41,4 @@ pub use service::{SyncError, SyncMetrics, Syncer};
 
 pub use filter::{is_signature_tag, parse_version, signature_tags, KeepLast, TagFilter};
 pub use schedule::{Schedule, ScheduleError, ScheduleKind};
-pub use settings::{RepoRule, SyncRule};
+pub use settings::{is_valid_rule_name, RepoRule, SyncRule, MAX_RULE_NAME};

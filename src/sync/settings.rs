@@ -37,3 +37,21 @@ pub struct RepoRule {
     pub name: RepoName,
     pub filter: TagFilter,
 }
+
+/// Longest sync rule name.
+pub const MAX_RULE_NAME: usize = 128;
+
+/// Whether `name` may name a sync rule: letters, digits, `.`, `_` and `-`,
+/// starting with a letter or digit (so never `.` or `..` where it names a
+/// file or a pin source), at most [`MAX_RULE_NAME`] bytes. The configuration
+/// and the bundle format both check names with this.
+pub fn is_valid_rule_name(name: &str) -> bool {
+    name.len() <= MAX_RULE_NAME
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
