@@ -117,6 +117,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// One tag synced (or, in a dry run, planned) with what it fetched.
+    pub fn count(&mut self, manifests: u64, blobs: u64, bytes: u64) {
+        self.synced += 1;
+        self.manifests_fetched += manifests;
+        self.blobs_fetched += blobs;
+        self.bytes_fetched += bytes;
+    }
+
     pub fn ok(&self) -> bool {
         self.failed.is_empty()
     }

@@ -549,10 +549,7 @@ impl<'a> Run<'a> {
                 blobs,
                 bytes,
             } => {
-                self.summary.synced += 1;
-                self.summary.manifests_fetched += manifests;
-                self.summary.blobs_fetched += blobs;
-                self.summary.bytes_fetched += bytes;
+                self.summary.count(manifests, blobs, bytes);
                 m.images.with_label_values(&[&rule, "synced"]).inc();
                 m.bytes.with_label_values(&[&rule]).inc_by(bytes);
                 (self.emit)(Event::Synced {
@@ -570,10 +567,7 @@ impl<'a> Run<'a> {
                 bytes,
                 complete,
             } => {
-                self.summary.synced += 1;
-                self.summary.manifests_fetched += manifests;
-                self.summary.blobs_fetched += blobs;
-                self.summary.bytes_fetched += bytes;
+                self.summary.count(manifests, blobs, bytes);
                 (self.emit)(Event::Planned {
                     rule,
                     reference,
