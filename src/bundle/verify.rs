@@ -42,8 +42,7 @@ pub fn verify(
     trusted: &[PublicKey],
     require_signature: bool,
 ) -> Result<BundleDoc, BundleError> {
-    let doc = read_doc(dir, trusted, require_signature)?;
-    check_files(dir, &doc)?;
+    let doc = open_checked(dir, trusted, require_signature)?;
     let parsed = check_volumes(dir, &doc)?;
     let order: Vec<(&Digest, bool)> = doc
         .blobs
