@@ -18,6 +18,8 @@
 //!   uses wharf's library API in that file only.
 //! - [`clients`]: registries.conf and skopeo helpers, [`Skopeo`] on the host
 //!   or in a namespace.
+//! - [`honest`]: [`Honest`], the ordinary client of the hostile-peer tests,
+//!   which must still be served within [`HONEST_DEADLINE`].
 //! - [`netns`]: [`Netns`], a network namespace with no route anywhere (an
 //!   air-gapped site), commands run inside it.
 //! - [`dockerd`], [`containerd`]: [`Dockerd`] (in a namespace only) and
@@ -27,6 +29,7 @@
 mod clients;
 mod containerd;
 mod dockerd;
+mod honest;
 mod metadata;
 mod netns;
 mod ratelimit;
@@ -39,6 +42,7 @@ pub use self::clients::{
 };
 pub use self::containerd::{hosts_dir, Containerd};
 pub use self::dockerd::Dockerd;
+pub use self::honest::{Honest, HONEST_DEADLINE};
 pub use self::metadata::MetadataServer;
 pub use self::netns::{Netns, SITE_IP};
 pub use self::ratelimit::{throttled_relay, RateLimiter, Window};
