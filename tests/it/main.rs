@@ -12,6 +12,7 @@ mod cred_helper;
 mod dockerd;
 mod h1;
 mod harness;
+mod hostile;
 mod http_api;
 mod observability;
 mod pull;
