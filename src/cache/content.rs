@@ -56,8 +56,9 @@ impl Cache {
     }
 
     /// Feeds a fill from `chunks` (`size` when the source announced one):
-    /// reserves room first (so a blob the disk cannot take is refused before
-    /// any reader has a header), writes, verifies, commits, and links the
+    /// reserves room first and then in steps as bytes arrive (so a blob the
+    /// disk cannot take is refused before any reader has a header, and no
+    /// fill outgrows the budget; see `Room`), writes, verifies, commits, and links the
     /// blob to the fill's origin. Any error ends the fill for every reader
     /// and caches nothing. Blocking: call from a blocking thread.
     pub fn fill<B: AsRef<[u8]>>(
@@ -104,7 +105,7 @@ impl Cache {
         chunks: impl IntoIterator<Item = Result<B, FillError>>,
         link: bool,
     ) -> Result<u64, FillError> {
-        let room = match size.map(|s| self.reserve(s)).transpose() {
+        let mut room = match self.fill_room(size) {
             Ok(r) => r,
             Err(e) => {
                 let e = FillError::from(e);
@@ -113,8 +114,15 @@ impl Cache {
             }
         };
         w.start(size);
+        let mut written = 0u64;
         for chunk in chunks {
-            if let Err(e) = chunk.and_then(|b| w.write(b.as_ref())) {
+            let wrote = chunk.and_then(|b| {
+                let b = b.as_ref();
+                written += b.len() as u64;
+                room.cover(written)?;
+                w.write(b)
+            });
+            if let Err(e) = wrote {
                 w.fail(e.clone());
                 return Err(e);
             }

@@ -19,9 +19,12 @@
 //!   leaves a lone file that start-up reconciliation removes. Pinned images'
 //!   content is never a candidate. Blobs are content-addressed: a layer shared
 //!   by many images is one file, counted once.
-//! - **Room for fills.** A fill whose size is known reserves it first
-//!   ([`Evictor::fits`], [`Evictor::claim`]); if the disk cannot take it even after eviction
-//!   the client gets a clear error before any byte is written.
+//! - **Room for fills.** A fill reserves room in steps as its bytes arrive
+//!   ([`Evictor::fits`], [`Evictor::claim`], `Cache::fill_room`): a blob
+//!   announced larger than the budget is refused before any byte is written;
+//!   a lying or missing `Content-Length` can make eviction remove no more
+//!   than the bytes actually received plus one step, and a fill that outgrows
+//!   what eviction can free fails with [`NoRoom`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,6 +222,19 @@ impl Drop for Pass<'_> {
 pub struct Reservation<'a> {
     evictor: &'a Evictor,
     bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Bytes claimed.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Takes over another claim of the same evictor (a fill's next step).
+    pub fn absorb(&mut self, mut other: Reservation<'_>) {
+        debug_assert!(std::ptr::eq(self.evictor, other.evictor));
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
 }
 
 impl Drop for Reservation<'_> {

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use coalesce::Coalescer;
-pub use evict::{EvictReport, Limits, NoRoom};
+pub use evict::{EvictReport, Limits, NoRoom, Reservation};
 pub use fill::{FillError, FillReader, FillWriter, Fills, Join};
 pub use inventory::{ImageListing, Inventory, RepoListing};
 pub use meta::{
@@ -94,6 +94,10 @@ impl CacheError {
     }
 }
 
+/// The default [`CacheSettings::fill_reserve_step`]: most layers are smaller,
+/// so they are reserved whole before their first byte, as before.
+pub const DEFAULT_FILL_RESERVE_STEP: u64 = 64 << 20;
+
 /// How the cache is bounded and what it keeps.
 #[derive(Clone, Debug)]
 pub struct CacheSettings {
@@ -102,6 +106,22 @@ pub struct CacheSettings {
     pub pins: Vec<Pin>,
     /// Bytes of manifests kept in memory.
     pub memory: u64,
+    /// A fill reserves room in steps of this many bytes as its bytes
+    /// arrive (a blob no larger is reserved whole before its first byte), so
+    /// neither a download of unknown size nor a lying `Content-Length` can
+    /// outgrow the budget or evict more than it has actually received.
+    pub fill_reserve_step: u64,
+    /// The least a fill's source must deliver, in bytes per second averaged
+    /// over [`fill_rate_window`](Self::fill_rate_window), before the fill
+    /// fails (0: no minimum). Enforced by whoever feeds the fill (the
+    /// mirror, around the upstream's body).
+    pub fill_min_rate: u64,
+    pub fill_rate_window: std::time::Duration,
+    /// How long a "not found" from an upstream for a manifest (by tag or
+    /// digest, per repository) is remembered (zero: not at all), and for how
+    /// many of them at most. Policy of the mirror, which keeps them.
+    pub negative_ttl: std::time::Duration,
+    pub negative_entries: u64,
 }
 
 impl Default for CacheSettings {
@@ -114,6 +134,11 @@ impl Default for CacheSettings {
             },
             pins: Vec::new(),
             memory: 16 << 20,
+            fill_reserve_step: DEFAULT_FILL_RESERVE_STEP,
+            fill_min_rate: 16 << 10,
+            fill_rate_window: std::time::Duration::from_secs(30),
+            negative_ttl: std::time::Duration::from_secs(30),
+            negative_entries: 10_000,
         }
     }
 }
@@ -147,6 +172,8 @@ pub struct Cache {
     meta: Metadata,
     fills: Fills,
     evictor: Evictor,
+    /// See [`CacheSettings::fill_reserve_step`].
+    fill_step: u64,
     config_pins: Vec<Pin>,
     /// Recent manifests, so tag and digest hits read neither sled nor a file.
     hot: moka::sync::Cache<Digest, CachedManifest>,
@@ -237,6 +264,7 @@ impl Cache {
             meta,
             fills: Fills::default(),
             evictor: Evictor::new(settings.limits.clone(), metrics.clone()),
+            fill_step: settings.fill_reserve_step.max(1),
             config_pins: settings.pins.clone(),
             leases: Default::default(),
             hot: moka::sync::Cache::builder()
@@ -334,6 +362,64 @@ impl Cache {
     }
 }
 
+/// The room a fill holds in the budget, grown in steps as its bytes arrive
+/// ([`Cache::fill_room`], [`Room::cover`]): what one fill may make eviction
+/// remove is bounded by what it has received plus one step, never by what
+/// its source announced. Given back when dropped (the commit counts the blob
+/// as usage instead).
+pub struct Room<'a> {
+    cache: &'a Cache,
+    held: Reservation<'a>,
+    /// The announced size, if any: the last step claims no more than that.
+    size: Option<u64>,
+}
+
+impl Room<'_> {
+    /// Makes sure the room covers `end` bytes, reserving more (and evicting
+    /// if needed) a step at a time. Blocking (an eviction pass may run).
+    pub fn cover(&mut self, end: u64) -> Result<(), CacheError> {
+        while self.held.bytes() < end {
+            let have = self.held.bytes();
+            let step = match self.size {
+                // `end` never passes the announced size (the writer refuses
+                // more), so neither does the room.
+                Some(s) if s > have => self.cache.fill_step.min(s - have),
+                _ => self.cache.fill_step,
+            };
+            let more = self.cache.reserve(step).inspect_err(|e| {
+                tracing::warn!(
+                    held = have,
+                    need = end,
+                    error = %e,
+                    "a fill outgrew the room the cache could give it"
+                );
+            })?;
+            self.held.absorb(more);
+        }
+        Ok(())
+    }
+}
+
+impl Cache {
+    /// Room for a fill announced as `size` bytes (or of unknown size): a
+    /// blob that can never fit (larger than the budget) is refused at once,
+    /// before any reader has a header; otherwise the first step is reserved
+    /// now and [`Room::cover`] claims the rest as bytes arrive. Blocking.
+    pub fn fill_room(&self, size: Option<u64>) -> Result<Room<'_>, CacheError> {
+        if let Some(s) = size {
+            let (available, _) = self.store.disk_space()?;
+            // Err only when it could not fit even with the cache emptied.
+            self.evictor.fits(s, available)?;
+        }
+        let first = size.map_or(self.fill_step, |s| s.min(self.fill_step));
+        Ok(Room {
+            cache: self,
+            held: self.reserve(first)?,
+            size,
+        })
+    }
+}
+
 /// `/readyz`'s view of the cache.
 #[derive(Debug, Serialize)]
 pub struct Readiness {
@@ -379,5 +465,97 @@ mod tests {
         assert!(!cache.meta.is_linked("u", &repo, &old).unwrap());
         assert!(cache.meta.is_linked("u", &repo, &new).unwrap());
         assert!(cache.store.contains(&new) && !cache.store.contains(&old));
+    }
+
+    /// A 1 MiB budget with 64 KiB steps, holding one 300 KiB blob.
+    fn small_cache() -> (tempfile::TempDir, Cache, Digest) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = CacheSettings {
+            limits: Limits {
+                max_size: Some(1 << 20),
+                high: 0.9,
+                low: 0.8,
+            },
+            fill_reserve_step: 64 << 10,
+            ..Default::default()
+        };
+        let (cache, _) =
+            Cache::open(dir.path(), Metadata::in_memory(), &settings, Arc::default()).unwrap();
+        let body = vec![7u8; 300 << 10];
+        let d = Digest::sha256_of(&body);
+        cache.store.put_verified(&d, &body).unwrap();
+        cache
+            .committed(&d, &BlobRecord::blob(body.len() as u64, 1))
+            .unwrap();
+        (dir, cache, d)
+    }
+
+    fn fill_with(
+        cache: &Cache,
+        data: &[u8],
+        announced: Option<u64>,
+    ) -> Result<u64, fill::FillError> {
+        let repo: RepoName = "a/b".parse().unwrap();
+        let o = Origin {
+            upstream: "u",
+            repo: &repo,
+        };
+        let d = Digest::sha256_of(data);
+        let Join::Leader(w, _r) = cache.begin_fill(&d, o).unwrap() else {
+            panic!("a fresh digest leads")
+        };
+        let chunks = data.chunks(16 << 10).map(Ok::<_, fill::FillError>);
+        tokio::task::block_in_place(|| cache.fill(w, announced, chunks))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lying_content_length_evicts_nothing_before_bytes_arrive() {
+        let (dir, cache, old) = small_cache();
+        // Announces almost the whole budget, sends 10 bytes.
+        let r = fill_with(&cache, b"ten bytes!", Some((1 << 20) - 1));
+        assert!(
+            matches!(r, Err(fill::FillError::SizeMismatch { .. })),
+            "{r:?}"
+        );
+        assert!(
+            cache.store.contains(&old),
+            "cached content survives the lie"
+        );
+        assert_eq!(cache.bytes(), 300 << 10);
+        // Larger than the budget: refused at once, still nothing evicted.
+        let r = fill_with(&cache, b"x", Some(1 << 40));
+        assert!(
+            r.as_ref().is_err_and(fill::FillError::is_disk_full),
+            "{r:?}"
+        );
+        assert!(cache.store.contains(&old));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_of_unknown_size_stays_within_the_budget() {
+        let (dir, cache, _old) = small_cache();
+        let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+        let r = fill_with(&cache, &data, None);
+        assert!(
+            r.as_ref().is_err_and(fill::FillError::is_disk_full),
+            "{r:?}"
+        );
+        assert!(!cache.store.contains(&Digest::sha256_of(&data)));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        assert!(
+            cache.evictor.fits(1 << 20, u64::MAX).unwrap(),
+            "room given back"
+        );
+        // One that fits is cached, making room by eviction as it grows.
+        let data = vec![9u8; 900 << 10];
+        assert_eq!(fill_with(&cache, &data, None).unwrap(), 900 << 10);
+        assert!(cache.store.contains(&Digest::sha256_of(&data)));
     }
 }

@@ -194,6 +194,22 @@ pub struct FileCache {
     pub pin: Option<Vec<String>>,
     /// Memory for recent manifests, e.g. "16MiB".
     pub memory: Option<String>,
+    /// Room is reserved for a blob download in steps of this size as its
+    /// bytes arrive (default "64MiB", at most a sixteenth of max_size): a
+    /// lying or missing Content-Length cannot evict more than was received.
+    pub fill_reserve_step: Option<String>,
+    /// The slowest a blob download may be, in bytes per second averaged over
+    /// fill_rate_window, before it fails and the next request retries
+    /// (default "16KiB"; "0" for no minimum).
+    pub fill_min_rate: Option<String>,
+    /// The window fill_min_rate is averaged over (default "30s").
+    pub fill_rate_window: Option<String>,
+    /// How long an upstream's "not found" for a manifest (per upstream,
+    /// repository and tag or digest) is answered from memory (default "30s";
+    /// "0s" to ask every time).
+    pub negative_ttl: Option<String>,
+    /// How many such answers are remembered at most (default 10000).
+    pub negative_entries: Option<u64>,
 }
 
 /// `[[upstream]]`: one registry.
