@@ -6,6 +6,15 @@
 //! repository holds it (a *link*): either it was fetched through that repository,
 //! or a `HEAD` on the upstream confirmed it. Without that check, anyone who knew
 //! a digest could read a private layer through a public repository.
+//!
+//! Fills are shared by digest across repositories, answers are not: a
+//! follower from another repository whose shared fill met the upstream's 404
+//! (the leader's repository lacks the blob) fetches through its own.
+//!
+//! A download must keep up a minimum rate (`cache.fill_min_rate` over
+//! `cache.fill_rate_window`) and stay within the cache's budget as it grows;
+//! either failure ends the fill for every reader, caches nothing, is logged
+//! and counted (`wharf_fills_failed_total`), and the next request retries.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -13,10 +22,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::cache::{FillError, FillReader, FillWriter, Join};
+use crate::cache::{CacheError, FillError, FillReader, FillWriter, Join};
 use crate::registry::{Digest, RouteKind};
 use crate::upstream::UpstreamError;
 
+use super::pace::Pace;
 use super::{CacheStatus, Mirror, MirrorError, Routed};
 
 pub enum BlobBody {
@@ -58,8 +68,25 @@ fn fill_response(
     }
 }
 
+/// A fill another repository started failed with the upstream's 404: that
+/// repository lacks the blob, which says nothing about the follower's own.
+pub(super) fn leader_lacked_it(e: &FillError) -> bool {
+    matches!(e, FillError::Source(r) if r.status == http::StatusCode::NOT_FOUND)
+}
+
 impl Mirror {
     pub async fn blob(&self, r: &Routed, d: &Digest) -> Result<BlobResponse, MirrorError> {
+        self.blob_once(r, d, true).await
+    }
+
+    /// [`blob`](Self::blob); `retry`: a follower of a fill started through
+    /// another repository may start its own once, if that fill met a 404.
+    async fn blob_once(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        retry: bool,
+    ) -> Result<BlobResponse, MirrorError> {
         let cache = &self.inner.cache;
         let origin = self.origin(r);
         let linked = cache.is_linked(origin, d)?;
@@ -79,7 +106,7 @@ impl Mirror {
                 match cache.open_blob(d)? {
                     Some(f) => Ok(file_response(d, f, status)),
                     // Evicted in between: fetch it again.
-                    None => Box::pin(self.blob(r, d)).await,
+                    None => Box::pin(self.blob_once(r, d, retry)).await,
                 }
             }
             Join::Leader(writer, mut reader) => {
@@ -96,8 +123,18 @@ impl Mirror {
                     .coalesced
                     .with_label_values(&["blob"])
                     .inc();
-                let size = reader.ready().await?;
-                Ok(fill_response(d, size, reader, CacheStatus::Coalesced))
+                match reader.ready().await {
+                    Ok(size) => Ok(fill_response(d, size, reader, CacheStatus::Coalesced)),
+                    // Fills are shared across repositories, answers are not:
+                    // the leader's repository lacking the blob is no answer
+                    // for this one, which asks the upstream itself (once).
+                    Err(e) if !same_origin && retry && leader_lacked_it(&e) => {
+                        tracing::debug!(repo = %r.repo, digest = %d,
+                            "the shared fill's repository lacks the blob; fetching through this one");
+                        Box::pin(self.blob_once(r, d, false)).await
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
         }
     }
@@ -149,7 +186,7 @@ impl Mirror {
                 Err(e) => {
                     let e = source_failed(e);
                     this.inner.cache.abandon_fill(w, e.clone());
-                    Err(e)
+                    Err((e, "upstream"))
                 }
             };
             match result {
@@ -157,23 +194,36 @@ impl Mirror {
                     upstream = %up.cfg.name, repo = %r.repo, digest = %d, size,
                     ms = started.elapsed().as_millis() as u64, "blob cached"
                 ),
-                Err(e) => tracing::warn!(
-                    upstream = %up.cfg.name, repo = %r.repo, digest = %d, error = %e,
-                    "blob fill failed; nothing cached"
-                ),
+                Err((e, why)) => {
+                    let reason = failure_reason(&e, why);
+                    this.inner
+                        .counters
+                        .fills_failed
+                        .with_label_values(&[&up.cfg.name, reason])
+                        .inc();
+                    tracing::warn!(
+                        upstream = %up.cfg.name, repo = %r.repo, digest = %d, reason,
+                        error = %e, ms = started.elapsed().as_millis() as u64,
+                        "blob fill failed; nothing cached"
+                    )
+                }
             }
         });
     }
 
     /// Moves the upstream's body into the cache's fill: this task reads the
     /// socket, a blocking thread hashes and writes. A short queue: the
-    /// upstream is slowed by TCP, not buffered in memory.
+    /// upstream is slowed by TCP, not buffered in memory. The body must keep
+    /// up `cache.fill_min_rate` over each `cache.fill_rate_window` (see
+    /// `pace`), or the fill fails for every reader. On failure, a reason for
+    /// the metrics beside the error when this side knows better than the
+    /// error's kind.
     async fn feed_fill(
         &self,
         r: &Routed,
         mut resp: reqwest::Response,
         w: Box<FillWriter>,
-    ) -> Result<u64, FillError> {
+    ) -> Result<u64, (FillError, &'static str)> {
         let size = resp.content_length();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, FillError>>(4);
         let this = self.clone();
@@ -187,8 +237,43 @@ impl Mirror {
             .metrics
             .upstream_bytes
             .with_label_values(&[&up.cfg.name]);
+        let mut pace = Pace::new(
+            self.inner.fill_min_rate,
+            self.inner.fill_rate_window,
+            Instant::now(),
+        );
+        let mut why = "";
         loop {
-            match resp.chunk().await {
+            // Waiting for a chunk no longer than the window's end catches
+            // an upstream that sends nothing at all, not only a slow one.
+            let next = match pace.deadline() {
+                Some(end) => tokio::time::timeout_at(end.into(), resp.chunk()).await,
+                None => Ok(resp.chunk().await),
+            };
+            let paced = match &next {
+                Ok(Ok(Some(b))) => pace.received(b.len() as u64, Instant::now()),
+                Err(_elapsed) => pace.check(Instant::now()),
+                _ => Ok(()),
+            };
+            if let Err(slow) = paced {
+                let err = MirrorError::FillTooSlow {
+                    upstream: up.cfg.name.clone(),
+                    bytes: slow.bytes,
+                    window_s: slow.window.as_secs(),
+                    min_rate: slow.min_rate,
+                };
+                why = "too_slow";
+                let _ = tx
+                    .send(Err(FillError::Source(Arc::new(
+                        err.response(RouteKind::Blob),
+                    ))))
+                    .await;
+                break;
+            }
+            let Ok(next) = next else {
+                continue; // a window ended in time: wait on
+            };
+            match next {
                 Ok(Some(b)) => {
                     received.inc_by(b.len() as u64);
                     if tx.send(Ok(b)).await.is_err() {
@@ -197,6 +282,7 @@ impl Mirror {
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    why = "upstream";
                     let err = UpstreamError::Unreachable {
                         upstream: up.cfg.name.clone(),
                         reason: format!("blob transfer interrupted: {e}"),
@@ -207,7 +293,28 @@ impl Mirror {
             }
         }
         drop(tx);
-        writer.await.expect("fill writer does not panic")
+        writer
+            .await
+            .expect("fill writer does not panic")
+            .map_err(|e| (e, why))
+    }
+}
+
+/// The `reason` label of `wharf_fills_failed_total`.
+fn failure_reason(e: &FillError, known: &'static str) -> &'static str {
+    if !known.is_empty() {
+        return known;
+    }
+    match e {
+        FillError::Source(_) => "upstream",
+        FillError::SizeMismatch { .. } => "size_mismatch",
+        FillError::Cache(c) => match **c {
+            CacheError::NoRoom(_) => "no_room",
+            CacheError::DigestMismatch { .. } => "digest_mismatch",
+            _ if c.is_disk_full() => "no_room",
+            _ => "cache",
+        },
+        FillError::Aborted => "aborted",
     }
 }
 

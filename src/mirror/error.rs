@@ -28,6 +28,14 @@ pub enum MirrorError {
     Cache(Arc<CacheError>),
     #[error(transparent)]
     Fill(#[from] FillError),
+    /// A blob download fell below `cache.fill_min_rate` over a whole window.
+    #[error("upstream {upstream} sent {bytes} bytes of the blob in {window_s} s, below the minimum of {min_rate} bytes/s (cache.fill_min_rate); the download was abandoned, retry")]
+    FillTooSlow {
+        upstream: String,
+        bytes: u64,
+        window_s: u64,
+        min_rate: u64,
+    },
     #[error("manifest is {media_type}, which the client's Accept header does not list")]
     NotAcceptable { media_type: String },
     #[error("upstream {upstream} is offline and this cache holds no tags of {repo}")]
@@ -66,6 +74,12 @@ impl MirrorError {
             MirrorError::OfflineUnknownRepo { .. } => {
                 ErrorResponse::new(OciCode::NameUnknown, self.to_string(), Blame::Client)
             }
+            MirrorError::FillTooSlow { .. } => ErrorResponse::with_status(
+                StatusCode::GATEWAY_TIMEOUT,
+                OciCode::Unavailable,
+                self.to_string(),
+                Blame::Upstream,
+            ),
             MirrorError::Upstream(u) => upstream(u, kind),
             MirrorError::Fill(f) => fill(f),
             MirrorError::Cache(c) => cache(c),

@@ -5,7 +5,9 @@
 //! Docker Hub's pull limit); the body is fetched again only when the digest
 //! changed. If the upstream is unreachable, rate-limiting or failing, the cached
 //! answer is served (stale-if-error) and logged. A 404 or refused access is never
-//! papered over: the upstream's word on existence and access wins.
+//! papered over: the upstream's word on existence and access wins, and a 404
+//! is remembered for `cache.negative_ttl` (see `negative`), so repeated
+//! requests for a missing tag do not each reach the upstream.
 
 use bytes::Bytes;
 
@@ -69,10 +71,13 @@ impl Mirror {
         reference: &Reference,
         accept: &Accept,
     ) -> Result<ManifestResponse, MirrorError> {
-        let (f, status) = match reference {
-            Reference::Digest(d) => self.manifest_by_digest(r, d).await?,
-            Reference::Tag(t) => self.manifest_by_tag(r, t).await?,
+        let key = (r.upstream, r.repo.to_string(), reference.to_string());
+        self.recently_missing(r, reference, &key)?;
+        let res = match reference {
+            Reference::Digest(d) => self.manifest_by_digest(r, d).await,
+            Reference::Tag(t) => self.manifest_by_tag(r, t).await,
         };
+        let (f, status) = res.inspect_err(|e| self.inner.negative.note(key, e))?;
         if !accept.allows(&f.media_type) {
             return Err(MirrorError::NotAcceptable {
                 media_type: f.media_type.to_string(),
@@ -84,6 +89,49 @@ impl Mirror {
             digest: f.digest,
             status,
         })
+    }
+
+    /// Answers from the negative cache when the upstream said "not found"
+    /// for this (repository, reference) within `cache.negative_ttl`, and
+    /// the cache holds nothing for it meanwhile. Cheap when there is no
+    /// entry (one in-memory lookup), which is every request but a repeat.
+    fn recently_missing(
+        &self,
+        r: &Routed,
+        reference: &Reference,
+        key: &super::negative::Key,
+    ) -> Result<(), MirrorError> {
+        let Some(e) = self.inner.negative.get(key) else {
+            return Ok(());
+        };
+        let origin = self.origin(r);
+        let held = match reference {
+            Reference::Tag(t) => self.inner.cache.tag(origin, t)?.is_some(),
+            Reference::Digest(d) => self.inner.cache.is_linked(origin, d)?,
+        };
+        if held {
+            self.inner.negative.forget(key);
+            return Ok(());
+        }
+        let up = &self.upstream(r.upstream).cfg.name;
+        self.inner
+            .counters
+            .negative_hits
+            .with_label_values(&[up])
+            .inc();
+        tracing::debug!(upstream = %up, repo = %r.repo, %reference,
+            "manifest not found upstream moments ago: answered from the negative cache");
+        Err(e)
+    }
+
+    /// Forgets remembered "not found" answers for what was just stored or
+    /// tagged.
+    pub(super) fn exists_now(&self, r: &Routed, tag: Option<&Tag>, d: &Digest) {
+        let n = &self.inner.negative;
+        n.forget(&(r.upstream, r.repo.to_string(), d.to_string()));
+        if let Some(t) = tag {
+            n.forget(&(r.upstream, r.repo.to_string(), t.to_string()));
+        }
     }
 
     pub(super) fn linked_manifest(
@@ -208,6 +256,7 @@ impl Mirror {
         match up.client.head_manifest(&r.repo, &reference).await {
             Ok(h) if h.digest.as_ref() == Some(&old.digest) => {
                 cache.set_tag(origin, tag, &old.digest, &old.media_type)?;
+                self.exists_now(r, Some(tag), &old.digest);
                 Ok(Some((old, CacheStatus::Revalidated)))
             }
             // The tag moved. If we already hold the new digest for this
@@ -215,6 +264,7 @@ impl Mirror {
             Ok(h) => match h.digest.map(|d| self.linked_manifest(r, &d)).transpose()? {
                 Some(Some(f)) => {
                     cache.set_tag(origin, tag, &f.digest, &f.media_type)?;
+                    self.exists_now(r, Some(tag), &f.digest);
                     Ok(Some((f, CacheStatus::Revalidated)))
                 }
                 _ => Ok(None),
@@ -250,6 +300,7 @@ impl Mirror {
             .cache
             .commit_manifest(self.origin(r), tag, &f.digest, &m)
             .await?;
+        self.exists_now(r, tag, &f.digest);
         Ok(f)
     }
 }

@@ -1,6 +1,7 @@
 //! The mirror: decides, for each parsed request, which upstream it belongs to
 //! and whether the cache can answer it, and fills the cache when it cannot.
-//! Owns the policy (tag TTL, stale-if-error, per-repository links) and the
+//! Owns the policy (tag TTL, stale-if-error, per-repository links, the
+//! minimum rate of blob downloads, remembered "not found" answers) and the
 //! classification of its errors into responses (`error.rs`); the cache and
 //! upstream modules below it only do what they are told. Never decides who
 //! may pull (that is [`crate::access`], asked by the server first) and
@@ -9,6 +10,8 @@
 mod blobs;
 mod error;
 mod manifests;
+mod negative;
+mod pace;
 mod prefetch;
 mod routing;
 mod tags;
@@ -17,6 +20,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::cache::{Cache, CacheError, Coalescer, Metadata, Origin, SledKv};
 use crate::config::{Config, UpstreamConfig};
@@ -84,7 +89,43 @@ pub(crate) struct Inner {
     pub tag_lists: moka::sync::Cache<tags::ListKey, tags::FullList>,
     pub tag_listings: Coalescer<tags::ListKey, Result<tags::FullList, MirrorError>>,
     pub tag_ttl: Duration,
+    /// `cache.fill_min_rate` over `cache.fill_rate_window` (see `pace`).
+    pub fill_min_rate: u64,
+    pub fill_rate_window: Duration,
+    /// Recent "not found" answers for manifests (see `negative`).
+    pub negative: negative::NegativeCache,
     pub metrics: Arc<Metrics>,
+    pub counters: MirrorMetrics,
+}
+
+/// What the mirror's limits refused, registered with the other metrics.
+pub(crate) struct MirrorMetrics {
+    /// Blob downloads that cached nothing, by upstream and reason.
+    pub fills_failed: IntCounterVec,
+    /// Manifest requests answered "not found" from memory.
+    pub negative_hits: IntCounterVec,
+}
+
+impl MirrorMetrics {
+    fn new(r: &Registry) -> MirrorMetrics {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        MirrorMetrics {
+            fills_failed: counter(
+                "wharf_fills_failed_total",
+                "Blob downloads that cached nothing, by reason: too_slow (below cache.fill_min_rate), no_room (outgrew cache.max_size), size_mismatch, digest_mismatch, upstream (refused or interrupted), aborted",
+                &["upstream", "reason"],
+            ),
+            negative_hits: counter(
+                "wharf_negative_cache_hits_total",
+                "Manifest requests answered 404 from a recent upstream 404 (cache.negative_ttl) without asking the upstream",
+                &["upstream"],
+            ),
+        }
+    }
 }
 
 /// Cheap to clone; shared by every connection.
@@ -134,6 +175,13 @@ impl Mirror {
                     .build(),
                 tag_listings: Coalescer::default(),
                 tag_ttl: config.tag_ttl,
+                fill_min_rate: config.cache.fill_min_rate,
+                fill_rate_window: config.cache.fill_rate_window,
+                negative: negative::NegativeCache::new(
+                    config.cache.negative_ttl,
+                    config.cache.negative_entries,
+                ),
+                counters: MirrorMetrics::new(metrics.registry()),
                 metrics,
             }),
         })

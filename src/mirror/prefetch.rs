@@ -154,6 +154,17 @@ impl Mirror {
     /// repository; otherwise a download (joined with any already running)
     /// awaited to the end. Returns the bytes this call downloaded.
     pub async fn ensure_blob(&self, r: &Routed, d: &Digest) -> Result<u64, MirrorError> {
+        self.ensure_blob_once(r, d, true).await
+    }
+
+    /// [`ensure_blob`](Self::ensure_blob), retrying once (`retry`) when a
+    /// fill started through another repository met that repository's 404.
+    async fn ensure_blob_once(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        retry: bool,
+    ) -> Result<u64, MirrorError> {
         let cache = &self.inner.cache;
         let origin = self.origin(r);
         if self.holds_blob(r, d)? {
@@ -172,8 +183,17 @@ impl Mirror {
                 if !same_origin {
                     self.confirm_access(r, d).await?;
                 }
-                finished(reader).await?;
-                Ok(0)
+                match finished(reader).await {
+                    // The leader's repository lacked it; this one has it
+                    // (the HEAD above said so): fetch through this one.
+                    Err(MirrorError::Fill(e))
+                        if !same_origin && retry && super::blobs::leader_lacked_it(&e) =>
+                    {
+                        Box::pin(self.ensure_blob_once(r, d, false)).await
+                    }
+                    Err(e) => Err(e),
+                    Ok(_) => Ok(0),
+                }
             }
         }
     }
@@ -183,6 +203,7 @@ impl Mirror {
         self.inner
             .cache
             .set_tag(self.origin(r), tag, &m.digest, &m.media_type)?;
+        self.exists_now(r, Some(tag), &m.digest);
         Ok(())
     }
 
