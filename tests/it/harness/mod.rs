@@ -13,6 +13,9 @@
 //!   endpoint, with tokens of the lifetime a test gives it.
 //! - [`ratelimit`]: [`RateLimiter`] (Docker Hub's 429s) and
 //!   [`throttled_relay`] (a slow upstream link).
+//! - [`tamper`]: [`Tamper`], a relay in front of a registry that mangles
+//!   blob downloads on request (drip, chunked, a false `Content-Length`, a
+//!   corrupt byte, a cut) and can hold answers until another request comes.
 //! - [`wharf`]: wharf itself, in-process ([`Wharf`], [`Fixture`]) or as its
 //!   binary ([`Served`]), and readers of its cache and metrics. The harness
 //!   uses wharf's library API in that file only.
@@ -34,6 +37,7 @@ mod metadata;
 mod netns;
 mod ratelimit;
 mod registry;
+mod tamper;
 mod token;
 mod wharf;
 
@@ -47,6 +51,7 @@ pub use self::metadata::MetadataServer;
 pub use self::netns::{Netns, SITE_IP};
 pub use self::ratelimit::{throttled_relay, RateLimiter, Window};
 pub use self::registry::{Auth, Upstream};
+pub use self::tamper::{Length, Mangle, Tamper};
 pub use self::token::{TokenOpts, TokenServer};
 pub use self::wharf::{files_under, metric_value, rehash_cache, Fixture, Served, Wharf, SITE_PORT};
 
