@@ -233,8 +233,7 @@ async fn relay(
             }
         }
     });
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|f| (f, rx))
-    });
+    let frames =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     Ok(b.body(StreamBody::new(frames).boxed()).unwrap())
 }
