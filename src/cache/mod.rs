@@ -406,7 +406,9 @@ impl Cache {
     /// before any reader has a header; otherwise the first step is reserved
     /// now and [`Room::cover`] claims the rest as bytes arrive. Blocking.
     pub fn fill_room(&self, size: Option<u64>) -> Result<Room<'_>, CacheError> {
-        if let Some(s) = size {
+        // A blob of one step or less is reserved whole below, whose check
+        // refuses it just the same: one statvfs on the way to its first byte.
+        if let Some(s) = size.filter(|&s| s > self.fill_step) {
             let (available, _) = self.store.disk_space()?;
             // Err only when it could not fit even with the cache emptied.
             self.evictor.fits(s, available)?;

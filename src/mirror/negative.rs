@@ -59,3 +59,46 @@ fn is_not_found(e: &MirrorError) -> bool {
         MirrorError::Upstream(crate::upstream::UpstreamError::NotFound { .. })
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamError;
+
+    fn key(reference: &str) -> Key {
+        (UpstreamId(0), "library/x".into(), reference.into())
+    }
+
+    fn not_found() -> MirrorError {
+        MirrorError::Upstream(UpstreamError::NotFound {
+            upstream: "hub".into(),
+            code: Some("MANIFEST_UNKNOWN".into()),
+        })
+    }
+
+    #[test]
+    fn only_not_found_is_remembered_until_the_manifest_shows_up() {
+        let n = NegativeCache::new(Duration::from_secs(30), 100);
+        let throttled = MirrorError::Upstream(UpstreamError::TooManyRequests {
+            upstream: "hub".into(),
+            retry_after: 60,
+        });
+        n.note(key("a"), &throttled);
+        assert!(n.get(&key("a")).is_none(), "a 429 may be gone next time");
+        n.note(key("a"), &not_found());
+        assert!(matches!(
+            n.get(&key("a")),
+            Some(MirrorError::Upstream(UpstreamError::NotFound { .. }))
+        ));
+        assert!(n.get(&key("b")).is_none(), "per reference");
+        n.forget(&key("a"));
+        assert!(n.get(&key("a")).is_none());
+    }
+
+    #[test]
+    fn a_zero_ttl_remembers_nothing() {
+        let n = NegativeCache::new(Duration::ZERO, 100);
+        n.note(key("a"), &not_found());
+        assert!(n.get(&key("a")).is_none());
+    }
+}
