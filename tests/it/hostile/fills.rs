@@ -441,3 +441,83 @@ fn a_429_after_a_flood_of_unknown_tags_leaves_cached_content_served() {
     );
     drop(w);
 }
+
+#[test]
+fn a_sync_that_finds_a_missing_tag_overrides_the_negative_cache() {
+    let s = Setup::start(&[], "negative_ttl = \"1h\"\n");
+    let path = "/v2/library/honest/manifests/later";
+    let get = || {
+        http()
+            .get(format!("{}{path}", s.w.url()))
+            .header("accept", accept())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(get(), 404);
+    s.up.push("small", "library/honest:later", None, false);
+    assert_eq!(get(), 404, "remembered (for up to an hour here)");
+    // What a sync run does for the tag: HEAD, the manifest by digest, the tag.
+    let m = &s.w.mirror;
+    let r = m
+        .routed("hub", "library/honest".parse().unwrap())
+        .expect("the upstream is configured");
+    let tag: wharf::registry::Tag = "later".parse().unwrap();
+    s._rt.block_on(async {
+        let (d, _) = m.head_tag(&r, &tag).await.unwrap();
+        let held = m.ensure_manifest(&r, &d).await.unwrap();
+        m.set_tag(&r, &tag, &held).unwrap();
+    });
+    assert_eq!(get(), 200, "the sync's tag is served at once");
+    assert_eq!(s.tamper.count("GET", path), 1);
+}
+
+#[test]
+fn corrupt_and_cut_bodies_fail_every_reader_visibly_and_cache_nothing() {
+    let s = Setup::start(&[("ev1", "library/ev:1")], "");
+    let (digest, size) = layer(&s.up, "library/ev", "1");
+    let url = format!("{}/v2/library/ev/blobs/{digest}", s.w.url());
+    for (what, m) in [
+        (
+            "a corrupt chunked body",
+            Mangle {
+                length: Length::Chunked,
+                corrupt: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "a corrupt body of the right length",
+            Mangle {
+                corrupt: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "a body cut mid-way",
+            Mangle {
+                cut_after: Some(size / 2),
+                ..Default::default()
+            },
+        ),
+    ] {
+        s.tamper.set(m);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || get_blob(&url, Duration::from_secs(30)))
+            })
+            .collect();
+        for r in readers {
+            assert_failed_visibly(&r.join().unwrap(), &digest, what);
+        }
+        s.w.wait_fills_settled();
+        assert!(!s.cached(&digest), "{what}: nothing cached");
+        assert_eq!(s.tmp_bytes(), 0, "{what}: no temp file left");
+    }
+    s.honest().assert_served();
+    s.tamper.set(Mangle::default());
+    let (status, got, len) = get_blob(&url, Duration::from_secs(30)).unwrap();
+    assert_eq!((status, got.as_str(), len), (200, digest.as_str(), size));
+}
