@@ -9,7 +9,8 @@
 //!
 //! Fills are shared by digest across repositories, answers are not: a
 //! follower from another repository whose shared fill met the upstream's 404
-//! (the leader's repository lacks the blob) fetches through its own.
+//! or 401/403 (about the leader's repository: it lacks the blob, or wharf
+//! may not read it) fetches through its own, once.
 //!
 //! A download must keep up a minimum rate (`cache.fill_min_rate` over
 //! `cache.fill_rate_window`) and stay within the cache's budget as it grows;
@@ -68,10 +69,13 @@ fn fill_response(
     }
 }
 
-/// A fill another repository started failed with the upstream's 404: that
-/// repository lacks the blob, which says nothing about the follower's own.
-pub(super) fn leader_lacked_it(e: &FillError) -> bool {
-    matches!(e, FillError::Source(r) if r.status == http::StatusCode::NOT_FOUND)
+/// A fill another repository started failed with an answer about that
+/// repository (404: it lacks the blob; 401/403: wharf may not read it),
+/// which says nothing about the follower's own.
+pub(super) fn about_the_leaders_repository(e: &FillError) -> bool {
+    use http::StatusCode as S;
+    matches!(e, FillError::Source(r)
+        if matches!(r.status, S::NOT_FOUND | S::FORBIDDEN | S::UNAUTHORIZED))
 }
 
 impl Mirror {
@@ -126,9 +130,10 @@ impl Mirror {
                 match reader.ready().await {
                     Ok(size) => Ok(fill_response(d, size, reader, CacheStatus::Coalesced)),
                     // Fills are shared across repositories, answers are not:
-                    // the leader's repository lacking the blob is no answer
-                    // for this one, which asks the upstream itself (once).
-                    Err(e) if !same_origin && retry && leader_lacked_it(&e) => {
+                    // the leader's repository lacking the blob (or being
+                    // closed to wharf) is no answer for this one, which asks
+                    // the upstream itself (once).
+                    Err(e) if !same_origin && retry && about_the_leaders_repository(&e) => {
                         tracing::debug!(repo = %r.repo, digest = %d,
                             "the shared fill's repository lacks the blob; fetching through this one");
                         Box::pin(self.blob_once(r, d, false)).await
@@ -330,5 +335,44 @@ fn file_response(d: &Digest, (file, len): (File, u64), status: CacheStatus) -> B
         size: Some(len),
         body: BlobBody::File(file),
         status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(e: UpstreamError) -> FillError {
+        source_failed(e)
+    }
+
+    #[test]
+    fn only_answers_about_the_leaders_repository_send_followers_upstream() {
+        let up = || "hub".to_owned();
+        let missing = failed(UpstreamError::NotFound {
+            upstream: up(),
+            code: Some("BLOB_UNKNOWN".into()),
+        });
+        let denied = failed(UpstreamError::Unauthorized {
+            upstream: up(),
+            repo: "private/x".into(),
+            with_credentials: true,
+        });
+        assert!(about_the_leaders_repository(&missing));
+        assert!(about_the_leaders_repository(&denied));
+        // Failures of the upstream as a whole are everyone's answer.
+        for e in [
+            failed(UpstreamError::TooManyRequests {
+                upstream: up(),
+                retry_after: 60,
+            }),
+            failed(UpstreamError::Unreachable {
+                upstream: up(),
+                reason: "reset".into(),
+            }),
+            FillError::Aborted,
+        ] {
+            assert!(!about_the_leaders_repository(&e), "{e}");
+        }
     }
 }

@@ -187,7 +187,9 @@ impl Mirror {
                     // The leader's repository lacked it; this one has it
                     // (the HEAD above said so): fetch through this one.
                     Err(MirrorError::Fill(e))
-                        if !same_origin && retry && super::blobs::leader_lacked_it(&e) =>
+                        if !same_origin
+                            && retry
+                            && super::blobs::about_the_leaders_repository(&e) =>
                     {
                         Box::pin(self.ensure_blob_once(r, d, false)).await
                     }
