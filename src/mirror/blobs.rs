@@ -84,7 +84,8 @@ impl Mirror {
     }
 
     /// [`blob`](Self::blob); `retry`: a follower of a fill started through
-    /// another repository may start its own once, if that fill met a 404.
+    /// another repository may start its own once, if that fill met an
+    /// answer about the leader's repository (404, 401, 403).
     async fn blob_once(
         &self,
         r: &Routed,
@@ -281,9 +282,13 @@ impl Mirror {
             match next {
                 Ok(Some(b)) => {
                     received.inc_by(b.len() as u64);
+                    let queued = Instant::now();
                     if tx.send(Ok(b)).await.is_err() {
                         break; // the writer failed and said why
                     }
+                    // Waiting for our own disk (or an eviction pass making
+                    // room) is not the upstream's slowness.
+                    pace.exclude(queued.elapsed());
                 }
                 Ok(None) => break,
                 Err(e) => {

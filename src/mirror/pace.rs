@@ -46,6 +46,12 @@ impl Pace {
         (self.min_rate > 0).then(|| self.start + self.window)
     }
 
+    /// Leaves `d` out of the current window: time spent waiting on this
+    /// side (the disk, an eviction pass), not on the source.
+    pub fn exclude(&mut self, d: Duration) {
+        self.start += d;
+    }
+
     /// Counts `n` bytes received at `now`, then checks the window.
     pub fn received(&mut self, n: u64, now: Instant) -> Result<(), TooSlow> {
         self.bytes += n;
@@ -109,6 +115,15 @@ mod tests {
         assert_eq!(p.deadline(), Some(t0 + W + W));
         // The next window is judged on its own bytes.
         assert!(p.received(10, t0 + W + W).is_err());
+    }
+
+    #[test]
+    fn time_spent_waiting_on_this_side_does_not_count() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(1000, W, t0);
+        p.exclude(Duration::from_secs(20));
+        assert_eq!(p.deadline(), Some(t0 + W + Duration::from_secs(20)));
+        assert_eq!(p.received(10, t0 + W), Ok(()), "not judged yet");
     }
 
     #[test]
