@@ -4,12 +4,14 @@
 mod auth;
 mod client;
 pub mod credentials;
+mod policy;
 mod settings;
 
 pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
 pub use client::{ManifestBody, ManifestHead, RateLimit, UpstreamClient, UpstreamState};
 pub use credentials::{BasicCredentials, CredentialSource};
-pub use settings::UpstreamConfig;
+pub use policy::{registrable_domain, HostSpec};
+pub use settings::{BodyLimits, UpstreamConfig};
 
 /// Something went wrong between wharf and an upstream. Messages name the upstream
 /// and never include credentials or tokens.

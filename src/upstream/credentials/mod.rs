@@ -354,7 +354,8 @@ impl GceMetadata {
         if t.access_token.is_empty() {
             return Err(fail("empty access_token".into()));
         }
-        let lifetime = Duration::from_secs(t.expires_in.max(1));
+        let lifetime =
+            Duration::from_secs(t.expires_in.max(1)).min(super::auth::MAX_TOKEN_LIFETIME);
         let until = Instant::now() + lifetime - metadata_margin(lifetime);
         let secret = Secret::new(t.access_token);
         *self.token.lock() = Some((secret.clone(), until));
