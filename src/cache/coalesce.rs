@@ -60,55 +60,52 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
-        let mut work = Some(work);
-        loop {
-            let (mut rx, joined) = {
+        let (mut rx, joined) = {
+            let mut map = self.inflight.lock();
+            match map.get(&key) {
+                Some(rx) => (rx.clone(), true),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(key.clone(), rx.clone());
+                    let fut = work();
+                    let inflight = self.inflight.clone();
+                    let k = key.clone();
+                    tokio::spawn(async move {
+                        let v = match AssertUnwindSafe(fut).catch_unwind().await {
+                            Ok(v) => v,
+                            Err(p) => {
+                                let what = p
+                                    .downcast_ref::<&str>()
+                                    .map(|s| (*s).to_owned())
+                                    .or_else(|| p.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                tracing::error!(panic = %what, "coalesced work panicked; its callers get an error and the next request runs it again");
+                                V::panicked()
+                            }
+                        };
+                        // Remove first: a caller arriving after this sees no
+                        // entry and reads the (now filled) cache itself.
+                        inflight.lock().remove(&k);
+                        let _ = tx.send(Some(v));
+                    });
+                    (rx, false)
+                }
+            }
+        };
+        let got = rx
+            .wait_for(|v| v.is_some())
+            .await
+            .map(|v| v.clone().expect("waited for Some"));
+        match got {
+            Ok(v) => (v, joined),
+            // The task went away without an answer (the runtime is shutting
+            // down): an error, and the key is free again.
+            Err(_) => {
                 let mut map = self.inflight.lock();
-                match map.get(&key) {
-                    Some(rx) => (rx.clone(), true),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        map.insert(key.clone(), rx.clone());
-                        let fut = (work.take().expect("a caller leads at most once"))();
-                        let inflight = self.inflight.clone();
-                        let k = key.clone();
-                        tokio::spawn(async move {
-                            let v = match AssertUnwindSafe(fut).catch_unwind().await {
-                                Ok(v) => v,
-                                Err(p) => {
-                                    let what = p
-                                        .downcast_ref::<&str>()
-                                        .map(|s| (*s).to_owned())
-                                        .or_else(|| p.downcast_ref::<String>().cloned())
-                                        .unwrap_or_default();
-                                    tracing::error!(panic = %what, "coalesced work panicked; its callers get an error and the next request runs it again");
-                                    V::panicked()
-                                }
-                            };
-                            // Remove first: a caller arriving after this sees no
-                            // entry and reads the (now filled) cache itself.
-                            inflight.lock().remove(&k);
-                            let _ = tx.send(Some(v));
-                        });
-                        (rx, false)
-                    }
+                if map.get(&key).is_some_and(|r| r.same_channel(&rx)) {
+                    map.remove(&key);
                 }
-            };
-            let got = rx
-                .wait_for(|v| v.is_some())
-                .await
-                .map(|v| v.clone().expect("waited for Some"));
-            match got {
-                Ok(v) => return (v, joined),
-                // The task went away without an answer (the runtime is
-                // shutting down): an error, and the key is free again.
-                Err(_) => {
-                    let mut map = self.inflight.lock();
-                    if map.get(&key).is_some_and(|r| r.same_channel(&rx)) {
-                        map.remove(&key);
-                    }
-                    return (V::panicked(), joined);
-                }
+                (V::panicked(), joined)
             }
         }
     }

@@ -172,9 +172,10 @@ fn upstream(u: &UpstreamError, kind: RouteKind) -> ErrorResponse {
                 kind.object()
             ),
         ),
-        UpstreamError::Status { .. } | UpstreamError::Protocol { .. } => {
-            gateway(OciCode::Unavailable, msg)
-        }
+        UpstreamError::Status { .. }
+        | UpstreamError::Protocol { .. }
+        | UpstreamError::RealmRefused { .. }
+        | UpstreamError::CredentialsUnavailable { .. } => gateway(OciCode::Unavailable, msg),
         // Names files, helpers and keys: for wharf's log, not for clients.
         UpstreamError::Config(_) => ErrorResponse::new(
             OciCode::Unknown,
@@ -212,8 +213,16 @@ mod tests {
         });
         let r = e.response(RouteKind::Manifest);
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-        assert!(r.message.contains("upstream hub is unreachable"), "{}", r.message);
-        assert!(!r.message.contains("10.1.2.3") && !r.message.contains("http"), "{}", r.message);
+        assert!(
+            r.message.contains("upstream hub is unreachable"),
+            "{}",
+            r.message
+        );
+        assert!(
+            !r.message.contains("10.1.2.3") && !r.message.contains("http"),
+            "{}",
+            r.message
+        );
     }
 
     #[test]

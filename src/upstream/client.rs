@@ -395,7 +395,20 @@ impl UpstreamClient {
         loop {
             let challenge = self.challenge.lock().clone();
             let auth = match &challenge {
-                Some(c) => self.authorization(c, &scope, refused.as_ref()).await?,
+                Some(c) => match self.authorization(c, &scope, refused.as_ref()).await {
+                    Ok(a) => a,
+                    // A remembered challenge (another repository's) whose
+                    // realm is refused: forget it, and let this request
+                    // meet its own challenge.
+                    Err(UpstreamError::RealmRefused { .. }) if !retried => {
+                        let mut stored = self.challenge.lock();
+                        if stored.as_ref() == Some(c) {
+                            *stored = None;
+                        }
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
                 None => None,
             };
             let client = match op {
@@ -516,10 +529,10 @@ impl UpstreamClient {
             tracing::warn!(upstream = %self.name, realm = %shown, reason = refusal.describe(),
                 with_credentials = self.credentials.is_some(),
                 "refused the token realm the upstream named; nothing was sent there");
-            return Err(self.protocol(&format!(
-                "its token realm is {}; wharf refused it (the realm is named in wharf's log)",
-                refusal.describe()
-            )));
+            return Err(UpstreamError::RealmRefused {
+                upstream: self.name.clone(),
+                reason: refusal.describe(),
+            });
         }
         {
             let mut q = url.query_pairs_mut();
