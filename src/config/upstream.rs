@@ -287,4 +287,38 @@ mod tests {
         assert!(c.upstreams[0].library_prefix && !c.upstreams[1].library_prefix);
         assert!(c.upstreams[0].offline && !c.upstreams[1].offline);
     }
+
+    #[test]
+    fn destinations_and_body_limits() {
+        let cfg = |extra: &str| {
+            Config::from_toml(
+                &format!("[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:5000\"\n{extra}"),
+                None,
+            )
+        };
+        let c = cfg("token_realms = [\"127.0.0.1:5001\", \"auth.example.com\"]\nredirect_hosts = [\"[::1]:9\"]\nmax_manifest_size = \"8MiB\"\nmax_error_body = \"4KiB\"\n").unwrap();
+        let u = &c.upstreams[0];
+        let shown: Vec<String> = u.token_realms.iter().map(|h| h.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1:5001", "auth.example.com"]);
+        assert_eq!(u.redirect_hosts[0].to_string(), "[::1]:9");
+        assert_eq!(u.limits.manifest, 8 << 20);
+        assert_eq!(u.limits.error_body, 4 << 10);
+        assert_eq!(u.limits.token, 1 << 20, "default");
+        assert_eq!(u.limits.tag_list_page, 4 << 20, "default");
+        let err = |extra: &str| cfg(extra).unwrap_err().to_string();
+        let e = err("token_realms = [\"169.254.169.254\"]\n");
+        assert!(
+            e.starts_with("upstream[0].token_realms") && e.contains("link-local"),
+            "{e}"
+        );
+        let e = err("redirect_hosts = [\"http://x/y\"]\n");
+        assert!(e.starts_with("upstream[0].redirect_hosts"), "{e}");
+        let e = err("max_manifest_size = \"1GiB\"\n");
+        assert!(
+            e.starts_with("upstream[0].max_manifest_size") && e.contains("between"),
+            "{e}"
+        );
+        let e = err("max_token_response = \"lots\"\n");
+        assert!(e.starts_with("upstream[0].max_token_response"), "{e}");
+    }
 }
