@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use super::policy::{Destinations, Refusal};
+use super::policy::{Destinations, NoLinkLocal, Refusal};
 use super::{BodyLimits, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::registry::{is_manifest_type, Digest, MediaType, Reference, RepoName, MANIFEST_TYPES};
@@ -224,6 +224,7 @@ impl UpstreamClient {
                 // A stalled upstream must not hold clients forever; a slow one may.
                 .read_timeout(Duration::from_secs(60))
                 .pool_idle_timeout(Duration::from_secs(90))
+                .dns_resolver(Arc::new(NoLinkLocal))
                 .redirect(policy);
             if let Some(pem) = &cfg.ca_pem {
                 for c in reqwest::Certificate::from_pem_bundle(pem)

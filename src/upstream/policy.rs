@@ -24,8 +24,10 @@
 //!   CDN on another host); manifests, tag lists and token requests follow
 //!   only redirects to the same origin (scheme, host, port).
 //!
-//! The host checks read the URL, not DNS: a DNS name that resolves to a
-//! link-local address is not caught here.
+//! The host checks read the URL; [`NoLinkLocal`], the upstream clients' DNS
+//! resolver, drops link-local addresses from every answer, so a name that
+//! resolves to the metadata address is refused too (a name resolving to a
+//! private address is not: split-horizon DNS gives registries such names).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -209,6 +211,45 @@ impl Destinations {
     }
 }
 
+/// The DNS resolver of the upstream clients: the system's (getaddrinfo),
+/// with link-local addresses left out of every answer.
+pub struct NoLinkLocal;
+
+impl reqwest::dns::Resolve for NoLinkLocal {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let kept = without_link_local(all);
+            if kept.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to link-local addresses, which wharf never contacts"
+                )
+                .into());
+            }
+            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn without_link_local(addrs: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+    addrs
+        .into_iter()
+        .filter(|a| !never(&ip_host(a.ip())))
+        .collect()
+}
+
+fn ip_host(ip: IpAddr) -> Host {
+    match ip {
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => Host::Ip(IpAddr::V4(v4)),
+            None => Host::Ip(IpAddr::V6(a)),
+        },
+        v4 => Host::Ip(v4),
+    }
+}
+
 /// Two-label suffixes under which names are registered (so the registrable
 /// domain needs a third label), and shared hosting suffixes whose tenants
 /// are not one party. A small built-in list, not the Public Suffix List:
@@ -313,11 +354,7 @@ fn host_of(url: &Url) -> Option<Host> {
     let h = url.host_str()?;
     let bare = h.trim_start_matches('[').trim_end_matches(']');
     Some(match bare.parse::<IpAddr>() {
-        Ok(IpAddr::V6(a)) => match a.to_ipv4_mapped() {
-            Some(v4) => Host::Ip(IpAddr::V4(v4)),
-            None => Host::Ip(IpAddr::V6(a)),
-        },
-        Ok(ip) => Host::Ip(ip),
+        Ok(ip) => ip_host(ip),
         Err(_) => Host::Name(h.trim_end_matches('.').to_ascii_lowercase()),
     })
 }
@@ -537,6 +574,30 @@ mod tests {
             ),
             Err(Refusal::CrossOrigin)
         );
+    }
+
+    #[test]
+    fn resolved_link_local_addresses_are_dropped() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let kept = without_link_local(vec![
+            a("169.254.169.254:0"),
+            a("10.0.0.1:0"),
+            a("[fe80::1]:0"),
+            a("[::ffff:169.254.1.1]:0"),
+            a("[2001:db8::1]:0"),
+        ]);
+        assert_eq!(kept, [a("10.0.0.1:0"), a("[2001:db8::1]:0")]);
+    }
+
+    #[tokio::test]
+    async fn the_resolver_answers_for_ordinary_names() {
+        use reqwest::dns::Resolve as _;
+        let got: Vec<_> = NoLinkLocal
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(got.iter().all(|a| a.ip().is_loopback()) && !got.is_empty());
     }
 
     #[test]

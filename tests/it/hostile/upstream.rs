@@ -173,6 +173,14 @@ fn manifests_and_tag_lists_come_from_the_registry_itself_and_are_manifests() {
             .header("content-type", "text/html; charset=utf-8")
             .body("<html><script>alert(document.cookie)</script></html>"),
     );
+    // A tag list is parsed and written anew: nothing else passes through.
+    evil.on(
+        "/v2/shape/app/tags/list",
+        Answer::json(
+            200,
+            &json!({"name": "shape/app", "tags": ["1", "<script>"], "AccessKeyId": secret}),
+        ),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let w = Served::start(
         tmp.path(),
@@ -192,6 +200,11 @@ fn manifests_and_tag_lists_come_from_the_registry_itself_and_are_manifests() {
     let (s, text) = get(&url("/v2/ssrf/app/tags/list"));
     assert_eq!(s, 502, "{text}");
     assert!(!text.contains(&secret), "{text}");
+    let (s, text) = get(&url("/v2/shape/app/tags/list"));
+    assert_eq!(
+        (s, text.as_str()),
+        (200, r#"{"name":"shape/app","tags":["1"]}"#)
+    );
     let started = Instant::now();
     let (s, text) = get(&url(&format!(
         "/v2/ssrf/app/blobs/sha256:{}",
