@@ -365,9 +365,13 @@ impl UpstreamClient {
             .upstream_errors
             .with_label_values(&[&self.name, e.kind()])
             .inc();
+        // One line per failure with its details (the request log has the
+        // client's view); 429 backoff skips are counted, not logged.
         if !matches!(
             e,
-            UpstreamError::Offline { .. } | UpstreamError::NotFound { .. }
+            UpstreamError::Offline { .. }
+                | UpstreamError::NotFound { .. }
+                | UpstreamError::TooManyRequests { .. }
         ) {
             tracing::warn!(upstream = %self.name, kind = e.kind(), error = %e, "upstream request failed");
         }
