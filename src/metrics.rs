@@ -46,6 +46,8 @@ pub struct Metrics {
     pub token_fetches: IntCounterVec,
     /// Requests refused by the mirror's access control, by reason.
     pub access_denied: IntCounterVec,
+    /// Upstream answers wharf refused to act on, by reason.
+    pub upstream_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -170,6 +172,11 @@ impl Metrics {
                 "wharf_access_denied_total",
                 "Client requests refused by access control, by reason",
                 &["reason"],
+            ),
+            upstream_refused: counter(
+                "wharf_upstream_refused_total",
+                "Upstream answers refused: reason=realm (token realm outside what may receive credentials, or link-local/metadata), redirect (a redirect wharf does not follow), body_size (a manifest, tag-list page or token answer past its limit), error_body (an error answer cut at its limit), media_type (a manifest whose Content-Type is not a manifest type)",
+                &["upstream", "reason"],
             ),
             registry,
         }

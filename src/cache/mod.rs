@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use coalesce::Coalescer;
+pub use coalesce::{Coalescer, Panicked, Recover};
 pub use evict::{EvictReport, Limits, NoRoom, Reservation};
 pub use fill::{FillError, FillReader, FillWriter, Fills, Join};
 pub use inventory::{ImageListing, Inventory, RepoListing};

@@ -240,6 +240,27 @@ pub struct FileUpstream {
     pub access: Option<FileUpstreamAccess>,
     /// Serve only what is cached from this upstream.
     pub offline: Option<bool>,
+    /// Hosts (`host` or `host:port`) that may receive this upstream's
+    /// credentials as its token realm besides its own host and registrable
+    /// domain; needed when the registry is addressed by IP or its token
+    /// service is elsewhere. Also lets an anonymous realm be loopback or
+    /// private when the upstream is not. Never link-local or the metadata host.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
+    /// Loopback or private hosts (`host` or `host:port`) a blob download may
+    /// be redirected to although the upstream is on a public address.
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
+    /// The largest manifest read from this upstream (default "4MiB", the
+    /// limit registries and containerd apply; at most "32MiB").
+    pub max_manifest_size: Option<String>,
+    /// The largest tag-list page read from this upstream (default "4MiB").
+    pub max_tag_list_page: Option<String>,
+    /// The largest token-service answer read (default "1MiB").
+    pub max_token_response: Option<String>,
+    /// How much of an error answer is read (its OCI code, for the log);
+    /// the rest is dropped unread (default "64KiB").
+    pub max_error_body: Option<String>,
 }
 
 /// `[upstream.credentials]`: one kind of credentials.

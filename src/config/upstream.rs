@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::upstream::credentials::CredentialSpec;
+use crate::upstream::{BodyLimits, HostSpec};
 
 use super::access::{AccessContext, UpstreamAccess};
 
 use super::file::FileUpstream;
-use super::values::{parse_duration, resolve};
+use super::values::{parse_duration, parse_size, resolve};
 use super::{invalid, ConfigError};
 pub use crate::upstream::UpstreamConfig;
 
@@ -80,6 +81,9 @@ impl UpstreamConfig {
             &key("connect_timeout"),
             u.connect_timeout.as_deref().unwrap_or("10s"),
         )?;
+        let token_realms = host_list(&u.token_realms, &key("token_realms"))?;
+        let redirect_hosts = host_list(&u.redirect_hosts, &key("redirect_hosts"))?;
+        let limits = body_limits(&u, &key)?;
         let credentials = match u.credentials {
             None => None,
             Some(c) => Some(CredentialSpec::from_file(
@@ -106,6 +110,9 @@ impl UpstreamConfig {
             credentials,
             access,
             offline: cx.all_offline || u.offline.unwrap_or(false),
+            token_realms,
+            redirect_hosts,
+            limits,
         })
     }
 }
@@ -174,6 +181,61 @@ fn registry_url(text: &str, key: Key<'_>) -> Result<reqwest::Url, ConfigError> {
     Ok(url)
 }
 
+/// `token_realms` / `redirect_hosts`: `host` or `host:port` each.
+fn host_list(list: &[String], key: &str) -> Result<Vec<HostSpec>, ConfigError> {
+    list.iter()
+        .map(|h| HostSpec::parse(h).map_err(|e| invalid(key, e)))
+        .collect()
+}
+
+/// The most of each kind of answer wharf reads from this upstream.
+fn body_limits(u: &FileUpstream, key: Key<'_>) -> Result<BodyLimits, ConfigError> {
+    let d = BodyLimits::default();
+    let size = |field: &str, v: &Option<String>, default: usize, min: usize, max: usize| {
+        let Some(text) = v else {
+            return Ok(default);
+        };
+        let n = parse_size(&key(field), text)?;
+        if n < min as u64 || n > max as u64 {
+            return Err(invalid(
+                key(field),
+                format!("must be between {} KiB and {} MiB", min >> 10, max >> 20),
+            ));
+        }
+        Ok(n as usize)
+    };
+    Ok(BodyLimits {
+        manifest: size(
+            "max_manifest_size",
+            &u.max_manifest_size,
+            d.manifest,
+            4 << 10,
+            32 << 20,
+        )?,
+        tag_list_page: size(
+            "max_tag_list_page",
+            &u.max_tag_list_page,
+            d.tag_list_page,
+            4 << 10,
+            256 << 20,
+        )?,
+        token: size(
+            "max_token_response",
+            &u.max_token_response,
+            d.token,
+            4 << 10,
+            16 << 20,
+        )?,
+        error_body: size(
+            "max_error_body",
+            &u.max_error_body,
+            d.error_body,
+            1 << 10,
+            16 << 20,
+        )?,
+    })
+}
+
 /// `ca_file`: read now, and refused unless it holds PEM certificates.
 fn ca_bundle(p: &Path, key: Key<'_>) -> Result<Vec<u8>, ConfigError> {
     let pem =
@@ -224,5 +286,39 @@ mod tests {
         assert_eq!(c.upstreams[0].aliases, ["docker.io"]);
         assert!(c.upstreams[0].library_prefix && !c.upstreams[1].library_prefix);
         assert!(c.upstreams[0].offline && !c.upstreams[1].offline);
+    }
+
+    #[test]
+    fn destinations_and_body_limits() {
+        let cfg = |extra: &str| {
+            Config::from_toml(
+                &format!("[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:5000\"\n{extra}"),
+                None,
+            )
+        };
+        let c = cfg("token_realms = [\"127.0.0.1:5001\", \"auth.example.com\"]\nredirect_hosts = [\"[::1]:9\"]\nmax_manifest_size = \"8MiB\"\nmax_error_body = \"4KiB\"\n").unwrap();
+        let u = &c.upstreams[0];
+        let shown: Vec<String> = u.token_realms.iter().map(|h| h.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1:5001", "auth.example.com"]);
+        assert_eq!(u.redirect_hosts[0].to_string(), "[::1]:9");
+        assert_eq!(u.limits.manifest, 8 << 20);
+        assert_eq!(u.limits.error_body, 4 << 10);
+        assert_eq!(u.limits.token, 1 << 20, "default");
+        assert_eq!(u.limits.tag_list_page, 4 << 20, "default");
+        let err = |extra: &str| cfg(extra).unwrap_err().to_string();
+        let e = err("token_realms = [\"169.254.169.254\"]\n");
+        assert!(
+            e.starts_with("upstream[0].token_realms") && e.contains("link-local"),
+            "{e}"
+        );
+        let e = err("redirect_hosts = [\"http://x/y\"]\n");
+        assert!(e.starts_with("upstream[0].redirect_hosts"), "{e}");
+        let e = err("max_manifest_size = \"1GiB\"\n");
+        assert!(
+            e.starts_with("upstream[0].max_manifest_size") && e.contains("between"),
+            "{e}"
+        );
+        let e = err("max_token_response = \"lots\"\n");
+        assert!(e.starts_with("upstream[0].max_token_response"), "{e}");
     }
 }

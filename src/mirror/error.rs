@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::cache::{CacheError, FillError};
+use crate::cache::{CacheError, FillError, Panicked};
 use crate::registry::{Blame, ErrorResponse, OciCode, ParseError, RouteKind};
 use crate::upstream::UpstreamError;
 
@@ -36,6 +36,9 @@ pub enum MirrorError {
         window_s: u64,
         min_rate: u64,
     },
+    /// A shared fetch's work panicked (a bug); logged where it happened.
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
     #[error("manifest is {media_type}, which the client's Accept header does not list")]
     NotAcceptable { media_type: String },
     #[error("upstream {upstream} is offline and this cache holds no tags of {repo}")]
@@ -83,6 +86,9 @@ impl MirrorError {
             MirrorError::Upstream(u) => upstream(u, kind),
             MirrorError::Fill(f) => fill(f),
             MirrorError::Cache(c) => cache(c),
+            MirrorError::Panicked(p) => {
+                ErrorResponse::new(OciCode::Unknown, p.to_string(), Blame::Wharf)
+            }
         }
     }
 }
@@ -170,13 +176,20 @@ fn upstream(u: &UpstreamError, kind: RouteKind) -> ErrorResponse {
             format!("{msg}; this {} is not in the cache", kind.object()),
             Blame::Upstream,
         ),
-        UpstreamError::Unreachable { .. } => gateway(
+        // The reason names addresses and URLs (reqwest's errors do): it
+        // stays in wharf's log (the upstream client logs it); anonymous
+        // clients get the upstream's configured name.
+        UpstreamError::Unreachable { upstream, .. } => gateway(
             OciCode::Unavailable,
-            format!("{msg}; this {} is not in the cache", kind.object()),
+            format!(
+                "upstream {upstream} is unreachable (details in wharf's log); this {} is not in the cache",
+                kind.object()
+            ),
         ),
-        UpstreamError::Status { .. } | UpstreamError::Protocol { .. } => {
-            gateway(OciCode::Unavailable, msg)
-        }
+        UpstreamError::Status { .. }
+        | UpstreamError::Protocol { .. }
+        | UpstreamError::RealmRefused { .. }
+        | UpstreamError::CredentialsUnavailable { .. } => gateway(OciCode::Unavailable, msg),
         // Names files, helpers and keys: for wharf's log, not for clients.
         UpstreamError::Config(_) => ErrorResponse::new(
             OciCode::Unknown,
@@ -202,6 +215,28 @@ mod tests {
         assert_eq!(r.code, OciCode::TooManyRequests);
         assert_eq!(r.retry_after, Some(42));
         assert!(!r.challenge);
+    }
+
+    /// Regression: a 502 carried reqwest's error, with the upstream's URL
+    /// and the address it could not reach, to anonymous clients.
+    #[test]
+    fn unreachable_upstreams_are_named_not_addressed() {
+        let e = MirrorError::Upstream(UpstreamError::Unreachable {
+            upstream: "hub".into(),
+            reason: "error sending request for url (http://10.1.2.3:5000/v2/x/manifests/1): connection refused".into(),
+        });
+        let r = e.response(RouteKind::Manifest);
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            r.message.contains("upstream hub is unreachable"),
+            "{}",
+            r.message
+        );
+        assert!(
+            !r.message.contains("10.1.2.3") && !r.message.contains("http"),
+            "{}",
+            r.message
+        );
     }
 
     #[test]

@@ -20,6 +20,31 @@ pub const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v1+json",
 ];
 
+/// Manifest types wharf stores and serves besides [`MANIFEST_TYPES`]: the
+/// OCI artifact manifest of image-spec 1.1's release candidates (some
+/// registries still serve it), and plain `application/json`, which old
+/// registries send for schema 1. Artifacts in the released spec are image
+/// manifests with an `artifactType`, already in the list.
+const OTHER_MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.artifact.manifest.v1+json",
+    "application/json",
+];
+
+/// Whether `mt` is a type a registry serves a manifest as. Anything else
+/// (`text/html` with a `<script>`, an image, ...) is never cached nor served
+/// as a manifest, whatever the upstream says.
+pub fn is_manifest_type(mt: &MediaType) -> bool {
+    let e = mt.essence();
+    MANIFEST_TYPES
+        .iter()
+        .chain(OTHER_MANIFEST_TYPES)
+        .any(|t| *t == e)
+}
+
+/// The most media types of an `Accept` wharf considers (clients send six or
+/// so); the rest of a longer header is ignored.
+pub const MAX_ACCEPT_TYPES: usize = 64;
+
 /// The largest manifest wharf accepts; distribution and containerd use 4 MiB too.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -87,12 +112,27 @@ impl fmt::Debug for MediaType {
 pub struct Accept(Vec<String>);
 
 impl Accept {
+    /// Linear in the header's length: duplicates are found in a set, and at
+    /// most [`MAX_ACCEPT_TYPES`] distinct types are kept (a 60 KB header of
+    /// distinct types once cost a comparison per pair).
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Accept {
+        Accept::parse_counted(lines, &mut 0)
+    }
+
+    /// [`Accept::parse`], adding to `work` one per item looked at and per
+    /// set operation (for the test that proves it linear).
+    fn parse_counted<'a>(lines: impl IntoIterator<Item = &'a str>, work: &mut u64) -> Accept {
         let mut v = Vec::new();
-        for line in lines {
+        let mut seen = std::collections::HashSet::new();
+        'lines: for line in lines {
             for item in line.split(',') {
+                *work += 1;
+                if v.len() >= MAX_ACCEPT_TYPES {
+                    break 'lines;
+                }
                 let e = essence(item);
-                if !e.is_empty() && !v.contains(&e) {
+                *work += 1;
+                if !e.is_empty() && seen.insert(e.clone()) {
                     v.push(e);
                 }
             }
@@ -136,6 +176,46 @@ mod tests {
         assert!(Accept::parse(["*/*"]).allows(&list));
         assert!(Accept::parse(["application/*"]).allows(&list));
         assert!(Accept::default().allows(&list));
+    }
+
+    /// Regression: de-duplication compared each type with every earlier one.
+    #[test]
+    fn a_huge_accept_costs_linear_work() {
+        let header: String = (0..7000)
+            .map(|i| format!("a/t{i:05}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(header.len() >= 60_000);
+        let mut work = 0;
+        let a = Accept::parse_counted([header.as_str()], &mut work);
+        assert_eq!(a.types().len(), MAX_ACCEPT_TYPES);
+        assert!(work <= 2 * 7000, "work {work}");
+        // Duplicates of one type: every item is looked at once.
+        let dups = vec!["application/json"; 20_000].join(",");
+        let mut work = 0;
+        let a = Accept::parse_counted([dups.as_str()], &mut work);
+        assert_eq!(a.types(), ["application/json"]);
+        assert_eq!(work, 2 * 20_000);
+    }
+
+    #[test]
+    fn manifest_types() {
+        for ok in MANIFEST_TYPES.iter().chain(OTHER_MANIFEST_TYPES) {
+            assert!(is_manifest_type(&ok.parse().unwrap()), "{ok}");
+        }
+        assert!(is_manifest_type(
+            &"Application/VND.oci.image.manifest.v1+json; charset=utf-8"
+                .parse()
+                .unwrap()
+        ));
+        for bad in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "image/svg+xml",
+            "text/plain",
+        ] {
+            assert!(!is_manifest_type(&bad.parse().unwrap()), "{bad}");
+        }
     }
 
     #[test]

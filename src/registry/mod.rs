@@ -13,7 +13,7 @@ mod platform;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use endpoint::{Endpoint, Route, RouteKind};
 pub use error::{error_json, Blame, ErrorResponse, OciCode};
-pub use media::{Accept, MediaType, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
+pub use media::{is_manifest_type, Accept, MediaType, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 pub use name::{Reference, RepoName, Tag, MAX_NAME_LEN};
 pub use platform::{index_children, select_children, Child, Platform, PlatformError, PlatformSpec};
 

@@ -112,34 +112,56 @@ fn refresh_margin(lifetime: Duration) -> Duration {
     Duration::from_secs(10).min(lifetime / 10)
 }
 
+/// The longest a token (or any credential an upstream hands out) is used,
+/// whatever it says: a token service answering `expires_in` of 10^19 s (or
+/// a year) gets its token asked for again after a day. Docker Hub's live
+/// 300 s, GitLab's 900 s.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A lifetime as an upstream stated it, made safe to add to a clock: at most
+/// [`MAX_TOKEN_LIFETIME`]; zero, negative, fractional-below-a-second,
+/// non-numeric or missing values mean the spec's default (60 s).
+pub fn clamp_lifetime(stated: Option<&serde_json::Value>) -> Duration {
+    let secs = stated.and_then(|v| match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    });
+    match secs {
+        Some(s) if s.is_finite() && s >= 1.0 => {
+            Duration::from_secs_f64(s.min(MAX_TOKEN_LIFETIME.as_secs_f64()))
+        }
+        _ => Duration::from_secs(TokenResponse::DEFAULT_EXPIRES_IN),
+    }
+}
+
 impl Token {
     pub fn new(value: Secret, expires_in: Duration, now: Instant) -> Token {
+        let lifetime = expires_in.min(MAX_TOKEN_LIFETIME);
         Token {
             value,
-            refresh_at: now + expires_in - refresh_margin(expires_in),
+            refresh_at: now + lifetime - refresh_margin(lifetime),
         }
     }
 }
 
-/// The token response body.
+/// The token response body. `expires_in` is read as any JSON value, so a
+/// negative, fractional, huge or quoted number is clamped, not a parse
+/// failure and never a clock overflow.
 #[derive(serde::Deserialize)]
 pub struct TokenResponse {
     pub token: Option<String>,
     pub access_token: Option<String>,
-    pub expires_in: Option<u64>,
+    pub expires_in: Option<serde_json::Value>,
 }
 
 impl TokenResponse {
     pub const DEFAULT_EXPIRES_IN: u64 = 60;
     pub fn into_token(self, now: Instant) -> Option<Token> {
         let value = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
-        let secs = self
-            .expires_in
-            .filter(|&s| s > 0)
-            .unwrap_or(Self::DEFAULT_EXPIRES_IN);
         Some(Token::new(
             Secret::new(value),
-            Duration::from_secs(secs),
+            clamp_lifetime(self.expires_in.as_ref()),
             now,
         ))
     }
@@ -239,7 +261,7 @@ mod tests {
         let tok = TokenResponse {
             token: Some("t".into()),
             access_token: None,
-            expires_in: Some(20),
+            expires_in: Some(20.into()),
         }
         .into_token(now)
         .unwrap();
@@ -261,5 +283,34 @@ mod tests {
         assert!(!format!("{t:?}").contains("\"a\""), "token value redacted");
         let t: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert!(t.into_token(now).is_none());
+    }
+
+    /// Regression: `expires_in` of u64::MAX panicked (`Instant + Duration`
+    /// overflow) in every request of that token scope.
+    #[test]
+    fn absurd_lifetimes_are_clamped_not_panics() {
+        let now = Instant::now();
+        let day = MAX_TOKEN_LIFETIME - refresh_margin(MAX_TOKEN_LIFETIME);
+        let default = Duration::from_secs(54);
+        for (json, want) in [
+            (r#"{"token":"t","expires_in":18446744073709551615}"#, day),
+            (r#"{"token":"t","expires_in":1e300}"#, day),
+            (r#"{"token":"t","expires_in":31536000}"#, day),
+            (r#"{"token":"t","expires_in":0}"#, default),
+            (r#"{"token":"t","expires_in":-5}"#, default),
+            (r#"{"token":"t","expires_in":0.5}"#, default),
+            (r#"{"token":"t","expires_in":"x"}"#, default),
+            (r#"{"token":"t","expires_in":null}"#, default),
+            (
+                r#"{"token":"t","expires_in":"300"}"#,
+                Duration::from_secs(290),
+            ),
+        ] {
+            let t: TokenResponse = serde_json::from_str(json).unwrap();
+            let t = t.into_token(now).unwrap();
+            assert_eq!(t.refresh_at - now, want, "{json}");
+        }
+        let t = Token::new(Secret::new("t"), Duration::MAX, now);
+        assert_eq!(t.refresh_at - now, day);
     }
 }

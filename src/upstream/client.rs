@@ -2,9 +2,23 @@
 //! manifest and blob fetches, tag listing.
 //!
 //! Spec: distribution-spec `spec.md#pull` and the token auth flow in `auth.rs`.
-//! Redirects (Docker Hub sends blobs to a CDN) are followed by reqwest, which
-//! drops `Authorization` when the host changes; a redirect is never cached since
-//! only verified bytes are.
+//!
+//! Everything an upstream answers is hostile until checked, and this client
+//! must never act on it unchecked:
+//!
+//! - Token realms and redirect targets pass [`Destinations`] (`policy.rs`)
+//!   before anything is sent there. Two reqwest clients: blob requests follow
+//!   redirects (Docker Hub sends layers to a CDN; reqwest drops
+//!   `Authorization` when the host changes) to what the policy allows;
+//!   manifests, tag lists and tokens follow redirects only within their
+//!   origin. A redirect is never cached since only verified bytes are.
+//! - Every body read into memory is read incrementally against its limit
+//!   ([`BodyLimits`]; a `Content-Length` is not trusted): past it a manifest,
+//!   tag-list page or token answer is refused, an error body is cut.
+//! - A manifest must arrive as a manifest media type and be a JSON object.
+//! - Refusals are logged with what was refused (URLs, sizes) and counted in
+//!   `wharf_upstream_refused_total`; the error a client gets names the
+//!   upstream and the reason, never an address.
 
 use std::time::Duration;
 
@@ -14,9 +28,10 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use super::UpstreamConfig;
+use super::policy::{Destinations, NoLinkLocal, Refusal};
+use super::{BodyLimits, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::registry::{Digest, MediaType, Reference, RepoName, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
+use crate::registry::{is_manifest_type, Digest, MediaType, Reference, RepoName, MANIFEST_TYPES};
 use crate::secret::Secret;
 
 use super::auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
@@ -26,7 +41,12 @@ use super::UpstreamError;
 pub struct UpstreamClient {
     name: String,
     base: reqwest::Url,
+    /// Manifests, tag lists, tokens: redirects only within the origin.
     http: reqwest::Client,
+    /// Blobs: redirects to what [`Destinations`] allows.
+    blobs: reqwest::Client,
+    destinations: Arc<Destinations>,
+    limits: BodyLimits,
     credentials: Option<Arc<dyn CredentialSource>>,
     tokens: TokenCache,
     /// The last challenge seen, so later requests authenticate up front instead
@@ -122,10 +142,45 @@ impl Op {
     }
 }
 
-/// Largest tag list page read from an upstream (Docker Hub's biggest
-/// repositories list a few thousand tags: tens of KiB). Parsed, a page of
-/// the shortest tags costs about eight times this in memory.
-const MAX_TAG_LIST_BYTES: usize = 4 << 20;
+/// Redirects followed for one request at most.
+const MAX_REDIRECTS: usize = 5;
+
+/// A redirect the policy refused: reqwest carries it as the source of its
+/// error, [`UpstreamClient::transport`] finds it there.
+#[derive(Debug)]
+struct RedirectRefused {
+    refusal: Refusal,
+}
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redirect refused: {}", self.refusal.describe())
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// What a refusal counts as (the `reason` label).
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    Realm,
+    Redirect,
+    BodySize,
+    ErrorBody,
+    MediaType,
+}
+
+impl Refused {
+    fn label(self) -> &'static str {
+        match self {
+            Refused::Realm => "realm",
+            Refused::Redirect => "redirect",
+            Refused::BodySize => "body_size",
+            Refused::ErrorBody => "error_body",
+            Refused::MediaType => "media_type",
+        }
+    }
+}
 
 /// What wharf knows of an upstream's reachability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -157,27 +212,58 @@ impl UpstreamClient {
         cfg: &UpstreamConfig,
         metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, UpstreamError> {
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(cfg.connect_timeout)
-            // A stalled upstream must not hold clients forever; a slow one may.
-            .read_timeout(Duration::from_secs(60))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::limited(5));
-        if let Some(pem) = &cfg.ca_pem {
-            for c in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| UpstreamError::Config(format!("{}: ca_file: {e}", cfg.name)))?
-            {
-                b = b.add_root_certificate(c);
+        let destinations = Arc::new(Destinations::new(
+            &cfg.url,
+            &cfg.token_realms,
+            &cfg.redirect_hosts,
+        ));
+        let build = |policy: reqwest::redirect::Policy| {
+            let mut b = reqwest::Client::builder()
+                .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(cfg.connect_timeout)
+                // A stalled upstream must not hold clients forever; a slow one may.
+                .read_timeout(Duration::from_secs(60))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .dns_resolver(Arc::new(NoLinkLocal))
+                .redirect(policy);
+            if let Some(pem) = &cfg.ca_pem {
+                for c in reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| UpstreamError::Config(format!("{}: ca_file: {e}", cfg.name)))?
+                {
+                    b = b.add_root_certificate(c);
+                }
             }
-        }
-        let http = b
-            .build()
-            .map_err(|e| UpstreamError::Config(format!("{}: {e}", cfg.name)))?;
+            b.build()
+                .map_err(|e| UpstreamError::Config(format!("{}: {e}", cfg.name)))
+        };
+        let http = build(reqwest::redirect::Policy::custom(|a| {
+            let first = a.previous().first().cloned();
+            if a.previous().len() > MAX_REDIRECTS {
+                return a.error("too many redirects");
+            }
+            match first.map(|f| Destinations::check_api_redirect(&f, a.url())) {
+                Some(Err(refusal)) => a.error(RedirectRefused { refusal }),
+                _ => a.follow(),
+            }
+        }))?;
+        let d = destinations.clone();
+        let blobs = build(reqwest::redirect::Policy::custom(move |a| {
+            let from = a.previous().last().cloned();
+            if a.previous().len() > MAX_REDIRECTS {
+                return a.error("too many redirects");
+            }
+            match from.map(|f| d.check_blob_redirect(&f, a.url())) {
+                Some(Err(refusal)) => a.error(RedirectRefused { refusal }),
+                _ => a.follow(),
+            }
+        }))?;
         Ok(UpstreamClient {
             name: cfg.name.clone(),
             base: cfg.url.clone(),
             http,
+            blobs,
+            destinations,
+            limits: cfg.limits,
             credentials: cfg
                 .credentials
                 .as_ref()
@@ -258,13 +344,12 @@ impl UpstreamClient {
         repo: &RepoName,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let op = op.label();
         let started = Instant::now();
-        let r = self.send_inner(method, url, repo, headers).await;
+        let r = self.send_inner(op, method, url, repo, headers).await;
         if !matches!(r, Err(UpstreamError::Offline { .. })) {
             self.metrics
                 .upstream_duration
-                .with_label_values(&[&self.name, op])
+                .with_label_values(&[&self.name, op.label()])
                 .observe(started.elapsed().as_secs_f64());
         }
         if let Err(e) = &r {
@@ -273,15 +358,35 @@ impl UpstreamClient {
         r
     }
 
+    /// Counts a failed request and logs it with its details (which the
+    /// client's error leaves out: addresses, URLs).
     fn count_error(&self, e: &UpstreamError) {
         self.metrics
             .upstream_errors
             .with_label_values(&[&self.name, e.kind()])
             .inc();
+        // One line per failure with its details (the request log has the
+        // client's view); 429 backoff skips are counted, not logged.
+        if !matches!(
+            e,
+            UpstreamError::Offline { .. }
+                | UpstreamError::NotFound { .. }
+                | UpstreamError::TooManyRequests { .. }
+        ) {
+            tracing::warn!(upstream = %self.name, kind = e.kind(), error = %e, "upstream request failed");
+        }
+    }
+
+    fn refused(&self, why: Refused) {
+        self.metrics
+            .upstream_refused
+            .with_label_values(&[&self.name, why.label()])
+            .inc();
     }
 
     async fn send_inner(
         &self,
+        op: Op,
         method: Method,
         url: reqwest::Url,
         repo: &RepoName,
@@ -295,11 +400,27 @@ impl UpstreamClient {
         loop {
             let challenge = self.challenge.lock().clone();
             let auth = match &challenge {
-                Some(c) => self.authorization(c, &scope, refused.as_ref()).await?,
+                Some(c) => match self.authorization(c, &scope, refused.as_ref()).await {
+                    Ok(a) => a,
+                    // A remembered challenge (another repository's) whose
+                    // realm is refused: forget it, and let this request
+                    // meet its own challenge.
+                    Err(UpstreamError::RealmRefused { .. }) if !retried => {
+                        let mut stored = self.challenge.lock();
+                        if stored.as_ref() == Some(c) {
+                            *stored = None;
+                        }
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
                 None => None,
             };
-            let mut req = self
-                .http
+            let client = match op {
+                Op::Blob => &self.blobs,
+                Op::Manifest | Op::Tags => &self.http,
+            };
+            let mut req = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(a) = &auth {
@@ -401,19 +522,29 @@ impl UpstreamClient {
     ) -> Result<super::auth::Token, UpstreamError> {
         let mut url =
             reqwest::Url::parse(realm).map_err(|_| self.protocol("token realm is not a URL"))?;
+        // Checked before credentials are even fetched (a helper is not run
+        // for a realm that will not get its answer).
+        if let Err(refusal) = self
+            .destinations
+            .check_realm(&url, self.credentials.is_some())
+        {
+            self.refused(Refused::Realm);
+            let mut shown = url.clone();
+            shown.set_query(None);
+            tracing::warn!(upstream = %self.name, realm = %shown, reason = refusal.describe(),
+                with_credentials = self.credentials.is_some(),
+                "refused the token realm the upstream named; nothing was sent there");
+            return Err(UpstreamError::RealmRefused {
+                upstream: self.name.clone(),
+                reason: refusal.describe(),
+            });
+        }
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
             q.append_pair("scope", scope);
-        }
-        // Credentials go to the realm the registry names (GitLab's is on
-        // another host), but never in clear when the registry itself is TLS.
-        if self.credentials.is_some() && self.base.scheme() == "https" && url.scheme() != "https" {
-            return Err(
-                self.protocol("token realm is not https; wharf does not send credentials in clear")
-            );
         }
         let mut retried = false;
         let resp = loop {
@@ -442,7 +573,9 @@ impl UpstreamClient {
         if !status.is_success() {
             return Err(self.protocol(&format!("token service answered {status}")));
         }
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let body = self
+            .read_capped(resp, self.limits.token, "token service answer")
+            .await?;
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
             self.protocol("token service answered with something other than token JSON")
         })?;
@@ -540,11 +673,77 @@ impl UpstreamClient {
     }
 
     fn transport(&self, e: reqwest::Error) -> UpstreamError {
-        // reqwest's Display includes the URL, never headers: safe to report.
+        if e.is_redirect() {
+            let refusal =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |c| {
+                    c.source()
+                })
+                .find_map(|c| c.downcast_ref::<RedirectRefused>())
+                .map(|r| r.refusal);
+            self.refused(Refused::Redirect);
+            // The URL is for the log only.
+            tracing::warn!(upstream = %self.name, to = ?e.url().map(|u| u.as_str()),
+                reason = refusal.map_or("too many redirects", |r| r.describe()),
+                "refused a redirect from the upstream");
+            return self.protocol(&format!(
+                "it answered with a redirect wharf does not follow ({})",
+                refusal.map_or("too many redirects", |r| r.describe())
+            ));
+        }
+        // reqwest's Display includes the URL, never headers: for the log
+        // (`count_error`); clients get the upstream's name only.
         UpstreamError::Unreachable {
             upstream: self.name.clone(),
             reason: error_chain(&e),
         }
+    }
+
+    /// Reads a body of at most `limit` bytes into memory, chunk by chunk (a
+    /// `Content-Length` is not trusted, only used to refuse early).
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let too_big = |got: Option<u64>| {
+            self.refused(Refused::BodySize);
+            tracing::warn!(upstream = %self.name, what, limit, content_length = got,
+                "refused an upstream answer larger than its limit");
+            self.protocol(&format!(
+                "its {what} is larger than the {} limit",
+                human_size(limit)
+            ))
+        };
+        if let Some(l) = resp.content_length().filter(|&l| l > limit as u64) {
+            return Err(too_big(Some(l)));
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            if buf.len() + chunk.len() > limit {
+                return Err(too_big(resp.content_length()));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    }
+
+    /// The first `limit` bytes of an error answer; the rest is never read
+    /// (the connection is dropped with it).
+    async fn read_error_body(&self, mut resp: reqwest::Response) -> Vec<u8> {
+        let limit = self.limits.error_body;
+        let mut buf = Vec::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            let room = limit - buf.len();
+            if chunk.len() > room {
+                buf.extend_from_slice(&chunk[..room]);
+                self.refused(Refused::ErrorBody);
+                tracing::debug!(upstream = %self.name, limit, "cut an upstream error answer at its limit");
+                break;
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        buf
     }
 
     fn protocol(&self, what: &str) -> UpstreamError {
@@ -578,10 +777,17 @@ impl UpstreamClient {
         let code = if is_head {
             None
         } else {
-            let body = resp.bytes().await.unwrap_or_default();
+            let body = self.read_error_body(resp).await;
             serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned))
+                // An OCI code is a short upper-case word; anything else is
+                // the upstream's text, not passed on.
+                .filter(|c| {
+                    !c.is_empty()
+                        && c.len() <= 32
+                        && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                })
         };
         match status {
             StatusCode::NOT_FOUND => UpstreamError::NotFound {
@@ -620,7 +826,9 @@ impl UpstreamClient {
         Ok(ManifestHead {
             digest: header_str(resp.headers(), "docker-content-digest")
                 .and_then(|s| s.parse().ok()),
-            media_type: header_str(resp.headers(), "content-type").and_then(|s| s.parse().ok()),
+            media_type: header_str(resp.headers(), "content-type")
+                .and_then(|s| s.parse().ok())
+                .filter(is_manifest_type),
         })
     }
 
@@ -635,25 +843,21 @@ impl UpstreamClient {
         h.insert(http::header::ACCEPT, Self::manifest_accept());
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let resp = self.send(Op::Manifest, Method::GET, url, repo, h).await?;
-        let mut resp = self.check(resp, false).await?;
-        if resp
-            .content_length()
-            .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(self.protocol("manifest larger than 4 MiB"));
-        }
+        let resp = self.check(resp, false).await?;
         let media_type: MediaType = header_str(resp.headers(), "content-type")
             .ok_or_else(|| self.protocol("manifest without Content-Type"))?
             .parse()
             .map_err(|_| self.protocol("manifest with an invalid Content-Type"))?;
+        if !is_manifest_type(&media_type) {
+            return Err(self.not_a_manifest(&media_type, "its Content-Type"));
+        }
         let header_digest: Option<Digest> =
             header_str(resp.headers(), "docker-content-digest").and_then(|s| s.parse().ok());
-        let mut buf = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
-            if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                return Err(self.protocol("manifest larger than 4 MiB"));
-            }
-            buf.extend_from_slice(&chunk);
+        let buf = self
+            .read_capped(resp, self.limits.manifest, "manifest")
+            .await?;
+        if !serde_json::from_slice::<serde_json::Value>(&buf).is_ok_and(|v| v.is_object()) {
+            return Err(self.not_a_manifest(&media_type, "its body, which is not a JSON object"));
         }
         let expected = match reference {
             Reference::Digest(d) => Some(d.clone()),
@@ -732,16 +936,34 @@ impl UpstreamClient {
         let resp = self
             .send(Op::Tags, Method::GET, url, repo, HeaderMap::new())
             .await?;
-        let mut resp = self.check(resp, false).await?;
+        let resp = self.check(resp, false).await?;
         let link = header_str(resp.headers(), "link").map(str::to_owned);
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
-            if body.len() + chunk.len() > MAX_TAG_LIST_BYTES {
-                return Err(self.protocol("tag list page larger than 4 MiB"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = self
+            .read_capped(resp, self.limits.tag_list_page, "tag list page")
+            .await?;
         Ok((body.into(), link))
+    }
+
+    /// A manifest answer that is something else (`text/html`, ...): never
+    /// cached nor served.
+    fn not_a_manifest(&self, media_type: &MediaType, by: &str) -> UpstreamError {
+        self.refused(Refused::MediaType);
+        tracing::warn!(upstream = %self.name, media_type = %media_type, by,
+            "refused a manifest answer that is not a manifest");
+        self.protocol(&format!(
+            "its manifest answer is not a manifest (judged by {by})"
+        ))
+    }
+}
+
+/// `4 MiB`, `64 KiB`, `1000 bytes`: a limit as config.toml writes it.
+fn human_size(n: usize) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }
 

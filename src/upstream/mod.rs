@@ -4,12 +4,14 @@
 mod auth;
 mod client;
 pub mod credentials;
+mod policy;
 mod settings;
 
 pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
 pub use client::{ManifestBody, ManifestHead, RateLimit, UpstreamClient, UpstreamState};
 pub use credentials::{BasicCredentials, CredentialSource};
-pub use settings::UpstreamConfig;
+pub use policy::{registrable_domain, HostSpec};
+pub use settings::{BodyLimits, UpstreamConfig};
 
 /// Something went wrong between wharf and an upstream. Messages name the upstream
 /// and never include credentials or tokens.
@@ -46,6 +48,18 @@ pub enum UpstreamError {
     },
     #[error("upstream {upstream}: {what}")]
     Protocol { upstream: String, what: String },
+    /// The token realm the upstream named is not one wharf sends to; the
+    /// realm itself is in the log only.
+    #[error("upstream {upstream}: its token realm is {reason}; wharf refused it (the realm is named in wharf's log)")]
+    RealmRefused {
+        upstream: String,
+        reason: &'static str,
+    },
+    /// A credential helper failed or timed out: `reason` is wharf's words
+    /// (the helper's name and exit status, never its output), so it may
+    /// reach clients, unlike an [`UpstreamError::Unreachable`] reason.
+    #[error("upstream {upstream}: wharf's credentials are unavailable: {reason}")]
+    CredentialsUnavailable { upstream: String, reason: String },
     #[error("upstream configuration: {0}")]
     Config(String),
 }
@@ -62,6 +76,8 @@ impl UpstreamError {
             UpstreamError::Status { .. } => "status",
             UpstreamError::DigestMismatch { .. } => "digest_mismatch",
             UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::RealmRefused { .. } => "realm_refused",
+            UpstreamError::CredentialsUnavailable { .. } => "credentials",
             UpstreamError::Config(_) => "config",
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::access::UpstreamAccess;
 
 use super::credentials::CredentialSpec;
+use super::policy::HostSpec;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -23,4 +24,34 @@ pub struct UpstreamConfig {
     pub access: UpstreamAccess,
     /// Never contact this upstream: serve from cache only.
     pub offline: bool,
+    /// Hosts (`host` or `host:port`) besides the upstream's own site that
+    /// may receive its credentials as a token realm, and that may be a
+    /// loopback or private realm.
+    pub token_realms: Vec<HostSpec>,
+    /// Loopback or private hosts a blob download may be redirected to when
+    /// the upstream itself is not on such an address.
+    pub redirect_hosts: Vec<HostSpec>,
+    pub limits: BodyLimits,
+}
+
+/// The most wharf reads into memory of each kind of upstream answer. Read
+/// incrementally (a `Content-Length` is not trusted); past a limit the
+/// answer is refused (an error body is cut instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub manifest: usize,
+    pub tag_list_page: usize,
+    pub token: usize,
+    pub error_body: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            manifest: crate::registry::MAX_MANIFEST_BYTES,
+            tag_list_page: 4 << 20,
+            token: 1 << 20,
+            error_body: 64 << 10,
+        }
+    }
 }

@@ -133,8 +133,9 @@ fn upstream_block(
     extra: &str,
 ) -> String {
     format!(
-        "[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\n{routing}[upstream.credentials]\ndocker_config = {docker_config:?}\n{extra}[upstream.access]\nanonymous = true\nrepositories = [\"private/**\"]\n",
-        up.url()
+        "[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\n{}{routing}[upstream.credentials]\ndocker_config = {docker_config:?}\n{extra}[upstream.access]\nanonymous = true\nrepositories = [\"private/**\"]\n",
+        up.url(),
+        up.token_realms_line()
     )
 }
 

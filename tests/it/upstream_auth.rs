@@ -63,8 +63,9 @@ fn gitlab_shaped_registry_with_a_deploy_token() {
     private_file(&dir.join("deploy-token"), &deploy_token);
     let block = |creds: bool| {
         format!(
-            "[[upstream]]\nname = \"gitlab\"\nurl = \"{}\"\naliases = [\"registry.gitlab.example\"]\ndefault = true\n{}",
+            "[[upstream]]\nname = \"gitlab\"\nurl = \"{}\"\n{}aliases = [\"registry.gitlab.example\"]\ndefault = true\n{}",
             up.url(),
+            up.token_realms_line(),
             if creds {
                 format!("[upstream.credentials]\nusername = \"{deploy_user}\"\npassword_file = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/**\"]\n", dir.join("deploy-token"))
             } else {
@@ -112,8 +113,9 @@ fn gitlab_shaped_registry_with_a_deploy_token() {
         &dc_dir,
         "gl-dc",
         &format!(
-            "[[upstream]]\nname = \"gitlab\"\nurl = \"{}\"\ndefault = true\n[upstream.credentials]\ndocker_config = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/**\"]\n",
+            "[[upstream]]\nname = \"gitlab\"\nurl = \"{}\"\n{}default = true\n[upstream.credentials]\ndocker_config = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/**\"]\n",
             up.url(),
+            up.token_realms_line(),
             dc_dir.join("config.json")
         ),
     );
@@ -163,7 +165,8 @@ fn short_tokens_expire_during_a_slow_blob_without_breaking_it() {
         dir,
         "slow",
         &format!(
-            "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:{relay}\"\ndefault = true\n[upstream.credentials]\nusername = \"{pull_user}\"\npassword_file = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/big\"]\n",
+            "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:{relay}\"\n{}default = true\n[upstream.credentials]\nusername = \"{pull_user}\"\npassword_file = {:?}\n[upstream.access]\nanonymous = true\nrepositories = [\"private/big\"]\n",
+            up.token_realms_line(),
             dir.join("pw")
         ),
     );
@@ -251,8 +254,9 @@ fn artifact_registry_json_keys_and_the_metadata_server() {
     private_file(&dir.join("sa.json"), &key_json);
     let block = |name: &str, prefix: &str, creds: &str| {
         format!(
-            "[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\nprefix = \"{prefix}\"\n[upstream.credentials]\n{creds}[upstream.access]\nanonymous = true\nrepositories = [\"private/*\"]\n",
-            up.url()
+            "[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\n{}prefix = \"{prefix}\"\n[upstream.credentials]\n{creds}[upstream.access]\nanonymous = true\nrepositories = [\"private/*\"]\n",
+            up.url(),
+            up.token_realms_line()
         )
     };
     let key_file = format!("json_key_file = {:?}\n", dir.join("sa.json"));

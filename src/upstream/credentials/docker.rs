@@ -281,7 +281,7 @@ impl DockerConfig {
                 ))),
             },
             Err(HelperError::Unusable(why)) => Err(config(why)),
-            Err(HelperError::Failed(why)) => Err(UpstreamError::Unreachable {
+            Err(HelperError::Failed(why)) => Err(UpstreamError::CredentialsUnavailable {
                 upstream: self.upstream.clone(),
                 reason: format!("credential helper: {why}"),
             }),

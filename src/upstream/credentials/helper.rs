@@ -301,7 +301,8 @@ pub fn jwt_expiry(secret: &str) -> Option<SystemTime> {
         .ok()?
         .get("exp")?
         .as_u64()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+    // A helper's `exp` of 10^19 must not overflow the clock.
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 #[cfg(test)]
@@ -436,5 +437,8 @@ mod tests {
             None
         );
         assert_eq!(jwt_expiry("a.b.c.d"), None);
+        // Regression: an absurd `exp` overflowed SystemTime (a panic).
+        let huge = format!("{}.{}.s", b64("{}"), b64(r#"{"exp":18446744073709551615}"#));
+        let _ = jwt_expiry(&huge);
     }
 }

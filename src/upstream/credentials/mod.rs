@@ -348,13 +348,24 @@ impl GceMetadata {
         if !flavor_ok {
             return Err(fail("answer without Metadata-Flavor: Google".into()));
         }
-        let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+        // Read against the same bound as a token service's answer (the
+        // metadata server's is a few hundred bytes).
+        let limit = crate::upstream::BodyLimits::default().token;
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+            if body.len() + chunk.len() > limit {
+                return Err(fail(format!("answer larger than {} KiB", limit >> 10)));
+            }
+            body.extend_from_slice(&chunk);
+        }
         let t: MetadataToken =
             serde_json::from_slice(&body).map_err(|_| fail("answer is not token JSON".into()))?;
         if t.access_token.is_empty() {
             return Err(fail("empty access_token".into()));
         }
-        let lifetime = Duration::from_secs(t.expires_in.max(1));
+        let lifetime =
+            Duration::from_secs(t.expires_in.max(1)).min(super::auth::MAX_TOKEN_LIFETIME);
         let until = Instant::now() + lifetime - metadata_margin(lifetime);
         let secret = Secret::new(t.access_token);
         *self.token.lock() = Some((secret.clone(), until));

@@ -21,6 +21,10 @@
 //!   uses wharf's library API in that file only.
 //! - [`clients`]: registries.conf and skopeo helpers, [`Skopeo`] on the host
 //!   or in a namespace.
+//! - [`hostile_upstream`]: [`HostileUpstream`], a scriptable registry on
+//!   loopback for the hostile-peer suite: any status, headers and body per
+//!   path (huge, dripping), realms and redirects anywhere, and a log of the
+//!   requests it got with their headers.
 //! - [`honest`]: [`Honest`], the ordinary client of the hostile-peer tests,
 //!   which must still be served within [`HONEST_DEADLINE`].
 //! - [`netns`]: [`Netns`], a network namespace with no route anywhere (an
@@ -33,6 +37,7 @@ mod clients;
 mod containerd;
 mod dockerd;
 mod honest;
+mod hostile_upstream;
 mod metadata;
 mod netns;
 mod ratelimit;
@@ -47,6 +52,7 @@ pub use self::clients::{
 pub use self::containerd::{hosts_dir, Containerd};
 pub use self::dockerd::Dockerd;
 pub use self::honest::{Honest, HONEST_DEADLINE};
+pub use self::hostile_upstream::{Answer, HostileUpstream, Seen};
 pub use self::metadata::MetadataServer;
 pub use self::netns::{Netns, SITE_IP};
 pub use self::ratelimit::{throttled_relay, RateLimiter, Window};

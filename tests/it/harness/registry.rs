@@ -137,6 +137,24 @@ impl Upstream {
         }
     }
 
+    /// `token_realms = ["ip:port"]` naming its token service (on another
+    /// port or address, so wharf sends it credentials only when listed),
+    /// or nothing without one.
+    pub fn token_realms_line(&self) -> String {
+        match &self.token {
+            Some(t) => {
+                let host = t
+                    .realm
+                    .trim_start_matches("http://")
+                    .split('/')
+                    .next()
+                    .unwrap();
+                format!("token_realms = [\"{host}\"]\n")
+            }
+            None => String::new(),
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }

@@ -389,6 +389,7 @@ impl Wharf {
             up.url()
         );
         if with_creds {
+            s += &up.token_realms_line();
             let f = dir.join(format!("pw-{}", up.port));
             std::fs::write(&f, &up.pass).unwrap();
             use std::os::unix::fs::PermissionsExt;
