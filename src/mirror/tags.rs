@@ -145,7 +145,16 @@ impl Mirror {
                 .await
                 .map_err(|_| fail(format!("tags/list took over {LIST_DEADLINE:?}")))??;
             let page: UpstreamList = serde_json::from_slice(&body)
-                .map_err(|e| fail(format!("tags/list is not a tag list: {e}")))?;
+                // serde's message can quote the upstream's bytes: give the
+                // client where the JSON broke, never what it said.
+                .map_err(|e| {
+                    fail(format!(
+                        "tags/list is not a tag list ({:?} error at line {} column {})",
+                        e.classify(),
+                        e.line(),
+                        e.column()
+                    ))
+                })?;
             let name = page.name;
             let got = page.tags.unwrap_or_default();
             let progress = got.last().cloned();
