@@ -408,6 +408,12 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // What the server creates is its operator's alone, also outside systemd
+    // (whose StateDirectoryMode=0700 guards only the top directory): files of
+    // libraries that take no mode, such as sled's, included. The cache and
+    // the admin socket set their own modes explicitly anyway.
+    // SAFETY: umask only replaces the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
