@@ -30,7 +30,8 @@
 //!
 //! Must never: run bcrypt on a throttled pair, log or keep a password (or an
 //! unkeyed digest of one), or let a dropped request keep a slot or a pending
-//! mark (permits move into the blocking task; the pending mark is a guard).
+//! mark, or escape its failure count by hanging up (the permit, the pending
+//! mark and the recording of the outcome move into the blocking task).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -92,7 +93,7 @@ pub struct Logins {
     verified: moka::sync::Cache<[u8; 32], ()>,
     first: Arc<Semaphore>,
     suspect: Arc<Semaphore>,
-    failures: Mutex<Failures>,
+    failures: Arc<Mutex<Failures>>,
     checks: IntCounterVec,
     throttled: IntCounter,
 }
@@ -131,7 +132,7 @@ impl Logins {
                 .build(),
             first: Arc::new(Semaphore::new(limits.concurrency as usize)),
             suspect: Arc::new(Semaphore::new(limits.failed_concurrency as usize)),
-            failures: Mutex::new(Failures::new(limits)),
+            failures: Arc::new(Mutex::new(Failures::new(limits))),
             checks,
             throttled,
         }
@@ -157,7 +158,7 @@ impl Logins {
         let mut pending = match self.failures.lock().begin(pair, now) {
             Begin::Throttled(retry_after) => return self.throttle(retry_after),
             Begin::Go { clean } => Pending {
-                failures: &self.failures,
+                failures: self.failures.clone(),
                 pair,
                 clean,
                 done: false,
@@ -171,39 +172,44 @@ impl Logins {
         let Ok(permit) = pool.clone().acquire_owned().await else {
             return Checked::Refused;
         };
-        // While this waited, the same login may have passed, or the pair
+        // While this waited, the same login may have passed (a remembered
+        // login is no news about this pair: its count stays), or the pair
         // may have run out of attempts.
         if remembered.is_some_and(|k| self.verified.contains_key(&k)) {
-            pending.finish(true);
             return Checked::Accepted;
         }
         if let Some(retry_after) = self.failures.lock().throttled(pair, Instant::now()) {
             return self.throttle(retry_after);
         }
         let hash = hash.map(str::to_owned);
+        let (checks, verified) = (self.checks.clone(), self.verified.clone());
+        // The outcome is recorded by the task itself: a client that hangs
+        // up while bcrypt runs still has its failure counted.
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            match hash {
+            let ok = match hash {
                 Some(h) => bcrypt::verify(pass, &h).unwrap_or(false),
                 None => {
                     // The same work as a verification, thrown away.
                     let _ = bcrypt::hash_with_salt(pass, cost, DUMMY_SALT);
                     false
                 }
+            };
+            checks
+                .with_label_values(&[if ok { "accepted" } else { "refused" }])
+                .inc();
+            if let (true, Some(k)) = (ok, remembered) {
+                verified.insert(k, ());
             }
+            pending.finish(ok);
+            ok
         })
         .await
         .unwrap_or(false);
-        self.checks
-            .with_label_values(&[if ok { "accepted" } else { "refused" }])
-            .inc();
-        pending.finish(ok);
-        match (ok, remembered) {
-            (true, Some(k)) => {
-                self.verified.insert(k, ());
-                Checked::Accepted
-            }
-            _ => Checked::Refused,
+        if ok {
+            Checked::Accepted
+        } else {
+            Checked::Refused
         }
     }
 
@@ -256,21 +262,21 @@ type Pair = (IpAddr, [u8; 16]);
 
 /// Marks a check in flight for its pair until finished or dropped (a client
 /// that went away counts as neither success nor failure).
-struct Pending<'a> {
-    failures: &'a Mutex<Failures>,
+struct Pending {
+    failures: Arc<Mutex<Failures>>,
     pair: Pair,
     clean: bool,
     done: bool,
 }
 
-impl Pending<'_> {
+impl Pending {
     fn finish(&mut self, ok: bool) {
         self.done = true;
         self.failures.lock().finish(self.pair, ok, Instant::now());
     }
 }
 
-impl Drop for Pending<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
             self.failures.lock().abandon(self.pair);

@@ -286,7 +286,7 @@ impl Access {
             logins::Checked::Refused if hash.is_none() => refuse(&user, "unknown user"),
             logins::Checked::Refused => refuse(&user, "wrong password"),
             logins::Checked::Throttled { retry_after } => {
-                tracing::warn!(user, client = %ip, "too many failed logins: refused without a password check");
+                tracing::info!(user, client = %ip, "too many failed logins: refused without a password check");
                 Err(retry_after.as_secs().max(1))
             }
         }
