@@ -327,9 +327,31 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         );
     }
+    print_access(&c);
     print_sync(&c);
     println!("configuration OK");
     Ok(())
+}
+
+/// `check-config`'s lines for client authentication: the files (never their
+/// content) and the password-check limits.
+fn print_access(c: &Config) {
+    let a = &c.access;
+    for (what, file) in [("htpasswd", &a.htpasswd_file), ("tokens", &a.tokens_file)] {
+        if let Some(p) = file {
+            println!("access: {what} file {}", p.display());
+        }
+    }
+    if a.htpasswd_file.is_some() {
+        let l = &a.logins;
+        println!(
+            "access: {} password checks at once ({} for failing clients), 429 after {} failures per address and user, one forgotten per {}",
+            l.concurrency,
+            l.failed_concurrency,
+            l.max_failed,
+            humantime::format_duration(l.decay)
+        );
+    }
 }
 
 /// `check-config`'s lines for sync rules and bundle keys.
