@@ -430,12 +430,6 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    // What the server creates is its operator's alone, also outside systemd
-    // (whose StateDirectoryMode=0700 guards only the top directory): files of
-    // libraries that take no mode, such as sled's, included. The cache and
-    // the admin socket set their own modes explicitly anyway.
-    // SAFETY: umask only replaces the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -444,7 +438,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
-    let app = App::open(&config, Default::default())
+    let app = private_umask(|| App::open(&config, Default::default()))
         .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
     let tls = Tls::new(&config.tls, &config.cache_dir).context("cannot set up TLS")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -471,6 +465,22 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
     served?;
     tracing::info!("wharf stopped");
     Ok(())
+}
+
+/// Runs `f` (opening the cache) under umask 077, so that the files libraries
+/// create without a mode (sled's database) are the operator's alone, also
+/// outside systemd (whose StateDirectoryMode=0700 guards only the top
+/// directory). The blob store and the admin socket set their modes
+/// explicitly; what the server writes elsewhere on request (bundles) keeps
+/// the operator's umask, hence only while the cache opens, before anything
+/// else runs.
+fn private_umask<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only replaces the process's file-creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    out
 }
 
 /// The operator's side of a running server: the admin socket and, when
