@@ -327,9 +327,31 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         );
     }
+    print_access(&c);
     print_sync(&c);
     println!("configuration OK");
     Ok(())
+}
+
+/// `check-config`'s lines for client authentication: the files (never their
+/// content) and the password-check limits.
+fn print_access(c: &Config) {
+    let a = &c.access;
+    for (what, file) in [("htpasswd", &a.htpasswd_file), ("tokens", &a.tokens_file)] {
+        if let Some(p) = file {
+            println!("access: {what} file {}", p.display());
+        }
+    }
+    if a.htpasswd_file.is_some() {
+        let l = &a.logins;
+        println!(
+            "access: {} password checks at once ({} for failing clients), 429 after {} failures per address and user, one forgotten per {}",
+            l.concurrency,
+            l.failed_concurrency,
+            l.max_failed,
+            humantime::format_duration(l.decay)
+        );
+    }
 }
 
 /// `check-config`'s lines for sync rules and bundle keys.
@@ -416,7 +438,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
-    let app = App::open(&config, Default::default())
+    let app = private_umask(|| App::open(&config, Default::default()))
         .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
     let tls = Tls::new(&config.tls, &config.cache_dir).context("cannot set up TLS")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -443,6 +465,22 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
     served?;
     tracing::info!("wharf stopped");
     Ok(())
+}
+
+/// Runs `f` (opening the cache) under umask 077, so that the files libraries
+/// create without a mode (sled's database) are the operator's alone, also
+/// outside systemd (whose StateDirectoryMode=0700 guards only the top
+/// directory). The blob store and the admin socket set their modes
+/// explicitly; what the server writes elsewhere on request (bundles) keeps
+/// the operator's umask, hence only while the cache opens, before anything
+/// else runs.
+fn private_umask<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only replaces the process's file-creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    out
 }
 
 /// The operator's side of a running server: the admin socket and, when

@@ -7,14 +7,22 @@ use std::collections::HashMap;
 
 use sha2::{Digest as _, Sha256};
 
+/// bcrypt's cost bounds.
+const MIN_COST: u32 = 4;
+const MAX_COST: u32 = 31;
+
 /// `user:$2y$...` lines.
 pub struct Htpasswd {
     users: HashMap<String, String>,
+    /// The highest bcrypt cost in the file: what an unknown user's throw-away
+    /// check costs, so that it takes as long as a real one.
+    cost: u32,
 }
 
 impl Htpasswd {
     pub fn parse(text: &str) -> Result<Htpasswd, String> {
         let mut users = HashMap::new();
+        let mut cost = MIN_COST;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -29,9 +37,18 @@ impl Htpasswd {
                     i + 1
                 ));
             }
+            // `$2y$NN$`: the cost, 4 to 31 (a bad one fails its checks).
+            if let Some(c) = hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
+                cost = cost.max(c.clamp(MIN_COST, MAX_COST));
+            }
             users.insert(user.to_owned(), hash.to_owned());
         }
-        Ok(Htpasswd { users })
+        Ok(Htpasswd { users, cost })
+    }
+
+    /// The bcrypt cost an unknown user's check is run at.
+    pub fn cost(&self) -> u32 {
+        self.cost
     }
 
     /// The user's hash, if the user exists.
@@ -93,6 +110,7 @@ mod tests {
         .unwrap();
         assert!(h.hash("alice").is_some());
         assert!(h.hash("bob").is_none());
+        assert_eq!(h.cost(), 5);
         let e = Htpasswd::parse("bob:$apr1$xyz$abc\n").err().unwrap();
         assert!(
             e.contains("bob") && e.contains("bcrypt") && !e.contains("xyz"),

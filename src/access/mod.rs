@@ -3,27 +3,32 @@
 //! In order, for each request:
 //! 1. the client's address against `deny_networks` and `allow_networks`;
 //! 2. who the client is: Basic credentials checked against the htpasswd file
-//!    (bcrypt), a bearer token from the token list, or a verified TLS client
-//!    certificate;
+//!    (bcrypt, throttled per client address and user: [`logins`]), a bearer
+//!    token from the token list, or a verified TLS client certificate;
 //! 3. the upstream's rules: anonymous allowed or not, which users, which
 //!    repositories (globs over the upstream's repository names).
 //!
 //! Cached content is checked exactly like uncached content: the decision is
 //! made before the cache is consulted. Credentials a client presents that
 //! wharf does not know (dockerd sends its Docker Hub login to a mirror) are
-//! ignored where anonymous access is allowed, and answered with 401 elsewhere.
+//! ignored where anonymous access is allowed, and answered with 401 elsewhere
+//! (429 when that address has failed too often for that user).
+//!
+//! The htpasswd and token files fail closed: while one is missing or broken
+//! it grants nothing (logged at error level, `wharf_access_file_valid` 0),
+//! so deleting the file revokes everyone in it.
 
 mod client_cert;
 mod htpasswd;
+pub mod logins;
 mod settings;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
 use http::HeaderMap;
-use sha2::{Digest as _, Sha256};
+use prometheus::{IntGaugeVec, Opts};
 
 use crate::metrics::Metrics;
 use crate::registry::RepoName;
@@ -31,6 +36,7 @@ use crate::watched::Watched;
 
 pub use client_cert::{certificate_user, CertIdentity, CERT_USER};
 pub use htpasswd::{Htpasswd, TokenList};
+pub use logins::LoginLimits;
 pub use settings::{AccessConfig, UpstreamAccess};
 
 /// What the connection says about the client.
@@ -50,6 +56,9 @@ pub struct Who {
     pub user: Option<String>,
     /// Credentials were presented but are not wharf's (or are wrong).
     pub unknown_credentials: bool,
+    /// Basic credentials were not checked: this address failed too often
+    /// for this user lately. Seconds until it may try again.
+    pub throttled: Option<u64>,
 }
 
 /// Why a request was refused. 401 for `Unauthenticated` (with a challenge),
@@ -64,6 +73,8 @@ pub enum Denied {
     User { user: String, upstream: String },
     #[error("repository {repo} of upstream {upstream} is not served through this mirror")]
     Repository { repo: String, upstream: String },
+    #[error("too many failed logins for this user from this address; retry in {retry_after} s")]
+    Throttled { retry_after: u64 },
 }
 
 impl Denied {
@@ -76,6 +87,7 @@ impl Denied {
             Denied::Unauthenticated { .. } => "unauthenticated",
             Denied::User { .. } => "user",
             Denied::Repository { .. } => "repository",
+            Denied::Throttled { .. } => "throttled",
         }
     }
 }
@@ -100,13 +112,10 @@ pub struct Access {
     upstreams: Vec<UpstreamRules>,
     htpasswd: Option<Watched<Htpasswd>>,
     tokens: Option<Watched<TokenList>>,
-    /// Basic credentials that passed bcrypt recently, keyed by a digest of
-    /// user, password and the stored hash (a changed or removed user misses).
-    /// bcrypt is slow by design; without this every blob request pays it.
-    verified: moka::sync::Cache<[u8; 32], ()>,
-    /// At most this many bcrypt checks at once, so wrong passwords cannot
-    /// take every core.
-    bcrypt_slots: tokio::sync::Semaphore,
+    /// Password checks: remembered logins, budgets, throttling.
+    logins: logins::Logins,
+    /// 1 while the file (`htpasswd_file`, `tokens_file`) is usable.
+    file_valid: IntGaugeVec,
     metrics: Arc<Metrics>,
 }
 
@@ -130,25 +139,53 @@ impl Access {
             })
             .collect();
         let cfg = cfg.clone();
+        let file_valid = IntGaugeVec::new(
+            Opts::new(
+                "wharf_access_file_valid",
+                "1 while the access file (htpasswd_file, tokens_file) is readable, private where required and parses; 0 while it grants nobody",
+            ),
+            &["file"],
+        )
+        .expect("valid metric");
+        metrics
+            .registry()
+            .register(Box::new(file_valid.clone()))
+            .expect("unique metric");
+        for (file, on) in [
+            ("htpasswd_file", cfg.htpasswd_file.is_some()),
+            ("tokens_file", cfg.tokens_file.is_some()),
+        ] {
+            if on {
+                file_valid.with_label_values(&[file]).set(1);
+            }
+        }
         Access {
             htpasswd: cfg.htpasswd_file.clone().map(|p| {
                 Watched::new(p, false, |b: &[u8]| {
                     Htpasswd::parse(std::str::from_utf8(b).map_err(|_| "not UTF-8".to_owned())?)
                 })
+                .fail_closed()
             }),
             tokens: cfg
                 .tokens_file
                 .clone()
-                .map(|p| Watched::new(p, true, TokenList::parse)),
+                .map(|p| Watched::new(p, true, TokenList::parse).fail_closed()),
+            logins: logins::Logins::new(cfg.logins, metrics.registry()),
+            file_valid,
             cfg,
             upstreams,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-            bcrypt_slots: tokio::sync::Semaphore::new(2),
             metrics,
         }
+    }
+
+    /// The file's current value (`None` while it grants nobody), with its
+    /// gauge kept up to date.
+    fn current<T>(&self, file: &'static str, w: &Watched<T>) -> Option<Arc<T>> {
+        let v = w.get("access").ok();
+        self.file_valid
+            .with_label_values(&[file])
+            .set(i64::from(v.is_some()));
+        v
     }
 
     fn deny(&self, d: Denied) -> Denied {
@@ -191,37 +228,46 @@ impl Access {
             let (scheme, rest) = auth.trim().split_once(' ').unwrap_or((auth, ""));
             let rest = rest.trim();
             let user = if scheme.eq_ignore_ascii_case("basic") {
-                self.basic(rest).await
+                self.basic(rest, client.addr.ip()).await
             } else if scheme.eq_ignore_ascii_case("bearer") {
-                self.bearer(rest)
+                Ok(self.bearer(rest))
             } else {
-                None
+                Ok(None)
             };
             match user {
-                Some(u) => who.user = Some(u),
-                None => who.unknown_credentials = true,
+                Ok(Some(u)) => who.user = Some(u),
+                Ok(None) => who.unknown_credentials = true,
+                Err(retry_after) => {
+                    who.unknown_credentials = true;
+                    who.throttled = Some(retry_after);
+                }
             }
         }
         if let (None, Some(user)) = (&who.user, &client.cert_user) {
             who.user = Some(user.clone());
             who.unknown_credentials = false;
+            who.throttled = None;
         }
         who
     }
 
-    async fn basic(&self, b64: &str) -> Option<String> {
+    /// The user Basic credentials name, if the password is right; `Err`
+    /// (seconds to wait) when this address failed too often for that user.
+    async fn basic(&self, b64: &str, ip: IpAddr) -> Result<Option<String>, u64> {
         use base64::Engine as _;
         let refuse = |user: &str, why: &str| {
             // The user name helps the operator; the password never appears.
             tracing::info!(user, why, "client Basic credentials not accepted");
-            None
+            Ok(None)
         };
         let Some(file) = &self.htpasswd else {
             return refuse("-", "no htpasswd_file configured");
         };
-        let htpasswd = match file.get("access") {
-            Ok(h) => h,
-            Err(e) => return refuse("-", &format!("htpasswd_file unusable: {e}")),
+        let Some(htpasswd) = self.current("htpasswd_file", file) else {
+            return refuse(
+                "-",
+                "htpasswd_file unusable: nobody is accepted until it is fixed",
+            );
         };
         let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok();
         let Some((user, pass)) = raw
@@ -230,29 +276,19 @@ impl Access {
         else {
             return refuse("-", "malformed Basic credentials");
         };
-        let Some(hash) = htpasswd.hash(&user).map(str::to_owned) else {
-            return refuse(&user, "unknown user");
-        };
-        let key: [u8; 32] = Sha256::new()
-            .chain_update(user.as_bytes())
-            .chain_update([0])
-            .chain_update(pass.as_bytes())
-            .chain_update([0])
-            .chain_update(hash.as_bytes())
-            .finalize()
-            .into();
-        if self.verified.get(&key).is_some() {
-            return Some(user);
-        }
-        let _slot = self.bcrypt_slots.acquire().await.ok()?;
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
+        let hash = htpasswd.hash(&user);
+        match self
+            .logins
+            .check(ip, &user, pass, hash, htpasswd.cost())
             .await
-            .unwrap_or(false);
-        if ok {
-            self.verified.insert(key, ());
-            Some(user)
-        } else {
-            refuse(&user, "wrong password")
+        {
+            logins::Checked::Accepted => Ok(Some(user)),
+            logins::Checked::Refused if hash.is_none() => refuse(&user, "unknown user"),
+            logins::Checked::Refused => refuse(&user, "wrong password"),
+            logins::Checked::Throttled { retry_after } => {
+                tracing::info!(user, client = %ip, "too many failed logins: refused without a password check");
+                Err(retry_after.as_secs().max(1))
+            }
         }
     }
 
@@ -260,7 +296,7 @@ impl Access {
         let found = self
             .tokens
             .as_ref()
-            .and_then(|t| t.get("access").ok())
+            .and_then(|t| self.current("tokens_file", t))
             .and_then(|list| list.lookup(token).map(str::to_owned));
         if found.is_none() {
             tracing::info!("client bearer token not accepted");
@@ -290,11 +326,7 @@ impl Access {
                 }
             }
             None if u.rules.anonymous => {}
-            None => {
-                return Err(self.deny(Denied::Unauthenticated {
-                    unknown_credentials: who.unknown_credentials,
-                }))
-            }
+            None => return Err(self.deny(unauthenticated(who))),
         }
         if !u.repos.is_empty() && !u.repos.iter().any(|g| g.is_match(repo.as_str())) {
             return Err(self.deny(Denied::Repository {
@@ -314,8 +346,17 @@ impl Access {
         if who.user.is_some() || self.upstreams.iter().all(|u| u.rules.anonymous) {
             return Ok(());
         }
-        Err(self.deny(Denied::Unauthenticated {
+        Err(self.deny(unauthenticated(who)))
+    }
+}
+
+/// Why a client without a user is refused where one is needed: 429 while
+/// its login is throttled, else 401.
+fn unauthenticated(who: &Who) -> Denied {
+    match who.throttled {
+        Some(retry_after) => Denied::Throttled { retry_after },
+        None => Denied::Unauthenticated {
             unknown_credentials: who.unknown_credentials,
-        }))
+        },
     }
 }

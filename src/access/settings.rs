@@ -15,6 +15,8 @@ pub struct AccessConfig {
     pub client_certificate_user: CertIdentity,
     pub allow_networks: Vec<ipnet::IpNet>,
     pub deny_networks: Vec<ipnet::IpNet>,
+    /// Password checks: budgets and failure throttling.
+    pub logins: super::LoginLimits,
 }
 
 impl AccessConfig {

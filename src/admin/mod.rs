@@ -116,11 +116,7 @@ pub async fn serve_socket(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    let listener = bind_private(&path)?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -142,6 +138,28 @@ pub async fn serve_socket(
     }
     let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Binds the admin socket at `path`, mode 0600 from its first moment: a
+/// bind creates the file 0777 minus the umask, so it is bound in a fresh
+/// 0700 directory beside `path`, tightened there, and renamed into place.
+/// Nobody else ever finds it open (whoever can connect runs `wharf rm`).
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = path.parent().unwrap_or(Path::new("."));
+    // Short: socket paths are limited to 107 bytes.
+    let staging = parent.join(format!(".s{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let bound = (|| {
+        let tmp = staging.join("s");
+        let listener = UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {

@@ -5,10 +5,15 @@
 //! fills in progress. A file appears under `blobs/` only by `rename` after its bytes
 //! were fsynced and its digest matched (the Garage `block/manager.rs` recipe), so
 //! a crash leaves at worst a stray temp file, which [`BlobStore::open`] removes.
+//!
+//! The tree is private whatever the umask: directories are created 0700 and
+//! files 0600 (explicit modes at creation, never a chmod afterwards), and an
+//! existing cache directory more open than 0700 is tightened at open. A cached
+//! manifest of a private repository is nobody else's business on this host.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +33,11 @@ impl BlobStore {
     pub fn open(dir: &Path) -> io::Result<BlobStore> {
         let blobs = dir.join("blobs");
         let tmp = dir.join("tmp");
-        fs::create_dir_all(&blobs)?;
-        fs::create_dir_all(&tmp)?;
+        private_dirs(&blobs)?;
+        private_dirs(&tmp)?;
+        for d in [dir, &blobs, &tmp] {
+            tighten(d)?;
+        }
         let mut removed = 0;
         for entry in fs::read_dir(&tmp)? {
             fs::remove_file(entry?.path())?;
@@ -167,6 +175,7 @@ impl BlobStore {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(&path)?;
         Ok(TempFile {
             path,
@@ -249,6 +258,30 @@ impl Write for HashWriter<'_> {
     }
 }
 
+/// Modes of the cache's directories and files.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// `create_dir_all` with every directory it creates 0700.
+fn private_dirs(p: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(p)
+}
+
+/// Takes group and other access off an existing directory (a cache made
+/// by an older wharf, or by hand under umask 022).
+fn tighten(p: &Path) -> io::Result<()> {
+    let mode = fs::metadata(p)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(p, fs::Permissions::from_mode(DIR_MODE))?;
+        tracing::info!(path = %p.display(), was = format!("{:o}", mode & 0o777),
+            "cache directory was open to other users; now 0700");
+    }
+    Ok(())
+}
+
 fn nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -276,7 +309,7 @@ impl TempFile {
     pub fn commit(mut self, dest: &Path) -> io::Result<()> {
         self.file.sync_all()?;
         let parent = dest.parent().expect("blob paths have a parent");
-        fs::create_dir_all(parent)?;
+        private_dirs(parent)?;
         fs::rename(&self.path, dest)?;
         self.committed = true;
         File::open(parent)?.sync_all()?;
@@ -335,6 +368,32 @@ mod tests {
         fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
         BlobStore::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_tree_is_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        // An existing cache left open (umask 022, or an older wharf).
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let s = BlobStore::open(&root).unwrap();
+        s.put_verified(&Digest::sha256_of(b"private"), b"private")
+            .unwrap();
+        let t = s.temp().unwrap();
+        let mut seen = 0;
+        let mut stack = vec![root.clone()];
+        while let Some(p) = stack.pop() {
+            let m = fs::metadata(&p).unwrap();
+            assert_eq!(m.permissions().mode() & 0o077, 0, "{}", p.display());
+            seen += 1;
+            if m.is_dir() {
+                stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        // root, blobs, tmp, sha256, the shard, the blob, the temp file.
+        assert_eq!(seen, 7);
+        drop(t);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
+use crate::access::LoginLimits;
 pub use crate::access::{AccessConfig, CertIdentity, UpstreamAccess};
 
 use super::file::{FileAccess, FileUpstreamAccess};
-use super::values::{read_private, resolve};
+use super::values::{parse_duration, read_private, resolve};
 use super::{invalid, ConfigError};
 
 impl AccessConfig {
@@ -54,8 +55,60 @@ impl AccessConfig {
             },
             allow_networks: parse_networks("access.allow_networks", a.allow_networks)?,
             deny_networks: parse_networks("access.deny_networks", a.deny_networks)?,
+            logins: login_limits(
+                a.login_concurrency,
+                a.failed_login_concurrency,
+                a.max_failed_logins,
+                a.failed_login_decay,
+            )?,
         })
     }
+}
+
+/// `login_concurrency`, `failed_login_concurrency`, `max_failed_logins`,
+/// `failed_login_decay`: each at least 1 (a zero would refuse every login
+/// or disable the throttle), at most what one machine could use.
+fn login_limits(
+    concurrency: Option<u32>,
+    failed_concurrency: Option<u32>,
+    max_failed: Option<u32>,
+    decay: Option<String>,
+) -> Result<LoginLimits, ConfigError> {
+    let d = LoginLimits::default();
+    let count = |key: &str, v: Option<u32>, default: u32, max: u32| match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(invalid(key, format!("{n} is not between 1 and {max}"))),
+    };
+    let decay = match decay {
+        None => d.decay,
+        Some(s) => {
+            let v = parse_duration("access.failed_login_decay", &s)?;
+            if v.is_zero() {
+                return Err(invalid(
+                    "access.failed_login_decay",
+                    "must be longer than 0s",
+                ));
+            }
+            v
+        }
+    };
+    Ok(LoginLimits {
+        concurrency: count("access.login_concurrency", concurrency, d.concurrency, 1024)?,
+        failed_concurrency: count(
+            "access.failed_login_concurrency",
+            failed_concurrency,
+            d.failed_concurrency,
+            1024,
+        )?,
+        max_failed: count(
+            "access.max_failed_logins",
+            max_failed,
+            d.max_failed,
+            1_000_000,
+        )?,
+        decay,
+    })
 }
 
 fn parse_networks(key: &str, list: Option<Vec<String>>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
@@ -173,5 +226,42 @@ mod tests {
             err(&format!("[access]\nclient_certificate_user = \"ou\"\n{up}"))
                 .contains("access.client_certificate_user")
         );
+    }
+
+    #[test]
+    fn login_limits() {
+        let up = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n";
+        let c = Config::from_toml(up, None).unwrap();
+        assert_eq!(c.access.logins, crate::access::LoginLimits::default());
+        let c = Config::from_toml(
+            &format!("[access]\nlogin_concurrency = 4\nfailed_login_concurrency = 2\nmax_failed_logins = 3\nfailed_login_decay = \"1m\"\n{up}"),
+            None,
+        )
+        .unwrap();
+        let l = c.access.logins;
+        assert_eq!(
+            (
+                l.concurrency,
+                l.failed_concurrency,
+                l.max_failed,
+                l.decay.as_secs()
+            ),
+            (4, 2, 3, 60)
+        );
+        for (text, key) in [
+            ("login_concurrency = 0", "access.login_concurrency"),
+            (
+                "failed_login_concurrency = 0",
+                "access.failed_login_concurrency",
+            ),
+            ("max_failed_logins = 0", "access.max_failed_logins"),
+            ("failed_login_decay = \"0s\"", "access.failed_login_decay"),
+            ("failed_login_decay = \"soon\"", "access.failed_login_decay"),
+        ] {
+            let e = Config::from_toml(&format!("[access]\n{text}\n{up}"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
     }
 }

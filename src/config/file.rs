@@ -116,6 +116,21 @@ pub struct FileAccess {
     pub allow_networks: Option<Vec<String>>,
     /// Client networks (CIDR) refused whatever the allow list says.
     pub deny_networks: Option<Vec<String>>,
+    /// bcrypt password checks run at once for clients (address and user)
+    /// without recent failures (default 2). A remembered good login needs
+    /// none.
+    pub login_concurrency: Option<u32>,
+    /// bcrypt password checks run at once for (address, user) pairs with
+    /// recent failures or a check already running (default 1): wrong
+    /// passwords queue here, not in front of first logins.
+    pub failed_login_concurrency: Option<u32>,
+    /// Failed Basic logins per client address (IPv6: per /64) and user name
+    /// after which further attempts are answered 429 with `Retry-After`,
+    /// without a password check (default 10).
+    pub max_failed_logins: Option<u32>,
+    /// How long until one failed login is forgotten ("30s" default): after
+    /// `max_failed_logins` failures, one more attempt per this period.
+    pub failed_login_decay: Option<String>,
 }
 
 /// `[upstream.access]`: per-upstream rules.

@@ -20,7 +20,8 @@
 //! - `values.rs`: durations, sizes, relative paths, private secret files.
 //!
 //! Errors name the key (`upstream[0].credentials.password_file: ...`) and never
-//! a secret. Types that a part of wharf consumes are defined beside it
+//! a secret: TOML syntax errors give line, column and key but no excerpt, and
+//! URLs with a user or password in them are refused without being repeated. Types that a part of wharf consumes are defined beside it
 //! ([`TlsConfig`] in `tls`, [`CredentialSpec`] in `upstream::credentials`,
 //! `CacheSettings` in `cache`, [`SyncRule`] in `sync`) and re-exported here.
 
@@ -128,7 +129,7 @@ impl Config {
     /// `base` (the config file's directory).
     pub fn from_toml(text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let file: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse(values::toml_error(text, &e)))?;
         file.validate(base)
     }
 }

@@ -164,6 +164,7 @@ impl Taken {
 
 /// `http(s)://host[:port]` and nothing else: wharf adds `/v2/`.
 fn registry_url(text: &str, key: Key<'_>) -> Result<reqwest::Url, ConfigError> {
+    super::values::no_userinfo(&key("url"), text)?;
     let url =
         reqwest::Url::parse(text).map_err(|e| invalid(key("url"), format!("{e}: {text:?}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {

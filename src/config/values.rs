@@ -1,5 +1,10 @@
 //! Value parsers shared by the sections: durations, byte sizes, paths relative
-//! to the config file, and secret files (refused when others can read them).
+//! to the config file, secret files (refused when others can read them), URLs
+//! without credentials, and TOML errors that never quote a value.
+//!
+//! Must never: put a value that may be a secret (an inline password, a URL's
+//! userinfo) into an error. `check-config` runs in systemd's `ExecStartPre`,
+//! so its output lands in the journal.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +45,77 @@ pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
         u => return Err(invalid(key, format!("unknown unit {u:?} in {s:?}"))),
     };
     Ok((n * mult as f64) as u64)
+}
+
+/// Refuses a URL naming a user or password (`https://user:pass@host`):
+/// credentials go in `[upstream.credentials]`, where they are kept out of
+/// logs, while a URL is printed (`check-config`, logs, metrics). Judged on the
+/// text, before any parsing, so that even a URL that does not parse is
+/// refused without being repeated.
+pub(super) fn no_userinfo(key: &str, text: &str) -> Result<(), ConfigError> {
+    let rest = text.split_once("://").map_or(text, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(invalid(
+            key,
+            "a URL may not carry a user name or password (user:password@host); put them in [upstream.credentials] (password_file, password_env, ...)",
+        ));
+    }
+    Ok(())
+}
+
+/// A TOML error as the operator needs it and no more: the line, the column,
+/// the key that line sets, and the parser's message with quoted values
+/// blanked. toml's own message quotes the offending line, which may hold an
+/// inline password.
+pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = blank_quoted(e.message().trim());
+    let at = e.span().and_then(|span| {
+        let before = text.get(..span.start)?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        let key = text[line_start..].lines().next().and_then(line_key);
+        Some(match key {
+            Some(k) => format!(" at line {line}, column {column} (key {k})"),
+            None => format!(" at line {line}, column {column}"),
+        })
+    });
+    format!("TOML parse error{}: {msg}", at.unwrap_or_default())
+}
+
+/// The key a TOML line sets (`password = ...` → `password`), or the table
+/// it opens (`[upstream.credentials]`), if it looks like one.
+fn line_key(line: &str) -> Option<&str> {
+    let line = line.trim();
+    let key = if line.starts_with('[') {
+        line.trim_start_matches('[').split(']').next()?.trim()
+    } else {
+        line.split_once('=')?.0.trim()
+    };
+    let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    (!key.is_empty() && key.len() <= 100 && key.chars().all(bare)).then_some(key)
+}
+
+/// `invalid type: string "hunter2", expected u32` → `... string "…", ...`.
+fn blank_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut inside = false;
+    for c in msg.chars() {
+        match (c, inside) {
+            ('"', false) => {
+                inside = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                inside = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 /// `p` as written, or relative to the config file's directory `base`.
@@ -95,6 +171,53 @@ mod tests {
         assert!(parse_size("k", "GiB").is_err());
         assert_eq!(parse_duration("k", "5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("k", "5").is_err());
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        for url in [
+            "https://user:hunter2@registry.example",
+            "https://hunter2@registry.example:443",
+            "http://u:hunter2@[::1]:5000/",
+            "https://u:hunter2@not a url",
+        ] {
+            let e = no_userinfo("upstream[0].url", url).unwrap_err().to_string();
+            assert!(e.starts_with("upstream[0].url: "), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains(url), "{e}");
+        }
+        for url in [
+            "https://registry.example",
+            "http://127.0.0.1:5000",
+            "https://h/a@b",
+        ] {
+            no_userinfo("k", url).unwrap();
+        }
+    }
+
+    #[test]
+    fn toml_errors_never_quote_values() {
+        let cases = [
+            // An unterminated inline password: toml quotes the line.
+            "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[upstream.credentials]\nusername = \"u\"\npassword = \"hunter2\n",
+            // A value of the wrong type: serde names it.
+            "[access]\nmax_failed_logins = \"hunter2\"\n",
+            // A bare value.
+            "[upstream.credentials]\npassword = hunter2\n",
+        ];
+        for text in cases {
+            let e = toml::from_str::<super::super::FileConfig>(text).unwrap_err();
+            assert!(e.to_string().contains("hunter2"), "toml's own: {e}");
+            let ours = toml_error(text, &e);
+            assert!(!ours.contains("hunter2"), "{ours}");
+            assert!(ours.contains("at line "), "{ours}");
+        }
+        let text = "[access]\nmax_failed_logins = \"hunter2\"\n";
+        let e = toml::from_str::<super::super::FileConfig>(text).unwrap_err();
+        let ours = toml_error(text, &e);
+        assert!(
+            ours.contains("line 2") && ours.contains("max_failed_logins"),
+            "{ours}"
+        );
     }
 
     #[test]

@@ -42,6 +42,11 @@ fn denied(d: &Denied) -> ErrorResponse {
         Denied::Unauthenticated { .. } => {
             ErrorResponse::new(OciCode::Unauthorized, d.to_string(), Blame::Client)
         }
+        // Too many failed logins from this address for this user.
+        Denied::Throttled { retry_after } => {
+            ErrorResponse::new(OciCode::TooManyRequests, d.to_string(), Blame::Client)
+                .retry_after(*retry_after)
+        }
         _ => ErrorResponse::new(OciCode::Denied, d.to_string(), Blame::Client),
     }
 }
