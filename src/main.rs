@@ -437,8 +437,15 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         );
     }
     let operator = Operator::start(&config, &app).await?;
-    let served =
-        wharf::server::run(listener, app, tls, shutdown_signal(), config.shutdown_grace).await;
+    let served = wharf::server::run(
+        listener,
+        app,
+        tls,
+        shutdown_signal(),
+        config.shutdown_grace,
+        config.server.clone(),
+    )
+    .await;
     operator.stop().await;
     served?;
     tracing::info!("wharf stopped");
