@@ -410,8 +410,24 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
             if failed {
                 meter.fail();
             }
-            if tx.send(item).await.is_err() || failed {
-                break; // the client went away, or the error is on its way
+            // The client must take each chunk within the write deadline
+            // (HTTP/2 flow control can stall a stream with nothing blocked
+            // on the socket).
+            let limit = meter.conn.as_ref().and_then(|c| c.write_timeout);
+            let sent = match limit {
+                Some(t) => tokio::time::timeout(t, tx.send(item)).await,
+                None => Ok(tx.send(item).await),
+            };
+            match sent {
+                Ok(Ok(())) if !failed => {}
+                // The client went away, or the error is on its way.
+                Ok(_) => break,
+                Err(_) => {
+                    if let Some(c) = &meter.conn {
+                        c.stall();
+                    }
+                    break;
+                }
             }
         }
     });

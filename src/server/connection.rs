@@ -107,7 +107,7 @@ async fn hyper_conn<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = ConnState::new();
+    let state = ConnState::new(shared.limits.write_timeout);
     let io = Guarded::new(
         io,
         &shared.limits,
@@ -133,6 +133,10 @@ where
         let wait = limit.saturating_sub(state.idle_for());
         tokio::select! {
             r = conn.as_mut() => return r,
+            _ = state.stalled() => {
+                shared.metrics.drop_conn(Dropped::WriteTimeout, peer);
+                return Ok(());
+            }
             // A client that does not let a graceful close finish (it never
             // reads the GOAWAY) is dropped.
             _ = tokio::time::sleep(shared.limits.header_timeout), if closing && !*stop.borrow() => {

@@ -186,10 +186,16 @@ impl Pace {
 }
 
 /// What a connection and its requests share: whether a response failed
-/// midway (so the connection must not end as if it were complete), and the
-/// requests in flight (for the idle timeout).
+/// midway (so the connection must not end as if it were complete), whether
+/// a response stalled (its client took nothing within `write_timeout`, for
+/// instance an HTTP/2 client granting no flow-control window: nothing blocks
+/// on the socket then, so only the body can tell), and the requests in
+/// flight (for the idle timeout).
 #[derive(Default)]
 pub struct ConnState {
+    /// How long a response body may wait for the client to take a chunk.
+    pub write_timeout: Option<Duration>,
+    stalled: tokio::sync::Notify,
     failed: AtomicBool,
     /// A request has started (before that, the header timeout applies).
     started: AtomicBool,
@@ -200,8 +206,11 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn new() -> Arc<ConnState> {
-        let s = ConnState::default();
+    pub fn new(write_timeout: Duration) -> Arc<ConnState> {
+        let s = ConnState {
+            write_timeout: Some(write_timeout),
+            ..ConnState::default()
+        };
         let _ = s.epoch.set(std::time::Instant::now());
         Arc::new(s)
     }
@@ -213,6 +222,18 @@ impl ConnState {
 
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// A response body waited `write_timeout` for the client: the
+    /// connection is to be closed.
+    pub fn stall(&self) {
+        self.fail();
+        self.stalled.notify_one();
+    }
+
+    /// Completes once a response body stalled.
+    pub async fn stalled(&self) {
+        self.stalled.notified().await
     }
 
     fn touch(&self) {
