@@ -258,7 +258,7 @@ async fn small_window(addr: SocketAddr) -> tokio::net::TcpStream {
 #[test]
 fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
     const N: usize = 520;
-    let a = Attacked::start("write_timeout = \"12s\"\n[server.tls]\nauto = true\n");
+    let a = Attacked::start("write_timeout = \"8s\"\n[server.tls]\nauto = true\n");
     let connector = tls_connector(&a.ca());
     let request = format!("GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", a.blob);
     let addr = a.w.addr;
@@ -292,9 +292,9 @@ fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
     );
     a.assert_served();
     a.assert_served();
-    // The write deadline (12 s) frees them.
+    // The write deadline (8 s) frees them.
     eventually(
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         "the write deadline to close the non-readers",
         || a.metric("wharf_connections_dropped_total{reason=\"write_timeout\"}") >= N as f64,
     );
