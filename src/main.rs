@@ -444,9 +444,9 @@ fn raise_open_file_limit(max_connections: usize) {
         }
     }
     let need = (max_connections as u64).saturating_mul(2) + 256;
-    if (l.rlim_cur as u64) < need {
+    if l.rlim_cur < need {
         tracing::warn!(
-            open_files = l.rlim_cur as u64,
+            open_files = l.rlim_cur,
             max_connections,
             "the open-file limit is below 2 x server.max_connections + 256: connections may fail with EMFILE before the cap"
         );
