@@ -508,8 +508,9 @@ async fn send_file(
             readahead(file, off, advised - off).await;
         }
         tokio::task::consume_budget().await;
-        writable(stream, pace).await?;
         let want = ((end - off) as usize).min(SENDFILE_MAX);
+        // Tried first: tokio remembers the socket is writable until a write
+        // would block, and only then is the deadline (and the clock) needed.
         match stream.try_io(Interest::WRITABLE, || sendfile(stream, file, off, want)) {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -522,7 +523,7 @@ async fn send_file(
                 meter.add(n as u64);
                 pace.wrote(n as u64, n == want);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, pace).await?,
             Err(e) => return Err(e),
         }
     }

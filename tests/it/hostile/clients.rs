@@ -294,7 +294,10 @@ fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
         },
     );
     // (The first connections may already be at their write deadline.)
-    assert!(a.metric("wharf_connections_open") >= (N / 2) as f64, "still held");
+    assert!(
+        a.metric("wharf_connections_open") >= (N / 2) as f64,
+        "still held"
+    );
     a.assert_served();
     a.assert_served();
     // The write deadline (8 s) frees them.
@@ -740,4 +743,23 @@ fn failed_fills_of_unknown_length_never_look_complete() {
     }
     .assert_served();
     drop(client);
+
+    // The access log line of a failed chunked transfer says so (it said
+    // complete=true: a body of unknown length was taken as complete).
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), "w", &up.block());
+    let blob = random_blob();
+    let mut s = raw(served.addr());
+    s.write_all(format!("GET {blob} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let out = read_all(&mut s);
+    assert!(!out.ends_with(b"0\r\n\r\n"), "no chunked terminator");
+    let line = eventually(Duration::from_secs(10), "the access log line", || {
+        std::fs::read_to_string(&served.log)
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("wharf::access") && l.contains(&blob))
+            .map(str::to_owned)
+    });
+    assert!(line.contains("complete=false"), "{line}");
 }
