@@ -14,9 +14,12 @@
 //! cache has it (`preadv2` with `RWF_NOWAIT`, which never waits for the
 //! disk), and on a blocking thread only for the read itself when it does not;
 //! the thread is released before the chunk is handed over. Per chunk the hot
-//! path does one `preadv2`, one channel send, and takes and returns a pooled
-//! buffer (one short lock each, as before); the write deadline of
-//! [`super::limits`] ends a connection whose client stops reading.
+//! path does one `preadv2`, one channel send (a timer only when the channel
+//! is full: the client is behind), and takes and returns a pooled buffer (one
+//! short lock each, as before); the write deadline of [`super::limits`] ends
+//! a connection whose client stops reading, and a chunk the client does not
+//! take within `write_timeout` (an HTTP/2 stream granted no window) ends it
+//! too.
 //!
 //! If the source fails midway (a fill whose digest did not match, an upstream
 //! that broke off), the body yields an error and the connection is closed before
@@ -413,10 +416,17 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
             // The client must take each chunk within the write deadline
             // (HTTP/2 flow control can stall a stream with nothing blocked
             // on the socket).
-            let limit = meter.conn.as_ref().and_then(|c| c.write_timeout);
-            let sent = match limit {
-                Some(t) => tokio::time::timeout(t, tx.send(item)).await,
-                None => Ok(tx.send(item).await),
+            // A free slot takes the chunk at once (no timer, no clock read).
+            let sent = match tx.try_send(item) {
+                Ok(()) => Ok(Ok(())),
+                Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(())),
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    let send = async { tx.send(item).await.map_err(|_| ()) };
+                    match meter.conn.as_ref().and_then(|c| c.write_timeout) {
+                        Some(t) => tokio::time::timeout(t, send).await,
+                        None => Ok(send.await),
+                    }
+                }
             };
             match sent {
                 Ok(Ok(())) if !failed => {}

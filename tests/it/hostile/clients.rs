@@ -763,3 +763,49 @@ fn failed_fills_of_unknown_length_never_look_complete() {
     });
     assert!(line.contains("complete=false"), "{line}");
 }
+
+/// `/readyz` writes and fsyncs a file: on the registry port it is answered
+/// only to allowed networks (and one disk check runs at a time), while
+/// `/healthz` reveals nothing and answers everyone.
+#[test]
+fn readyz_is_for_allowed_networks_and_healthz_for_everyone() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:1", None, false);
+    let w = Wharf::start_with(
+        &rt,
+        "plain_http = true\n",
+        &Wharf::hub_block(&up, false, Path::new("/")),
+        "[access]\ndeny_networks = [\"127.0.0.2/32\"]\n",
+    );
+    let from_denied = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--interface", "127.0.0.2"])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{}{path}", w.url()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(from_denied("/readyz"), "403");
+    assert_eq!(from_denied("/healthz"), "200");
+    // A burst of probes from an allowed client: all answered, quickly.
+    let started = Instant::now();
+    let probes: Vec<_> = (0..50)
+        .map(|_| {
+            let url = format!("{}/readyz", w.url());
+            std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
+        })
+        .collect();
+    for p in probes {
+        assert_eq!(p.join().unwrap(), 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    Honest {
+        base: w.url(),
+        ca: None,
+        admin: None,
+        manifest: None,
+    }
+    .assert_served();
+}
