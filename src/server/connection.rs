@@ -130,7 +130,11 @@ where
         } else {
             (shared.limits.header_timeout, Dropped::HeaderTimeout)
         };
-        let wait = limit.saturating_sub(state.idle_for());
+        // Woken at least every idle timeout: the first request may start
+        // (and end) while this waits for the header timeout.
+        let wait = limit
+            .min(shared.limits.idle_timeout)
+            .saturating_sub(state.idle_for());
         tokio::select! {
             r = conn.as_mut() => return r,
             _ = state.stalled() => {

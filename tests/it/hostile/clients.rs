@@ -809,3 +809,42 @@ fn readyz_is_for_allowed_networks_and_healthz_for_everyone() {
     }
     .assert_served();
 }
+
+/// Regression (issue 14, item 7): HTTP/2 connections had no idle timeout
+/// (hyper's pings keep a live but idle client's connection forever). Now
+/// one with no request in flight for `idle_timeout` gets a GOAWAY and ends.
+#[test]
+fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use frames::*;
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:1", None, false);
+    let w = Wharf::start_with(
+        &rt,
+        "plain_http = true\nidle_timeout = \"2s\"\nheader_timeout = \"3s\"\n",
+        &Wharf::hub_block(&up, false, Path::new("/")),
+        "",
+    );
+    let mut s = raw(w.addr);
+    let mut out = preface();
+    out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &get("/v2/")));
+    s.write_all(&out).unwrap();
+    let started = Instant::now();
+    // This client never answers the PING of hyper's graceful close: the
+    // connection ends at most a header timeout after the GOAWAY.
+    let f = read_frames(&mut s, Duration::from_secs(20));
+    let took = started.elapsed();
+    assert!(
+        f.iter().any(|f| f.0 == HEADERS && f.2 == 1),
+        "the request was answered"
+    );
+    assert_eq!(goaway(&f), Some(0), "a graceful GOAWAY (NO_ERROR)");
+    assert!(took < Duration::from_secs(15), "closed after {took:?}");
+    Honest {
+        base: w.url(),
+        ca: None,
+        admin: None,
+        manifest: None,
+    }
+    .assert_served();
+}
