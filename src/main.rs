@@ -430,11 +430,49 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    raise_open_file_limit(config.server.max_connections);
+    // Streamed bodies hold no blocking thread (server/body.rs): the pool
+    // serves file system work and fills, and stays tokio's size.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_name("wharf")
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(serve_until_signal(config))
+}
+
+/// Raises the soft open-file limit to the hard one (systemd's unit sets
+/// both): each connection may hold a socket and a blob file, and
+/// `server.max_connections` is meant to be the limit, not `EMFILE`. Warns
+/// when even the hard limit is below what the cap needs.
+fn raise_open_file_limit(max_connections: usize) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                l = raised;
+            }
+        }
+    }
+    let need = (max_connections as u64).saturating_mul(2) + 256;
+    if l.rlim_cur < need {
+        tracing::warn!(
+            open_files = l.rlim_cur,
+            max_connections,
+            "the open-file limit is below 2 x server.max_connections + 256: connections may fail with EMFILE before the cap"
+        );
+    }
 }
 
 async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
@@ -459,8 +497,15 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         );
     }
     let operator = Operator::start(&config, &app).await?;
-    let served =
-        wharf::server::run(listener, app, tls, shutdown_signal(), config.shutdown_grace).await;
+    let served = wharf::server::run(
+        listener,
+        app,
+        tls,
+        shutdown_signal(),
+        config.shutdown_grace,
+        config.server.clone(),
+    )
+    .await;
     operator.stop().await;
     served?;
     tracing::info!("wharf stopped");

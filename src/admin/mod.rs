@@ -321,15 +321,33 @@ mod erased {
     }
 }
 
+/// How long an admin client may take to send a request head, and the
+/// longest an admin connection stays open: probes and scrapes are quick.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const ADMIN_CONN_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on the admin listener until
-/// `shutdown`.
+/// `shutdown`. Every connection has deadlines (head, lifetime) and HTTP/2
+/// few streams, so a stuck or hostile client there cannot pile up.
 pub async fn serve_http(
     app: Arc<App>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(16)
+        .max_header_list_size(16 << 10)
+        .max_pending_accept_reset_streams(20)
+        .keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -352,7 +370,8 @@ pub async fn serve_http(
                             })
                         }
                     });
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let _ = tokio::time::timeout(ADMIN_CONN_MAX, conn).await;
                 });
             }
             _ = &mut shutdown => break,

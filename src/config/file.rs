@@ -160,6 +160,32 @@ pub struct FileServer {
     pub admin_listen: Option<String>,
     /// How long in-flight transfers may take to finish after SIGTERM.
     pub shutdown_grace: Option<String>,
+    /// Connections served at once (registry port); at the cap wharf stops
+    /// accepting until one ends (default 4096).
+    pub max_connections: Option<usize>,
+    /// From a connection's (or a request's) first byte to its complete
+    /// request head or HTTP/2 preface, and for a TLS handshake (default "30s").
+    pub header_timeout: Option<String>,
+    /// A keep-alive connection with no request in flight is closed after
+    /// this (HTTP/1.1 and HTTP/2; default "120s").
+    pub idle_timeout: Option<String>,
+    /// While a response waits for the client to take bytes, the client must
+    /// take `min_send_rate` × this within this, or is disconnected
+    /// (default "60s").
+    pub write_timeout: Option<String>,
+    /// Bytes per second, averaged over `write_timeout`, a client that keeps
+    /// wharf waiting must at least take (default "1KiB").
+    pub min_send_rate: Option<String>,
+    /// HTTP/2: streams one connection may have open at once (default 100).
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2: the largest request header list accepted (default "64KiB").
+    pub h2_max_header_list_size: Option<String>,
+    /// HTTP/2: streams a client may open and reset before wharf accepted
+    /// them, before the connection is closed (rapid reset; default 20).
+    pub h2_max_pending_accept_reset_streams: Option<usize>,
+    /// HTTP/2: streams wharf may reset because of client errors on one
+    /// connection before closing it (default 256).
+    pub h2_max_local_error_reset_streams: Option<usize>,
 }
 
 /// `[log]`.

@@ -95,6 +95,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
+    /// `[server]`'s connection cap, deadlines and HTTP/2 limits.
+    pub server: crate::server::Limits,
     pub log_json: bool,
     pub tls: TlsConfig,
     pub cache_dir: PathBuf,
@@ -172,6 +174,7 @@ impl FileConfig {
             listen,
             admin_listen: server.admin_listen,
             shutdown_grace: server.shutdown_grace,
+            server: server.limits,
             log_json,
             tls,
             cache_dir: cache.dir,

@@ -3,11 +3,23 @@
 //!
 //! How a source goes out depends on the connection. Plain HTTP/1.1 ([`super::h1`])
 //! hands it to the kernel with `sendfile(2)`: no copy through user space, no
-//! buffer. TLS and HTTP/2 connections go through hyper: the bytes are read on a
-//! blocking thread with positional reads and handed over through a bounded
-//! channel of chunks taken from a shared [`BufferBudget`], so a slow client holds
-//! a few chunks and never a whole blob, and many clients together stay within a
-//! fixed amount of memory.
+//! buffer. TLS and HTTP/2 connections go through hyper: a small async task per
+//! body reads chunks with positional reads and hands them over through a
+//! bounded channel of chunks taken from a shared [`BufferBudget`], so a slow
+//! client holds a few chunks and never a whole blob, and many clients together
+//! stay within a fixed amount of memory.
+//!
+//! A slow or stalled client costs no thread: the task waits on the channel
+//! like any other future. A chunk is read on the worker thread when the page
+//! cache has it (`preadv2` with `RWF_NOWAIT`, which never waits for the
+//! disk), and on a blocking thread only for the read itself when it does not;
+//! the thread is released before the chunk is handed over. Per chunk the hot
+//! path does one `preadv2`, one channel send (a timer only when the channel
+//! is full: the client is behind), and takes and returns a pooled buffer (one
+//! short lock each, as before); the write deadline of [`super::limits`] ends
+//! a connection whose client stops reading, and a chunk the client does not
+//! take within `write_timeout` (an HTTP/2 stream granted no window) ends it
+//! too.
 //!
 //! If the source fails midway (a fill whose digest did not match, an upstream
 //! that broke off), the body yields an error and the connection is closed before
@@ -16,9 +28,11 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -27,6 +41,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::cache::FillReader;
+
+use super::limits::ConnState;
 
 /// Where blob bytes come from.
 pub enum Source {
@@ -38,13 +54,81 @@ pub enum Source {
 }
 
 impl Source {
-    /// Positional read; waits for a fill's bytes. Blocking: call from a blocking
-    /// thread. `Ok(0)` only at the end of the content.
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Source::File(f) => FileExt::read_at(f, buf, pos),
-            Source::Fill(r) => r.read_at(pos, buf),
-        }
+    /// Positional read into `buf[..want]`; waits for a fill's bytes. `Ok(0)`
+    /// only at the end of the content. The buffer comes back whatever happens.
+    async fn read_at(
+        &mut self,
+        pos: u64,
+        buf: Vec<u8>,
+        want: usize,
+    ) -> (Vec<u8>, io::Result<usize>) {
+        let (file, want) = match self {
+            Source::File(f) => (&*f, want),
+            Source::Fill(r) => match r.readable(pos).await {
+                Ok(0) => return (buf, Ok(0)),
+                Ok(n) => (r.file(), want.min(n.try_into().unwrap_or(usize::MAX))),
+                Err(e) => return (buf, Err(e)),
+            },
+        };
+        read_file_at(file, pos, buf, want).await
+    }
+}
+
+/// Reads from the page cache on this thread when it has the bytes, else on
+/// a blocking thread for just this read.
+async fn read_file_at(
+    file: &File,
+    pos: u64,
+    mut buf: Vec<u8>,
+    want: usize,
+) -> (Vec<u8>, io::Result<usize>) {
+    match read_cached(file, pos, &mut buf[..want]) {
+        Ok(n) => return (buf, Ok(n)),
+        // Not cached (EAGAIN), or a kernel or filesystem without RWF_NOWAIT.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+            ) => {}
+        Err(e) => return (buf, Err(e)),
+    }
+    let file = match file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return (buf, Err(e)),
+    };
+    match tokio::task::spawn_blocking(move || {
+        let r = FileExt::read_at(&file, &mut buf[..want], pos);
+        (buf, r)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => (Vec::new(), Err(io::Error::other(e))),
+    }
+}
+
+/// `preadv2(RWF_NOWAIT)`: the bytes the page cache holds, or `EAGAIN`
+/// rather than waiting for the disk.
+fn read_cached(file: &File, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec describing `buf`, valid and exclusively borrowed for
+    // the call; `file` is open.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            pos as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -66,15 +150,40 @@ pub struct SourceRange {
 pub struct Meter {
     counter: Option<prometheus::IntCounter>,
     sent: u64,
+    /// The source reached its end: the transfer is complete if every byte
+    /// went out.
+    finished: bool,
     line: Option<super::observe::AccessLine>,
+    /// Told when the source fails, so the connection ends without a clean
+    /// close.
+    conn: Option<Arc<ConnState>>,
 }
 
 impl Meter {
-    pub fn new(counter: prometheus::IntCounter, line: super::observe::AccessLine) -> Meter {
+    pub fn new(
+        counter: prometheus::IntCounter,
+        line: super::observe::AccessLine,
+        conn: Option<Arc<ConnState>>,
+    ) -> Meter {
         Meter {
             counter: Some(counter),
             sent: 0,
+            finished: false,
             line: Some(line),
+            conn,
+        }
+    }
+
+    /// The whole content went out.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// The source failed midway (a fill's digest or upstream): the client
+    /// must see a failed transfer.
+    pub fn fail(&mut self) {
+        if let Some(c) = &self.conn {
+            c.fail();
         }
     }
 
@@ -89,7 +198,7 @@ impl Meter {
 impl Drop for Meter {
     fn drop(&mut self) {
         if let Some(line) = self.line.take() {
-            line.emit(self.sent);
+            line.emit(self.sent, self.finished);
         }
     }
 }
@@ -269,24 +378,30 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
         len,
         mut meter,
     } = r;
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let _counted = StreamCount::new();
         let mut pos = start;
         let end = len.map(|l| start + l);
         loop {
             let chunk = BUDGET_STATE.chunk_size();
             let want = match end {
-                Some(e) if pos >= e => break,
+                Some(e) if pos >= e => {
+                    meter.finish();
+                    break;
+                }
                 Some(e) => chunk.min((e - pos) as usize),
                 None => chunk,
             };
-            let mut buf = BUDGET_STATE.take(chunk);
-            let item = match source.read_at(pos, &mut buf[..want]) {
+            let (buf, read) = source.read_at(pos, BUDGET_STATE.take(chunk), want).await;
+            let item = match read {
                 Ok(0) if end.is_some() => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "content ended before its length",
                 )),
-                Ok(0) => break,
+                Ok(0) => {
+                    meter.finish();
+                    break;
+                }
                 Ok(n) => {
                     pos += n as u64;
                     meter.add(n as u64);
@@ -295,8 +410,34 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
                 Err(e) => Err(e),
             };
             let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
-                break; // the client went away, or the error is on its way
+            if failed {
+                meter.fail();
+            }
+            // The client must take each chunk within the write deadline
+            // (HTTP/2 flow control can stall a stream with nothing blocked
+            // on the socket).
+            // A free slot takes the chunk at once (no timer, no clock read).
+            let sent = match tx.try_send(item) {
+                Ok(()) => Ok(Ok(())),
+                Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(())),
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    let send = async { tx.send(item).await.map_err(|_| ()) };
+                    match meter.conn.as_ref().and_then(|c| c.write_timeout) {
+                        Some(t) => tokio::time::timeout(t, send).await,
+                        None => Ok(send.await),
+                    }
+                }
+            };
+            match sent {
+                Ok(Ok(())) if !failed => {}
+                // The client went away, or the error is on its way.
+                Ok(_) => break,
+                Err(_) => {
+                    if let Some(c) = &meter.conn {
+                        c.stall();
+                    }
+                    break;
+                }
             }
         }
     });

@@ -14,34 +14,40 @@
 //! request that carries a body gets its answer (an error: pushes go upstream)
 //! and the connection is closed rather than the body read. Responses always
 //! know their length except a fill whose size the upstream did not announce,
-//! which goes out chunked (or close-delimited to HTTP/1.0 clients), so a cut
+//! which goes out chunked (HTTP/1.0 clients are answered only once such a
+//! fill is verified, with its length: see `handler::blob`), so a cut
 //! transfer is always visible to the client.
+//!
+//! Strict where leniency lets requests be smuggled past a proxy in front
+//! (RFC 9112 §6.3, §2.2): differing `Content-Length` values, `Content-Length`
+//! with `Transfer-Encoding`, and bare LF line endings are a 400 and the
+//! connection closes. Every phase has a deadline ([`super::limits`]): the
+//! idle wait, the request head or HTTP/2 preface (`header_timeout` from its
+//! first byte), and every write (the client must keep taking bytes).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::access::ClientInfo;
 use crate::app::App;
 
 use super::body::{Body, Meter, Source, SourceRange};
+use super::connection::Shared;
 use super::handler;
+use super::limits::{reset_on_close, Dropped, Pace};
 
 /// A request head larger than this is refused (431).
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
-/// From the first byte of a request to its complete head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// An idle keep-alive connection is closed after this.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes per `sendfile` call: the socket buffer takes less anyway; the cap
 /// keeps one transfer from holding a worker thread for long.
 const SENDFILE_MAX: usize = 4 << 20;
@@ -59,67 +65,97 @@ enum Next {
     Close,
 }
 
-/// Serves one plain-text connection until the client closes it, an error, or
-/// `shutdown` (between requests only: a response in flight completes).
-/// Returns the connection if the client speaks HTTP/2: the caller hands it to
-/// hyper together with the bytes already read.
+/// Serves one plain-text connection until the client closes it, an error, a
+/// deadline, or shutdown (between requests only: a response in flight
+/// completes). Returns the connection if the client speaks HTTP/2: the
+/// caller hands it to hyper together with the bytes already read.
 pub async fn serve(
     mut stream: TcpStream,
-    app: &App,
+    shared: &Shared,
     client: ClientInfo,
-    mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<Option<(TcpStream, BytesMut)>> {
+    let (app, limits, metrics) = (&*shared.app, &*shared.limits, &shared.metrics);
+    let mut shutdown = shared.stopped.clone();
+    let peer = client.addr;
+    let mut pace = limits.pace();
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         // Wait for the next request's first byte (or the end).
         if buf.is_empty() {
             let read = tokio::select! {
-                r = tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut buf)) => r,
                 _ = shutdown.wait_for(|s| *s) => return Ok(None),
             };
             match read {
-                Err(_) | Ok(Ok(0)) => return Ok(None),
+                Err(_) => {
+                    metrics.drop_conn(Dropped::IdleTimeout, peer);
+                    return Ok(None);
+                }
+                Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
             }
         }
-        if HTTP2_PREFACE.starts_with(&buf[..buf.len().min(HTTP2_PREFACE.len())]) {
-            // Possibly HTTP/2 with prior knowledge: read the whole preface
-            // before deciding.
-            while buf.len() < HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(&buf) {
-                if stream.read_buf(&mut buf).await? == 0 {
-                    return Ok(None);
+        // From the first byte, the head (or HTTP/2 preface) has
+        // `header_timeout` to arrive whole.
+        let deadline = Instant::now() + limits.header_timeout;
+        let head = tokio::time::timeout_at(deadline, async {
+            if HTTP2_PREFACE.starts_with(&buf[..buf.len().min(HTTP2_PREFACE.len())]) {
+                // Possibly HTTP/2 with prior knowledge: read the whole
+                // preface before deciding.
+                while buf.len() < HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(&buf) {
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        return Ok(Head::Closed);
+                    }
+                }
+                if buf.starts_with(HTTP2_PREFACE) {
+                    return Ok(Head::Http2);
                 }
             }
-            if buf.starts_with(HTTP2_PREFACE) {
-                return Ok(Some((stream, buf)));
+            read_head(&mut stream, &mut buf).await
+        })
+        .await;
+        let head = match head {
+            Err(_) => {
+                // Too slow: drop it, as hyper would.
+                metrics.drop_conn(Dropped::HeaderTimeout, peer);
+                return Ok(None);
             }
-        }
-        let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await
-        {
-            Err(_) => return Ok(None), // too slow: drop it, as hyper would
             Ok(r) => r?,
         };
-        let Some(head) = head else { return Ok(None) };
         let (req, head_len) = match head {
-            Parsed::Request(req, len) => (req, len),
-            Parsed::Bad(status) => {
+            Head::Closed => return Ok(None),
+            Head::Http2 => return Ok(Some((stream, buf))),
+            Head::Request(req, len) => (req, len),
+            Head::Bad(status) => {
+                if status == http::StatusCode::BAD_REQUEST {
+                    metrics.drop_conn(Dropped::Malformed, peer);
+                }
                 let resp = Response::builder()
                     .status(status)
                     .header(header::CONTENT_LENGTH, 0)
                     .header(header::CONNECTION, "close")
                     .body(())
                     .expect("static");
-                write_head(&mut stream, Version::HTTP_11, &resp, None).await?;
+                write_head(&stream, Version::HTTP_11, &resp, None, &mut pace).await?;
+                let _ = stream.shutdown().await;
                 return Ok(None);
             }
         };
         buf.advance(head_len);
-        match respond(&mut stream, app, &client, *req).await? {
-            Next::KeepAlive => {}
-            Next::Close => {
+        match respond(&stream, app, &client, *req, &mut pace).await {
+            Ok(Next::KeepAlive) => {}
+            Ok(Next::Close) => {
                 let _ = stream.shutdown().await;
                 return Ok(None);
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    metrics.drop_conn(Dropped::WriteTimeout, peer);
+                }
+                // A cut response: a reset, never a clean end.
+                reset_on_close(stream.as_raw_fd());
+                return Err(e);
             }
         }
         if *shutdown.borrow() {
@@ -128,57 +164,106 @@ pub async fn serve(
     }
 }
 
-enum Parsed {
+/// What arrived at the start of a request.
+enum Head {
     /// The request and the length of its head in the buffer.
     Request(Box<Request<()>>, usize),
     Bad(http::StatusCode),
+    /// The HTTP/2 preface (prior knowledge).
+    Http2,
+    /// The client closed the connection.
+    Closed,
 }
 
-/// Reads until `buf` holds a complete request head. `None`: the client closed
-/// the connection.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Parsed>> {
+/// Reads until `buf` holds a complete request head.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Head> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Request::new(&mut headers);
-        match r.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => return Ok(Some(to_request(&r, len))),
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return Ok(Some(Parsed::Bad(
-                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                )))
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return Ok(Some(Parsed::Bad(
-                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                )))
-            }
-            Err(_) => return Ok(Some(Parsed::Bad(http::StatusCode::BAD_REQUEST))),
+        if let Some(head) = parse_head(buf) {
+            return Ok(head);
         }
         if stream.read_buf(buf).await? == 0 {
-            return Ok(None);
+            return Ok(Head::Closed);
         }
     }
 }
 
-fn to_request(r: &httparse::Request<'_, '_>, len: usize) -> Parsed {
+/// A complete head, a refusal, or `None`: more bytes needed.
+fn parse_head(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut headers);
+    match r.parse(buf) {
+        // httparse accepts a bare LF as a line ending; a proxy in front may
+        // not, and two parsers disagreeing on where a head ends is how
+        // requests are smuggled (RFC 9112 §2.2 allows refusing it).
+        Ok(httparse::Status::Complete(len)) if bare_lf(&buf[..len]) => {
+            Some(Head::Bad(http::StatusCode::BAD_REQUEST))
+        }
+        Ok(httparse::Status::Complete(len)) => Some(to_request(&r, len)),
+        Ok(httparse::Status::Partial) if bare_lf(buf) => {
+            Some(Head::Bad(http::StatusCode::BAD_REQUEST))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            Some(Head::Bad(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+        }
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => {
+            Some(Head::Bad(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+        }
+        Err(_) => Some(Head::Bad(http::StatusCode::BAD_REQUEST)),
+    }
+}
+
+/// A LF not preceded by CR.
+fn bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// The request's body length is ambiguous (RFC 9112 §6.3): `Content-Length`
+/// values that differ or are not a number, or `Content-Length` beside
+/// `Transfer-Encoding`. Repeated identical values are one length.
+fn ambiguous_length(r: &httparse::Request<'_, '_>) -> bool {
+    let mut length: Option<&[u8]> = None;
+    let mut chunked = false;
+    for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = h.value.trim_ascii();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return true;
+            }
+            match length {
+                Some(l) if l != v => return true,
+                _ => length = Some(v),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        }
+    }
+    chunked && length.is_some()
+}
+
+fn to_request(r: &httparse::Request<'_, '_>, len: usize) -> Head {
+    if ambiguous_length(r) {
+        return Head::Bad(http::StatusCode::BAD_REQUEST);
+    }
     let version = match r.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
     let (Some(method), Some(path)) = (r.method, r.path) else {
-        return Parsed::Bad(http::StatusCode::BAD_REQUEST);
+        return Head::Bad(http::StatusCode::BAD_REQUEST);
     };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::Bad(http::StatusCode::BAD_REQUEST);
+        return Head::Bad(http::StatusCode::BAD_REQUEST);
     };
     let mut b = Request::builder().method(method).uri(path).version(version);
     for h in r.headers.iter() {
         b = b.header(h.name, h.value);
     }
     match b.body(()) {
-        Ok(req) => Parsed::Request(Box::new(req), len),
-        Err(_) => Parsed::Bad(http::StatusCode::BAD_REQUEST),
+        Ok(req) => Head::Request(Box::new(req), len),
+        Err(_) => Head::Bad(http::StatusCode::BAD_REQUEST),
     }
 }
 
@@ -191,10 +276,11 @@ fn has_token(req: &Request<()>, name: header::HeaderName, token: &str) -> bool {
 }
 
 async fn respond(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     app: &App,
     client: &ClientInfo,
     mut req: Request<()>,
+    pace: &mut Pace,
 ) -> io::Result<Next> {
     req.extensions_mut().insert(client.clone());
     let version = req.version();
@@ -241,8 +327,8 @@ async fn respond(
         Next::Close
     };
     match body {
-        _ if head => write_head(stream, version, &resp, None).await?,
-        Body::Bytes(b) => write_head(stream, version, &resp, b.as_deref()).await?,
+        _ if head => write_head(stream, version, &resp, None, pace).await?,
+        Body::Bytes(b) => write_head(stream, version, &resp, b.as_deref(), pace).await?,
         Body::Source(Some(range)) => {
             // A small complete file goes out corked, so the head and the body
             // share segments (nginx's `tcp_nopush`): +15% on 1 MiB blobs in
@@ -255,16 +341,16 @@ async fn respond(
             if cork {
                 set_cork(stream, true);
             }
-            write_head(stream, version, &resp, None).await?;
+            write_head(stream, version, &resp, None, pace).await?;
             // An error here means the client must see a cut transfer: returning
             // it drops the connection before the announced length or the
             // chunked terminator.
-            send_range(stream, range, chunked).await?;
+            send_range(stream, range, chunked, pace).await?;
             if cork {
                 set_cork(stream, false); // pushes the last partial segment
             }
         }
-        Body::Source(None) => write_head(stream, version, &resp, None).await?,
+        Body::Source(None) => write_head(stream, version, &resp, None, pace).await?,
         Body::Streaming(_) => unreachable!("bodies are started only by hyper"),
     }
     Ok(next)
@@ -272,10 +358,11 @@ async fn respond(
 
 /// Writes the status line and headers, and a small body in the same write.
 async fn write_head(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     version: Version,
     resp: &Response<()>,
     body: Option<&[u8]>,
+    pace: &mut Pace,
 ) -> io::Result<()> {
     let mut out = Vec::with_capacity(256 + body.map_or(0, |b| b.len()));
     let v = if version == Version::HTTP_10 {
@@ -307,10 +394,42 @@ async fn write_head(
     if let Some(b) = body {
         out.extend_from_slice(b);
     }
-    stream.write_all(&out).await
+    write_all(stream, &out, pace).await
 }
 
-async fn send_range(stream: &mut TcpStream, range: SourceRange, chunked: bool) -> io::Result<()> {
+/// `write_all` within the write deadline.
+async fn write_all(stream: &TcpStream, mut buf: &[u8], pace: &mut Pace) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(n) => {
+                pace.wrote(n as u64, n == buf.len());
+                buf = &buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, pace).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the socket takes bytes, or fails (`TimedOut`) once the
+/// client has taken too little for too long.
+async fn writable(stream: &TcpStream, pace: &mut Pace) -> io::Result<()> {
+    match tokio::time::timeout_at(pace.waiting(), stream.writable()).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took too little of the response within server.write_timeout",
+        )),
+    }
+}
+
+async fn send_range(
+    stream: &TcpStream,
+    range: SourceRange,
+    chunked: bool,
+    pace: &mut Pace,
+) -> io::Result<()> {
     let SourceRange {
         source,
         start,
@@ -323,7 +442,9 @@ async fn send_range(stream: &mut TcpStream, range: SourceRange, chunked: bool) -
                 Some(l) => l,
                 None => file.metadata()?.len().saturating_sub(start),
             };
-            send_file(stream, &file, start, len, &mut meter).await
+            send_file(stream, &file, start, len, &mut meter, pace).await?;
+            meter.finish();
+            Ok(())
         }
         Source::Fill(mut reader) => {
             let end = len.map(|l| start + l);
@@ -332,7 +453,13 @@ async fn send_range(stream: &mut TcpStream, range: SourceRange, chunked: bool) -
                 if end.is_some_and(|e| pos >= e) {
                     break;
                 }
-                let mut n = reader.readable(pos).await?;
+                let mut n = match reader.readable(pos).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        meter.fail();
+                        return Err(e);
+                    }
+                };
                 if n == 0 {
                     if end.is_some() {
                         return Err(io::Error::new(
@@ -346,17 +473,18 @@ async fn send_range(stream: &mut TcpStream, range: SourceRange, chunked: bool) -
                     n = n.min(e - pos);
                 }
                 if chunked {
-                    stream.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                    write_all(stream, format!("{n:x}\r\n").as_bytes(), pace).await?;
                 }
-                send_file(stream, reader.file(), pos, n, &mut meter).await?;
+                send_file(stream, reader.file(), pos, n, &mut meter, pace).await?;
                 if chunked {
-                    stream.write_all(b"\r\n").await?;
+                    write_all(stream, b"\r\n", pace).await?;
                 }
                 pos += n;
             }
             if chunked {
-                stream.write_all(b"0\r\n\r\n").await?;
+                write_all(stream, b"0\r\n\r\n", pace).await?;
             }
+            meter.finish();
             Ok(())
         }
     }
@@ -370,6 +498,7 @@ async fn send_file(
     offset: u64,
     len: u64,
     meter: &mut Meter,
+    pace: &mut Pace,
 ) -> io::Result<()> {
     let (mut off, end) = (offset, offset + len);
     let mut advised = offset;
@@ -379,8 +508,9 @@ async fn send_file(
             readahead(file, off, advised - off).await;
         }
         tokio::task::consume_budget().await;
-        stream.writable().await?;
         let want = ((end - off) as usize).min(SENDFILE_MAX);
+        // Tried first: tokio remembers the socket is writable until a write
+        // would block, and only then is the deadline (and the clock) needed.
         match stream.try_io(Interest::WRITABLE, || sendfile(stream, file, off, want)) {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -391,8 +521,9 @@ async fn send_file(
             Ok(n) => {
                 off += n as u64;
                 meter.add(n as u64);
+                pace.wrote(n as u64, n == want);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, pace).await?,
             Err(e) => return Err(e),
         }
     }
@@ -509,5 +640,58 @@ impl tokio::io::AsyncWrite for Rewind {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// The head parser's refusals (RFC 9112 §6.3, §2.2): what a proxy in front
+/// could read differently is never interpreted.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Some(status)` for a refused head, `None` for a request.
+    fn refused(head: &str) -> Option<u16> {
+        match parse_head(head.as_bytes()) {
+            Some(Head::Bad(s)) => Some(s.as_u16()),
+            Some(Head::Request(..)) => None,
+            _ => panic!("incomplete: {head:?}"),
+        }
+    }
+
+    #[test]
+    fn ambiguous_lengths_and_bare_line_feeds_are_refused() {
+        let ok = "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(refused(ok), None);
+        for (head, why) in [
+            (
+                "GET /v2/ HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 61\r\n\r\n",
+                "differing lengths",
+            ),
+            (
+                "GET /v2/ HTTP/1.1\r\nContent-Length: 0, 61\r\n\r\n",
+                "a list",
+            ),
+            (
+                "GET /v2/ HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+                "not digits",
+            ),
+            (
+                "GET /v2/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "both",
+            ),
+            ("GET /v2/ HTTP/1.1\nHost: x\n\n", "bare LF"),
+            ("GET /v2/ HTTP/1.1\r\nHost: x\n\r\n", "one bare LF"),
+        ] {
+            assert_eq!(refused(head), Some(400), "{why}");
+        }
+        assert_eq!(
+            refused("GET /v2/ HTTP/1.1\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n"),
+            None,
+            "repeated identical values are one length"
+        );
+        assert!(
+            matches!(parse_head(b"GET /v2/ HTTP/1.1\nHo"), Some(Head::Bad(_))),
+            "a bare LF is refused before the head is complete"
+        );
     }
 }

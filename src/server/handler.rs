@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 
 use crate::access::{ClientInfo, Who};
 use crate::app::App;
@@ -16,6 +16,7 @@ use crate::registry::{Accept, Digest, Endpoint, OciCode, Reference, RepoName, Ro
 
 use super::body::{self, Body, Source};
 use super::error::{error_response, oci_error, RequestError};
+use super::limits::ConnState;
 use super::observe::{observe, Outcome};
 use super::probes::{healthz, metrics, readyz};
 use super::range::{self, RangeReq};
@@ -41,6 +42,7 @@ pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Body> {
         HeaderValue::from_static(API_VERSION),
     );
     let path = req.uri().path();
+    outcome.conn = req.extensions().get::<std::sync::Arc<ConnState>>().cloned();
     observe(app, req.method(), path, kind, outcome, started, &mut resp);
     resp
 }
@@ -72,14 +74,19 @@ async fn respond<B>(
     let path = req.uri().path();
     let client = req.extensions().get::<ClientInfo>();
     match endpoint {
-        // Probes come from the node (kubelet, systemd, load balancers): they
-        // reveal nothing and are answered whatever the network rules say.
+        // Liveness comes from the node (kubelet, systemd, load balancers):
+        // it reveals nothing and is answered whatever the network rules say.
         Ok(None) if path == "/healthz" && is_read(method) => return Ok(healthz(method)),
-        Ok(None) if path == "/readyz" && is_read(method) => return Ok(readyz(app, method).await),
         _ => {}
     }
     if let Some(c) = client {
         app.access.check_network(c.addr.ip())?;
+    }
+    // Readiness tells upstream names and states and checks the disk: only
+    // for allowed networks here (the admin listener answers it to anyone
+    // who can reach that).
+    if matches!(endpoint, Ok(None)) && path == "/readyz" && is_read(method) {
+        return Ok(readyz(app, method).await);
     }
     match endpoint? {
         Some(ep) => dispatch(app, req, client, &ep, outcome).await,
@@ -305,14 +312,40 @@ async fn blob<B>(
             }
             .expect("valid headers"))
         }
-        BlobBody::Fill(reader) => {
+        BlobBody::Fill(mut reader) => {
             // A fill is streamed whole; ranges are served once it is cached.
+            let mut size = blob.size;
+            if size.is_none() && req.version() < Version::HTTP_11 {
+                // HTTP/1.0 has no chunked encoding: a body of unknown length
+                // ends with the connection, so a failed fill would look
+                // complete. Answer only once it is verified, with its length.
+                size = Some(verified_size(&mut reader).await?);
+            }
             let mut b = base();
-            if let Some(s) = blob.size {
+            if let Some(s) = size {
                 b = b.header(header::CONTENT_LENGTH, s);
             }
-            Ok(b.body(body::stream(Source::Fill(reader), 0, blob.size))
+            Ok(b.body(body::stream(Source::Fill(reader), 0, size))
                 .expect("valid headers"))
+        }
+    }
+}
+
+/// Waits for a fill to end: its size once the digest matched, or why it
+/// failed.
+async fn verified_size(reader: &mut crate::cache::FillReader) -> Result<u64, RequestError> {
+    let mut pos = 0;
+    loop {
+        match reader.readable(pos).await {
+            Ok(0) => return Ok(pos),
+            Ok(n) => pos += n,
+            Err(e) => {
+                let f = e
+                    .into_inner()
+                    .and_then(|b| b.downcast::<crate::cache::FillError>().ok())
+                    .map_or(crate::cache::FillError::Aborted, |b| *b);
+                return Err(RequestError::Mirror(f.into()));
+            }
         }
     }
 }

@@ -1,8 +1,14 @@
 //! The accept loop (mini-redis's `Listener`): takes connections until told
-//! to stop, hands each to its own task ([`connection::serve`]), then drains:
-//! in-flight requests finish within the grace period. Never does a
-//! handshake or reads a byte itself, so one slow client cannot stall the
-//! others.
+//! to stop, at most `server.max_connections` at once, hands each to its own
+//! task ([`connection::serve`]), then drains: in-flight requests finish
+//! within the grace period. Never does a handshake or reads a byte itself,
+//! so one slow client cannot stall the others.
+//!
+//! At the cap the loop stops accepting until a connection ends: new clients
+//! wait in the kernel's backlog (and are served as slots free) rather than
+//! being accepted and dropped; every deadline of [`super::limits`] makes sure
+//! slots do free. The admin listener is a separate socket and loop, so
+//! `/metrics` and `/readyz` there stay answerable at the cap.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,38 +16,49 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
 use crate::app::App;
 use crate::tls::Tls;
 
 use super::connection::{self, Shared};
+use super::limits::{Limits, ServerMetrics};
+
+/// At most one "connection limit reached" warning per this.
+const CAP_WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Listener {
     listener: Option<TcpListener>,
     shared: Shared,
-    /// Tracks hyper's connections, for a graceful drain.
-    graceful: GracefulShutdown,
-    /// Tells the plain-text (`h1`) connections to stop between requests;
-    /// closed when the last of them has ended.
-    stop_h1: watch::Sender<bool>,
+    slots: Arc<Semaphore>,
+    /// Tells connections to stop between requests; closed when the last of
+    /// them has ended (each holds a receiver in its `Shared`).
+    stop: watch::Sender<bool>,
 }
 
 impl Listener {
-    pub fn new(listener: TcpListener, app: Arc<App>, tls: Option<Arc<Tls>>) -> Listener {
-        let (stop_h1, h1_stopped) = watch::channel(false);
+    pub fn new(
+        listener: TcpListener,
+        app: Arc<App>,
+        tls: Option<Arc<Tls>>,
+        limits: Limits,
+    ) -> Listener {
+        let (stop, stopped) = watch::channel(false);
+        let metrics = ServerMetrics::new(app.metrics.registry());
         Listener {
             listener: Some(listener),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
             shared: Shared {
                 app,
                 tls,
-                hyper: hyper_builder(),
-                h1_stopped,
+                hyper: hyper_builder(&limits),
+                stopped,
+                limits: Arc::new(limits),
+                metrics,
             },
-            graceful: GracefulShutdown::new(),
-            stop_h1,
+            stop,
         }
     }
 
@@ -51,13 +68,37 @@ impl Listener {
             return;
         };
         tokio::pin!(shutdown);
+        let mut warned: Option<Instant> = None;
         loop {
+            let permit = match self.slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    self.shared.metrics.cap_reached.inc();
+                    if warned.is_none_or(|w| w.elapsed() >= CAP_WARN_EVERY) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(
+                            max_connections = self.shared.limits.max_connections,
+                            "connection limit reached (server.max_connections): new connections wait until one ends"
+                        );
+                    }
+                    tokio::select! {
+                        p = self.slots.clone().acquire_owned() => p.expect("never closed"),
+                        _ = &mut shutdown => break,
+                    }
+                }
+            };
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let watcher = self.graceful.watcher();
-                        tokio::spawn(connection::serve(stream, peer, self.shared.clone(), watcher));
+                        let shared = self.shared.clone();
+                        tokio::spawn(async move {
+                            shared.metrics.open.inc();
+                            let open = shared.metrics.open.clone();
+                            connection::serve(stream, peer, shared).await;
+                            open.dec();
+                            drop(permit);
+                        });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -73,34 +114,46 @@ impl Listener {
     /// Stops taking requests and waits up to `grace` for those in flight.
     pub async fn drain(self, grace: Duration) {
         tracing::info!("shutting down: waiting for in-flight requests");
-        let _ = self.stop_h1.send(true);
+        let _ = self.stop.send(true);
         drop(self.shared);
-        let hyper_done = self.graceful.shutdown();
         tokio::select! {
-            _ = async { tokio::join!(hyper_done, self.stop_h1.closed()) } => {}
+            _ = self.stop.closed() => {}
             _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
         }
     }
 }
 
-/// hyper's settings for TLS and HTTP/2 connections.
-fn hyper_builder() -> auto::Builder<TokioExecutor> {
+/// hyper's settings for TLS and HTTP/2 connections: every limit explicit,
+/// so a hyper upgrade cannot loosen one unnoticed.
+fn hyper_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that never finishes its request headers must not hold a
     // connection forever; hyper enforces this only with a timer.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_timeout)
         // hyper queues body chunks up to this before it stops asking for more
         // (400 KiB by default): with one chunk queued, the body's buffer
         // budget (body.rs) is what bounds a TLS client's memory.
         .max_buf_size(64 * 1024);
-    // Registry clients pull large layers: let HTTP/2 windows grow with the link.
+    // Registry clients pull large layers: let HTTP/2 windows grow with the
+    // link. The stream limits answer HTTP/2's known attacks: too many
+    // concurrent streams (one client starving others), rapid reset
+    // (CVE-2023-44487: pending accept resets), streams reset for errors
+    // (RUSTSEC-2024-0003), CONTINUATION floods and huge header lists (the
+    // header list size bounds what h2 buffers across CONTINUATION frames).
+    // Pings detect dead peers; the idle timeout (connection.rs) live idle ones.
     builder
         .http2()
         .timer(TokioTimer::new())
         .adaptive_window(true)
-        .keep_alive_interval(Duration::from_secs(30));
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_size)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .max_send_buf_size(256 * 1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }

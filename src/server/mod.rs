@@ -4,7 +4,10 @@
 //! access, mirror, response; then `observe`: metrics and the access log),
 //! maps every failure in one place (`error`), and shuts down gracefully.
 //!
-//! `run(listener, app, tls, shutdown, grace)` takes an already-bound listener
+//! Every connection lives within [`Limits`] (`limits`): a connection cap and
+//! a deadline for each phase, so no client can hold wharf's resources.
+//!
+//! `run(listener, app, tls, shutdown, grace, limits)` takes an already-bound listener
 //! and a shutdown future (mini-redis style), so tests bind port 0 and stop it
 //! cleanly. Never names the cache's or an upstream's error types (only
 //! `MirrorError`, in the one mapping): it asks the [`App`]'s parts and
@@ -15,6 +18,7 @@ mod connection;
 mod error;
 mod h1;
 mod handler;
+mod limits;
 mod listener;
 mod observe;
 mod probes;
@@ -31,6 +35,7 @@ use crate::tls::Tls;
 
 pub use body::Body;
 pub use error::RequestError;
+pub use limits::Limits;
 pub use probes::{healthz, metrics as metrics_response, readyz};
 
 /// A complete body from bytes (for the admin endpoints).
@@ -52,11 +57,12 @@ pub async fn run(
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: Limits,
 ) -> std::io::Result<()> {
     let maintenance = tls.as_ref().map(|t| t.spawn_maintenance());
     let upkeep = app.mirror.spawn_maintenance();
     let schedules = app.sync.spawn_schedules();
-    let mut l = listener::Listener::new(listener, app.clone(), tls);
+    let mut l = listener::Listener::new(listener, app.clone(), tls, limits);
     l.accept_until(shutdown).await;
     l.drain(grace).await;
     if let Some(m) = maintenance {

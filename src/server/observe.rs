@@ -20,6 +20,8 @@ use super::body::{Body, Meter, Source};
 pub struct Outcome {
     pub upstream: Option<String>,
     pub cache: Option<CacheStatus>,
+    /// The connection, told when a streamed body fails.
+    pub conn: Option<std::sync::Arc<super::limits::ConnState>>,
 }
 
 /// Counts the response and arranges its access log line.
@@ -50,6 +52,7 @@ pub fn observe(
             .with_label_values(&[label, c.as_str()])
             .inc();
     }
+    let conn = outcome.conn;
     let line = AccessLine {
         method: method.clone(),
         path: path.to_owned(),
@@ -67,7 +70,11 @@ pub fn observe(
                 Source::File(_) => "cache",
                 Source::Fill(_) => "upstream",
             };
-            range.meter = Meter::new(metrics.served_bytes.with_label_values(&[source]), line);
+            range.meter = Meter::new(
+                metrics.served_bytes.with_label_values(&[source]),
+                line,
+                conn,
+            );
         }
         b => {
             let sent = if method == Method::HEAD {
@@ -75,7 +82,7 @@ pub fn observe(
             } else {
                 b.len().unwrap_or(0)
             };
-            line.emit(sent)
+            line.emit(sent, true)
         }
     }
 }
@@ -118,9 +125,12 @@ pub struct AccessLine {
 }
 
 impl AccessLine {
-    pub fn emit(self, sent: u64) {
+    /// `finished`: the body's source reached its end (for a body of unknown
+    /// length, the only sign it is complete).
+    pub fn emit(self, sent: u64, finished: bool) {
         // A body cut short (client gone, fill failed) is worth knowing.
-        let complete = self.method == Method::HEAD || self.length.is_none_or(|l| l == sent);
+        let complete =
+            self.method == Method::HEAD || (finished && self.length.is_none_or(|l| l == sent));
         tracing::info!(
             target: "wharf::access",
             method = %self.method,

@@ -371,6 +371,7 @@ impl Wharf {
                 let _ = rx.await;
             },
             Duration::from_secs(5),
+            config.server.clone(),
         ));
         Wharf {
             addr,
