@@ -117,6 +117,10 @@ pub struct CacheSettings {
     /// mirror, around the upstream's body).
     pub fill_min_rate: u64,
     pub fill_rate_window: std::time::Duration,
+    /// Blob downloads running at once (each holds a blocking thread that
+    /// hashes and writes); more wait for a slot, at most
+    /// [`FILL_SLOT_WAIT`](crate::mirror::FILL_SLOT_WAIT).
+    pub max_fills: usize,
     /// How long a "not found" from an upstream for a manifest (by tag or
     /// digest, per repository) is remembered (zero: not at all), and for how
     /// many of them at most. Policy of the mirror, which keeps them.
@@ -137,6 +141,7 @@ impl Default for CacheSettings {
             fill_reserve_step: DEFAULT_FILL_RESERVE_STEP,
             fill_min_rate: 16 << 10,
             fill_rate_window: std::time::Duration::from_secs(30),
+            max_fills: 128,
             negative_ttl: std::time::Duration::from_secs(30),
             negative_entries: 10_000,
         }

@@ -94,6 +94,13 @@ fn fill_limits(c: &FileCache, settings: &mut CacheSettings) -> Result<(), Config
         }
         settings.fill_rate_window = w;
     }
+    if let Some(n) = c.max_fills {
+        // Each running fill holds one of tokio's 512 blocking threads.
+        if n == 0 || n > 256 {
+            return Err(invalid("cache.max_fills", "between 1 and 256"));
+        }
+        settings.max_fills = n;
+    }
     if let Some(t) = &c.negative_ttl {
         let t = parse_duration("cache.negative_ttl", t)?;
         if t > Duration::from_secs(3600) {

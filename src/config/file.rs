@@ -245,6 +245,9 @@ pub struct FileCache {
     pub fill_min_rate: Option<String>,
     /// The window fill_min_rate is averaged over (default "30s").
     pub fill_rate_window: Option<String>,
+    /// Blob downloads running at once (default 128); more wait up to 60 s
+    /// for a slot, then get 503.
+    pub max_fills: Option<usize>,
     /// How long an upstream's "not found" for a manifest (per upstream,
     /// repository and tag or digest) is answered from memory (default "30s";
     /// "0s" to ask every time).

@@ -187,6 +187,23 @@ impl Mirror {
         tokio::spawn(async move {
             let started = Instant::now();
             let up = this.upstream(r.upstream);
+            // Held to the end of the fill, the writer's blocking thread
+            // included.
+            let _slot = match this.fill_slot().await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    this.inner
+                        .counters
+                        .fills_failed
+                        .with_label_values(&[&up.cfg.name, "busy"])
+                        .inc();
+                    tracing::warn!(upstream = %up.cfg.name, repo = %r.repo, digest = %d,
+                        max_fills = this.inner.max_fills, "no slot for a blob download; refused");
+                    let e = FillError::Source(Arc::new(e.response(RouteKind::Blob)));
+                    this.inner.cache.abandon_fill(w, e);
+                    return;
+                }
+            };
             let result = match up.client.get_blob(&r.repo, &d).await {
                 Ok(resp) => this.feed_fill(&r, resp, w).await,
                 Err(e) => {
@@ -215,6 +232,30 @@ impl Mirror {
                 }
             }
         });
+    }
+
+    /// A slot among `cache.max_fills` running downloads: each holds a
+    /// blocking thread (hashing and writing), so without a cap a flood of
+    /// distinct digests would take tokio's whole blocking pool. A download
+    /// waits for a slot at most one `cache.fill_rate_window` (the time a
+    /// running download has to show progress), then its readers get 503.
+    async fn fill_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, MirrorError> {
+        let slots = &self.inner.fill_slots;
+        if let Ok(p) = slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let waiting = &self.inner.counters.fills_waiting;
+        waiting.inc();
+        let wait = self.inner.fill_rate_window;
+        let got = tokio::time::timeout(wait, slots.clone().acquire_owned()).await;
+        waiting.dec();
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(MirrorError::FillsBusy {
+                max: self.inner.max_fills,
+                retry_after: wait.as_secs().max(1),
+            }),
+        }
     }
 
     /// Moves the upstream's body into the cache's fill: this task reads the

@@ -36,6 +36,10 @@ pub enum MirrorError {
         window_s: u64,
         min_rate: u64,
     },
+    /// Every slot for blob downloads (`cache.max_fills`) stayed taken for a
+    /// whole `cache.fill_rate_window`.
+    #[error("{max} blob downloads are already running (cache.max_fills); retry")]
+    FillsBusy { max: usize, retry_after: u64 },
     /// A shared fetch's work panicked (a bug); logged where it happened.
     #[error(transparent)]
     Panicked(#[from] Panicked),
@@ -83,6 +87,13 @@ impl MirrorError {
                 self.to_string(),
                 Blame::Upstream,
             ),
+            MirrorError::FillsBusy { retry_after, .. } => ErrorResponse::with_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OciCode::Unavailable,
+                self.to_string(),
+                Blame::Wharf,
+            )
+            .retry_after(*retry_after),
             MirrorError::Upstream(u) => upstream(u, kind),
             MirrorError::Fill(f) => fill(f),
             MirrorError::Cache(c) => cache(c),

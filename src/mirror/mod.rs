@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::cache::{Cache, CacheError, Coalescer, Metadata, Origin, SledKv};
 use crate::config::{Config, UpstreamConfig};
@@ -92,6 +92,9 @@ pub(crate) struct Inner {
     /// `cache.fill_min_rate` over `cache.fill_rate_window` (see `pace`).
     pub fill_min_rate: u64,
     pub fill_rate_window: Duration,
+    /// One permit per running blob download (`cache.max_fills`).
+    pub fill_slots: Arc<tokio::sync::Semaphore>,
+    pub max_fills: usize,
     /// Recent "not found" answers for manifests (see `negative`).
     pub negative: negative::NegativeCache,
     pub metrics: Arc<Metrics>,
@@ -104,6 +107,8 @@ pub(crate) struct MirrorMetrics {
     pub fills_failed: IntCounterVec,
     /// Manifest requests answered "not found" from memory.
     pub negative_hits: IntCounterVec,
+    /// Blob downloads waiting for a slot (`cache.max_fills`).
+    pub fills_waiting: IntGauge,
 }
 
 impl MirrorMetrics {
@@ -116,7 +121,7 @@ impl MirrorMetrics {
         MirrorMetrics {
             fills_failed: counter(
                 "wharf_fills_failed_total",
-                "Blob downloads that cached nothing, by reason: too_slow (below cache.fill_min_rate), no_room (outgrew cache.max_size), size_mismatch, digest_mismatch, upstream (refused or interrupted), aborted",
+                "Blob downloads that cached nothing, by reason: busy (no slot of cache.max_fills within cache.fill_rate_window), too_slow (below cache.fill_min_rate), no_room (outgrew cache.max_size), size_mismatch, digest_mismatch, upstream (refused or interrupted), aborted",
                 &["upstream", "reason"],
             ),
             negative_hits: counter(
@@ -124,6 +129,15 @@ impl MirrorMetrics {
                 "Manifest requests answered 404 from a recent upstream 404 (cache.negative_ttl) without asking the upstream",
                 &["upstream"],
             ),
+            fills_waiting: {
+                let g = IntGauge::new(
+                    "wharf_fills_waiting",
+                    "Blob downloads waiting for one of cache.max_fills slots",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
         }
     }
 }
@@ -177,6 +191,8 @@ impl Mirror {
                 tag_ttl: config.tag_ttl,
                 fill_min_rate: config.cache.fill_min_rate,
                 fill_rate_window: config.cache.fill_rate_window,
+                fill_slots: Arc::new(tokio::sync::Semaphore::new(config.cache.max_fills)),
+                max_fills: config.cache.max_fills,
                 negative: negative::NegativeCache::new(
                     config.cache.negative_ttl,
                     config.cache.negative_entries,

@@ -521,3 +521,66 @@ fn corrupt_and_cut_bodies_fail_every_reader_visibly_and_cache_nothing() {
     let (status, got, len) = get_blob(&url, Duration::from_secs(30)).unwrap();
     assert_eq!((status, got.as_str(), len), (200, digest.as_str(), size));
 }
+
+/// The config blob of `repo:tag`.
+fn config_blob(up: &Upstream, repo: &str, tag: &str) -> String {
+    let (bytes, _) = up.get_manifest(repo, tag);
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    m["config"]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn downloads_beyond_max_fills_wait_one_window_then_get_503() {
+    let s = Setup::start(
+        &[("ev1", "library/ev:1")],
+        "max_fills = 1\nfill_rate_window = \"2s\"\n",
+    );
+    let (layer_digest, size) = layer(&s.up, "library/ev", "1");
+    let config = config_blob(&s.up, "library/ev", "1");
+    // The layer's download takes the only slot and waits at the relay
+    // (until a request for "/release-the-layer", or 20 s).
+    s.tamper.hold(&layer_digest, "/release-the-layer");
+    let layer_url = format!("{}/v2/library/ev/blobs/{layer_digest}", s.w.url());
+    let first = {
+        let url = layer_url.clone();
+        std::thread::spawn(move || get_blob(&url, Duration::from_secs(60)))
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the layer's download to start",
+        || s.tamper.count("GET", &layer_digest) == 1,
+    );
+    // Another digest finds no slot: it waits one window, then is refused
+    // with Retry-After, and never reached the upstream.
+    let r = http()
+        .get(format!("{}/v2/library/ev/blobs/{config}", s.w.url()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "2");
+    assert!(r.text().unwrap().contains("cache.max_fills"));
+    assert_eq!(s.tamper.count("GET", &config), 0);
+    assert_eq!(
+        s.metric(r#"wharf_fills_failed_total{reason="busy",upstream="hub"}"#),
+        1.0
+    );
+    assert_eq!(s.metric("wharf_fills_waiting"), 0.0);
+    s.honest().assert_served();
+    // The running download was not disturbed, and once it ends the slot is
+    // free again.
+    let _ = http()
+        .get(format!("{}/release-the-layer", s.tamper.url()))
+        .send();
+    let (status, got, len) = first.join().unwrap().unwrap();
+    assert_eq!(
+        (status, got.as_str(), len),
+        (200, layer_digest.as_str(), size)
+    );
+    s.w.wait_fills_settled();
+    let (status, got, _) = get_blob(
+        &format!("{}/v2/library/ev/blobs/{config}", s.w.url()),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!((status, got.as_str()), (200, config.as_str()));
+}
