@@ -62,8 +62,15 @@ impl HostSpec {
                 "{s:?} is a link-local address or the metadata host, which wharf never contacts for an upstream"
             ));
         }
-        // `Url` drops the scheme's default port: keep what was written.
-        let port = url.port().or_else(|| s.ends_with(":80").then_some(80));
+        // `Url` drops the scheme's default port: keep what was written
+        // (`h:80`, `h:080`), or a listing meant for one port would allow
+        // every port of the host.
+        let explicit = s.rsplit_once(':').is_some_and(|(h, p)| {
+            (h.ends_with(']') || !h.contains(':'))
+                && !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+        });
+        let port = explicit.then(|| url.port_or_known_default()).flatten();
         Ok(HostSpec {
             host: host_text(&host),
             port,
@@ -556,6 +563,24 @@ mod tests {
         assert!(HostSpec::parse("metadata.google.internal:80").is_err());
         assert!(HostSpec::parse("a/b").is_err());
         assert!(HostSpec::parse("user@h").is_err());
+    }
+
+    #[test]
+    fn a_listed_port_is_that_port_however_written() {
+        let d = Destinations::new(
+            &u("http://127.0.0.1:5000"),
+            &hosts(&["10.0.0.5:080", "[::1]:0080"]),
+            &[],
+        );
+        assert_eq!(d.check_realm(&u("http://10.0.0.5/t"), true), Ok(()));
+        assert_eq!(
+            d.check_realm(&u("http://10.0.0.5:6379/t"), true),
+            Err(Refusal::ForeignRealm)
+        );
+        assert_eq!(
+            d.check_realm(&u("http://[::1]:6379/t"), true),
+            Err(Refusal::ForeignRealm)
+        );
     }
 
     #[test]
