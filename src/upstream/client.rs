@@ -525,7 +525,7 @@ impl UpstreamClient {
                             None => {
                                 let t = self.fetch_token(realm, service.as_deref(), scope).await?;
                                 let v = t.value.clone();
-                                self.tokens.put(scope, t);
+                                self.tokens.put(scope, t, Instant::now());
                                 v
                             }
                         }
