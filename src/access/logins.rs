@@ -12,11 +12,14 @@
 //!    A remembered login is answered before any throttle or queue, so a
 //!    client with the right password is served whatever others send.
 //! 2. **Failures have a budget of their own.** A check from a (client
-//!    address, user name) pair with no recent failure and none in flight
-//!    takes one of `login_concurrency` slots; a pair with recent failures or
-//!    a check already in flight waits for one of `failed_login_concurrency`
-//!    slots, so a flood of wrong passwords queues behind itself, never in
-//!    front of someone else's first login.
+//!    address, user name) pair with no recent failure and none in flight,
+//!    from an address with no other check in that pool, takes one of
+//!    `login_concurrency` slots; any other check waits for one of
+//!    `failed_login_concurrency` slots, so a flood of wrong passwords
+//!    queues behind itself, never in front of someone else's first login.
+//!    The address counts too because a user name costs nothing to change:
+//!    a flood naming a new user each time would otherwise be all "first
+//!    logins" and hold every first slot.
 //! 3. **Repeated failures are throttled per pair.** Each failure adds one to
 //!    the pair's counter, which loses one every `failed_login_decay`; at
 //!    `max_failed_logins` the pair is answered 429 with `Retry-After` and no
@@ -272,14 +275,16 @@ struct Pending {
 impl Pending {
     fn finish(&mut self, ok: bool) {
         self.done = true;
-        self.failures.lock().finish(self.pair, ok, Instant::now());
+        self.failures
+            .lock()
+            .finish(self.pair, self.clean, ok, Instant::now());
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            self.failures.lock().abandon(self.pair);
+            self.failures.lock().abandon(self.pair, self.clean);
         }
     }
 }
@@ -297,6 +302,10 @@ enum Begin {
 struct Failures {
     limits: LoginLimits,
     pairs: HashMap<Pair, Entry>,
+    /// Checks in the first-login pool (queued or running) per client
+    /// block; an entry lives only while its count is above zero, so this
+    /// holds no more than the checks in flight.
+    first: HashMap<IpAddr, u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -320,6 +329,7 @@ impl Failures {
         Failures {
             limits,
             pairs: HashMap::new(),
+            first: HashMap::new(),
         }
     }
 
@@ -356,14 +366,31 @@ impl Failures {
             at: now,
             pending: 0,
         });
-        let clean = e.pending == 0 && count.unwrap_or(0.0) == 0.0;
+        let clean =
+            e.pending == 0 && count.unwrap_or(0.0) == 0.0 && !self.first.contains_key(&pair.0);
         e.count = count.unwrap_or(0.0);
         e.at = now;
         e.pending += 1;
+        if clean {
+            *self.first.entry(pair.0).or_default() += 1;
+        }
         Begin::Go { clean }
     }
 
-    fn finish(&mut self, pair: Pair, ok: bool, now: Instant) {
+    /// A check of the first-login pool is over (done or dropped).
+    fn leave_first(&mut self, ip: IpAddr) {
+        if let Some(n) = self.first.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.first.remove(&ip);
+            }
+        }
+    }
+
+    fn finish(&mut self, pair: Pair, clean: bool, ok: bool, now: Instant) {
+        if clean {
+            self.leave_first(pair.0);
+        }
         let Some(e) = self.pairs.get(&pair).copied() else {
             return;
         };
@@ -383,7 +410,10 @@ impl Failures {
         }
     }
 
-    fn abandon(&mut self, pair: Pair) {
+    fn abandon(&mut self, pair: Pair, clean: bool) {
+        if clean {
+            self.leave_first(pair.0);
+        }
         if let Some(e) = self.pairs.get_mut(&pair) {
             e.pending = e.pending.saturating_sub(1);
         }
@@ -422,24 +452,26 @@ mod tests {
         // The first check of a pair is clean; a concurrent one is not.
         assert!(go(&mut f, x, t0));
         assert!(!go(&mut f, x, t0));
-        f.finish(x, false, t0);
-        f.finish(x, false, t0);
+        f.finish(x, true, false, t0);
+        f.finish(x, false, false, t0);
         // Recent failures: the small budget, then the throttle.
         assert!(!go(&mut f, x, t0));
-        f.finish(x, false, t0);
+        f.finish(x, false, false, t0);
         match f.begin(x, t0) {
             Begin::Throttled(d) => assert_eq!(d, Duration::from_secs(10)),
             Begin::Go { .. } => panic!("three failures of three allowed"),
         }
         // Another user at the same address, the same user elsewhere: clean.
         assert!(go(&mut f, pair([10, 0, 0, 1], 2), t0));
+        f.finish(pair([10, 0, 0, 1], 2), true, true, t0);
         assert!(go(&mut f, pair([10, 0, 0, 2], 1), t0));
+        f.finish(pair([10, 0, 0, 2], 1), true, true, t0);
         // One failure forgotten per decay period.
         assert!(f.throttled(x, t0 + Duration::from_secs(9)).is_some());
         assert!(f.throttled(x, t0 + Duration::from_secs(10)).is_none());
         assert!(!go(&mut f, x, t0 + Duration::from_secs(10)));
         // A success clears the pair.
-        f.finish(x, true, t0 + Duration::from_secs(10));
+        f.finish(x, false, true, t0 + Duration::from_secs(10));
         assert!(go(&mut f, x, t0 + Duration::from_secs(10)));
     }
 
@@ -449,8 +481,30 @@ mod tests {
         let t0 = Instant::now();
         let x = pair([10, 0, 0, 1], 1);
         assert!(go(&mut f, x, t0));
-        f.abandon(x);
+        f.abandon(x, true);
         assert!(go(&mut f, x, t0));
+    }
+
+    #[test]
+    fn a_new_user_name_per_try_does_not_make_a_flood_first_logins() {
+        let mut f = Failures::new(limits());
+        let t0 = Instant::now();
+        let flooder = [10, 0, 0, 66];
+        // Concurrent checks naming a new user each: one first-login slot
+        // for the address, the rest in the failed-login pool.
+        assert!(go(&mut f, pair(flooder, 1), t0));
+        for user in 2..50 {
+            assert!(!go(&mut f, pair(flooder, user), t0), "user {user}");
+        }
+        // Someone else's first login is still one.
+        assert!(go(&mut f, pair([10, 0, 0, 7], 1), t0));
+        // The address's first-login check over (done or dropped), its
+        // next new pair is a first login again; nothing is left behind.
+        f.finish(pair(flooder, 1), true, false, t0);
+        assert!(go(&mut f, pair(flooder, 99), t0));
+        f.abandon(pair(flooder, 99), true);
+        f.finish(pair([10, 0, 0, 7], 1), true, true, t0);
+        assert!(f.first.is_empty());
     }
 
     #[test]

@@ -383,13 +383,14 @@ impl Room<'_> {
     /// Makes sure the room covers `end` bytes, reserving more (and evicting
     /// if needed) a step at a time. Blocking (an eviction pass may run).
     pub fn cover(&mut self, end: u64) -> Result<(), CacheError> {
+        // Past the announced size the writer refuses the bytes: room for
+        // them would only make eviction remove content for nothing.
+        let end = self.size.map_or(end, |s| end.min(s));
         while self.held.bytes() < end {
             let have = self.held.bytes();
             let step = match self.size {
-                // `end` never passes the announced size (the writer refuses
-                // more), so neither does the room.
-                Some(s) if s > have => self.cache.fill_step.min(s - have),
-                _ => self.cache.fill_step,
+                Some(s) => self.cache.fill_step.min(s - have),
+                None => self.cache.fill_step,
             };
             let more = self.cache.reserve(step).inspect_err(|e| {
                 tracing::warn!(
@@ -513,6 +514,27 @@ mod tests {
         };
         let chunks = data.chunks(16 << 10).map(Ok::<_, fill::FillError>);
         tokio::task::block_in_place(|| cache.fill(w, announced, chunks))
+    }
+
+    /// Regression: a source sending more than it announced had its room
+    /// grown by a whole step for the bytes past the size (which the writer
+    /// then refused), and that step could run an eviction pass.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_past_the_announced_size_evict_nothing() {
+        let (_dir, cache, old) = small_cache();
+        // 300 KiB cached + 700 KiB announced fit the 1 MiB budget; one
+        // more step would not.
+        let announced = 700u64 << 10;
+        let data = vec![1u8; (announced as usize) + (16 << 10)];
+        let r = fill_with(&cache, &data, Some(announced));
+        assert!(
+            matches!(r, Err(fill::FillError::SizeMismatch { .. })),
+            "{r:?}"
+        );
+        assert!(
+            cache.store.contains(&old),
+            "an overrun made eviction remove cached content"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,6 +278,10 @@ pub struct FileUpstream {
     pub ca_file: Option<PathBuf>,
     /// How long to wait for a connection to the upstream.
     pub connect_timeout: Option<String>,
+    /// How long one answer may take, headers and body: a manifest, a tag
+    /// list page, a token; a blob's headers (its body has the fill's
+    /// minimum rate).
+    pub answer_timeout: Option<String>,
     /// `[upstream.credentials]`: what wharf presents to the upstream.
     pub credentials: Option<FileCredentials>,
     /// `[upstream.access]`: who may pull through this upstream.

@@ -81,6 +81,13 @@ impl UpstreamConfig {
             &key("connect_timeout"),
             u.connect_timeout.as_deref().unwrap_or("10s"),
         )?;
+        let answer_timeout = parse_duration(
+            &key("answer_timeout"),
+            u.answer_timeout.as_deref().unwrap_or("2m"),
+        )?;
+        if answer_timeout.is_zero() {
+            return Err(invalid(key("answer_timeout"), "must be more than 0s"));
+        }
         let token_realms = host_list(&u.token_realms, &key("token_realms"))?;
         let redirect_hosts = host_list(&u.redirect_hosts, &key("redirect_hosts"))?;
         let limits = body_limits(&u, &key)?;
@@ -107,6 +114,7 @@ impl UpstreamConfig {
             library_prefix,
             ca_pem,
             connect_timeout,
+            answer_timeout,
             credentials,
             access,
             offline: cx.all_offline || u.offline.unwrap_or(false),

@@ -51,11 +51,12 @@ pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
 /// credentials go in `[upstream.credentials]`, where they are kept out of
 /// logs, while a URL is printed (`check-config`, logs, metrics). Judged on the
 /// text, before any parsing, so that even a URL that does not parse is
-/// refused without being repeated.
+/// refused without being repeated. Any `@` counts, not only one in the
+/// authority: a password holding `/`, `?` or `#` ends the authority early
+/// (`https://u:pa/ss@host`), the URL then fails to parse, and its parse
+/// error would quote it. A registry URL (scheme, host, port) has no `@`.
 pub(super) fn no_userinfo(key: &str, text: &str) -> Result<(), ConfigError> {
-    let rest = text.split_once("://").map_or(text, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.contains('@') {
+    if text.contains('@') {
         return Err(invalid(
             key,
             "a URL may not carry a user name or password (user:password@host); put them in [upstream.credentials] (password_file, password_env, ...)",
@@ -97,22 +98,36 @@ fn line_key(line: &str) -> Option<&str> {
     (!key.is_empty() && key.len() <= 100 && key.chars().all(bare)).then_some(key)
 }
 
-/// `invalid type: string "hunter2", expected u32` → `... string "…", ...`.
+/// `invalid type: string "hunter2", expected u32` → `... string "…", ...`;
+/// values serde quotes in backticks too (`invalid type: integer `1234`,
+/// expected a string`: a numeric inline password), while the field and
+/// variant names it expects stay (`expected one of `a`, `b``).
 fn blank_quoted(msg: &str) -> String {
+    const VALUE_BEFORE_BACKTICK: &[&str] = &[
+        "integer ",
+        "floating point ",
+        "boolean ",
+        "character ",
+        "unknown variant ",
+    ];
     let mut out = String::with_capacity(msg.len());
-    let mut inside = false;
+    let mut inside: Option<char> = None;
     for c in msg.chars() {
         match (c, inside) {
-            ('"', false) => {
-                inside = true;
+            ('"', None) => {
+                inside = Some('"');
                 out.push_str("\"…");
             }
-            ('"', true) => {
-                inside = false;
-                out.push('"');
+            ('`', None) if VALUE_BEFORE_BACKTICK.iter().any(|p| out.ends_with(p)) => {
+                inside = Some('`');
+                out.push_str("`…");
             }
-            (_, true) => {}
-            (c, false) => out.push(c),
+            (c, Some(q)) if c == q => {
+                inside = None;
+                out.push(q);
+            }
+            (_, Some(_)) => {}
+            (c, None) => out.push(c),
         }
     }
     out
@@ -180,16 +195,18 @@ mod tests {
             "https://hunter2@registry.example:443",
             "http://u:hunter2@[::1]:5000/",
             "https://u:hunter2@not a url",
+            // The password ends the authority early: the parse error
+            // that follows would quote the whole text.
+            "https://u:hun/ter2@registry.example",
+            "https://u:hun#ter2@registry.example",
+            "https://u:hun?ter2@registry.example",
+            "https://u:hun\\ter2@registry.example",
         ] {
             let e = no_userinfo("upstream[0].url", url).unwrap_err().to_string();
             assert!(e.starts_with("upstream[0].url: "), "{e}");
             assert!(!e.contains("hunter2") && !e.contains(url), "{e}");
         }
-        for url in [
-            "https://registry.example",
-            "http://127.0.0.1:5000",
-            "https://h/a@b",
-        ] {
+        for url in ["https://registry.example", "http://127.0.0.1:5000"] {
             no_userinfo("k", url).unwrap();
         }
     }
@@ -203,12 +220,19 @@ mod tests {
             "[access]\nmax_failed_logins = \"hunter2\"\n",
             // A bare value.
             "[upstream.credentials]\npassword = hunter2\n",
+            // A numeric inline password: serde quotes numbers in backticks.
+            "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[upstream.credentials]\nusername = \"u\"\npassword = 4815162342\n",
         ];
         for text in cases {
             let e = toml::from_str::<super::super::FileConfig>(text).unwrap_err();
-            assert!(e.to_string().contains("hunter2"), "toml's own: {e}");
+            let secret = if text.contains("4815162342") {
+                "4815162342"
+            } else {
+                "hunter2"
+            };
+            assert!(e.to_string().contains(secret), "toml's own: {e}");
             let ours = toml_error(text, &e);
-            assert!(!ours.contains("hunter2"), "{ours}");
+            assert!(!ours.contains(secret), "{ours}");
             assert!(ours.contains("at line "), "{ours}");
         }
         let text = "[access]\nmax_failed_logins = \"hunter2\"\n";

@@ -167,7 +167,15 @@ impl TokenResponse {
     }
 }
 
-/// Bearer tokens of one upstream, keyed by scope (`repository:NAME:pull`).
+/// Scopes whose tokens one upstream keeps at most. Every repository name a
+/// client asks for is a scope (Docker Hub hands anonymous tokens out for
+/// names that do not exist), and a token is a kilobyte or two: without a
+/// bound, anonymous requests for made-up names grow the map for ever.
+pub const MAX_TOKENS: usize = 4096;
+
+/// Bearer tokens of one upstream, keyed by scope (`repository:NAME:pull`),
+/// at most [`MAX_TOKENS`]: a full map drops its expired tokens, then the
+/// one due for refresh soonest.
 #[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<String, Token>>,
@@ -185,8 +193,26 @@ impl TokenCache {
             None => None,
         }
     }
-    pub fn put(&self, scope: &str, token: Token) {
-        self.tokens.lock().insert(scope.to_owned(), token);
+    pub fn put(&self, scope: &str, token: Token, now: Instant) {
+        let mut map = self.tokens.lock();
+        if map.len() >= MAX_TOKENS && !map.contains_key(scope) {
+            map.retain(|_, t| t.refresh_at > now);
+            if map.len() >= MAX_TOKENS {
+                let soonest = map
+                    .iter()
+                    .min_by_key(|(_, t)| t.refresh_at)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = soonest {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(scope.to_owned(), token);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.lock().len()
     }
 }
 
@@ -265,13 +291,38 @@ mod tests {
         }
         .into_token(now)
         .unwrap();
-        cache.put("s", tok);
+        cache.put("s", tok, now);
         assert!(cache.get("s", Instant::now()).is_some());
         tokio::time::advance(Duration::from_secs(17)).await;
         assert!(cache.get("s", Instant::now()).is_some());
         tokio::time::advance(Duration::from_secs(1)).await; // 18 s = 90% of 20
         assert!(cache.get("s", Instant::now()).is_none());
         assert!(cache.get("other", Instant::now()).is_none());
+    }
+
+    /// Regression: one token per scope ever asked for, kept until that
+    /// same scope was asked for again: anonymous requests for made-up
+    /// repository names grew the map without end.
+    #[test]
+    fn the_token_map_is_bounded_whatever_scopes_are_asked_for() {
+        let cache = TokenCache::default();
+        let now = Instant::now();
+        let token = |secs: u64| Token::new(Secret::new("t"), Duration::from_secs(secs), now);
+        for i in 0..MAX_TOKENS + 100 {
+            cache.put(&format!("repository:made-up-{i}:pull"), token(300), now);
+        }
+        assert_eq!(cache.len(), MAX_TOKENS);
+        // The newest is kept; expired ones go first.
+        assert!(cache
+            .get(&format!("repository:made-up-{}:pull", MAX_TOKENS + 99), now)
+            .is_some());
+        let later = now + Duration::from_secs(3600);
+        cache.put(
+            "fresh",
+            Token::new(Secret::new("t"), Duration::from_secs(300), later),
+            later,
+        );
+        assert_eq!(cache.len(), 1, "every other token had expired");
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //!   ([`BodyLimits`]; a `Content-Length` is not trusted): past it a manifest,
 //!   tag-list page or token answer is refused, an error body is cut.
 //! - A manifest must arrive as a manifest media type and be a JSON object.
+//! - Every answer has a deadline (`answer_timeout`): whole for manifests,
+//!   tag lists, tokens and error bodies, the headers for blobs (whose body
+//!   the fill's minimum rate judges), so an upstream dripping bytes cannot
+//!   hold a request, a coalesced run or the token lock for ever.
 //! - Refusals are logged with what was refused (URLs, sizes) and counted in
 //!   `wharf_upstream_refused_total`; the error a client gets names the
 //!   upstream and the reason, never an address.
@@ -63,6 +67,9 @@ pub struct UpstreamClient {
     /// instead of each waiting for its own connect timeout: the cache answers
     /// what it can at once (offline mode, automatically).
     down: parking_lot::Mutex<Option<(Instant, String)>>,
+    /// The most one answer may take (`answer_timeout`): headers and body
+    /// for `http`, headers for `blobs`.
+    answer_timeout: Duration,
     /// Some request got an answer (for `/readyz`).
     answered: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
@@ -217,7 +224,7 @@ impl UpstreamClient {
             &cfg.token_realms,
             &cfg.redirect_hosts,
         ));
-        let build = |policy: reqwest::redirect::Policy| {
+        let build = |policy: reqwest::redirect::Policy, blobs: bool| {
             let mut b = reqwest::Client::builder()
                 .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(cfg.connect_timeout)
@@ -226,6 +233,11 @@ impl UpstreamClient {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .dns_resolver(Arc::new(NoLinkLocal))
                 .redirect(policy);
+            // Whole answers, but not a blob's body, which the fill's
+            // minimum rate judges.
+            if !blobs {
+                b = b.timeout(cfg.answer_timeout);
+            }
             if let Some(pem) = &cfg.ca_pem {
                 for c in reqwest::Certificate::from_pem_bundle(pem)
                     .map_err(|e| UpstreamError::Config(format!("{}: ca_file: {e}", cfg.name)))?
@@ -236,27 +248,33 @@ impl UpstreamClient {
             b.build()
                 .map_err(|e| UpstreamError::Config(format!("{}: {e}", cfg.name)))
         };
-        let http = build(reqwest::redirect::Policy::custom(|a| {
-            let first = a.previous().first().cloned();
-            if a.previous().len() > MAX_REDIRECTS {
-                return a.error("too many redirects");
-            }
-            match first.map(|f| Destinations::check_api_redirect(&f, a.url())) {
-                Some(Err(refusal)) => a.error(RedirectRefused { refusal }),
-                _ => a.follow(),
-            }
-        }))?;
+        let http = build(
+            reqwest::redirect::Policy::custom(|a| {
+                let first = a.previous().first().cloned();
+                if a.previous().len() > MAX_REDIRECTS {
+                    return a.error("too many redirects");
+                }
+                match first.map(|f| Destinations::check_api_redirect(&f, a.url())) {
+                    Some(Err(refusal)) => a.error(RedirectRefused { refusal }),
+                    _ => a.follow(),
+                }
+            }),
+            false,
+        )?;
         let d = destinations.clone();
-        let blobs = build(reqwest::redirect::Policy::custom(move |a| {
-            let from = a.previous().last().cloned();
-            if a.previous().len() > MAX_REDIRECTS {
-                return a.error("too many redirects");
-            }
-            match from.map(|f| d.check_blob_redirect(&f, a.url())) {
-                Some(Err(refusal)) => a.error(RedirectRefused { refusal }),
-                _ => a.follow(),
-            }
-        }))?;
+        let blobs = build(
+            reqwest::redirect::Policy::custom(move |a| {
+                let from = a.previous().last().cloned();
+                if a.previous().len() > MAX_REDIRECTS {
+                    return a.error("too many redirects");
+                }
+                match from.map(|f| d.check_blob_redirect(&f, a.url())) {
+                    Some(Err(refusal)) => a.error(RedirectRefused { refusal }),
+                    _ => a.follow(),
+                }
+            }),
+            true,
+        )?;
         Ok(UpstreamClient {
             name: cfg.name.clone(),
             base: cfg.url.clone(),
@@ -274,6 +292,7 @@ impl UpstreamClient {
             backoff: parking_lot::Mutex::new(Backoff::default()),
             rate_limit: parking_lot::Mutex::new(None),
             offline: cfg.offline,
+            answer_timeout: cfg.answer_timeout,
             down: parking_lot::Mutex::new(None),
             answered: std::sync::atomic::AtomicBool::new(false),
             metrics,
@@ -427,9 +446,15 @@ impl UpstreamClient {
                 req = req.header(http::header::AUTHORIZATION, a.clone());
             }
             self.check_backoff()?;
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
+            // The `http` client's own timeout covers its bodies too; this
+            // one covers a blob answer's headers.
+            let resp = match tokio::time::timeout(self.answer_timeout, req.send()).await {
+                Ok(Ok(r)) => r,
+                Err(_) => {
+                    self.note_reachable(false, "no answer within answer_timeout");
+                    return Err(self.too_slow());
+                }
+                Ok(Err(e)) => {
                     let err = self.transport(e);
                     if let UpstreamError::Unreachable { reason, .. } = &err {
                         self.note_reachable(false, reason);
@@ -500,7 +525,7 @@ impl UpstreamClient {
                             None => {
                                 let t = self.fetch_token(realm, service.as_deref(), scope).await?;
                                 let v = t.value.clone();
-                                self.tokens.put(scope, t);
+                                self.tokens.put(scope, t, Instant::now());
                                 v
                             }
                         }
@@ -690,6 +715,9 @@ impl UpstreamClient {
                 refusal.map_or("too many redirects", |r| r.describe())
             ));
         }
+        if e.is_timeout() && !e.is_connect() {
+            return self.too_slow();
+        }
         // reqwest's Display includes the URL, never headers: for the log
         // (`count_error`); clients get the upstream's name only.
         UpstreamError::Unreachable {
@@ -746,6 +774,19 @@ impl UpstreamClient {
         buf
     }
 
+    /// An answer that took longer than `answer_timeout` (a dripping or
+    /// stalled upstream): given up like an unreachable upstream, so a cached
+    /// answer is served if there is one.
+    fn too_slow(&self) -> UpstreamError {
+        UpstreamError::Unreachable {
+            upstream: self.name.clone(),
+            reason: format!(
+                "no complete answer within {} s (answer_timeout)",
+                self.answer_timeout.as_secs_f64()
+            ),
+        }
+    }
+
     fn protocol(&self, what: &str) -> UpstreamError {
         UpstreamError::Protocol {
             upstream: self.name.clone(),
@@ -777,7 +818,11 @@ impl UpstreamClient {
         let code = if is_head {
             None
         } else {
-            let body = self.read_error_body(resp).await;
+            // The blobs client has no overall timeout: an error body that
+            // drips gets the same deadline as any answer.
+            let body = tokio::time::timeout(self.answer_timeout, self.read_error_body(resp))
+                .await
+                .unwrap_or_default();
             serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned))

@@ -62,8 +62,15 @@ impl HostSpec {
                 "{s:?} is a link-local address or the metadata host, which wharf never contacts for an upstream"
             ));
         }
-        // `Url` drops the scheme's default port: keep what was written.
-        let port = url.port().or_else(|| s.ends_with(":80").then_some(80));
+        // `Url` drops the scheme's default port: keep what was written
+        // (`h:80`, `h:080`), or a listing meant for one port would allow
+        // every port of the host.
+        let explicit = s.rsplit_once(':').is_some_and(|(h, p)| {
+            (h.ends_with(']') || !h.contains(':'))
+                && !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+        });
+        let port = explicit.then(|| url.port_or_known_default()).flatten();
         Ok(HostSpec {
             host: host_text(&host),
             port,
@@ -251,59 +258,24 @@ fn ip_host(ip: IpAddr) -> Host {
 }
 
 /// Two-label suffixes under which names are registered (so the registrable
-/// domain needs a third label), and shared hosting suffixes whose tenants
-/// are not one party. A small built-in list, not the Public Suffix List:
-/// a registry on a suffix missing here whose token service is elsewhere in
-/// it needs `token_realms`.
+/// domain needs a third label). A small built-in list, not the Public
+/// Suffix List: a registry on a suffix missing here whose token service is
+/// elsewhere in it needs `token_realms`.
 const TWO_LABEL_SUFFIXES: &[&str] = &[
-    "co.uk",
-    "org.uk",
-    "ac.uk",
-    "gov.uk",
-    "ltd.uk",
-    "plc.uk",
-    "me.uk",
-    "net.uk",
-    "com.au",
-    "net.au",
-    "org.au",
-    "edu.au",
-    "gov.au",
-    "co.nz",
-    "org.nz",
-    "co.jp",
-    "ne.jp",
-    "or.jp",
-    "ac.jp",
-    "go.jp",
-    "co.kr",
-    "or.kr",
-    "co.in",
-    "net.in",
-    "org.in",
-    "co.za",
-    "org.za",
-    "com.br",
-    "net.br",
-    "org.br",
-    "com.cn",
-    "net.cn",
-    "org.cn",
-    "com.hk",
-    "com.tw",
-    "com.sg",
-    "com.mx",
-    "com.ar",
-    "com.tr",
-    "co.il",
-    "com.my",
-    "co.id",
-    "com.ph",
-    "com.vn",
-    "com.ua",
-    "com.pl",
-    "co.th",
-    // Shared hosting: every tenant is a name under these.
+    "co.uk", "org.uk", "ac.uk", "gov.uk", "ltd.uk", "plc.uk", "me.uk", "net.uk", "com.au",
+    "net.au", "org.au", "edu.au", "gov.au", "co.nz", "org.nz", "co.jp", "ne.jp", "or.jp", "ac.jp",
+    "go.jp", "co.kr", "or.kr", "co.in", "net.in", "org.in", "co.za", "org.za", "com.br", "net.br",
+    "org.br", "com.cn", "net.cn", "org.cn", "com.hk", "com.tw", "com.sg", "com.mx", "com.ar",
+    "com.tr", "co.il", "com.my", "co.id", "com.ph", "com.vn", "com.ua", "com.pl", "co.th",
+];
+
+/// Shared hosting and wildcard DNS: every name under these belongs to
+/// whoever rents or types it, and tenancy goes to any depth
+/// (`NAME.REGION.elb.amazonaws.com`, `ec2-....compute-1.amazonaws.com`,
+/// `BUCKET.s3.REGION.amazonaws.com`, `ANY-IP.nip.io`), so a name under them
+/// shares a site with nothing but itself: no registrable domain, only the
+/// upstream's own host (or `token_realms`) gets credentials.
+const SHARED_SUFFIXES: &[&str] = &[
     "azurecr.io",
     "pkg.dev",
     "amazonaws.com",
@@ -321,11 +293,28 @@ const TWO_LABEL_SUFFIXES: &[&str] = &[
     "workers.dev",
     "ngrok.io",
     "ngrok-free.app",
+    "elasticbeanstalk.com",
+    "windows.net",
+    "azure.com",
+    "azurecontainer.io",
+    "cloudapp.net",
+    "run.app",
+    "googleusercontent.com",
+    "fly.dev",
+    "onrender.com",
+    "r2.dev",
+    "digitaloceanspaces.com",
+    "ondigitalocean.app",
+    "trycloudflare.com",
+    "duckdns.org",
+    "nip.io",
+    "sslip.io",
+    "xip.io",
 ];
 
 /// The registrable domain of a DNS name: its last two labels, or three when
 /// the last two are one of [`TWO_LABEL_SUFFIXES`]. None for a name with too
-/// few labels (`localhost`, `co.uk`).
+/// few labels (`localhost`, `co.uk`) or under one of [`SHARED_SUFFIXES`].
 pub fn registrable_domain(host: &str) -> Option<String> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let labels: Vec<&str> = host.split('.').collect();
@@ -334,6 +323,9 @@ pub fn registrable_domain(host: &str) -> Option<String> {
     }
     let n = labels.len();
     let last_two = labels[n.checked_sub(2)?..].join(".");
+    if SHARED_SUFFIXES.contains(&last_two.as_str()) {
+        return None;
+    }
     let take = if TWO_LABEL_SUFFIXES.contains(&last_two.as_str()) {
         3
     } else {
@@ -366,11 +358,15 @@ fn host_text(h: &Host) -> String {
     }
 }
 
+/// AWS's instance metadata service over IPv6 (Nitro instances): not
+/// link-local, so named here.
+const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
 /// Link-local addresses and the metadata host: never contacted.
 fn never(h: &Host) -> bool {
     match h {
         Host::Ip(IpAddr::V4(a)) => a.is_link_local(),
-        Host::Ip(IpAddr::V6(a)) => (a.segments()[0] & 0xffc0) == 0xfe80,
+        Host::Ip(IpAddr::V6(a)) => (a.segments()[0] & 0xffc0) == 0xfe80 || *a == AWS_METADATA_V6,
         Host::Name(d) => d == "metadata.google.internal" || d == "metadata",
     }
 }
@@ -418,7 +414,8 @@ mod tests {
             ("gitlab.com", Some("gitlab.com")),
             ("registry.example.co.uk", Some("example.co.uk")),
             ("co.uk", None),
-            ("a.azurecr.io", Some("a.azurecr.io")),
+            ("a.azurecr.io", None),
+            ("reg-1.us-east-1.elb.amazonaws.com", None),
             ("localhost", None),
             ("Registry.Example.COM.", Some("example.com")),
         ] {
@@ -462,6 +459,40 @@ mod tests {
             acr.check_realm(&u("https://b.azurecr.io/oauth2/token"), true),
             Err(Refusal::ForeignRealm)
         );
+        assert_eq!(
+            acr.check_realm(&u("https://a.azurecr.io/oauth2/token"), true),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn shared_hosting_tenants_get_no_credentials_at_any_depth() {
+        // One label past the suffix is not where tenancy starts: every AWS
+        // customer's load balancer in a region, every EC2 instance, every
+        // S3 bucket shares the three last labels.
+        for (base, realm) in [
+            (
+                "https://reg-1.us-east-1.elb.amazonaws.com",
+                "https://evil-2.us-east-1.elb.amazonaws.com/token",
+            ),
+            (
+                "https://ec2-3-1-2-3.compute-1.amazonaws.com",
+                "https://ec2-6-6-6-6.compute-1.amazonaws.com/token",
+            ),
+            (
+                "https://123.dkr.ecr.us-east-1.amazonaws.com",
+                "https://evil.s3.us-east-1.amazonaws.com/token",
+            ),
+            ("https://reg.10.0.0.1.nip.io", "https://x.6.6.6.6.nip.io/t"),
+            ("https://us-docker.pkg.dev", "https://evil.pkg.dev/token"),
+        ] {
+            let d = Destinations::new(&u(base), &[], &[]);
+            assert_eq!(
+                d.check_realm(&u(realm), true),
+                Err(Refusal::ForeignRealm),
+                "{base} -> {realm}"
+            );
+        }
     }
 
     #[test]
@@ -505,6 +536,17 @@ mod tests {
             "http://metadata.google.internal/x",
             "http://[fe80::1]/x",
             "http://[::ffff:169.254.169.254]/x",
+            // Decimal, octal and hex forms of 169.254.169.254, a trailing
+            // dot, upper case, userinfo and fullwidth letters.
+            "http://2852039166/x",
+            "http://0251.0376.0251.0376/x",
+            "http://0xa9fea9fe/x",
+            "http://METADATA.google.internal./x",
+            "http://user@metadata.google.internal/x",
+            "http://ｍｅｔａｄａｔａ.google.internal/x",
+            // AWS's IPv6 metadata address, which the upstream being on a
+            // private network must not open.
+            "http://[fd00:ec2::254]/latest/meta-data/",
         ] {
             assert_eq!(
                 d.check_realm(&u(bad), false),
@@ -521,6 +563,24 @@ mod tests {
         assert!(HostSpec::parse("metadata.google.internal:80").is_err());
         assert!(HostSpec::parse("a/b").is_err());
         assert!(HostSpec::parse("user@h").is_err());
+    }
+
+    #[test]
+    fn a_listed_port_is_that_port_however_written() {
+        let d = Destinations::new(
+            &u("http://127.0.0.1:5000"),
+            &hosts(&["10.0.0.5:080", "[::1]:0080"]),
+            &[],
+        );
+        assert_eq!(d.check_realm(&u("http://10.0.0.5/t"), true), Ok(()));
+        assert_eq!(
+            d.check_realm(&u("http://10.0.0.5:6379/t"), true),
+            Err(Refusal::ForeignRealm)
+        );
+        assert_eq!(
+            d.check_realm(&u("http://[::1]:6379/t"), true),
+            Err(Refusal::ForeignRealm)
+        );
     }
 
     #[test]
@@ -585,6 +645,7 @@ mod tests {
             a("[fe80::1]:0"),
             a("[::ffff:169.254.1.1]:0"),
             a("[2001:db8::1]:0"),
+            a("[fd00:ec2::254]:0"),
         ]);
         assert_eq!(kept, [a("10.0.0.1:0"), a("[2001:db8::1]:0")]);
     }

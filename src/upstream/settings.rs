@@ -20,6 +20,9 @@ pub struct UpstreamConfig {
     pub library_prefix: bool,
     pub ca_pem: Option<Vec<u8>>,
     pub connect_timeout: Duration,
+    /// The most one answer may take: a manifest, tag list page or token
+    /// answer whole, a blob answer's headers.
+    pub answer_timeout: Duration,
     pub credentials: Option<CredentialSpec>,
     pub access: UpstreamAccess,
     /// Never contact this upstream: serve from cache only.

@@ -532,3 +532,59 @@ fn credential_helpers_that_hang_flood_or_babble_hold_nothing_up() {
     assert!(!log.contains(&secret), "no helper output in the log");
     assert!(log.contains("docker-credential-babble answered something other than credentials JSON"));
 }
+
+/// Regression: an answer had no deadline but the 60 s per read, so an
+/// upstream sending a byte every few seconds held a manifest request (its
+/// coalesced run) or a token answer (and with it the token lock every
+/// request of that upstream waits on) for as long as it liked, up to the
+/// body limit: 4 MiB at a byte a minute. `answer_timeout` bounds each.
+#[test]
+fn answers_dripped_a_byte_at_a_time_are_given_up_after_answer_timeout() {
+    let rt = runtime();
+    let evil = HostileUpstream::start(&rt, [127, 0, 0, 1]);
+    // Ten minutes of drip each, well under the body limits.
+    let drip = || vec![b' '; 1];
+    evil.on(
+        "/v2/drip/app/manifests/1",
+        Answer::new(200).header("content-type", ACCEPT).drip(
+            drip(),
+            Duration::from_millis(200),
+            3000,
+        ),
+    );
+    evil.on(
+        "/v2/tok/app/*",
+        Answer::bearer_challenge(&format!("{}/token", evil.url())),
+    );
+    evil.on(
+        "/token",
+        Answer::new(200)
+            .header("content-type", "application/json")
+            .drip(drip(), Duration::from_millis(200), 3000),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let w = Served::start(
+        tmp.path(),
+        "drip",
+        &block("evil", &evil, "default = true\nanswer_timeout = \"1s\"\n"),
+    );
+    warm(&evil, &w);
+    // Far above the 1 s deadline, far below the drip's ten minutes.
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for path in ["/v2/drip/app/manifests/1", "/v2/tok/app/manifests/1"] {
+        let r = impatient
+            .get(format!("{}{path}", w.url()))
+            .header("accept", ACCEPT)
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: no answer while the upstream drips: {e}"));
+        let (s, text) = (r.status().as_u16(), r.text().unwrap());
+        assert!(
+            s >= 500 && text.contains("unreachable"),
+            "{path}: {s} {text}"
+        );
+    }
+    honest(&w).assert_served();
+}
