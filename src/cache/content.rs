@@ -133,9 +133,10 @@ impl Cache {
             (o.upstream.to_owned(), o.repo.clone())
         };
         w.finish(&self.store, move |size| {
-            // From here the blob counts as usage, not as a promise.
-            drop(room);
+            // From here the blob counts as usage, not as a promise: counted
+            // first, then the promise released, so no moment counts neither.
             self.committed(&d, &BlobRecord::blob(size, now_millis()))?;
+            drop(room);
             if link {
                 self.meta.link(&upstream, &repo, &d)?;
             }

@@ -20,7 +20,7 @@
 //!   content is never a candidate. Blobs are content-addressed: a layer shared
 //!   by many images is one file, counted once.
 //! - **Room for fills.** A fill reserves room in steps as its bytes arrive
-//!   ([`Evictor::fits`], [`Evictor::claim`], `Cache::fill_room`): a blob
+//!   ([`Evictor::fits`], [`Evictor::try_claim`], `Cache::fill_room`): a blob
 //!   announced larger than the budget is refused before any byte is written;
 //!   a lying or missing `Content-Length` can make eviction remove no more
 //!   than the bytes actually received plus one step, and a fill that outgrows
@@ -348,7 +348,37 @@ impl Evictor {
     /// can never fit (more than the whole disk could give even with the
     /// cache emptied). Cheap: the caller passes one statvfs's free space.
     pub fn fits(&self, need: u64, available: u64) -> Result<bool, NoRoom> {
-        let reserved = self.reserved.load(Ordering::Relaxed);
+        self.fits_with(self.reserved.load(Ordering::Relaxed), need, available)
+    }
+
+    /// [`fits`](Self::fits) and the claim as one step: the
+    /// check holds for the reservations it counted, so concurrent fills
+    /// cannot each see the same room free and together overshoot the
+    /// budget. `Ok(None)`: it does not fit now (a pass may make room).
+    pub fn try_claim(&self, need: u64, available: u64) -> Result<Option<Reservation<'_>>, NoRoom> {
+        let mut reserved = self.reserved.load(Ordering::Relaxed);
+        loop {
+            if !self.fits_with(reserved, need, available)? {
+                return Ok(None);
+            }
+            match self.reserved.compare_exchange_weak(
+                reserved,
+                reserved + need,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(Some(Reservation {
+                        evictor: self,
+                        bytes: need,
+                    }))
+                }
+                Err(now) => reserved = now,
+            }
+        }
+    }
+
+    fn fits_with(&self, reserved: u64, need: u64, available: u64) -> Result<bool, NoRoom> {
         let ceiling = self.budget(self.usage(), available);
         if need.saturating_add(reserved) > ceiling {
             return Err(NoRoom {
@@ -363,16 +393,6 @@ impl Evictor {
             .max_size
             .is_none_or(|max| self.usage() + reserved + need <= max);
         Ok(within_max && available >= reserved + need)
-    }
-
-    /// Claims `need` bytes for a fill (after [`fits`](Self::fits) said yes,
-    /// or a pass made room).
-    pub fn claim(&self, need: u64) -> Reservation<'_> {
-        self.reserved.fetch_add(need, Ordering::Relaxed);
-        Reservation {
-            evictor: self,
-            bytes: need,
-        }
     }
 
     /// Starts an eviction pass (one at a time: waits for a running one).
@@ -408,5 +428,47 @@ impl Evictor {
                 Some(u.saturating_sub(size))
             });
         self.metrics.cache_size.set(self.usage() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fills on many threads, each claiming room a step at a time and
+    /// keeping it: together they never hold more than the budget (a check
+    /// and a claim in two steps let each see the same room free).
+    #[test]
+    fn concurrent_claims_never_overshoot_the_budget() {
+        let budget = 10_000u64;
+        let e = Evictor::new(
+            Limits {
+                max_size: Some(budget),
+                high: 0.9,
+                low: 0.8,
+            },
+            Arc::new(Metrics::new()),
+        );
+        let held: u64 = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        for _ in 0..2_000 {
+                            if let Ok(Some(r)) = e.try_claim(7, u64::MAX / 2) {
+                                mine.push(r);
+                            }
+                        }
+                        let n = mine.iter().map(Reservation::bytes).sum::<u64>();
+                        std::mem::forget(mine);
+                        n
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert!(held <= budget, "{held} bytes claimed of {budget}");
+        assert_eq!(held, budget - budget % 7, "every step that fits is given");
+        assert_eq!(e.reserved.load(Ordering::Relaxed), held);
     }
 }

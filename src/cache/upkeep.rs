@@ -20,14 +20,14 @@ impl Cache {
         // On the path to a cold blob's first byte: one statvfs, and the pins
         // are read only if a pass must run.
         let (available, _) = self.store.disk_space()?;
-        if self.evictor.fits(size, available)? {
-            return Ok(self.evictor.claim(size));
+        if let Some(claimed) = self.evictor.try_claim(size, available)? {
+            return Ok(claimed);
         }
         let r = self.pass(size)?;
         let (available, _) = self.store.disk_space()?;
-        match self.evictor.fits(size, available) {
-            Ok(true) => Ok(self.evictor.claim(size)),
-            Ok(false) | Err(_) => Err(CacheError::NoRoom(NoRoom {
+        match self.evictor.try_claim(size, available) {
+            Ok(Some(claimed)) => Ok(claimed),
+            Ok(None) | Err(_) => Err(CacheError::NoRoom(NoRoom {
                 need: size,
                 available,
                 budget: r.budget,
