@@ -172,6 +172,9 @@ fn a_dripping_upstream_fails_the_fill_for_every_reader_and_the_next_request_retr
         drip: Some((1024, Duration::from_millis(50))),
         ..Default::default()
     });
+    // The upstream's answer waits at the relay until all three readers
+    // share the fill (else a reader late under load would start a second).
+    s.tamper.hold(&digest, "/all-readers-joined");
     let url = format!("{}/v2/library/ev/blobs/{digest}", s.w.url());
     let started = Instant::now();
     let readers: Vec<_> = (0..3)
@@ -182,9 +185,15 @@ fn a_dripping_upstream_fails_the_fill_for_every_reader_and_the_next_request_retr
         .collect();
     eventually(
         Duration::from_secs(10),
-        "the dripping fill to start",
-        || s.w.mirror.fills_in_flight() == 1,
+        "the readers to share one fill",
+        || {
+            s.w.mirror.fills_in_flight() == 1
+                && s.metric(r#"wharf_coalesced_total{kind="blob"}"#) == 2.0
+        },
     );
+    let _ = http()
+        .get(format!("{}/all-readers-joined", s.tamper.url()))
+        .send();
     s.honest().assert_served();
     for (i, r) in readers.into_iter().enumerate() {
         let got = r.join().unwrap();
