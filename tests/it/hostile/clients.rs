@@ -286,7 +286,7 @@ fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
     });
     assert_eq!(held.len(), N);
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "every non-reader's request to be answered",
         || {
             a.metric("wharf_requests_total{endpoint=\"blob\",method=\"GET\",status=\"200\"}")
@@ -302,7 +302,7 @@ fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
     a.assert_served();
     // The write deadline (8 s) frees them.
     eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "the write deadline to close the non-readers",
         || a.metric("wharf_connections_dropped_total{reason=\"write_timeout\"}") >= N as f64,
     );
