@@ -23,7 +23,8 @@
 //! with `Transfer-Encoding`, and bare LF line endings are a 400 and the
 //! connection closes. Every phase has a deadline ([`super::limits`]): the
 //! idle wait, the request head or HTTP/2 preface (`header_timeout` from its
-//! first byte), and every write (the client must keep taking bytes).
+//! first byte; a new connection's first one from the accept), and every
+//! write (the client must keep taking bytes).
 
 use std::fs::File;
 use std::io;
@@ -79,16 +80,25 @@ pub async fn serve(
     let peer = client.addr;
     let mut pace = limits.pace();
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // A new connection's first request (or preface) has `header_timeout`
+    // from the accept, not from its first byte: a connection that never
+    // sends one is not idle keep-alive, and must not hold a slot for the
+    // idle timeout.
+    let mut first = Some(Instant::now() + limits.header_timeout);
     loop {
         // Wait for the next request's first byte (or the end).
         if buf.is_empty() {
+            let (wait, why) = match first {
+                Some(d) => (d, Dropped::HeaderTimeout),
+                None => (Instant::now() + limits.idle_timeout, Dropped::IdleTimeout),
+            };
             let read = tokio::select! {
-                r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout_at(wait, stream.read_buf(&mut buf)) => r,
                 _ = shutdown.wait_for(|s| *s) => return Ok(None),
             };
             match read {
                 Err(_) => {
-                    metrics.drop_conn(Dropped::IdleTimeout, peer);
+                    metrics.drop_conn(why, peer);
                     return Ok(None);
                 }
                 Ok(Ok(0)) => return Ok(None),
@@ -98,7 +108,9 @@ pub async fn serve(
         }
         // From the first byte, the head (or HTTP/2 preface) has
         // `header_timeout` to arrive whole.
-        let deadline = Instant::now() + limits.header_timeout;
+        let deadline = first
+            .take()
+            .unwrap_or_else(|| Instant::now() + limits.header_timeout);
         let head = tokio::time::timeout_at(deadline, async {
             if HTTP2_PREFACE.starts_with(&buf[..buf.len().min(HTTP2_PREFACE.len())]) {
                 // Possibly HTTP/2 with prior knowledge: read the whole

@@ -212,6 +212,10 @@ fn slowloris_prefaces_and_heads_are_cut_at_the_header_timeout() {
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .unwrap();
     held.push(h2);
+    // Regression: a new plain connection that sends nothing at all was
+    // given the idle timeout (120 s), not the header timeout, for its first
+    // byte.
+    held.push(raw(a.w.addr));
     a.assert_served();
     for s in &mut held {
         read_all(s);
@@ -222,7 +226,7 @@ fn slowloris_prefaces_and_heads_are_cut_at_the_header_timeout() {
             "closed after {took:?}, header_timeout is 2 s"
         );
     }
-    assert!(a.metric("wharf_connections_dropped_total{reason=\"header_timeout\"}") >= 4.0);
+    assert!(a.metric("wharf_connections_dropped_total{reason=\"header_timeout\"}") >= 5.0);
 }
 
 /// rustls client configuration trusting wharf's CA.
