@@ -599,6 +599,58 @@ fn the_connection_cap_holds_new_connections_until_one_ends() {
     assert!(a.metric("wharf_connection_limit_reached_total") >= 1.0);
 }
 
+/// A connection from `from` (a loopback address of its own), held open by
+/// an unfinished request head.
+fn held_from(rt: &tokio::runtime::Runtime, from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from((from, 0))).unwrap();
+        sock.connect(to).await.unwrap()
+    });
+    let mut s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\n").unwrap();
+    s
+}
+
+/// Regression: one address could take every `max_connections` slot (and
+/// keep them, reconnecting as deadlines freed them), locking every other
+/// client out. Past `max_connections_per_address` its new connections are
+/// closed at once, counted; other addresses are still served.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let a = Attacked::start(
+        "plain_http = true\nmax_connections = 16\nmax_connections_per_address = 4\nheader_timeout = \"30s\"\n",
+    );
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| held_from(&a.rt, attacker, a.w.addr))
+        .collect();
+    let started = Instant::now();
+    let mut fifth = held_from(&a.rt, attacker, a.w.addr);
+    assert!(read_all(&mut fifth).is_empty(), "refused without an answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed at once, not at the header timeout"
+    );
+    // 127.0.0.1 is another address: served.
+    a.assert_served();
+    assert!(a.metric("wharf_connections_dropped_total{reason=\"address_limit\"}") >= 1.0);
+    drop(held);
+    // Once its connections ended, the address is served again.
+    eventually(
+        Duration::from_secs(10),
+        "the attacker's slots are freed",
+        || {
+            let mut s = held_from(&a.rt, attacker, a.w.addr);
+            s.write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&read_all(&mut s)).starts_with("HTTP/1.1 200")
+        },
+    );
+}
+
 /// A hostile upstream on loopback: `/v2/` answers 200, every blob GET a
 /// chunked body of 1 MiB that matches no digest. Serves until dropped.
 struct WrongBytes {
