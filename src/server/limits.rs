@@ -258,6 +258,11 @@ impl Pace {
 pub struct ConnState {
     /// How long a response body may wait for the client to take a chunk.
     pub write_timeout: Option<Duration>,
+    /// The connection's own streamed body is running (see [`BodySlot`]).
+    own_body: AtomicBool,
+    /// Slots for streamed bodies beyond each connection's own, shared by
+    /// all connections (`None`: unbounded, outside a server).
+    shared_bodies: Option<Arc<tokio::sync::Semaphore>>,
     stalled: tokio::sync::Notify,
     failed: AtomicBool,
     /// A request has started (before that, the header timeout applies).
@@ -269,9 +274,13 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn new(write_timeout: Duration) -> Arc<ConnState> {
+    pub fn new(
+        write_timeout: Duration,
+        shared_bodies: Arc<tokio::sync::Semaphore>,
+    ) -> Arc<ConnState> {
         let s = ConnState {
             write_timeout: Some(write_timeout),
+            shared_bodies: Some(shared_bodies),
             ..ConnState::default()
         };
         let _ = s.epoch.set(std::time::Instant::now());
@@ -330,6 +339,50 @@ impl ConnState {
             .get()
             .map_or(0, |e| e.elapsed().as_millis() as u64);
         Duration::from_millis(now.saturating_sub(self.last_active.load(Ordering::Relaxed)))
+    }
+}
+
+impl ConnState {
+    /// A slot to stream a body from (a reader task and its chunks): the
+    /// connection's own if free, else one of the shared ones, waited for at
+    /// most `write_timeout` (`None` then: the body fails).
+    pub async fn body_slot(self: &Arc<Self>) -> Option<BodySlot> {
+        if self
+            .own_body
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(BodySlot::Own(self.clone()));
+        }
+        let Some(shared) = self.shared_bodies.clone() else {
+            return Some(BodySlot::Unbounded);
+        };
+        let wait = self.write_timeout.unwrap_or(Duration::MAX);
+        match tokio::time::timeout(wait, shared.acquire_owned()).await {
+            Ok(Ok(p)) => Some(BodySlot::Shared(p)),
+            _ => None,
+        }
+    }
+}
+
+/// The right to stream one body over hyper (TLS, HTTP/2). Each stream holds
+/// a reader and up to a few chunks, and hyper's HTTP/2 send buffer: about
+/// 350 KiB at most. Every connection has one slot of its own, so no client
+/// can keep another's first stream waiting; beyond that, HTTP/2 streams
+/// share `max_connections` slots (FIFO), so however many streams clients
+/// open, at most `2 × max_connections` bodies hold buffers (about 2.8 GiB at
+/// the defaults, instead of 100 streams × every connection).
+pub enum BodySlot {
+    Own(Arc<ConnState>),
+    Shared(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
+    Unbounded,
+}
+
+impl Drop for BodySlot {
+    fn drop(&mut self) {
+        if let BodySlot::Own(c) = self {
+            c.own_body.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -59,6 +59,7 @@ impl Listener {
                 app,
                 tls,
                 hyper: hyper_builder(&limits),
+                bodies: Arc::new(Semaphore::new(limits.max_connections)),
                 stopped,
                 limits: Arc::new(limits),
                 metrics,

@@ -262,7 +262,10 @@ async fn small_window(addr: SocketAddr) -> tokio::net::TcpStream {
 #[test]
 fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
     const N: usize = 520;
-    let a = Attacked::start("write_timeout = \"8s\"\n[server.tls]\nauto = true\n");
+    // All from 127.0.0.1: more than one address may hold by default.
+    let a = Attacked::start(
+        "write_timeout = \"8s\"\nmax_connections_per_address = 1024\n[server.tls]\nauto = true\n",
+    );
     let connector = tls_connector(&a.ca());
     let request = format!("GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", a.blob);
     let addr = a.w.addr;
@@ -488,6 +491,61 @@ fn http2_and_h1_non_readers_are_capped_and_closed() {
         "the write deadline to close the non-readers",
         || a.metric("wharf_connections_dropped_total{reason=\"write_timeout\"}") >= 56.0,
     );
+    a.assert_served();
+}
+
+/// Regression: every HTTP/2 stream of every connection got its own reader
+/// and buffers (up to ~350 KiB with hyper's send buffer): at the defaults,
+/// 4096 connections × 100 streams of a cached blob, granting windows but
+/// barely reading, came to over 100 GiB. Now a connection's first streamed
+/// body is its own and the others share `max_connections` slots, so memory
+/// is bounded by the connection cap: with `max_connections = 3`, at most
+/// 1 + 3 streams of one connection send bytes at once.
+#[test]
+fn http2_streams_share_a_bounded_number_of_body_readers() {
+    use frames::*;
+    let a = Attacked::start("plain_http = true\nmax_connections = 3\n");
+    let mut s = raw(a.w.addr);
+    // Windows as large as HTTP/2 allows: hyper would buffer all it may.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(frame(0x8, 0, 0, &0x7fff_0000u32.to_be_bytes()));
+    for i in 0..8u32 {
+        out.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &get(&a.blob),
+        ));
+    }
+    s.write_all(&out).unwrap();
+    // The streams that sent data before the first one ended.
+    let mut sending = std::collections::BTreeSet::new();
+    let mut head = [0u8; 9];
+    let mut skip = vec![0u8; 1 << 16];
+    loop {
+        s.read_exact(&mut head).expect("frames until a stream ends");
+        let len = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+        let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(skip.len());
+            s.read_exact(&mut skip[..n]).unwrap();
+            left -= n;
+        }
+        assert_ne!(head[3], GOAWAY, "the connection was closed");
+        if head[3] == DATA {
+            sending.insert(stream);
+            if head[4] & END_STREAM != 0 {
+                break;
+            }
+        }
+    }
+    assert!(
+        sending.len() <= 4,
+        "streams sending at once: {sending:?} (1 of the connection's own, 3 shared)"
+    );
+    drop(s);
     a.assert_served();
 }
 
