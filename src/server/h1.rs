@@ -701,6 +701,27 @@ mod tests {
             None,
             "repeated identical values are one length"
         );
+        // What httparse refuses for us (pinned: a lenient upgrade would
+        // reopen these): obs-fold continuation lines, whitespace before the
+        // colon, control bytes in a value, a space in the target.
+        for (head, why) in [
+            (
+                "GET /v2/ HTTP/1.1\r\nX-A: 1\r\n continued\r\n\r\n",
+                "obs-fold",
+            ),
+            (
+                "GET /v2/ HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+                "space before colon",
+            ),
+            ("GET /v2/ HTTP/1.1\r\nX-A: a\0b\r\n\r\n", "NUL in a value"),
+            (
+                "GET /v2/ x HTTP/1.1\r\nHost: x\r\n\r\n",
+                "space in the target",
+            ),
+            ("GET /v2/ HTTP/1.1\r\n\tHost: x\r\n\r\n", "leading tab"),
+        ] {
+            assert_eq!(refused(head), Some(400), "{why}");
+        }
         assert!(
             matches!(parse_head(b"GET /v2/ HTTP/1.1\nHo"), Some(Head::Bad(_))),
             "a bare LF is refused before the head is complete"
