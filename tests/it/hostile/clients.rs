@@ -709,6 +709,44 @@ fn one_address_cannot_take_every_connection() {
     );
 }
 
+/// Regression: the admin listener accepted without limit (each connection
+/// kept up to 5 minutes), so a client that could reach it could use up the
+/// descriptors the registry port shares and crowd out the probes; an accept
+/// error looped without pause. Now one address holds at most 16 there.
+#[test]
+fn the_admin_listener_limits_connections_per_address() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let mut w = Served::spawn_with(
+        dir.path(),
+        "wharf",
+        &format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
+        &Wharf::hub_block(&up, false, dir.path()),
+        free_port(),
+    );
+    w.wait_ready();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    wait_listening(admin, None);
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..16).map(|_| held_from(&rt, attacker, admin)).collect();
+    let started = Instant::now();
+    let mut more = held_from(&rt, attacker, admin);
+    assert!(read_all(&mut more).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at once, not at the admin header timeout (10 s)"
+    );
+    let r = http()
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "another address is served");
+    drop(held);
+    w.stop();
+}
+
 /// A hostile upstream on loopback: `/v2/` answers 200, every blob GET a
 /// chunked body of 1 MiB that matches no digest. Serves until dropped.
 struct WrongBytes {
