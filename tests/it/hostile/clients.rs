@@ -668,7 +668,9 @@ fn held_from(rt: &tokio::runtime::Runtime, from: std::net::Ipv4Addr, to: SocketA
     let mut s = s.into_std().unwrap();
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(b"GET /v2/ HTTP/1.1\r\n").unwrap();
+    // Fails only if wharf refused and reset the connection first (the
+    // caller then reads nothing, as for any refusal).
+    let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\n");
     s
 }
 
@@ -701,10 +703,11 @@ fn one_address_cannot_take_every_connection() {
         Duration::from_secs(10),
         "the attacker's slots are freed",
         || {
+            // Refused while wharf has not yet seen the held ones end: the
+            // write may then fail (reset), which is a "not yet".
             let mut s = held_from(&a.rt, attacker, a.w.addr);
-            s.write_all(b"Host: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            String::from_utf8_lossy(&read_all(&mut s)).starts_with("HTTP/1.1 200")
+            s.write_all(b"Host: x\r\nConnection: close\r\n\r\n").is_ok()
+                && String::from_utf8_lossy(&read_all(&mut s)).starts_with("HTTP/1.1 200")
         },
     );
 }
