@@ -189,13 +189,49 @@ enum Head {
 
 /// Reads until `buf` holds a complete request head.
 async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Head> {
+    let mut scan = HeadScan::default();
     loop {
-        if let Some(head) = parse_head(buf) {
+        if let Some(head) = scan.next(buf) {
             return Ok(head);
         }
         if stream.read_buf(buf).await? == 0 {
             return Ok(Head::Closed);
         }
+    }
+}
+
+/// Decides when a growing buffer is worth parsing: once it holds the end of
+/// a head (a blank line), a bare LF, or `MAX_HEAD` bytes. Each byte is
+/// looked at once; parsing the whole buffer again after every read made a
+/// head sent a byte per segment cost quadratic CPU (64 KiB: ~2·10⁹ bytes
+/// scanned, seconds of a core per connection).
+#[derive(Default)]
+struct HeadScan {
+    /// Bytes before this hold neither a bare LF nor the end of the head.
+    checked: usize,
+    /// Times the buffer was parsed.
+    parsed: usize,
+}
+
+impl HeadScan {
+    fn next(&mut self, buf: &[u8]) -> Option<Head> {
+        let from = self.checked;
+        self.checked = buf.len();
+        let new = &buf[from..];
+        let bare = new
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (from + i == 0 || buf[from + i - 1] != b'\r'));
+        let ended = bare
+            || buf.len() >= MAX_HEAD
+            || buf[from.saturating_sub(3)..]
+                .windows(4)
+                .any(|w| w == b"\r\n\r\n");
+        if !ended {
+            return None;
+        }
+        self.parsed += 1;
+        parse_head(buf)
     }
 }
 
@@ -722,9 +758,39 @@ mod tests {
         ] {
             assert_eq!(refused(head), Some(400), "{why}");
         }
+        let mut scan = HeadScan::default();
+        assert!(
+            matches!(scan.next(b"GET /v2/ HTTP/1.1\nHo"), Some(Head::Bad(_))),
+            "the scan passes a bare LF on to be refused"
+        );
         assert!(
             matches!(parse_head(b"GET /v2/ HTTP/1.1\nHo"), Some(Head::Bad(_))),
             "a bare LF is refused before the head is complete"
         );
+    }
+
+    /// Regression: a head dribbled a byte per segment was parsed again after
+    /// every read (quadratic CPU); now it is parsed once it can be complete.
+    #[test]
+    fn a_dribbled_head_is_parsed_once() {
+        let mut head = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 32 << 10));
+        head.extend_from_slice(b"\r\n\r\n");
+        let mut scan = HeadScan::default();
+        for n in 1..head.len() {
+            assert!(scan.next(&head[..n]).is_none(), "incomplete at {n}");
+        }
+        assert!(matches!(scan.next(&head), Some(Head::Request(..))));
+        assert_eq!(scan.parsed, 1, "parsed once, not after every byte");
+        // The end of the head split across reads is still found.
+        let mut scan = HeadScan::default();
+        let end = head.len() - 2;
+        assert!(scan.next(&head[..end]).is_none());
+        assert!(matches!(scan.next(&head), Some(Head::Request(..))));
+        // Too large without an end: refused at MAX_HEAD.
+        let big = vec![b'a'; MAX_HEAD];
+        let mut scan = HeadScan::default();
+        assert!(scan.next(&big[..MAX_HEAD - 1]).is_none());
+        assert!(matches!(scan.next(&big), Some(Head::Bad(_))));
     }
 }
