@@ -121,7 +121,16 @@ pub async fn serve_socket(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // EMFILE (registry clients can use up descriptors):
+                        // back off instead of spinning a worker thread.
+                        tracing::warn!(error = %e, "admin socket: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let app = app.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -325,6 +334,12 @@ mod erased {
 /// longest an admin connection stays open: probes and scrapes are quick.
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const ADMIN_CONN_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+/// Admin connections open at once (at the cap the loop stops accepting),
+/// and from one address (past it, closed at once): a client that can reach
+/// the admin port cannot exhaust the process's descriptors (which the
+/// registry port shares) or keep the kubelet's probes out.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+const ADMIN_MAX_PER_ADDRESS: usize = 16;
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on the admin listener until
 /// `shutdown`. Every connection has deadlines (head, lifetime) and HTTP/2
@@ -348,12 +363,31 @@ pub async fn serve_http(
         .max_pending_accept_reset_streams(20)
         .keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let per_address = Arc::new(crate::server::PerAddress::default());
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "admin listener: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some(address) = per_address.admit(peer.ip(), ADMIN_MAX_PER_ADDRESS) else {
+                    tracing::debug!(%peer, "admin listener: too many connections from this address");
+                    continue;
+                };
                 let (app, builder) = (app.clone(), builder.clone());
                 tokio::spawn(async move {
+                    let _held = (permit, address);
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let m = app.clone();
                         async move {

@@ -163,6 +163,9 @@ pub struct FileServer {
     /// Connections served at once (registry port); at the cap wharf stops
     /// accepting until one ends (default 4096).
     pub max_connections: Option<usize>,
+    /// Of those, open at once from one client address (IPv6: one /64);
+    /// past it the address's new connections are closed (default 256).
+    pub max_connections_per_address: Option<usize>,
     /// From a connection's (or a request's) first byte to its complete
     /// request head or HTTP/2 preface, and for a TLS handshake (default "30s").
     pub header_timeout: Option<String>,

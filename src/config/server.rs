@@ -103,6 +103,11 @@ fn limits(f: &FileServer) -> Result<crate::server::Limits, ConfigError> {
             f.max_connections.map(|n| n as u64),
             d.max_connections as u64,
         )? as usize,
+        max_connections_per_address: positive(
+            "max_connections_per_address",
+            f.max_connections_per_address.map(|n| n as u64),
+            d.max_connections_per_address as u64,
+        )? as usize,
         header_timeout: duration("header_timeout", &f.header_timeout, d.header_timeout)?,
         idle_timeout: duration("idle_timeout", &f.idle_timeout, d.idle_timeout)?,
         write_timeout: duration("write_timeout", &f.write_timeout, d.write_timeout)?,
@@ -176,6 +181,10 @@ mod tests {
             ),
             ("[log]\nformat = \"xml\"\n", "log.format"),
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nmax_connections_per_address = 0\n",
+                "server.max_connections_per_address",
+            ),
             ("[server]\nwrite_timeout = \"0s\"\n", "server.write_timeout"),
             (
                 "[server]\nmin_send_rate = \"fast\"\n",
@@ -198,12 +207,13 @@ mod tests {
         let c = Config::from_toml(UP, None).unwrap();
         assert_eq!(c.server, crate::server::Limits::default());
         let c = Config::from_toml(
-            &format!("[server]\nmax_connections = 10\nheader_timeout = \"2s\"\nidle_timeout = \"3s\"\nwrite_timeout = \"4s\"\nmin_send_rate = \"2KiB\"\nh2_max_concurrent_streams = 8\nh2_max_header_list_size = \"16KiB\"\nh2_max_pending_accept_reset_streams = 5\nh2_max_local_error_reset_streams = 6\n{UP}"),
+            &format!("[server]\nmax_connections = 10\nmax_connections_per_address = 3\nheader_timeout = \"2s\"\nidle_timeout = \"3s\"\nwrite_timeout = \"4s\"\nmin_send_rate = \"2KiB\"\nh2_max_concurrent_streams = 8\nh2_max_header_list_size = \"16KiB\"\nh2_max_pending_accept_reset_streams = 5\nh2_max_local_error_reset_streams = 6\n{UP}"),
             None,
         )
         .unwrap();
         let l = c.server;
         assert_eq!(l.max_connections, 10);
+        assert_eq!(l.max_connections_per_address, 3);
         assert_eq!(l.header_timeout, std::time::Duration::from_secs(2));
         assert_eq!(l.idle_timeout, std::time::Duration::from_secs(3));
         assert_eq!(l.write_timeout, std::time::Duration::from_secs(4));

@@ -10,7 +10,10 @@
 //! stay within a fixed amount of memory.
 //!
 //! A slow or stalled client costs no thread: the task waits on the channel
-//! like any other future. A chunk is read on the worker thread when the page
+//! like any other future. How many such tasks run at once is bounded too
+//! ([`super::limits::BodySlot`]: one per connection, plus `max_connections`
+//! shared by HTTP/2's extra streams), so the chunks and hyper's send buffers
+//! stay within a fixed amount of memory however many streams are opened. A chunk is read on the worker thread when the page
 //! cache has it (`preadv2` with `RWF_NOWAIT`, which never waits for the
 //! disk), and on a blocking thread only for the read itself when it does not;
 //! the thread is released before the chunk is handed over. Per chunk the hot
@@ -341,6 +344,7 @@ impl BufferBudget {
 struct Chunk {
     buf: Vec<u8>,
     len: usize,
+    _slot: Option<Arc<super::limits::BodySlot>>,
 }
 
 impl AsRef<[u8]> for Chunk {
@@ -379,6 +383,25 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
         mut meter,
     } = r;
     tokio::spawn(async move {
+        // Over hyper, the number of bodies streaming at once is bounded
+        // (limits::BodySlot); a body that cannot get a slot within the
+        // write deadline fails.
+        // Each chunk keeps the slot too: hyper's send buffer may hold a
+        // stream's last chunks after this task ended.
+        let slot = match meter.conn.clone() {
+            Some(c) => match c.body_slot().await {
+                Some(slot) => Some(Arc::new(slot)),
+                None => {
+                    meter.fail();
+                    let _ = tx.try_send(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no body slot free within server.write_timeout",
+                    )));
+                    return;
+                }
+            },
+            None => None,
+        };
         let _counted = StreamCount::new();
         let mut pos = start;
         let end = len.map(|l| start + l);
@@ -405,7 +428,11 @@ fn spawn_reader(r: SourceRange) -> ChannelBody {
                 Ok(n) => {
                     pos += n as u64;
                     meter.add(n as u64);
-                    Ok(Bytes::from_owner(Chunk { buf, len: n }))
+                    Ok(Bytes::from_owner(Chunk {
+                        buf,
+                        len: n,
+                        _slot: slot.clone(),
+                    }))
                 }
                 Err(e) => Err(e),
             };

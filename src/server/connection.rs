@@ -44,6 +44,9 @@ pub struct Shared {
     pub stopped: watch::Receiver<bool>,
     pub limits: Arc<Limits>,
     pub metrics: ServerMetrics,
+    /// Streamed-body slots beyond each connection's own
+    /// ([`super::limits::BodySlot`]): `max_connections` of them.
+    pub bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves one connection until it ends.
@@ -107,7 +110,7 @@ async fn hyper_conn<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = ConnState::new(shared.limits.write_timeout);
+    let state = ConnState::new(shared.limits.write_timeout, shared.bodies.clone());
     let io = Guarded::new(
         io,
         &shared.limits,

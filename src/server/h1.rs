@@ -23,7 +23,8 @@
 //! with `Transfer-Encoding`, and bare LF line endings are a 400 and the
 //! connection closes. Every phase has a deadline ([`super::limits`]): the
 //! idle wait, the request head or HTTP/2 preface (`header_timeout` from its
-//! first byte), and every write (the client must keep taking bytes).
+//! first byte; a new connection's first one from the accept), and every
+//! write (the client must keep taking bytes).
 
 use std::fs::File;
 use std::io;
@@ -79,16 +80,25 @@ pub async fn serve(
     let peer = client.addr;
     let mut pace = limits.pace();
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // A new connection's first request (or preface) has `header_timeout`
+    // from the accept, not from its first byte: a connection that never
+    // sends one is not idle keep-alive, and must not hold a slot for the
+    // idle timeout.
+    let mut first = Some(Instant::now() + limits.header_timeout);
     loop {
         // Wait for the next request's first byte (or the end).
         if buf.is_empty() {
+            let (wait, why) = match first {
+                Some(d) => (d, Dropped::HeaderTimeout),
+                None => (Instant::now() + limits.idle_timeout, Dropped::IdleTimeout),
+            };
             let read = tokio::select! {
-                r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout_at(wait, stream.read_buf(&mut buf)) => r,
                 _ = shutdown.wait_for(|s| *s) => return Ok(None),
             };
             match read {
                 Err(_) => {
-                    metrics.drop_conn(Dropped::IdleTimeout, peer);
+                    metrics.drop_conn(why, peer);
                     return Ok(None);
                 }
                 Ok(Ok(0)) => return Ok(None),
@@ -98,7 +108,9 @@ pub async fn serve(
         }
         // From the first byte, the head (or HTTP/2 preface) has
         // `header_timeout` to arrive whole.
-        let deadline = Instant::now() + limits.header_timeout;
+        let deadline = first
+            .take()
+            .unwrap_or_else(|| Instant::now() + limits.header_timeout);
         let head = tokio::time::timeout_at(deadline, async {
             if HTTP2_PREFACE.starts_with(&buf[..buf.len().min(HTTP2_PREFACE.len())]) {
                 // Possibly HTTP/2 with prior knowledge: read the whole
@@ -177,13 +189,49 @@ enum Head {
 
 /// Reads until `buf` holds a complete request head.
 async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Head> {
+    let mut scan = HeadScan::default();
     loop {
-        if let Some(head) = parse_head(buf) {
+        if let Some(head) = scan.next(buf) {
             return Ok(head);
         }
         if stream.read_buf(buf).await? == 0 {
             return Ok(Head::Closed);
         }
+    }
+}
+
+/// Decides when a growing buffer is worth parsing: once it holds the end of
+/// a head (a blank line), a bare LF, or `MAX_HEAD` bytes. Each byte is
+/// looked at once; parsing the whole buffer again after every read made a
+/// head sent a byte per segment cost quadratic CPU (64 KiB: ~2·10⁹ bytes
+/// scanned, seconds of a core per connection).
+#[derive(Default)]
+struct HeadScan {
+    /// Bytes before this hold neither a bare LF nor the end of the head.
+    checked: usize,
+    /// Times the buffer was parsed.
+    parsed: usize,
+}
+
+impl HeadScan {
+    fn next(&mut self, buf: &[u8]) -> Option<Head> {
+        let from = self.checked;
+        self.checked = buf.len();
+        let new = &buf[from..];
+        let bare = new
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (from + i == 0 || buf[from + i - 1] != b'\r'));
+        let ended = bare
+            || buf.len() >= MAX_HEAD
+            || buf[from.saturating_sub(3)..]
+                .windows(4)
+                .any(|w| w == b"\r\n\r\n");
+        if !ended {
+            return None;
+        }
+        self.parsed += 1;
+        parse_head(buf)
     }
 }
 
@@ -689,9 +737,60 @@ mod tests {
             None,
             "repeated identical values are one length"
         );
+        // What httparse refuses for us (pinned: a lenient upgrade would
+        // reopen these): obs-fold continuation lines, whitespace before the
+        // colon, control bytes in a value, a space in the target.
+        for (head, why) in [
+            (
+                "GET /v2/ HTTP/1.1\r\nX-A: 1\r\n continued\r\n\r\n",
+                "obs-fold",
+            ),
+            (
+                "GET /v2/ HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+                "space before colon",
+            ),
+            ("GET /v2/ HTTP/1.1\r\nX-A: a\0b\r\n\r\n", "NUL in a value"),
+            (
+                "GET /v2/ x HTTP/1.1\r\nHost: x\r\n\r\n",
+                "space in the target",
+            ),
+            ("GET /v2/ HTTP/1.1\r\n\tHost: x\r\n\r\n", "leading tab"),
+        ] {
+            assert_eq!(refused(head), Some(400), "{why}");
+        }
+        let mut scan = HeadScan::default();
+        assert!(
+            matches!(scan.next(b"GET /v2/ HTTP/1.1\nHo"), Some(Head::Bad(_))),
+            "the scan passes a bare LF on to be refused"
+        );
         assert!(
             matches!(parse_head(b"GET /v2/ HTTP/1.1\nHo"), Some(Head::Bad(_))),
             "a bare LF is refused before the head is complete"
         );
+    }
+
+    /// Regression: a head dribbled a byte per segment was parsed again after
+    /// every read (quadratic CPU); now it is parsed once it can be complete.
+    #[test]
+    fn a_dribbled_head_is_parsed_once() {
+        let mut head = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 32 << 10));
+        head.extend_from_slice(b"\r\n\r\n");
+        let mut scan = HeadScan::default();
+        for n in 1..head.len() {
+            assert!(scan.next(&head[..n]).is_none(), "incomplete at {n}");
+        }
+        assert!(matches!(scan.next(&head), Some(Head::Request(..))));
+        assert_eq!(scan.parsed, 1, "parsed once, not after every byte");
+        // The end of the head split across reads is still found.
+        let mut scan = HeadScan::default();
+        let end = head.len() - 2;
+        assert!(scan.next(&head[..end]).is_none());
+        assert!(matches!(scan.next(&head), Some(Head::Request(..))));
+        // Too large without an end: refused at MAX_HEAD.
+        let big = vec![b'a'; MAX_HEAD];
+        let mut scan = HeadScan::default();
+        assert!(scan.next(&big[..MAX_HEAD - 1]).is_none());
+        assert!(matches!(scan.next(&big), Some(Head::Bad(_))));
     }
 }

@@ -14,7 +14,9 @@
 //! Never decides what a request gets: only how long and how much a
 //! connection may hold.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Of those, from one client address (an IPv6 client by its /64).
+    pub max_connections_per_address: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
@@ -46,6 +50,10 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 4096,
+            // A node's runtime pulls a few layers at once per image; 256
+            // leaves room for a NAT in front of many, and keeps one address
+            // from holding more than a sixteenth of the slots.
+            max_connections_per_address: 256,
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(60),
@@ -81,6 +89,8 @@ pub enum Dropped {
     WriteTimeout,
     /// A request head wharf refuses to interpret (ambiguous length, bare LF).
     Malformed,
+    /// Its address had `max_connections_per_address` open already.
+    AddressLimit,
 }
 
 impl Dropped {
@@ -90,6 +100,7 @@ impl Dropped {
             Dropped::IdleTimeout => "idle_timeout",
             Dropped::WriteTimeout => "write_timeout",
             Dropped::Malformed => "malformed",
+            Dropped::AddressLimit => "address_limit",
         }
     }
 }
@@ -121,7 +132,7 @@ impl ServerMetrics {
             dropped: IntCounterVec::new(
                 Opts::new(
                     "wharf_connections_dropped_total",
-                    "Client connections wharf closed itself, by reason (header_timeout, idle_timeout, write_timeout, malformed)",
+                    "Client connections wharf closed itself, by reason (header_timeout, idle_timeout, write_timeout, malformed, address_limit)",
                 ),
                 &["reason"],
             )
@@ -139,6 +150,58 @@ impl ServerMetrics {
     pub fn drop_conn(&self, why: Dropped, peer: std::net::SocketAddr) {
         self.dropped.with_label_values(&[why.as_str()]).inc();
         tracing::debug!(%peer, reason = why.as_str(), "closing the connection");
+    }
+}
+
+/// Connections open per client address, so that one address cannot take
+/// every `max_connections` slot and lock the others out (the cap alone
+/// would let it: its connections wait in the backlog like everyone's). An
+/// IPv6 client counts by its /64, the least a host is given. One short lock
+/// per connection, at its start and end.
+#[derive(Default)]
+pub struct PerAddress(parking_lot::Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    /// A slot for a connection from `ip`, or `None` if it has `cap` open.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut open = self.0.lock();
+        let n = open.entry(key).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), key))
+    }
+}
+
+/// One connection counted against its address, until dropped.
+pub struct AddressSlot(Arc<PerAddress>, IpAddr);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = (self.0).0.lock();
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// What a client's address counts as: IPv4 (also mapped into IPv6) whole,
+/// IPv6 by its /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -195,6 +258,11 @@ impl Pace {
 pub struct ConnState {
     /// How long a response body may wait for the client to take a chunk.
     pub write_timeout: Option<Duration>,
+    /// The connection's own streamed body is running (see [`BodySlot`]).
+    own_body: AtomicBool,
+    /// Slots for streamed bodies beyond each connection's own, shared by
+    /// all connections (`None`: unbounded, outside a server).
+    shared_bodies: Option<Arc<tokio::sync::Semaphore>>,
     stalled: tokio::sync::Notify,
     failed: AtomicBool,
     /// A request has started (before that, the header timeout applies).
@@ -206,9 +274,13 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn new(write_timeout: Duration) -> Arc<ConnState> {
+    pub fn new(
+        write_timeout: Duration,
+        shared_bodies: Arc<tokio::sync::Semaphore>,
+    ) -> Arc<ConnState> {
         let s = ConnState {
             write_timeout: Some(write_timeout),
+            shared_bodies: Some(shared_bodies),
             ..ConnState::default()
         };
         let _ = s.epoch.set(std::time::Instant::now());
@@ -267,6 +339,50 @@ impl ConnState {
             .get()
             .map_or(0, |e| e.elapsed().as_millis() as u64);
         Duration::from_millis(now.saturating_sub(self.last_active.load(Ordering::Relaxed)))
+    }
+}
+
+impl ConnState {
+    /// A slot to stream a body from (a reader task and its chunks): the
+    /// connection's own if free, else one of the shared ones, waited for at
+    /// most `write_timeout` (`None` then: the body fails).
+    pub async fn body_slot(self: &Arc<Self>) -> Option<BodySlot> {
+        if self
+            .own_body
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(BodySlot::Own(self.clone()));
+        }
+        let Some(shared) = self.shared_bodies.clone() else {
+            return Some(BodySlot::Unbounded);
+        };
+        let wait = self.write_timeout.unwrap_or(Duration::MAX);
+        match tokio::time::timeout(wait, shared.acquire_owned()).await {
+            Ok(Ok(p)) => Some(BodySlot::Shared(p)),
+            _ => None,
+        }
+    }
+}
+
+/// The right to stream one body over hyper (TLS, HTTP/2). Each stream holds
+/// a reader and up to a few chunks, and hyper's HTTP/2 send buffer: about
+/// 350 KiB at most. Every connection has one slot of its own, so no client
+/// can keep another's first stream waiting; beyond that, HTTP/2 streams
+/// share `max_connections` slots (FIFO), so however many streams clients
+/// open, at most `2 × max_connections` bodies hold buffers (about 2.8 GiB at
+/// the defaults, instead of 100 streams × every connection).
+pub enum BodySlot {
+    Own(Arc<ConnState>),
+    Shared(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
+    Unbounded,
+}
+
+impl Drop for BodySlot {
+    fn drop(&mut self) {
+        if let BodySlot::Own(c) = self {
+            c.own_body.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -467,6 +583,25 @@ mod tests {
         p.waiting();
         p.wrote(1, true);
         assert!(p.armed.is_none(), "the socket took everything");
+    }
+
+    #[test]
+    fn an_address_gets_its_cap_and_ipv6_counts_by_its_64() {
+        let p = Arc::new(PerAddress::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..2).map(|_| p.admit(a, 2).unwrap()).collect();
+        assert!(p.admit(a, 2).is_none(), "at the cap");
+        assert!(p.admit("10.0.0.2".parse().unwrap(), 2).is_some());
+        assert!(
+            p.admit("::ffff:10.0.0.1".parse().unwrap(), 2).is_none(),
+            "mapped IPv4 is the same address"
+        );
+        drop(held);
+        assert!(p.0.lock().is_empty(), "ended connections are forgotten");
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _one = p.admit(v6("2001:db8::1"), 1).unwrap();
+        assert!(p.admit(v6("2001:db8::ffff:2"), 1).is_none(), "same /64");
+        assert!(p.admit(v6("2001:db8:0:1::1"), 1).is_some(), "another /64");
     }
 
     #[test]

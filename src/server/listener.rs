@@ -7,7 +7,10 @@
 //! At the cap the loop stops accepting until a connection ends: new clients
 //! wait in the kernel's backlog (and are served as slots free) rather than
 //! being accepted and dropped; every deadline of [`super::limits`] makes sure
-//! slots do free. The admin listener is a separate socket and loop, so
+//! slots do free. One address may hold at most
+//! `server.max_connections_per_address` of them: past that its new
+//! connections are closed at once, so it cannot lock the others out. The
+//! admin listener is a separate socket and loop, so
 //! `/metrics` and `/readyz` there stay answerable at the cap.
 
 use std::future::Future;
@@ -24,7 +27,7 @@ use crate::app::App;
 use crate::tls::Tls;
 
 use super::connection::{self, Shared};
-use super::limits::{Limits, ServerMetrics};
+use super::limits::{Dropped, Limits, PerAddress, ServerMetrics};
 
 /// At most one "connection limit reached" warning per this.
 const CAP_WARN_EVERY: Duration = Duration::from_secs(60);
@@ -33,6 +36,7 @@ pub struct Listener {
     listener: Option<TcpListener>,
     shared: Shared,
     slots: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
     /// Tells connections to stop between requests; closed when the last of
     /// them has ended (each holds a receiver in its `Shared`).
     stop: watch::Sender<bool>,
@@ -50,10 +54,12 @@ impl Listener {
         Listener {
             listener: Some(listener),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
+            per_address: Arc::default(),
             shared: Shared {
                 app,
                 tls,
                 hyper: hyper_builder(&limits),
+                bodies: Arc::new(Semaphore::new(limits.max_connections)),
                 stopped,
                 limits: Arc::new(limits),
                 metrics,
@@ -69,6 +75,7 @@ impl Listener {
         };
         tokio::pin!(shutdown);
         let mut warned: Option<Instant> = None;
+        let mut warned_address: Option<Instant> = None;
         loop {
             let permit = match self.slots.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -90,6 +97,20 @@ impl Listener {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let cap = self.shared.limits.max_connections_per_address;
+                        let Some(address) = self.per_address.admit(peer.ip(), cap) else {
+                            // Closed at once: waiting in the backlog would
+                            // hold everyone else's place too.
+                            self.shared.metrics.drop_conn(Dropped::AddressLimit, peer);
+                            if warned_address.is_none_or(|w| w.elapsed() >= CAP_WARN_EVERY) {
+                                warned_address = Some(Instant::now());
+                                tracing::warn!(
+                                    %peer, max_connections_per_address = cap,
+                                    "connection limit per address reached (server.max_connections_per_address): its new connections are closed"
+                                );
+                            }
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let shared = self.shared.clone();
                         tokio::spawn(async move {
@@ -97,7 +118,7 @@ impl Listener {
                             let open = shared.metrics.open.clone();
                             connection::serve(stream, peer, shared).await;
                             open.dec();
-                            drop(permit);
+                            drop((permit, address));
                         });
                     }
                     Err(e) => {

@@ -35,7 +35,7 @@ use crate::tls::Tls;
 
 pub use body::Body;
 pub use error::RequestError;
-pub use limits::Limits;
+pub use limits::{Limits, PerAddress};
 pub use probes::{healthz, metrics as metrics_response, readyz};
 
 /// A complete body from bytes (for the admin endpoints).

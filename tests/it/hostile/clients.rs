@@ -212,6 +212,10 @@ fn slowloris_prefaces_and_heads_are_cut_at_the_header_timeout() {
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .unwrap();
     held.push(h2);
+    // Regression: a new plain connection that sends nothing at all was
+    // given the idle timeout (120 s), not the header timeout, for its first
+    // byte.
+    held.push(raw(a.w.addr));
     a.assert_served();
     for s in &mut held {
         read_all(s);
@@ -222,7 +226,7 @@ fn slowloris_prefaces_and_heads_are_cut_at_the_header_timeout() {
             "closed after {took:?}, header_timeout is 2 s"
         );
     }
-    assert!(a.metric("wharf_connections_dropped_total{reason=\"header_timeout\"}") >= 4.0);
+    assert!(a.metric("wharf_connections_dropped_total{reason=\"header_timeout\"}") >= 5.0);
 }
 
 /// rustls client configuration trusting wharf's CA.
@@ -258,7 +262,10 @@ async fn small_window(addr: SocketAddr) -> tokio::net::TcpStream {
 #[test]
 fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
     const N: usize = 520;
-    let a = Attacked::start("write_timeout = \"8s\"\n[server.tls]\nauto = true\n");
+    // All from 127.0.0.1: more than one address may hold by default.
+    let a = Attacked::start(
+        "write_timeout = \"8s\"\nmax_connections_per_address = 1024\n[server.tls]\nauto = true\n",
+    );
     let connector = tls_connector(&a.ca());
     let request = format!("GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", a.blob);
     let addr = a.w.addr;
@@ -487,6 +494,61 @@ fn http2_and_h1_non_readers_are_capped_and_closed() {
     a.assert_served();
 }
 
+/// Regression: every HTTP/2 stream of every connection got its own reader
+/// and buffers (up to ~350 KiB with hyper's send buffer): at the defaults,
+/// 4096 connections × 100 streams of a cached blob, granting windows but
+/// barely reading, came to over 100 GiB. Now a connection's first streamed
+/// body is its own and the others share `max_connections` slots, so memory
+/// is bounded by the connection cap: with `max_connections = 3`, at most
+/// 1 + 3 streams of one connection send bytes at once.
+#[test]
+fn http2_streams_share_a_bounded_number_of_body_readers() {
+    use frames::*;
+    let a = Attacked::start("plain_http = true\nmax_connections = 3\n");
+    let mut s = raw(a.w.addr);
+    // Windows as large as HTTP/2 allows: hyper would buffer all it may.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(frame(0x8, 0, 0, &0x7fff_0000u32.to_be_bytes()));
+    for i in 0..8u32 {
+        out.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &get(&a.blob),
+        ));
+    }
+    s.write_all(&out).unwrap();
+    // The streams that sent data before the first one ended.
+    let mut sending = std::collections::BTreeSet::new();
+    let mut head = [0u8; 9];
+    let mut skip = vec![0u8; 1 << 16];
+    loop {
+        s.read_exact(&mut head).expect("frames until a stream ends");
+        let len = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+        let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(skip.len());
+            s.read_exact(&mut skip[..n]).unwrap();
+            left -= n;
+        }
+        assert_ne!(head[3], GOAWAY, "the connection was closed");
+        if head[3] == DATA {
+            sending.insert(stream);
+            if head[4] & END_STREAM != 0 {
+                break;
+            }
+        }
+    }
+    assert!(
+        sending.len() <= 4,
+        "streams sending at once: {sending:?} (1 of the connection's own, 3 shared)"
+    );
+    drop(s);
+    a.assert_served();
+}
+
 /// HTTP/2 floods (issue 14, item 17), each with a raw client: rapid reset,
 /// a CONTINUATION flood, an oversized header list. Each ends the attacking
 /// stream or connection, and the honest client is served meanwhile.
@@ -593,6 +655,99 @@ fn the_connection_cap_holds_new_connections_until_one_ends() {
     drop(held);
     a.assert_served();
     assert!(a.metric("wharf_connection_limit_reached_total") >= 1.0);
+}
+
+/// A connection from `from` (a loopback address of its own), held open by
+/// an unfinished request head.
+fn held_from(rt: &tokio::runtime::Runtime, from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from((from, 0))).unwrap();
+        sock.connect(to).await.unwrap()
+    });
+    let mut s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Fails only if wharf refused and reset the connection first (the
+    // caller then reads nothing, as for any refusal).
+    let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\n");
+    s
+}
+
+/// Regression: one address could take every `max_connections` slot (and
+/// keep them, reconnecting as deadlines freed them), locking every other
+/// client out. Past `max_connections_per_address` its new connections are
+/// closed at once, counted; other addresses are still served.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let a = Attacked::start(
+        "plain_http = true\nmax_connections = 16\nmax_connections_per_address = 4\nheader_timeout = \"30s\"\n",
+    );
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| held_from(&a.rt, attacker, a.w.addr))
+        .collect();
+    let started = Instant::now();
+    let mut fifth = held_from(&a.rt, attacker, a.w.addr);
+    assert!(read_all(&mut fifth).is_empty(), "refused without an answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed at once, not at the header timeout"
+    );
+    // 127.0.0.1 is another address: served.
+    a.assert_served();
+    assert!(a.metric("wharf_connections_dropped_total{reason=\"address_limit\"}") >= 1.0);
+    drop(held);
+    // Once its connections ended, the address is served again.
+    eventually(
+        Duration::from_secs(10),
+        "the attacker's slots are freed",
+        || {
+            // Refused while wharf has not yet seen the held ones end: the
+            // write may then fail (reset), which is a "not yet".
+            let mut s = held_from(&a.rt, attacker, a.w.addr);
+            s.write_all(b"Host: x\r\nConnection: close\r\n\r\n").is_ok()
+                && String::from_utf8_lossy(&read_all(&mut s)).starts_with("HTTP/1.1 200")
+        },
+    );
+}
+
+/// Regression: the admin listener accepted without limit (each connection
+/// kept up to 5 minutes), so a client that could reach it could use up the
+/// descriptors the registry port shares and crowd out the probes; an accept
+/// error looped without pause. Now one address holds at most 16 there.
+#[test]
+fn the_admin_listener_limits_connections_per_address() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let mut w = Served::spawn_with(
+        dir.path(),
+        "wharf",
+        &format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
+        &Wharf::hub_block(&up, false, dir.path()),
+        free_port(),
+    );
+    w.wait_ready();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    wait_listening(admin, None);
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..16).map(|_| held_from(&rt, attacker, admin)).collect();
+    let started = Instant::now();
+    let mut more = held_from(&rt, attacker, admin);
+    assert!(read_all(&mut more).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at once, not at the admin header timeout (10 s)"
+    );
+    let r = http()
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "another address is served");
+    drop(held);
+    w.stop();
 }
 
 /// A hostile upstream on loopback: `/v2/` answers 200, every blob GET a
