@@ -36,8 +36,8 @@ use super::body::{Body, Meter, Source, SourceRange};
 use super::handler;
 
 /// A request head larger than this is refused (431).
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEADERS: usize = 100;
 /// From the first byte of a request to its complete head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// An idle keep-alive connection is closed after this.
@@ -128,7 +128,7 @@ pub async fn serve(
     }
 }
 
-enum Parsed {
+pub enum Parsed {
     /// The request and the length of its head in the buffer.
     Request(Box<Request<()>>, usize),
     Bad(http::StatusCode),
@@ -161,7 +161,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Opt
     }
 }
 
-fn to_request(r: &httparse::Request<'_, '_>, len: usize) -> Parsed {
+pub fn to_request(r: &httparse::Request<'_, '_>, len: usize) -> Parsed {
     let version = match r.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
