@@ -123,6 +123,12 @@ impl Endpoint {
         if path.len() > MAX_PATH {
             return Err(ParseError::Name("request path too long".into()));
         }
+        // An origin-form path starts with `/`; anything else (`*`, an
+        // authority) is no registry path, and the prefix split below takes
+        // that first byte to be the `/`.
+        if !path.starts_with('/') {
+            return Ok(None);
+        }
         if path.contains('%') {
             return Err(ParseError::Name(format!(
                 "percent-encoded characters are not valid in names or references: {}",
@@ -343,6 +349,23 @@ mod tests {
         let huge = "/v2/".to_string() + &"a".repeat(5000);
         assert!(parse(&huge, None).is_err());
         assert!(parse("/v2/a/manifests/latest", Some("ns=evil.com/../x")).is_err());
+    }
+
+    /// Found by fuzzing (fuzz/corpus/endpoint/no-leading-slash-*): a path
+    /// not starting with `/` had its first character dropped as if it were
+    /// one (`~v2/a/v2/` routed as prefix `v2/a`), and a multi-byte first
+    /// character (`é/v2/`) panicked slicing inside it.
+    #[test]
+    fn path_without_leading_slash_is_no_oci_path() {
+        for p in [
+            "é/v2/",
+            "~v2/li_rary/alpine/v2/",
+            "é/v2",
+            "x/v2/a/manifests/1",
+            "v2/",
+        ] {
+            assert_eq!(parse(p, None), Ok(None), "{p}");
+        }
     }
 
     #[test]

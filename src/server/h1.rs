@@ -47,8 +47,8 @@ use super::handler;
 use super::limits::{reset_on_close, Dropped, Pace};
 
 /// A request head larger than this is refused (431).
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEADERS: usize = 100;
 /// Bytes per `sendfile` call: the socket buffer takes less anyway; the cap
 /// keeps one transfer from holding a worker thread for long.
 const SENDFILE_MAX: usize = 4 << 20;
@@ -177,7 +177,7 @@ pub async fn serve(
 }
 
 /// What arrived at the start of a request.
-enum Head {
+pub enum Head {
     /// The request and the length of its head in the buffer.
     Request(Box<Request<()>>, usize),
     Bad(http::StatusCode),
@@ -236,7 +236,7 @@ impl HeadScan {
 }
 
 /// A complete head, a refusal, or `None`: more bytes needed.
-fn parse_head(buf: &[u8]) -> Option<Head> {
+pub fn parse_head(buf: &[u8]) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut headers);
     match r.parse(buf) {

@@ -16,13 +16,13 @@
 mod body;
 mod connection;
 mod error;
-mod h1;
+pub mod h1;
 mod handler;
 mod limits;
 mod listener;
 mod observe;
 mod probes;
-mod range;
+pub mod range;
 
 use std::future::Future;
 use std::sync::Arc;
