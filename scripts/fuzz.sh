@@ -17,6 +17,8 @@
 # coverage (cov: edges, ft: features), new inputs, crashes. Exits non-zero if
 # any target crashed (or leaked, timed out, ran out of memory).
 set -euo pipefail
+# g++ for libFuzzer itself (and what the tests need: one list of packages).
+bash "$(dirname "$0")/install-deps.sh"
 cd "$(dirname "$0")/../fuzz"
 root=$(pwd)
 

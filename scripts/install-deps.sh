@@ -13,6 +13,7 @@ pkgs=(
   apache2-utils     # htpasswd (bcrypt) for the basic-auth upstream
   openssl socat curl ca-certificates bc
   docker.io iproute2 util-linux   # dockerd (registry-mirrors) in a network namespace
+  g++               # libFuzzer (C++), built by libfuzzer-sys for scripts/fuzz.sh
 )
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),
