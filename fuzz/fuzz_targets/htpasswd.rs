@@ -3,6 +3,8 @@
 //! `access::TokenList::parse` (`name:token` lines).
 //! Properties: no panic; every user the parser keeps has a bcrypt hash; a
 //! token file's own tokens look up to their names.
+//! Seeds (fuzz/corpus/htpasswd/) are made-up entries: no real password,
+//! hash or token is in them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

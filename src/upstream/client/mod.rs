@@ -740,6 +740,22 @@ impl UpstreamClient {
         }
     }
 
+    /// A `HEAD` or `GET` of a manifest with the registry's manifest types
+    /// accepted, checked (a failure status becomes its error).
+    async fn manifest_request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, Self::manifest_accept());
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let head = method == Method::HEAD;
+        let resp = self.send(Op::Manifest, method, url, repo, h).await?;
+        self.check(resp, head).await
+    }
+
     /// `HEAD /v2/<name>/manifests/<reference>`: cheap (Docker Hub does not count
     /// it against the pull limit), used to revalidate tags.
     pub async fn head_manifest(
@@ -747,11 +763,7 @@ impl UpstreamClient {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<ManifestHead, UpstreamError> {
-        let mut h = HeaderMap::new();
-        h.insert(http::header::ACCEPT, Self::manifest_accept());
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self.send(Op::Manifest, Method::HEAD, url, repo, h).await?;
-        let resp = self.check(resp, true).await?;
+        let resp = self.manifest_request(Method::HEAD, repo, reference).await?;
         Ok(ManifestHead {
             digest: header_str(resp.headers(), "docker-content-digest")
                 .and_then(|s| s.parse().ok()),
@@ -768,11 +780,7 @@ impl UpstreamClient {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<ManifestBody, UpstreamError> {
-        let mut h = HeaderMap::new();
-        h.insert(http::header::ACCEPT, Self::manifest_accept());
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self.send(Op::Manifest, Method::GET, url, repo, h).await?;
-        let resp = self.check(resp, false).await?;
+        let resp = self.manifest_request(Method::GET, repo, reference).await?;
         let media_type: MediaType = header_str(resp.headers(), "content-type")
             .ok_or_else(|| self.protocol("manifest without Content-Type"))?
             .parse()
