@@ -217,16 +217,13 @@ impl HeadScan {
     fn next(&mut self, buf: &[u8]) -> Option<Head> {
         let from = self.checked;
         self.checked = buf.len();
-        let new = &buf[from..];
-        let bare = new
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'\n' && (from + i == 0 || buf[from + i - 1] != b'\r'));
-        let ended = bare
-            || buf.len() >= MAX_HEAD
-            || buf[from.saturating_sub(3)..]
-                .windows(4)
-                .any(|w| w == b"\r\n\r\n");
+        // Only line feeds matter: each new one is either bare (refused) or
+        // ends a line, perhaps the blank one that ends the head.
+        let ended = buf.len() >= MAX_HEAD
+            || memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
+                let i = from + i;
+                i == 0 || buf[i - 1] != b'\r' || (i >= 3 && &buf[i - 3..i] == b"\r\n\r")
+            });
         if !ended {
             return None;
         }
@@ -263,9 +260,7 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
 
 /// A LF not preceded by CR.
 fn bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// The request's body length is ambiguous (RFC 9112 §6.3): `Content-Length`
