@@ -13,10 +13,16 @@
 //!
 //! - wharf's files begin with [`MARKER`]; such a file is rewritten freely.
 //! - A `hosts.toml` wharf did not write is left alone and the run fails,
-//!   unless `--backup`: then it is moved to `DIR/_wharf-backup/<host>/hosts.toml`
-//!   first (once: a backup already there is never overwritten, so an init
-//!   container that runs at every pod start keeps the operator's original).
-//!   Other files in `DIR/<host>/` (certificates) stay where they are.
+//!   unless `--backup`: then it is kept as `DIR/_wharf-backup/<host>/hosts.toml`
+//!   (a hard link, made once: a backup already there is never overwritten,
+//!   so an init container that runs at every pod start keeps the operator's
+//!   original) and replaced by wharf's in one rename, so containerd finds
+//!   one file or the other whenever a run stops. Other files in
+//!   `DIR/<host>/` (certificates) stay where they are.
+//! - Anything in DIR that is not a regular file where a `hosts.toml` is
+//!   expected (a symlink, a FIFO) is someone else's and is never read or
+//!   written through; a host or backup directory that is a symlink is
+//!   refused. The temporary file is created with `O_EXCL | O_NOFOLLOW`.
 //! - Hosts wharf wrote earlier but no longer configures are removed (and
 //!   their backup put back), so dropping an alias from the config takes it
 //!   off the node.
@@ -31,7 +37,8 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{go_duration, toml_str, NodeConfigError, Plan, RegistryHost};
@@ -79,8 +86,11 @@ pub fn write(dir: &Path, plan: &Plan, backup: bool) -> Result<Report, NodeConfig
     fs::create_dir_all(dir).map_err(NodeConfigError::io(dir))?;
     let mut report = Report::default();
     // Check everything first.
-    let mut to_back_up = Vec::new();
+    real_dir_or_absent(&dir.join(BACKUP_DIR))?;
+    let mut to_back_up = HashSet::new();
     for h in &plan.hosts {
+        real_dir_or_absent(&dir.join(&h.host))?;
+        real_dir_or_absent(&dir.join(BACKUP_DIR).join(&h.host))?;
         let path = dir.join(&h.host).join(FILE);
         if ours(&path)? != Some(false) {
             continue;
@@ -92,26 +102,37 @@ pub fn write(dir: &Path, plan: &Plan, backup: bool) -> Result<Report, NodeConfig
                 backup: saved,
             });
         }
-        if exists(&saved)? {
+        // A backup that is this very file (a hard link) is one an
+        // interrupted run made: carry on from there.
+        if exists(&saved)? && !same_file(&path, &saved)? {
             return Err(NodeConfigError::BackupTaken {
                 path,
                 backup: saved,
             });
         }
-        to_back_up.push((path, saved));
+        to_back_up.insert(h.host.as_str());
     }
-    for (path, saved) in to_back_up {
-        let parent = saved.parent().expect("backup has a parent");
-        fs::create_dir_all(parent).map_err(NodeConfigError::io(parent))?;
-        fs::rename(&path, &saved).map_err(NodeConfigError::io(&path))?;
-        sync_dir(parent)?;
-        report.backed_up.push(path);
-    }
+    // Each file is replaced in one rename, after its backup was linked:
+    // containerd finds either the operator's file or wharf's, never none,
+    // whenever this run stops.
     for h in &plan.hosts {
         let host_dir = dir.join(&h.host);
         fs::create_dir_all(&host_dir).map_err(NodeConfigError::io(&host_dir))?;
         let path = host_dir.join(FILE);
-        write_atomic(&path, render(plan, h).as_bytes())?;
+        let tmp = TempFile::create(&host_dir, render(plan, h).as_bytes())?;
+        if to_back_up.contains(h.host.as_str()) {
+            let saved_dir = dir.join(BACKUP_DIR).join(&h.host);
+            let saved = saved_dir.join(FILE);
+            fs::create_dir_all(&saved_dir).map_err(NodeConfigError::io(&saved_dir))?;
+            if !exists(&saved)? {
+                // linkat without AT_SYMLINK_FOLLOW: a symlink is saved as
+                // itself, never the file it points to.
+                fs::hard_link(&path, &saved).map_err(NodeConfigError::io(&saved))?;
+            }
+            sync_dir(&saved_dir)?;
+            report.backed_up.push(path.clone());
+        }
+        tmp.persist(&path)?;
         report.written.push(path);
     }
     // Hosts of an earlier run that are no longer configured.
@@ -179,17 +200,69 @@ fn undo_host(dir: &Path, name: &str, report: &mut Report) -> Result<(), NodeConf
     Ok(())
 }
 
-/// `Some(true)`: a file wharf wrote; `Some(false)`: someone else's; `None`:
-/// no file.
+/// `Some(true)`: a file wharf wrote; `Some(false)`: someone else's (also
+/// anything that is not a regular file: a symlink is never read through, a
+/// FIFO never waited on); `None`: no file.
 fn ours(path: &Path) -> Result<Option<bool>, NodeConfigError> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes.starts_with(MARKER.as_bytes()))),
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Ok(Some(false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(NodeConfigError::Io {
+                path: path.to_owned(),
+                source: e,
+            })
+        }
+    }
+    let mut head = vec![0; MARKER.len()];
+    let read = (|| {
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok::<_, std::io::Error>(n)
+    })();
+    match read {
+        Ok(n) => Ok(Some(n == head.len() && head == MARKER.as_bytes())),
+        // Replaced by something else since the check above.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Ok(Some(false)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(NodeConfigError::Io {
             path: path.to_owned(),
             source: e,
         }),
     }
+}
+
+/// `path` is a directory itself (not a symlink to one) or absent: wharf
+/// never writes through a link planted in DIR.
+fn real_dir_or_absent(path: &Path) -> Result<(), NodeConfigError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => Ok(()),
+        Ok(_) => Err(NodeConfigError::NotADirectory {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NodeConfigError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// Both names are one file (device and inode, links not followed).
+fn same_file(a: &Path, b: &Path) -> Result<bool, NodeConfigError> {
+    let a = fs::symlink_metadata(a).map_err(NodeConfigError::io(a))?;
+    let b = fs::symlink_metadata(b).map_err(NodeConfigError::io(b))?;
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
 fn exists(path: &Path) -> Result<bool, NodeConfigError> {
@@ -239,24 +312,55 @@ fn remove_if_empty(dir: &Path) -> Result<(), NodeConfigError> {
     }
 }
 
-/// Temporary file in the same directory, fsync, rename, fsync the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeConfigError> {
-    let parent = path.parent().expect("file has a parent");
-    let tmp = parent.join(TEMP);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(NodeConfigError::Io {
-            path: path.to_owned(),
-            source: e,
-        });
+/// A new file in the destination's directory, written and synced, under a
+/// name of this process's own: created with `O_EXCL | O_NOFOLLOW`, so a
+/// symlink planted at that name is never written through (it is removed
+/// first, as a leftover of a run that crashed). Removed on drop unless
+/// persisted.
+struct TempFile {
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl TempFile {
+    fn create(dir: &Path, bytes: &[u8]) -> Result<TempFile, NodeConfigError> {
+        let path = dir.join(format!("{TEMP}.{}", std::process::id()));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeConfigError::Io { path, source: e }),
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(NodeConfigError::io(&path))?;
+        let t = TempFile {
+            path,
+            persisted: false,
+        };
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(NodeConfigError::io(&t.path))?;
+        Ok(t)
     }
-    sync_dir(parent)
+
+    /// Renames it to `dest` (same directory) and syncs the directory.
+    fn persist(mut self, dest: &Path) -> Result<(), NodeConfigError> {
+        fs::rename(&self.path, dest).map_err(NodeConfigError::io(dest))?;
+        self.persisted = true;
+        sync_dir(dest.parent().expect("file has a parent"))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), NodeConfigError> {
@@ -381,6 +485,120 @@ mod tests {
         assert_eq!(entries(d.path()).unwrap(), ["docker.io", "quay.io"]);
         // Restoring twice is harmless.
         assert_eq!(restore(d.path()).unwrap(), Report::default());
+    }
+
+    /// Regression: the temporary file had one fixed name and was opened
+    /// with `File::create`, so a symlink planted at that name made root
+    /// truncate and overwrite the file it pointed to.
+    #[test]
+    fn a_symlink_at_the_temporary_name_is_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan();
+        let victim = d.path().join("shadow");
+        fs::write(&victim, "root:secret\n").unwrap();
+        let hub = d.path().join("certs.d/docker.io");
+        fs::create_dir_all(&hub).unwrap();
+        for name in [TEMP.to_owned(), format!("{TEMP}.{}", std::process::id())] {
+            std::os::unix::fs::symlink(&victim, hub.join(name)).unwrap();
+        }
+        write(&d.path().join("certs.d"), &p, false).unwrap();
+        assert_eq!(read(&victim), "root:secret\n");
+        assert!(read(&hub.join(FILE)).starts_with(MARKER));
+        assert!(!fs::symlink_metadata(hub.join(FILE))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    /// Regression: a host directory that was a symlink was written through,
+    /// outside DIR.
+    #[test]
+    fn a_host_directory_that_is_a_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan();
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        let certs = d.path().join("certs.d");
+        fs::create_dir_all(&certs).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, certs.join("docker.io")).unwrap();
+        let e = write(&certs, &p, true).unwrap_err();
+        assert!(matches!(e, NodeConfigError::NotADirectory { .. }), "{e}");
+        assert!(entries_any(&elsewhere).is_empty());
+        // Refused before any change.
+        assert_eq!(entries_any(&certs), ["docker.io"]);
+        // And so is a backup directory that is a symlink.
+        fs::remove_file(certs.join("docker.io")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, certs.join(BACKUP_DIR)).unwrap();
+        let e = write(&certs, &p, true).unwrap_err();
+        assert!(matches!(e, NodeConfigError::NotADirectory { .. }), "{e}");
+    }
+
+    /// Regression: the marker check read the whole file, following a
+    /// symlink and blocking forever on a FIFO (an init container that never
+    /// ends). Neither is read: both are someone else's, saved as themselves.
+    #[test]
+    fn a_hosts_toml_that_is_a_fifo_or_symlink_is_foreign_and_never_read() {
+        let d = tempfile::tempdir().unwrap();
+        let certs = d.path().join("certs.d");
+        let hub = certs.join("docker.io");
+        fs::create_dir_all(&hub).unwrap();
+        let fifo = std::ffi::CString::new(hub.join(FILE).to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let victim = d.path().join("victim");
+        fs::write(&victim, format!("{MARKER} but not wharf's\n")).unwrap();
+        let gar = certs.join("europe-docker.pkg.dev");
+        fs::create_dir_all(&gar).unwrap();
+        std::os::unix::fs::symlink(&victim, gar.join(FILE)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = certs.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(write(&c, &plan(), true).map(|r| r.backed_up));
+        });
+        let backed_up = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("write returned")
+            .unwrap();
+        assert_eq!(backed_up, [hub.join(FILE), gar.join(FILE)]);
+        let saved = certs
+            .join(BACKUP_DIR)
+            .join("europe-docker.pkg.dev")
+            .join(FILE);
+        assert!(fs::symlink_metadata(&saved)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(read(&victim).ends_with("but not wharf's\n"));
+        restore(&certs).unwrap();
+        assert!(fs::symlink_metadata(gar.join(FILE))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(read(&victim), format!("{MARKER} but not wharf's\n"));
+    }
+
+    /// Regression: foreign files were moved away first and wharf's written
+    /// after, so a run that stopped in between left containerd with no
+    /// hosts.toml for that host; now the backup is a hard link and the
+    /// replacement one rename, and a run that stopped after the link (the
+    /// backup is the same file) carries on instead of refusing.
+    #[test]
+    fn a_run_stopped_after_the_backup_link_carries_on() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan();
+        let hub = d.path().join("docker.io");
+        fs::create_dir_all(&hub).unwrap();
+        let theirs = "server = \"https://registry-1.docker.io\"\n";
+        fs::write(hub.join(FILE), theirs).unwrap();
+        let saved_dir = d.path().join(BACKUP_DIR).join("docker.io");
+        fs::create_dir_all(&saved_dir).unwrap();
+        fs::hard_link(hub.join(FILE), saved_dir.join(FILE)).unwrap();
+        let r = write(d.path(), &p, true).unwrap();
+        assert_eq!(r.backed_up, [hub.join(FILE)]);
+        assert!(read(&hub.join(FILE)).starts_with(MARKER));
+        assert_eq!(read(&saved_dir.join(FILE)), theirs);
+        restore(d.path()).unwrap();
+        assert_eq!(read(&hub.join(FILE)), theirs);
     }
 
     #[test]
