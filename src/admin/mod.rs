@@ -334,12 +334,24 @@ mod erased {
 /// longest an admin connection stays open: probes and scrapes are quick.
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const ADMIN_CONN_MAX: std::time::Duration = std::time::Duration::from_secs(300);
-/// Admin connections open at once (at the cap the loop stops accepting),
-/// and from one address (past it, closed at once): a client that can reach
-/// the admin port cannot exhaust the process's descriptors (which the
-/// registry port shares) or keep the kubelet's probes out.
+/// Admin connections open at once from addresses other than the probes'
+/// (past it, closed at once), and from one address (likewise): a client
+/// that can reach the admin port cannot exhaust the process's descriptors
+/// (which the registry port shares) or keep the kubelet's probes out.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 const ADMIN_MAX_PER_ADDRESS: usize = 16;
+
+/// Where the kubelet's probes (`host: 127.0.0.1`) and a local operator come
+/// from: exactly 127.0.0.1 or ::1, not all of 127/8.
+fn is_probe_peer(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+        std::net::IpAddr::V6(v6) => {
+            v6 == std::net::Ipv6Addr::LOCALHOST
+                || v6.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
+        }
+    }
+}
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on the admin listener until
 /// `shutdown`. Every connection has deadlines (head, lifetime) and HTTP/2
@@ -366,10 +378,6 @@ pub async fn serve_http(
     let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     let per_address = Arc::new(crate::server::PerAddress::default());
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-            _ = &mut shutdown => break,
-        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -384,6 +392,23 @@ pub async fn serve_http(
                 let Some(address) = per_address.admit(peer.ip(), ADMIN_MAX_PER_ADDRESS) else {
                     tracing::debug!(%peer, "admin listener: too many connections from this address");
                     continue;
+                };
+                // The kubelet's probes come from the node's own loopback
+                // address: they never wait behind the cap that other
+                // addresses share (an admin_listen on the node's address is
+                // open to every pod of the cluster), so clients elsewhere
+                // cannot fail the liveness probe and have wharf restarted.
+                // Past the cap, others are closed at once.
+                let permit = if is_probe_peer(peer.ip()) {
+                    None
+                } else {
+                    match slots.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            tracing::debug!(%peer, "admin listener: connection limit reached");
+                            continue;
+                        }
+                    }
                 };
                 let (app, builder) = (app.clone(), builder.clone());
                 tokio::spawn(async move {

@@ -764,6 +764,56 @@ fn the_admin_listener_limits_connections_per_address() {
     w.stop();
 }
 
+/// Regression: at the admin listener's cap (256 connections) the loop
+/// stopped accepting, so clients on 16 addresses (any pods of the cluster,
+/// when admin_listen is the node's address as in deploy/kubernetes) kept
+/// the kubelet's liveness probe from 127.0.0.1 waiting in the backlog past
+/// its 5 s timeout, and wharf was restarted on every node. The probe's
+/// address is never held back by the others; they are closed at once.
+#[test]
+fn the_admin_listener_cap_never_keeps_the_kubelets_probe_out() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let mut w = Served::spawn_with(
+        dir.path(),
+        "wharf",
+        &format!("admin_listen = \"0.0.0.0:{admin}\"\n"),
+        &Wharf::hub_block(&up, false, dir.path()),
+        free_port(),
+    );
+    w.wait_ready();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    wait_listening(admin, None);
+    let held: Vec<TcpStream> = (2..18)
+        .flat_map(|last| {
+            let from = std::net::Ipv4Addr::new(127, 0, 0, last);
+            (0..16)
+                .map(|_| held_from(&rt, from, admin))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // The cap is full: another address is closed at once.
+    let started = Instant::now();
+    let mut more = held_from(&rt, std::net::Ipv4Addr::new(127, 0, 0, 18), admin);
+    assert!(read_all(&mut more).is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5), "closed at once");
+    // The kubelet's probe (timeoutSeconds: 5) is answered all the same.
+    let started = Instant::now();
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .expect("the probe is answered within its timeout");
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(held);
+    w.stop();
+}
+
 /// A hostile upstream on loopback: `/v2/` answers 200, every blob GET a
 /// chunked body of 1 MiB that matches no digest. Serves until dropped.
 struct WrongBytes {
