@@ -253,7 +253,9 @@ fn main() -> ExitCode {
             with_logs(|| wharf::admin::client::unpin(load(config)?, pattern))
         }
         Command::Bundle { command } => with_logs(|| bundle(command)),
-        Command::NodeConfig { command } => with_logs(|| wharf::nodeconfig::cli::run(command, load)),
+        Command::NodeConfig { command } => {
+            with_logs(|| wharf::nodeconfig::cli::run(command, load_without_credentials))
+        }
         Command::Inventory {
             command: InventoryCommand::Export { config, out },
         } => with_logs(|| wharf::admin::client::inventory_export(load(config)?, out)),
@@ -278,6 +280,16 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "the embedded default configuration".into());
     Config::load(path.as_deref()).with_context(|| format!("invalid configuration in {what}"))
+}
+
+/// [`load`] for `wharf node-config`: no secret is looked up.
+fn load_without_credentials(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let what = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the embedded default configuration".into());
+    Config::load_without_credentials(path.as_deref())
+        .with_context(|| format!("invalid configuration in {what}"))
 }
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -127,14 +127,42 @@ impl Config {
         }
     }
 
+    /// As [`Config::load`], with every `[upstream.credentials]` left out
+    /// before validation, so no secret is looked up: for `wharf node-config`,
+    /// which needs names, URLs and aliases only and runs where the secrets
+    /// are not (the DaemonSet's hosts-dir init container has no
+    /// `password_env` variable; an operator's workstation printing the GKE
+    /// file has no token).
+    pub fn load_without_credentials(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (text, base) = match path {
+            None => (EMBEDDED_DEFAULT.to_owned(), None),
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.to_owned(),
+                    source: std::sync::Arc::new(e),
+                })?,
+                p.parent(),
+            ),
+        };
+        let mut file = parse(&text)?;
+        for u in &mut file.upstream {
+            u.credentials = None;
+        }
+        file.validate(base)
+    }
+
     /// Parses and validates. Relative paths in the file are taken relative to
     /// `base` (the config file's directory).
     pub fn from_toml(text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
-        let file: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(values::toml_error(text, &e)))?;
-        file.validate(base)
+        parse(text)?.validate(base)
     }
 }
+
+fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse(values::toml_error(text, &e)))
+}
+
+impl Config {}
 
 impl FileConfig {
     /// Builds each section in turn. The order is the order errors are found

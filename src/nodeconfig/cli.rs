@@ -1,6 +1,7 @@
 //! `wharf node-config hosts-dir|gke|cache-dir`: arguments, and the runs that
 //! print what they did. Like `bundle::cli`, these return `anyhow` errors for
-//! `main` to print; the configuration is loaded by `main`'s loader.
+//! `main` to print; the configuration is loaded by `main`'s loader, without
+//! the upstreams' credentials (no secret is needed, nor looked up).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -592,3 +592,44 @@ fn hosts_dir_cli_backs_up_replaces_and_restores() {
         assert!(!ok && out.contains("Operation not permitted"), "{out}");
     }
 }
+
+/// Regression: node-config loaded the whole configuration, secrets
+/// included, so with the Docker Hub token of deploy/kubernetes/config.toml
+/// (`password_env = "WHARF_DOCKERHUB_TOKEN"`) the hosts-dir init container,
+/// which has no such variable, failed on every node and wharf never
+/// started; `node-config gke` needed the token on the operator's
+/// workstation too. node-config needs no secret and now reads none.
+#[test]
+fn node_config_needs_no_secret_of_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(repo().join("deploy/kubernetes/config.toml")).unwrap();
+    let with_token = base.replace(
+        "default = true\n",
+        "default = true\n[upstream.credentials]\nusername = \"me\"\npassword_env = \"WHARF_TEST_UNSET_TOKEN\"\n",
+    );
+    assert_ne!(with_token, base);
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, &with_token).unwrap();
+    let unset = |mut c: Command| {
+        c.env_remove("WHARF_TEST_UNSET_TOKEN");
+        try_run(&mut c)
+    };
+    // Serving needs the token: the variable is checked there.
+    let mut check = wharf();
+    check.args(["check-config", "--config"]).arg(&cfg);
+    let (ok, out) = unset(check);
+    assert!(!ok && out.contains("WHARF_TEST_UNSET_TOKEN"), "{out}");
+    // node-config does not.
+    let mut hosts = wharf();
+    hosts
+        .args(["node-config", "hosts-dir", "--config"])
+        .arg(&cfg)
+        .arg(dir.path().join("certs.d"));
+    let (ok, out) = unset(hosts);
+    assert!(ok, "{out}");
+    assert!(dir.path().join("certs.d/docker.io/hosts.toml").is_file());
+    let mut gke = wharf();
+    gke.args(["node-config", "gke", "--config"]).arg(&cfg);
+    let (ok, out) = unset(gke);
+    assert!(ok && out.contains("server: \"docker.io\""), "{out}");
+}
