@@ -12,6 +12,7 @@
 //! with `O_NOFOLLOW`.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -25,16 +26,32 @@ pub fn parse_owner(s: &str) -> Result<(u32, u32), NodeConfigError> {
 }
 
 /// Creates `dir` if missing, then gives it to `uid:gid` with mode 0700.
+///
+/// The handle is an `O_PATH` one: opening the directory for reading needs
+/// read permission, which a root without `CAP_DAC_READ_SEARCH` lacks on a
+/// directory that is already wharf's and 0700 — the init container failed
+/// at every pod start after the first, and wharf never came back on that
+/// node. Owner and mode are set through the handle (`fchownat` with
+/// `AT_EMPTY_PATH`; `chmod` of its `/proc/self/fd` link, as `fchmod` takes
+/// no `O_PATH` handle), never through the path again.
 pub fn prepare(dir: &Path, uid: u32, gid: u32) -> Result<(), NodeConfigError> {
     fs::create_dir_all(dir).map_err(NodeConfigError::io(dir))?;
     let f = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY)
         .open(dir)
         .map_err(NodeConfigError::io(dir))?;
-    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(NodeConfigError::io(dir))?;
-    f.set_permissions(fs::Permissions::from_mode(0o700))
-        .map_err(NodeConfigError::io(dir))
+    let fd = f.as_raw_fd();
+    // SAFETY: `fd` is open for the call's duration; the path is a valid
+    // empty C string, as AT_EMPTY_PATH requires.
+    if unsafe { libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
+        return Err(NodeConfigError::io(dir)(std::io::Error::last_os_error()));
+    }
+    fs::set_permissions(
+        format!("/proc/self/fd/{fd}"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .map_err(NodeConfigError::io(dir))
 }
 
 #[cfg(test)]

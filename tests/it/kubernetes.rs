@@ -633,3 +633,50 @@ fn node_config_needs_no_secret_of_the_config() {
     let (ok, out) = unset(gke);
     assert!(ok && out.contains("server: \"docker.io\""), "{out}");
 }
+
+/// Regression: `cache-dir` opened the directory for reading, which the
+/// init container (root with only CAP_CHOWN and CAP_FOWNER, as the
+/// DaemonSet gives it) may not do once the directory is wharf's and 0700:
+/// every pod start after the first failed, and wharf never came back on
+/// that node. Run here with exactly those capabilities (setpriv), twice,
+/// and over a directory someone else owns.
+#[test]
+fn cache_dir_runs_again_with_the_init_containers_capabilities() {
+    require(&["setpriv"]);
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (CI does)");
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("var/lib/wharf");
+    let init = || {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set", "-all,+chown,+fowner"])
+            .arg(env!("CARGO_BIN_EXE_wharf"))
+            .args(["node-config", "cache-dir"])
+            .arg(&cache)
+            .args(["--owner", "65532:65532"]);
+        try_run(&mut c)
+    };
+    let owner = || {
+        let m = std::fs::metadata(&cache).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    for run in ["first", "second"] {
+        let (ok, out) = init();
+        assert!(ok, "{run} pod start: {out}");
+        assert_eq!(owner(), (65532, 65532, 0o700), "{run}");
+    }
+    std::os::unix::fs::chown(&cache, Some(1000), Some(1000)).unwrap();
+    let (ok, out) = init();
+    assert!(ok, "a directory someone else owns: {out}");
+    assert_eq!(owner(), (65532, 65532, 0o700));
+    // Without CAP_CHOWN it is refused: setpriv did drop the rest.
+    let mut c = Command::new("setpriv");
+    c.args(["--bounding-set", "-all,+fowner"])
+        .arg(env!("CARGO_BIN_EXE_wharf"))
+        .args(["node-config", "cache-dir"])
+        .arg(&cache)
+        .args(["--owner", "1:1"]);
+    let (ok, out) = try_run(&mut c);
+    assert!(!ok && out.contains("Operation not permitted"), "{out}");
+}
