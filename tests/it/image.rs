@@ -1,0 +1,634 @@
+//! wharf's container image (`scripts/build-image.sh`) and a real containerd
+//! running it the way the Kubernetes DaemonSet does.
+//!
+//! The image is built here from the test suite's own debug binary
+//! (`--binary`, with `--strip-debug` to keep the layer small), not from the
+//! release build the script makes by default: a release build would cost CI
+//! minutes on 2 cores, and everything else in the image (libraries, users,
+//! config, annotations, the layer's layout) is what operators get.
+//!
+//! The containerd test runs everything inside a network namespace with only
+//! `lo` ([`Netns::isolated`]): the node's containerd runs the image with
+//! `ctr run --net-host` (hostNetwork), as uid 65532 with a read-only root
+//! filesystem, no capabilities and the default seccomp profile, the cache a
+//! host directory owned by 65532 and the config file mounted read-only;
+//! wharf listens on 127.0.0.1 in plain HTTP. A second containerd, configured
+//! by `hosts.toml` files, pulls through it with `?ns=` routing (the
+//! upstream block has no `default`, so nothing else can route). The
+//! upstream is a CNCF distribution registry on the host, relayed into the
+//! namespace at `localhost:PORT`: wharf reaches it by name, through glibc's
+//! resolver and the `/etc/hosts` the container is given, which is what a
+//! static build would break. Nothing can reach a real registry: the
+//! namespace has no route out, and every fallback is the test upstream.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// Where wharf listens in the namespace (the DaemonSet's hostNetwork ports).
+const WHARF_PORT: u16 = 5000;
+const ADMIN_PORT: u16 = 9090;
+/// wharf's user in the image (and the DaemonSet's runAsUser/runAsGroup).
+const WHARF_UID: u32 = 65532;
+/// The container's memory limit, as the DaemonSet's request = limit: the
+/// pulls below must pass inside it.
+const MEMORY_LIMIT: u64 = 256 << 20;
+
+/// An image `scripts/build-image.sh` wrote.
+struct Built {
+    out: PathBuf,
+    digest: String,
+    /// The name `ctr images import` gives it.
+    name: String,
+    /// The layout's tag (the crate's version).
+    tag: String,
+}
+
+impl Built {
+    fn layout(&self) -> PathBuf {
+        self.out.join("oci")
+    }
+
+    fn blob(&self, digest: &str) -> PathBuf {
+        self.layout()
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    fn json(&self, digest: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.blob(digest)).unwrap()).unwrap()
+    }
+}
+
+/// The wharf binary put in the image: the test suite's, or
+/// `$WHARF_IMAGE_BINARY` (target/release/wharf, to measure the image and its
+/// memory as shipped).
+fn image_binary() -> String {
+    std::env::var("WHARF_IMAGE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wharf").into())
+}
+
+/// Runs the build script on the test suite's wharf binary into `out`, with
+/// `extra` arguments: (the image, the script's output).
+fn build(out: &Path, extra: &[&str]) -> (Built, String) {
+    require(&["umoci", "python3", "objcopy", "tar", "git"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-image.sh");
+    let binary = image_binary();
+    let mut c = Command::new("bash");
+    c.arg(script)
+        .args(["--binary", &binary, "--strip-debug"])
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    let (ok, log) = try_run(&mut c);
+    assert!(ok, "build-image.sh failed:\n{log}");
+    let digest = std::fs::read_to_string(out.join("digest"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let tag = env!("CARGO_PKG_VERSION").to_owned();
+    let built = Built {
+        out: out.to_owned(),
+        digest,
+        name: format!("localhost/wharf:{tag}"),
+        tag,
+    };
+    (built, log)
+}
+
+fn git(args: &[&str]) -> String {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .args(args))
+    .trim()
+    .to_owned()
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+#[test]
+fn the_image_is_minimal_annotated_reproducible_and_pushable() {
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, log) = build(&tmp.path().join("a"), &[]);
+    let push = format!("docker://127.0.0.1:{}/wharf/wharf:{}", up.port, a.tag);
+    let (b, _) = build(
+        &tmp.path().join("b"),
+        &["--push", &push, "--", "--dest-tls-verify=false"],
+    );
+
+    // Two builds of the same commit and binary: the same image, byte for
+    // byte, and the same archive.
+    assert_eq!(a.digest, b.digest, "{log}");
+    assert_eq!(
+        sha256_file(&a.out.join("wharf.oci.tar")),
+        sha256_file(&b.out.join("wharf.oci.tar"))
+    );
+
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.layout().join("index.json")).unwrap()).unwrap();
+    let entry = &index["manifests"][0];
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(entry["digest"], a.digest.as_str());
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        a.tag.as_str()
+    );
+    assert_eq!(
+        entry["annotations"]["io.containerd.image.name"],
+        a.name.as_str()
+    );
+
+    // The annotations: source, version, revision, created (the commit's
+    // time, which is what makes it reproducible).
+    let manifest = a.json(&a.digest);
+    let notes = &manifest["annotations"];
+    let commit = git(&["rev-parse", "HEAD"]);
+    let created = run(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{}", git(&["log", "-1", "--format=%ct"])),
+        "+%Y-%m-%dT%H:%M:%SZ",
+    ]));
+    assert_eq!(
+        notes["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        notes["org.opencontainers.image.revision"]
+            .as_str()
+            .unwrap()
+            .starts_with(&commit),
+        "{notes}"
+    );
+    assert_eq!(notes["org.opencontainers.image.created"], created.trim());
+    assert!(notes["org.opencontainers.image.source"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+
+    // The config: wharf's user, its entry point and command, its ports.
+    let config = a.json(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(config["os"], "linux");
+    assert_eq!(config["created"], created.trim());
+    let c = &config["config"];
+    assert_eq!(c["User"], "65532:65532");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/usr/bin/wharf"]));
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["serve", "--config", "/etc/wharf/config.toml"])
+    );
+    let ports: Vec<&str> = c["ExposedPorts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ports, ["5000/tcp", "9090/tcp"]);
+    assert_eq!(c["Labels"], *notes, "labels repeat the annotations");
+
+    // One layer, and in it exactly: the binary, the libraries ldd names, the
+    // CA bundle, users and groups, nsswitch, the config, and the cache
+    // directory owned by wharf. No shell, nothing else.
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    let layer = a.blob(layers[0]["digest"].as_str().unwrap());
+    let listing = run(Command::new("tar")
+        .args(["-tvzf"])
+        .arg(&layer)
+        .arg("--numeric-owner"));
+    let mut files = Vec::new();
+    let mut cache_dir = None;
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let path = f[5].trim_start_matches("./");
+        match f[0].chars().next() {
+            Some('-') => {
+                assert_eq!(f[1], "0/0", "{line}");
+                files.push(path.to_owned());
+            }
+            Some('d') if path == "var/lib/wharf/" => cache_dir = Some((f[0], f[1])),
+            Some('d') => assert_eq!(f[1], "0/0", "{line}"),
+            Some('l') => {}
+            _ => panic!("unexpected entry: {line}"),
+        }
+    }
+    assert_eq!(cache_dir, Some(("drwx------", "65532/65532")), "{listing}");
+    let ldd = run(Command::new("ldd").arg(image_binary()));
+    let mut want: Vec<String> = ldd
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(|p| {
+            let name = Path::new(p).file_name().unwrap().to_string_lossy();
+            format!("usr/lib/x86_64-linux-gnu/{name}")
+        })
+        .chain(
+            [
+                "etc/group",
+                "etc/nsswitch.conf",
+                "etc/passwd",
+                "etc/ssl/certs/ca-certificates.crt",
+                "etc/wharf/config.toml",
+                "usr/bin/wharf",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    want.sort();
+    want.dedup();
+    files.sort();
+    assert_eq!(files, want, "{listing}");
+    assert!(want.len() < 12, "glibc's few libraries only: {want:?}");
+
+    // The image's own config is valid for this wharf.
+    let (ok, out) = try_run(
+        Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["check-config", "--config"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/image/config.toml"
+            )),
+    );
+    assert!(ok, "{out}");
+
+    // --push: the registry holds the same manifest.
+    let r = http()
+        .head(format!("{}/v2/wharf/wharf/manifests/{}", up.url(), a.tag))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.headers()["docker-content-digest"], a.digest.as_str());
+}
+
+/// The upstream's access log lines sent by `agent` (a User-Agent prefix), as
+/// "METHOD PATH".
+fn upstream_requests_by(up: &Upstream, agent: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(up.dir.path().join("registry.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("] \"")?;
+            let (request, rest) = rest.split_once('"')?;
+            let ua = rest.trim_end().strip_suffix('"')?.rsplit('"').next()?;
+            ua.starts_with(agent)
+                .then(|| request.rsplit_once(' ').map(|(r, _)| r.to_owned()))?
+        })
+        .collect()
+}
+
+/// `/metrics` of the wharf in `ns`, from its admin listener.
+fn metrics(ns: &Netns) -> String {
+    let (ok, out) = ns.curl(&[&format!("http://127.0.0.1:{ADMIN_PORT}/metrics")]);
+    assert!(ok, "{out}");
+    out
+}
+
+/// The node's wharf container, started from `image` and waited for: its
+/// admin listener answers /readyz.
+fn start_wharf<'a>(
+    ctd: &'a Containerd,
+    ns: &Netns,
+    dir: &Path,
+    image: &str,
+    cache: &Path,
+    config: &Path,
+) -> Container<'a> {
+    let memory = MEMORY_LIMIT.to_string();
+    let cache_mount = format!(
+        "type=bind,src={},dst=/var/lib/wharf,options=rbind:rw",
+        cache.display()
+    );
+    // A directory, as the DaemonSet mounts its ConfigMap over /etc/wharf.
+    let config_mount = format!(
+        "type=bind,src={},dst=/etc/wharf,options=rbind:ro",
+        config.parent().unwrap().display()
+    );
+    let c = ctd.run(
+        dir,
+        image,
+        "wharf",
+        &[
+            "--read-only",
+            "--seccomp",
+            "--memory-limit",
+            &memory,
+            "--mount",
+            &cache_mount,
+            "--mount",
+            &config_mount,
+        ],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "wharf in its container to be ready",
+        || {
+            if c.status().as_deref() != Some("RUNNING") {
+                panic!("the wharf container stopped:\n{}", c.log());
+            }
+            let (ok, out) = ns.curl(&[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://127.0.0.1:{ADMIN_PORT}/readyz"),
+            ]);
+            ok && out.trim() == "200"
+        },
+    );
+    c
+}
+
+/// `hosts.toml` for docker.io: wharf first, the (test) upstream as `server`.
+/// Written by hand until `wharf node-config hosts-dir` exists.
+fn hosts_by_hand(dir: &Path, upstream_port: u16) -> PathBuf {
+    let hosts = dir.join("hosts");
+    std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
+    std::fs::write(
+        hosts.join("docker.io/hosts.toml"),
+        format!(
+            "server = \"http://localhost:{upstream_port}\"\n[host.\"http://127.0.0.1:{WHARF_PORT}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    hosts
+}
+
+/// GKE's node-pool file (`wharf node-config gke`) turned into the
+/// `hosts.toml` files GKE writes on each node (research notes §1.5, from
+/// Google's k8s-node-tools README: `/etc/containerd/hosts.d/<server>/hosts.toml`
+/// holding `server = '<server>'` as given, then one `[host.'<host>']` table
+/// per `hosts` entry in order, capabilities lower-cased without the
+/// `HOST_CAPABILITY_` prefix, `dialTimeout` as `dial_timeout`). Any key this
+/// does not translate fails the test rather than being dropped. Returns the
+/// directory for `--hosts-dir`.
+#[allow(dead_code)] // until `wharf node-config gke` is merged
+fn gke_hosts_dir(yaml: &str, dir: &Path) -> PathBuf {
+    require(&["python3"]);
+    const TRANSLATE: &str = r#"
+import os, sys, yaml
+doc = yaml.safe_load(sys.stdin)
+out = sys.argv[1]
+assert set(doc) == {"registryHosts"}, doc.keys()
+def q(s):
+    assert "'" not in s and "\n" not in s, s
+    return "'" + s + "'"
+for entry in doc["registryHosts"]:
+    assert set(entry) <= {"server", "hosts"}, entry.keys()
+    server = entry["server"]
+    lines = ["server = " + q(server), "", "[host]"]
+    for h in entry["hosts"]:
+        assert set(h) <= {"host", "capabilities", "dialTimeout"}, h.keys()
+        lines.append("  [host." + q(h["host"]) + "]")
+        caps = [c.removeprefix("HOST_CAPABILITY_").lower() for c in h.get("capabilities", [])]
+        if caps:
+            lines.append("    capabilities = [" + ", ".join(q(c) for c in caps) + "]")
+        if "dialTimeout" in h:
+            lines.append("    dial_timeout = " + q(h["dialTimeout"]))
+    os.makedirs(os.path.join(out, server))
+    with open(os.path.join(out, server, "hosts.toml"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+"#;
+    let hosts = dir.join("hosts.d");
+    let mut child = Command::new("python3")
+        .args(["-c", TRANSLATE])
+        .arg(&hosts)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "translating GKE's file:\n{yaml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hosts
+}
+
+#[test]
+fn containerd_runs_the_image_as_the_daemonset_would_and_pulls_go_through_it() {
+    require(&["containerd", "ctr", "runc", "curl", "socat"]);
+    let rt = runtime();
+    let up = Upstream::start(Auth::None, &rt);
+    up.push("small", "library/test:1", None, false);
+    up.push("multi", "library/multi:1", None, true);
+    up.push("large", "library/big:1", None, false);
+    up.push("ev1", "library/other:1", None, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let (built, _) = build(&tmp.path().join("image"), &[]);
+
+    let mut ns = Netns::isolated();
+    ns.relay_at("127.0.0.1", up.port, up.addr(), tmp.path());
+
+    // The node's containerd, with wharf's image imported.
+    let node = Containerd::start_for_containers_in(&ns, &tmp.path().join("node"));
+    let (ok, out) = node.import(&built.out.join("wharf.oci.tar"));
+    assert!(ok, "ctr images import: {out}");
+    let (_, images) = node.ctr(&["images", "ls"]);
+    assert!(
+        images.contains(&built.name) && images.contains(&built.digest),
+        "{images}"
+    );
+
+    // The cache on a host directory owned by wharf's user (the DaemonSet's
+    // hostPath), the config read-only.
+    let cache = tmp.path().join("var-lib-wharf");
+    std::fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::chown(&cache, Some(WHARF_UID), Some(WHARF_UID)).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = tmp.path().join("etc-wharf/config.toml");
+    std::fs::create_dir(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{WHARF_PORT}\"\nadmin_listen = \"127.0.0.1:{ADMIN_PORT}\"\nplain_http = true\nshutdown_grace = \"5s\"\n\
+             [cache]\ndir = \"/var/lib/wharf\"\n\
+             [[upstream]]\nname = \"hub\"\nurl = \"http://localhost:{}\"\naliases = [\"docker.io\"]\n",
+            up.port
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let wharf = start_wharf(&node, &ns, tmp.path(), &built.name, &cache, &config);
+
+    // As the DaemonSet's securityContext says: uid and gid 65532, no
+    // capabilities, no new privileges, seccomp, a read-only root.
+    for field in ["Uid", "Gid"] {
+        let ids = wharf.proc_status(field);
+        assert!(
+            ids.split_whitespace().all(|i| i == WHARF_UID.to_string()),
+            "{field}: {ids}"
+        );
+    }
+    assert_eq!(wharf.proc_status("CapEff"), "0000000000000000");
+    assert_eq!(wharf.proc_status("CapPrm"), "0000000000000000");
+    assert_eq!(wharf.proc_status("NoNewPrivs"), "1");
+    assert_eq!(wharf.proc_status("Seccomp"), "2");
+    let mountinfo = wharf.mountinfo();
+    let root = mountinfo
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f[4] == "/")
+        .expect("a root mount");
+    assert!(
+        root[5].split(',').any(|o| o == "ro"),
+        "root is read-only: {root:?}"
+    );
+
+    // A second containerd on the node, configured by hosts.toml, pulls
+    // through wharf: a single-platform image, an index, a 64 MiB layer, at
+    // once.
+    let hosts = hosts_by_hand(tmp.path(), up.port);
+    let puller = Containerd::start_in(&ns, &tmp.path().join("puller"));
+    let hosts_arg = hosts.to_str().unwrap();
+    let pulls = [
+        [
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts_arg,
+            "docker.io/library/test:1",
+        ],
+        [
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts_arg,
+            "docker.io/library/multi:1",
+        ],
+        [
+            "content",
+            "fetch",
+            "--hosts-dir",
+            hosts_arg,
+            "docker.io/library/big:1",
+        ],
+    ];
+    let p = &puller;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pulls
+            .iter()
+            .map(|args| s.spawn(move || (args, p.ctr(args))))
+            .collect();
+        for h in handles {
+            let (args, (ok, out)) = h.join().unwrap();
+            assert!(ok, "ctr {args:?}: {out}\nwharf:\n{}", wharf.log());
+        }
+    });
+    // The pulls went to wharf (routed by ?ns=docker.io: it has no default
+    // upstream), and wharf fetched from the upstream; containerd itself
+    // never reached the upstream.
+    let m = metrics(&ns);
+    let blob_misses = metric_value(
+        &m,
+        "wharf_cache_results_total{endpoint=\"blob\",result=\"miss\"}",
+    );
+    // test:1 and multi:1 (amd64) share their config and layer; big:1 has
+    // its own: four blobs.
+    assert!(blob_misses >= 4.0, "{m}");
+    assert!(
+        metric_value(
+            &m,
+            "wharf_requests_total{endpoint=\"manifest\",method=\"HEAD\",status=\"200\"}"
+        ) >= 3.0,
+        "{m}"
+    );
+    let by_wharf = upstream_requests_by(&up, "wharf/");
+    assert!(
+        by_wharf
+            .iter()
+            .any(|r| r.starts_with("GET /v2/library/big/blobs/")),
+        "{by_wharf:?}"
+    );
+    let by_containerd = upstream_requests_by(&up, "containerd/");
+    assert!(
+        by_containerd.is_empty(),
+        "containerd bypassed wharf: {by_containerd:?}"
+    );
+
+    // Memory under those pulls, for the DaemonSet's request = limit.
+    let hwm_kib: u64 = wharf
+        .proc_status("VmHWM")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    let cgroup_peak = wharf.memory_cgroup("memory.max_usage_in_bytes");
+    eprintln!(
+        "wharf container: VmHWM {} KiB, cgroup memory.max_usage_in_bytes {:?} (limit {} MiB)",
+        hwm_kib,
+        cgroup_peak,
+        MEMORY_LIMIT >> 20
+    );
+    assert!(hwm_kib * 1024 < MEMORY_LIMIT / 2, "VmHWM {hwm_kib} KiB");
+
+    // SIGTERM (the kubelet stopping the pod): wharf stops within its grace.
+    let cached = upstream_requests_by(&up, "wharf/").len();
+    assert!(
+        wharf.stop(Duration::from_secs(20)),
+        "wharf stopped on SIGTERM"
+    );
+
+    // With wharf gone, containerd falls back to the upstream (`server`) at
+    // once: nothing listens on the mirror's port, so each attempt is refused
+    // without waiting for a dial timeout (containerd's default is 30 s).
+    let started = Instant::now();
+    let (ok, out) = puller.pull(&hosts, "docker.io/library/other:1");
+    let fallback = started.elapsed();
+    assert!(ok, "fallback pull: {out}");
+    eprintln!("pull with wharf stopped (fallback to the upstream): {fallback:?}");
+    assert!(fallback < Duration::from_secs(10), "{fallback:?}");
+    let by_containerd = upstream_requests_by(&up, "containerd/");
+    assert!(
+        by_containerd
+            .iter()
+            .any(|r| r.starts_with("GET /v2/library/other/manifests/")),
+        "{by_containerd:?}"
+    );
+
+    // Started again on the same host directory: the cache is kept. A fresh
+    // containerd pulls test:1 again; every blob is a hit, the tag is within
+    // its TTL, and wharf asks the upstream nothing.
+    let wharf = start_wharf(&node, &ns, tmp.path(), &built.name, &cache, &config);
+    let fresh = Containerd::start_in(&ns, &tmp.path().join("fresh"));
+    let (ok, out) = fresh.pull(&hosts, "docker.io/library/test:1");
+    assert!(ok, "pull after the restart: {out}\n{}", wharf.log());
+    let m = metrics(&ns);
+    assert!(
+        metric_value(
+            &m,
+            "wharf_cache_results_total{endpoint=\"blob\",result=\"hit\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "wharf_cache_results_total{endpoint=\"blob\",result=\"miss\"}"
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        upstream_requests_by(&up, "wharf/").len(),
+        cached,
+        "no upstream request after the restart"
+    );
+    drop(wharf);
+}
