@@ -38,6 +38,9 @@
 //! - [`admin`]: the operator side: `/metrics`, `/healthz`, `/readyz` on the
 //!   admin listener, and the `wharf ls/du/rm/gc/pin` operations, run through
 //!   the running server's admin socket or on a cache no server holds.
+//! - [`nodeconfig`]: `wharf node-config`: the containerd configuration
+//!   (hosts.toml files, GKE's node-pool file) that sends a node's pulls
+//!   through its wharf; reads `config`, never the cache.
 //! - [`bundle`]: images carried across an air gap: the on-media format
 //!   (tar volumes forming an OCI layout, `bundle.json`), signing keys and
 //!   verification. Reads content through a `BlobSource`; never writes into
@@ -52,6 +55,7 @@ pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod mirror;
+pub mod nodeconfig;
 pub mod registry;
 pub mod secret;
 pub mod server;

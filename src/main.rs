@@ -116,6 +116,12 @@ enum Command {
         #[command(subcommand)]
         command: wharf::bundle::cli::BundleCommand,
     },
+    /// containerd configuration for a node running wharf: hosts.toml files
+    /// (hosts-dir), GKE's node-pool file (gke), the cache directory (cache-dir).
+    NodeConfig {
+        #[command(subcommand)]
+        command: wharf::nodeconfig::cli::NodeConfigCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -247,6 +253,7 @@ fn main() -> ExitCode {
             with_logs(|| wharf::admin::client::unpin(load(config)?, pattern))
         }
         Command::Bundle { command } => with_logs(|| bundle(command)),
+        Command::NodeConfig { command } => with_logs(|| wharf::nodeconfig::cli::run(command, load)),
         Command::Inventory {
             command: InventoryCommand::Export { config, out },
         } => with_logs(|| wharf::admin::client::inventory_export(load(config)?, out)),

@@ -15,6 +15,7 @@ mod harness;
 mod hostile;
 mod http_api;
 mod image;
+mod kubernetes;
 mod observability;
 mod pull;
 mod redirect;
