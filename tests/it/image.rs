@@ -28,14 +28,11 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// Where wharf listens in the namespace (the DaemonSet's hostNetwork ports).
-const WHARF_PORT: u16 = 5000;
-const ADMIN_PORT: u16 = 9090;
 /// wharf's user in the image (and the DaemonSet's runAsUser/runAsGroup).
 const WHARF_UID: u32 = 65532;
-/// The container's memory limit, as the DaemonSet's request = limit: the
-/// pulls below must pass inside it.
-const MEMORY_LIMIT: u64 = 256 << 20;
+/// The container's memory limit: the DaemonSet's request = limit
+/// (`deploy/kubernetes/daemonset.yaml`), inside which the pulls below run.
+const MEMORY_LIMIT: u64 = 512 << 20;
 
 /// An image `scripts/build-image.sh` wrote.
 struct Built {
@@ -283,15 +280,41 @@ fn upstream_requests_by(up: &Upstream, agent: &str) -> Vec<String> {
         .collect()
 }
 
-/// `/metrics` of the wharf in `ns`, from its admin listener.
-fn metrics(ns: &Netns) -> String {
-    let (ok, out) = ns.curl(&[&format!("http://127.0.0.1:{ADMIN_PORT}/metrics")]);
-    assert!(ok, "{out}");
-    out
+/// The DaemonSet's wharf configuration (its ConfigMap,
+/// `deploy/kubernetes/config.toml`) with the test upstream in place of its
+/// `[[upstream]]` blocks: Docker Hub's aliases, no `default`, so only
+/// containerd's `?ns=` routes to it. Returns the text and its registry and
+/// admin ports.
+fn daemonset_config(upstream_port: u16) -> (String, u16, u16) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/config.toml"
+    ))
+    .unwrap();
+    let (server, _) = text
+        .split_once("\n[[upstream]]")
+        .expect("the DaemonSet's config has [[upstream]] blocks");
+    let port = |key: &str| -> u16 {
+        let line = server
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in the DaemonSet's config"));
+        let addr = line.split('"').nth(1).unwrap();
+        addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    };
+    let (listen, admin) = (port("listen"), port("admin_listen"));
+    let config = format!(
+        "{server}\n[[upstream]]\nname = \"hub\"\nurl = \"http://localhost:{upstream_port}\"\naliases = [\"docker.io\"]\n"
+    );
+    (config, listen, admin)
 }
 
-/// The node's wharf container, started from `image` and waited for: its
-/// admin listener answers /readyz.
+/// The node's wharf as the DaemonSet runs it: `ctr run` of `image` with the
+/// namespace's network (hostNetwork), uid 65532 from the image, a read-only
+/// root, ctr's default seccomp profile (RuntimeDefault), the DaemonSet's
+/// memory limit, the cache a host directory, the config directory mounted
+/// read-only over /etc/wharf (the ConfigMap volume). Waits until its admin
+/// listener answers /readyz.
 fn start_wharf<'a>(
     ctd: &'a Containerd,
     ns: &Netns,
@@ -299,13 +322,13 @@ fn start_wharf<'a>(
     image: &str,
     cache: &Path,
     config: &Path,
+    admin: u16,
 ) -> Container<'a> {
     let memory = MEMORY_LIMIT.to_string();
     let cache_mount = format!(
         "type=bind,src={},dst=/var/lib/wharf,options=rbind:rw",
         cache.display()
     );
-    // A directory, as the DaemonSet mounts its ConfigMap over /etc/wharf.
     let config_mount = format!(
         "type=bind,src={},dst=/etc/wharf,options=rbind:ro",
         config.parent().unwrap().display()
@@ -337,7 +360,7 @@ fn start_wharf<'a>(
                 "/dev/null",
                 "-w",
                 "%{http_code}",
-                &format!("http://127.0.0.1:{ADMIN_PORT}/readyz"),
+                &format!("http://127.0.0.1:{admin}/readyz"),
             ]);
             ok && out.trim() == "200"
         },
@@ -345,90 +368,75 @@ fn start_wharf<'a>(
     c
 }
 
-/// `hosts.toml` for docker.io: wharf first, the (test) upstream as `server`.
-/// Written by hand until `wharf node-config hosts-dir` exists.
-fn hosts_by_hand(dir: &Path, upstream_port: u16) -> PathBuf {
-    let hosts = dir.join("hosts");
-    std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
-    std::fs::write(
-        hosts.join("docker.io/hosts.toml"),
-        format!(
-            "server = \"http://localhost:{upstream_port}\"\n[host.\"http://127.0.0.1:{WHARF_PORT}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"1s\"\n"
-        ),
-    )
-    .unwrap();
+/// `wharf node-config ARGS --config CONFIG` on the host: its output.
+fn node_config(args: &[&str], config: &Path) -> String {
+    run(Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("node-config")
+        .args(args)
+        .arg("--config")
+        .arg(config))
+}
+
+/// GKE's node-pool file (`wharf node-config gke`) turned into the hosts.toml
+/// files GKE writes on each node, by `tests/it/gke_hosts.py` (the
+/// Kubernetes tests' reading of it, which cites Google's documents).
+fn gke_hosts_dir(config: &Path, dir: &Path) -> PathBuf {
+    require(&["python3"]);
+    let yaml = node_config(&["gke"], config);
+    let file = dir.join("containerd-config.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let hosts = dir.join("hosts.d");
+    run(Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/gke_hosts.py"
+        ))
+        .arg(&file)
+        .arg(&hosts));
     hosts
 }
 
-/// GKE's node-pool file (`wharf node-config gke`) turned into the
-/// `hosts.toml` files GKE writes on each node (research notes §1.5, from
-/// Google's k8s-node-tools README: `/etc/containerd/hosts.d/<server>/hosts.toml`
-/// holding `server = '<server>'` as given, then one `[host.'<host>']` table
-/// per `hosts` entry in order, capabilities lower-cased without the
-/// `HOST_CAPABILITY_` prefix, `dialTimeout` as `dial_timeout`). Any key this
-/// does not translate fails the test rather than being dropped. Returns the
-/// directory for `--hosts-dir`.
-#[allow(dead_code)] // until `wharf node-config gke` is merged
-fn gke_hosts_dir(yaml: &str, dir: &Path) -> PathBuf {
-    require(&["python3"]);
-    const TRANSLATE: &str = r#"
-import os, sys, yaml
-doc = yaml.safe_load(sys.stdin)
-out = sys.argv[1]
-assert set(doc) == {"registryHosts"}, doc.keys()
-def q(s):
-    assert "'" not in s and "\n" not in s, s
-    return "'" + s + "'"
-for entry in doc["registryHosts"]:
-    assert set(entry) <= {"server", "hosts"}, entry.keys()
-    server = entry["server"]
-    lines = ["server = " + q(server), "", "[host]"]
-    for h in entry["hosts"]:
-        assert set(h) <= {"host", "capabilities", "dialTimeout"}, h.keys()
-        lines.append("  [host." + q(h["host"]) + "]")
-        caps = [c.removeprefix("HOST_CAPABILITY_").lower() for c in h.get("capabilities", [])]
-        if caps:
-            lines.append("    capabilities = [" + ", ".join(q(c) for c in caps) + "]")
-        if "dialTimeout" in h:
-            lines.append("    dial_timeout = " + q(h["dialTimeout"]))
-    os.makedirs(os.path.join(out, server))
-    with open(os.path.join(out, server, "hosts.toml"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-"#;
-    let hosts = dir.join("hosts.d");
-    let mut child = Command::new("python3")
-        .args(["-c", TRANSLATE])
-        .arg(&hosts)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+/// Pulls `image` with `ctd` and `hosts`, with wharf stopped: it must come
+/// from the upstream (containerd's own requests) within `bound`.
+fn falls_back(ctd: &Containerd, hosts: &Path, image: &str, up: &Upstream) -> Duration {
+    let repo = image
+        .trim_start_matches("docker.io/")
+        .split(':')
+        .next()
         .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let started = Instant::now();
+    let (ok, out) = ctd.pull(hosts, image);
+    let took = started.elapsed();
+    assert!(ok, "pull of {image} with wharf stopped: {out}");
+    let by_containerd = upstream_requests_by(up, "containerd/");
     assert!(
-        out.status.success(),
-        "translating GKE's file:\n{yaml}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        by_containerd
+            .iter()
+            .any(|r| r.starts_with(&format!("GET /v2/{repo}/manifests/"))),
+        "{image} from the upstream: {by_containerd:?}"
     );
-    hosts
+    took
 }
 
 #[test]
 fn containerd_runs_the_image_as_the_daemonset_would_and_pulls_go_through_it() {
     require(&["containerd", "ctr", "runc", "curl", "socat"]);
+    let daemonset = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/daemonset.yaml"
+    ))
+    .unwrap();
+    assert!(
+        daemonset.contains(&format!("memory: {}Mi", MEMORY_LIMIT >> 20)),
+        "MEMORY_LIMIT is the DaemonSet's"
+    );
     let rt = runtime();
     let up = Upstream::start(Auth::None, &rt);
     up.push("small", "library/test:1", None, false);
     up.push("multi", "library/multi:1", None, true);
     up.push("large", "library/big:1", None, false);
     up.push("ev1", "library/other:1", None, false);
+    up.push("ev2", "library/another:1", None, false);
     let tmp = tempfile::tempdir().unwrap();
     let (built, _) = build(&tmp.path().join("image"), &[]);
 
@@ -445,27 +453,20 @@ fn containerd_runs_the_image_as_the_daemonset_would_and_pulls_go_through_it() {
         "{images}"
     );
 
-    // The cache on a host directory owned by wharf's user (the DaemonSet's
-    // hostPath), the config read-only.
+    // The cache on a host directory owned by wharf's user (what the
+    // DaemonSet's init container, `wharf node-config cache-dir`, does), the
+    // DaemonSet's config with the test upstream.
     let cache = tmp.path().join("var-lib-wharf");
     std::fs::create_dir(&cache).unwrap();
     std::os::unix::fs::chown(&cache, Some(WHARF_UID), Some(WHARF_UID)).unwrap();
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
     let config = tmp.path().join("etc-wharf/config.toml");
     std::fs::create_dir(config.parent().unwrap()).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{WHARF_PORT}\"\nadmin_listen = \"127.0.0.1:{ADMIN_PORT}\"\nplain_http = true\nshutdown_grace = \"5s\"\n\
-             [cache]\ndir = \"/var/lib/wharf\"\n\
-             [[upstream]]\nname = \"hub\"\nurl = \"http://localhost:{}\"\naliases = [\"docker.io\"]\n",
-            up.port
-        ),
-    )
-    .unwrap();
+    let (text, port, admin) = daemonset_config(up.port);
+    std::fs::write(&config, text).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let wharf = start_wharf(&node, &ns, tmp.path(), &built.name, &cache, &config);
+    let wharf = start_wharf(&node, &ns, tmp.path(), &built.name, &cache, &config, admin);
 
     // As the DaemonSet's securityContext says: uid and gid 65532, no
     // capabilities, no new privileges, seccomp, a read-only root.
@@ -491,10 +492,16 @@ fn containerd_runs_the_image_as_the_daemonset_would_and_pulls_go_through_it() {
         "root is read-only: {root:?}"
     );
 
-    // A second containerd on the node, configured by hosts.toml, pulls
-    // through wharf: a single-platform image, an index, a 64 MiB layer, at
-    // once.
-    let hosts = hosts_by_hand(tmp.path(), up.port);
+    // A second containerd on the node, configured exactly by `wharf
+    // node-config hosts-dir`, pulls through wharf: a single-platform image,
+    // an index, a 64 MiB layer, at once.
+    let hosts = tmp.path().join("certs.d");
+    node_config(&["hosts-dir", hosts.to_str().unwrap()], &config);
+    let docker_io = std::fs::read_to_string(hosts.join("docker.io/hosts.toml")).unwrap();
+    assert!(
+        docker_io.contains(&format!("\"http://127.0.0.1:{port}\"")),
+        "{docker_io}"
+    );
     let puller = Containerd::start_in(&ns, &tmp.path().join("puller"));
     let hosts_arg = hosts.to_str().unwrap();
     let pulls = [
@@ -534,21 +541,19 @@ fn containerd_runs_the_image_as_the_daemonset_would_and_pulls_go_through_it() {
     // The pulls went to wharf (routed by ?ns=docker.io: it has no default
     // upstream), and wharf fetched from the upstream; containerd itself
     // never reached the upstream.
-    let m = metrics(&ns);
-    let blob_misses = metric_value(
-        &m,
-        "wharf_cache_results_total{endpoint=\"blob\",result=\"miss\"}",
-    );
+    let metrics = || {
+        let (ok, out) = ns.curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+        assert!(ok, "{out}");
+        out
+    };
+    let m = metrics();
+    let heads = "wharf_requests_total{endpoint=\"manifest\",method=\"HEAD\",status=\"200\"}";
+    let blob_misses = "wharf_cache_results_total{endpoint=\"blob\",result=\"miss\"}";
+    let blob_hits = "wharf_cache_results_total{endpoint=\"blob\",result=\"hit\"}";
     // test:1 and multi:1 (amd64) share their config and layer; big:1 has
     // its own: four blobs.
-    assert!(blob_misses >= 4.0, "{m}");
-    assert!(
-        metric_value(
-            &m,
-            "wharf_requests_total{endpoint=\"manifest\",method=\"HEAD\",status=\"200\"}"
-        ) >= 3.0,
-        "{m}"
-    );
+    assert!(metric_value(&m, blob_misses) >= 4.0, "{m}");
+    assert!(metric_value(&m, heads) >= 3.0, "{m}");
     let by_wharf = upstream_requests_by(&up, "wharf/");
     assert!(
         by_wharf
@@ -576,55 +581,50 @@ fn containerd_runs_the_image_as_the_daemonset_would_and_pulls_go_through_it() {
         cgroup_peak,
         MEMORY_LIMIT >> 20
     );
-    assert!(hwm_kib * 1024 < MEMORY_LIMIT / 2, "VmHWM {hwm_kib} KiB");
+    assert!(hwm_kib * 1024 < MEMORY_LIMIT / 4, "VmHWM {hwm_kib} KiB");
+
+    // GKE's node-pool file, rendered into hosts.toml as GKE does: another
+    // containerd pulls test:1 through wharf with it.
+    let gke = gke_hosts_dir(&config, tmp.path());
+    let gke_node = Containerd::start_in(&ns, &tmp.path().join("gke"));
+    let before = metric_value(&metrics(), heads);
+    let (ok, out) = gke_node.pull(&gke, "docker.io/library/test:1");
+    assert!(ok, "pull with GKE's hosts.toml: {out}");
+    assert_eq!(metric_value(&metrics(), heads), before + 1.0);
+    let by_containerd = upstream_requests_by(&up, "containerd/");
+    assert!(
+        by_containerd.is_empty(),
+        "containerd bypassed wharf: {by_containerd:?}"
+    );
 
     // SIGTERM (the kubelet stopping the pod): wharf stops within its grace.
     let cached = upstream_requests_by(&up, "wharf/").len();
     assert!(
-        wharf.stop(Duration::from_secs(20)),
+        wharf.stop(Duration::from_secs(30)),
         "wharf stopped on SIGTERM"
     );
 
-    // With wharf gone, containerd falls back to the upstream (`server`) at
-    // once: nothing listens on the mirror's port, so each attempt is refused
-    // without waiting for a dial timeout (containerd's default is 30 s).
-    let started = Instant::now();
-    let (ok, out) = puller.pull(&hosts, "docker.io/library/other:1");
-    let fallback = started.elapsed();
-    assert!(ok, "fallback pull: {out}");
-    eprintln!("pull with wharf stopped (fallback to the upstream): {fallback:?}");
-    assert!(fallback < Duration::from_secs(10), "{fallback:?}");
-    let by_containerd = upstream_requests_by(&up, "containerd/");
-    assert!(
-        by_containerd
-            .iter()
-            .any(|r| r.starts_with("GET /v2/library/other/manifests/")),
-        "{by_containerd:?}"
+    // With wharf gone, containerd falls back to the upstream at once, with
+    // either configuration: nothing listens on the mirror's port, so each
+    // attempt is refused without waiting for a dial timeout (containerd's
+    // default is 30 s; 1.6 ignores dial_timeout, which came in 2.1).
+    let took = falls_back(&puller, &hosts, "docker.io/library/other:1", &up);
+    let took_gke = falls_back(&gke_node, &gke, "docker.io/library/another:1", &up);
+    eprintln!(
+        "pulls with wharf stopped, from the upstream: {took:?} (hosts-dir), {took_gke:?} (GKE)"
     );
+    assert!(took < Duration::from_secs(10) && took_gke < Duration::from_secs(10));
 
     // Started again on the same host directory: the cache is kept. A fresh
     // containerd pulls test:1 again; every blob is a hit, the tag is within
     // its TTL, and wharf asks the upstream nothing.
-    let wharf = start_wharf(&node, &ns, tmp.path(), &built.name, &cache, &config);
+    let wharf = start_wharf(&node, &ns, tmp.path(), &built.name, &cache, &config, admin);
     let fresh = Containerd::start_in(&ns, &tmp.path().join("fresh"));
     let (ok, out) = fresh.pull(&hosts, "docker.io/library/test:1");
     assert!(ok, "pull after the restart: {out}\n{}", wharf.log());
-    let m = metrics(&ns);
-    assert!(
-        metric_value(
-            &m,
-            "wharf_cache_results_total{endpoint=\"blob\",result=\"hit\"}"
-        ) >= 2.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric_value(
-            &m,
-            "wharf_cache_results_total{endpoint=\"blob\",result=\"miss\"}"
-        ),
-        0.0,
-        "{m}"
-    );
+    let m = metrics();
+    assert!(metric_value(&m, blob_hits) >= 2.0, "{m}");
+    assert_eq!(metric_value(&m, blob_misses), 0.0, "{m}");
     assert_eq!(
         upstream_requests_by(&up, "wharf/").len(),
         cached,
