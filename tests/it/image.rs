@@ -10,16 +10,28 @@
 //! The containerd test runs everything inside a network namespace with only
 //! `lo` ([`Netns::isolated`]): the node's containerd runs the image with
 //! `ctr run --net-host` (hostNetwork), as uid 65532 with a read-only root
-//! filesystem, no capabilities and the default seccomp profile, the cache a
-//! host directory owned by 65532 and the config file mounted read-only;
-//! wharf listens on 127.0.0.1 in plain HTTP. A second containerd, configured
-//! by `hosts.toml` files, pulls through it with `?ns=` routing (the
-//! upstream block has no `default`, so nothing else can route). The
+//! filesystem, no capabilities, no new privileges, the default seccomp
+//! profile and the DaemonSet's memory limit, the cache a host directory
+//! owned by 65532, and the DaemonSet's own config (`deploy/kubernetes/
+//! config.toml`, its `[[upstream]]` blocks replaced by the test upstream)
+//! mounted read-only over /etc/wharf as its ConfigMap is: wharf listens on
+//! 127.0.0.1 in plain HTTP. A second containerd, configured exactly by
+//! `wharf node-config hosts-dir`, then a third by GKE's node-pool file
+//! (`wharf node-config gke`, rendered into hosts.toml by
+//! `tests/it/gke_hosts.py` as GKE does), pull through it with `?ns=` routing
+//! (the upstream block has no `default`, so nothing else can route), and
+//! fall back to the upstream while the container is stopped; started again
+//! on the same directory, wharf serves what it had from its cache. The
 //! upstream is a CNCF distribution registry on the host, relayed into the
 //! namespace at `localhost:PORT`: wharf reaches it by name, through glibc's
-//! resolver and the `/etc/hosts` the container is given, which is what a
-//! static build would break. Nothing can reach a real registry: the
-//! namespace has no route out, and every fallback is the test upstream.
+//! resolver and the `/etc/hosts` the container is given (the host's, as
+//! `--net-host` and a hostNetwork pod get), which a static glibc build would
+//! break. Nothing can reach a real registry: the namespace has no route out,
+//! and every fallback is the test upstream.
+//!
+//! It prints the container's peak RSS (VmHWM) and its memory cgroup's peak
+//! under the pulls (`--no-capture`); `WHARF_IMAGE_BINARY=target/release/wharf`
+//! measures the release build instead.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -336,7 +348,8 @@ fn start_wharf<'a>(
     let c = ctd.run(
         dir,
         image,
-        "wharf",
+        // Unique on the host: runc names the cgroup /test/<id>.
+        &ns.name,
         &[
             "--read-only",
             "--seccomp",
