@@ -15,6 +15,8 @@ pkgs=(
   docker.io iproute2 util-linux   # dockerd (registry-mirrors) in a network namespace
   g++               # libFuzzer (C++), built by libfuzzer-sys for scripts/fuzz.sh
   python3 python3-venv  # scripts/py-deps.sh: kubernetes-validate in target/venv (tests/it/kubernetes.rs)
+  runc binutils python3-yaml  # wharf's image (scripts/build-image.sh: objcopy,
+                    # the index's name) run by ctr; GKE's node-pool file read in tests/it/image.rs
 )
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),

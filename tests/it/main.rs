@@ -14,6 +14,7 @@ mod h1;
 mod harness;
 mod hostile;
 mod http_api;
+mod image;
 mod kubernetes;
 mod observability;
 mod pull;

@@ -30,7 +30,8 @@
 //! - [`netns`]: [`Netns`], a network namespace with no route anywhere (an
 //!   air-gapped site), commands run inside it.
 //! - [`dockerd`], [`containerd`]: [`Dockerd`] (in a namespace only) and
-//!   [`Containerd`] (either), private daemons and their clients;
+//!   [`Containerd`] (either), private daemons and their clients, and a
+//!   [`Container`] containerd runs (wharf's image);
 //!   [`hosts_dir`] for `ctr --hosts-dir`.
 
 mod clients;
@@ -49,7 +50,7 @@ mod wharf;
 pub use self::clients::{
     dir_contents, registries_conf, registries_conf_for, skopeo_to_dir, Skopeo,
 };
-pub use self::containerd::{hosts_dir, Containerd};
+pub use self::containerd::{hosts_dir, Container, Containerd};
 pub use self::dockerd::Dockerd;
 pub use self::honest::{Honest, HONEST_DEADLINE};
 pub use self::hostile_upstream::{Answer, HostileUpstream, Seen};

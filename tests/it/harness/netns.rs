@@ -75,8 +75,14 @@ impl Netns {
     /// Opens a hole: `SITE_IP:port` in the namespace is relayed to `target` on
     /// the host, through a unix socket made in `dir` (socat on both sides).
     pub fn relay(&mut self, port: u16, target: SocketAddr, dir: &Path) {
+        self.relay_at(SITE_IP, port, target, dir)
+    }
+
+    /// [`Netns::relay`] listening at `ip:port` in the namespace (127.0.0.1:
+    /// a host that only a name in `/etc/hosts`, `localhost`, reaches).
+    pub fn relay_at(&mut self, ip: &str, port: u16, target: SocketAddr, dir: &Path) {
         require(&["socat"]);
-        let sock = dir.join(format!("relay-{port}.sock"));
+        let sock = dir.join(format!("relay-{ip}-{port}.sock"));
         self.relays.push(
             Command::new("socat")
                 .arg(format!("UNIX-LISTEN:{},fork,unlink-early", sock.display()))
@@ -92,13 +98,13 @@ impl Netns {
         );
         self.relays.push(
             self.command("socat")
-                .arg(format!("TCP-LISTEN:{port},bind={SITE_IP},fork,reuseaddr"))
+                .arg(format!("TCP-LISTEN:{port},bind={ip},fork,reuseaddr"))
                 .arg(format!("UNIX-CONNECT:{}", sock.display()))
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
         );
-        self.wait_listening(&format!("{SITE_IP}:{port}"));
+        self.wait_listening(&format!("{ip}:{port}"));
     }
 
     /// Waits (at most 20 s) until something in the namespace accepts TCP
