@@ -14,6 +14,7 @@ pkgs=(
   openssl socat curl ca-certificates bc
   docker.io iproute2 util-linux   # dockerd (registry-mirrors) in a network namespace
   g++               # libFuzzer (C++), built by libfuzzer-sys for scripts/fuzz.sh
+  systemd-container debootstrap  # a real systemd (nspawn --boot) for tests/it/systemd.rs
 )
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),

@@ -18,5 +18,6 @@ mod observability;
 mod pull;
 mod redirect;
 mod site;
+mod systemd;
 mod tls;
 mod upstream_auth;
