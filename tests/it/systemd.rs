@@ -445,3 +445,46 @@ fn the_debian_package_runs_under_a_real_systemd() {
     );
     eprintln!("whole scenario: {:?}", whole.elapsed());
 }
+
+/// wharf's side of `sd_notify` alone, against a notification socket the test
+/// holds (no systemd): `READY=1` with a status, `WATCHDOG=1` every half
+/// `WATCHDOG_USEC` while it serves, `STOPPING=1` at SIGTERM. (Without
+/// `NOTIFY_SOCKET`, as in every other test, it sends nothing.)
+#[test]
+fn wharf_sends_ready_watchdog_pings_and_stopping_to_the_notify_socket() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let body = format!(
+        "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:{}\"\ndefault = true\n",
+        crate::harness::DEAD_PORT
+    );
+    let mut w = crate::harness::Served::start_env(
+        tmp.path(),
+        "w",
+        &body,
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("400000")),
+        ],
+    );
+    assert_eq!(next(), "READY=1\nSTATUS=serving\n");
+    let (code, _) = w.get("/v2/");
+    assert_eq!(code, 200, "serving once ready");
+    for _ in 0..3 {
+        assert_eq!(next(), "WATCHDOG=1\n");
+    }
+    let status = w.terminate().expect("wharf was running");
+    assert!(status.success(), "{status}");
+    // Pings already sent may come first.
+    let stopping = (0..20).map(|_| next()).find(|m| m != "WATCHDOG=1\n");
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1\n"));
+}
