@@ -17,6 +17,7 @@ pkgs=(
   python3 python3-venv  # scripts/py-deps.sh: kubernetes-validate in target/venv (tests/it/kubernetes.rs)
   runc binutils python3-yaml  # wharf's image (scripts/build-image.sh: objcopy,
                     # the index's name) run by ctr; GKE's node-pool file read in tests/it/image.rs
+  systemd-container debootstrap  # a real systemd (nspawn --boot) for tests/it/systemd.rs
 )
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),

@@ -34,6 +34,8 @@
 //! - [`access`]: who may pull what through the mirror (networks, htpasswd and
 //!   token users, client certificates, per-upstream repository lists).
 //! - [`metrics`]: the Prometheus registry handed to the parts that count.
+//! - [`systemd`]: the service manager's side of `wharf serve`: ready,
+//!   stopping, and watchdog pings while a self-check passes.
 //! - [`watched`]: files re-read when they change (credentials, htpasswd).
 //! - [`admin`]: the operator side: `/metrics`, `/healthz`, `/readyz` on the
 //!   admin listener, and the `wharf ls/du/rm/gc/pin` operations, run through
@@ -60,6 +62,7 @@ pub mod registry;
 pub mod secret;
 pub mod server;
 pub mod sync;
+pub mod systemd;
 pub mod tls;
 pub mod trust;
 pub mod upstream;

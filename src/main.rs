@@ -516,13 +516,25 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         );
     }
     let operator = Operator::start(&config, &app).await?;
-    let served = wharf::server::run(
+    // Under systemd: READY=1 once the accept loop and the admin socket
+    // answer, STOPPING=1 at the signal, watchdog pings in between.
+    let (pulse, beats) = wharf::server::pulse();
+    let service = Arc::new(wharf::systemd::Service::start(wharf::systemd::SelfCheck {
+        pulse,
+        admin_socket: wharf::admin::socket_path(&config.cache_dir),
+    }));
+    let stopping = service.clone();
+    let served = wharf::server::run_with_pulse(
         listener,
         app,
         tls,
-        shutdown_signal(),
+        async move {
+            shutdown_signal().await;
+            stopping.stopping();
+        },
         config.shutdown_grace,
         config.server.clone(),
+        Some(beats),
     )
     .await;
     operator.stop().await;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::app::App;
@@ -40,6 +40,47 @@ pub struct Listener {
     /// Tells connections to stop between requests; closed when the last of
     /// them has ended (each holds a receiver in its `Shared`).
     stop: watch::Sender<bool>,
+    /// Requests from a [`Pulse`], answered by the accept loop.
+    pulse: Option<PulseReceiver>,
+}
+
+/// Asks the accept loop to prove it is alive (for systemd's watchdog): the
+/// loop answers between accepts and while it waits at the connection cap,
+/// so an answer means the runtime still polls it. A loop that is wedged, or
+/// has stopped, does not answer.
+#[derive(Clone)]
+pub struct Pulse(mpsc::Sender<oneshot::Sender<()>>);
+
+/// The accept loop's end of a [`Pulse`]; give it to [`super::run_with_pulse`].
+pub struct PulseReceiver(mpsc::Receiver<oneshot::Sender<()>>);
+
+/// A pulse and the receiver the accept loop answers through.
+pub fn pulse() -> (Pulse, PulseReceiver) {
+    let (tx, rx) = mpsc::channel(1);
+    (Pulse(tx), PulseReceiver(rx))
+}
+
+impl Pulse {
+    /// Whether the accept loop answered within `within`.
+    pub async fn beat(&self, within: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.0.send(tx).await.ok()?;
+            rx.await.ok()
+        };
+        matches!(tokio::time::timeout(within, asked).await, Ok(Some(())))
+    }
+}
+
+/// The next pulse request, or never without a receiver.
+async fn next_beat(p: &mut Option<PulseReceiver>) -> oneshot::Sender<()> {
+    match p {
+        Some(PulseReceiver(rx)) => match rx.recv().await {
+            Some(reply) => reply,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 impl Listener {
@@ -65,7 +106,14 @@ impl Listener {
                 metrics,
             },
             stop,
+            pulse: None,
         }
+    }
+
+    /// Answers `pulse`'s requests while accepting.
+    pub fn with_pulse(mut self, pulse: Option<PulseReceiver>) -> Listener {
+        self.pulse = pulse;
+        self
     }
 
     /// Accepts connections until `shutdown` completes.
@@ -74,6 +122,7 @@ impl Listener {
             return;
         };
         tokio::pin!(shutdown);
+        let mut pulse = self.pulse.take();
         let mut warned: Option<Instant> = None;
         let mut warned_address: Option<Instant> = None;
         loop {
@@ -90,6 +139,10 @@ impl Listener {
                     }
                     tokio::select! {
                         p = self.slots.clone().acquire_owned() => p.expect("never closed"),
+                        reply = next_beat(&mut pulse) => {
+                            let _ = reply.send(());
+                            continue;
+                        }
                         _ = &mut shutdown => break,
                     }
                 }
@@ -127,6 +180,9 @@ impl Listener {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                reply = next_beat(&mut pulse) => {
+                    let _ = reply.send(());
+                }
                 _ = &mut shutdown => break,
             }
         }

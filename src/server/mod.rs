@@ -36,6 +36,7 @@ use crate::tls::Tls;
 pub use body::Body;
 pub use error::RequestError;
 pub use limits::{Limits, PerAddress};
+pub use listener::{pulse, Pulse, PulseReceiver};
 pub use probes::{healthz, metrics as metrics_response, readyz};
 
 /// A complete body from bytes (for the admin endpoints).
@@ -59,10 +60,24 @@ pub async fn run(
     grace: Duration,
     limits: Limits,
 ) -> std::io::Result<()> {
+    run_with_pulse(listener, app, tls, shutdown, grace, limits, None).await
+}
+
+/// [`run`], with the accept loop answering `pulse` (the systemd watchdog's
+/// proof that it is alive).
+pub async fn run_with_pulse(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<Arc<Tls>>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: Limits,
+    pulse: Option<PulseReceiver>,
+) -> std::io::Result<()> {
     let maintenance = tls.as_ref().map(|t| t.spawn_maintenance());
     let upkeep = app.mirror.spawn_maintenance();
     let schedules = app.sync.spawn_schedules();
-    let mut l = listener::Listener::new(listener, app.clone(), tls, limits);
+    let mut l = listener::Listener::new(listener, app.clone(), tls, limits).with_pulse(pulse);
     l.accept_until(shutdown).await;
     l.drain(grace).await;
     if let Some(m) = maintenance {

@@ -252,8 +252,7 @@ pub fn default_names(listen: std::net::SocketAddr) -> Vec<String> {
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let h = h.trim().to_owned();
+    if let Some(h) = host_name() {
         if !h.is_empty() && !names.contains(&h) {
             names.push(h);
         }
@@ -263,6 +262,18 @@ pub fn default_names(listen: std::net::SocketAddr) -> Vec<String> {
         names.push(ip.to_string());
     }
     names
+}
+
+/// The host name, from gethostname(2): /proc/sys is hidden from the
+/// systemd unit (ProcSubset=pid), the system call is not.
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
 }
 
 #[cfg(test)]

@@ -20,5 +20,6 @@ mod observability;
 mod pull;
 mod redirect;
 mod site;
+mod systemd;
 mod tls;
 mod upstream_auth;

@@ -33,6 +33,8 @@
 //!   [`Containerd`] (either), private daemons and their clients, and a
 //!   [`Container`] containerd runs (wharf's image);
 //!   [`hosts_dir`] for `ctr --hosts-dir`.
+//! - [`nspawn`]: [`Nspawn`], a real systemd booted with `systemd-nspawn`
+//!   from a cached debootstrap root, with relays in and out.
 
 mod clients;
 mod containerd;
@@ -41,6 +43,7 @@ mod honest;
 mod hostile_upstream;
 mod metadata;
 mod netns;
+mod nspawn;
 mod ratelimit;
 mod registry;
 mod tamper;
@@ -56,6 +59,7 @@ pub use self::honest::{Honest, HONEST_DEADLINE};
 pub use self::hostile_upstream::{Answer, HostileUpstream, Seen};
 pub use self::metadata::MetadataServer;
 pub use self::netns::{Netns, SITE_IP};
+pub use self::nspawn::{root as nspawn_root, Nspawn, SHARED as NSPAWN_SHARED};
 pub use self::ratelimit::{throttled_relay, RateLimiter, Window};
 pub use self::registry::{Auth, Upstream};
 pub use self::tamper::{Length, Mangle, Tamper};
