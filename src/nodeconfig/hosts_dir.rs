@@ -18,7 +18,9 @@
 //!   so an init container that runs at every pod start keeps the operator's
 //!   original) and replaced by wharf's in one rename, so containerd finds
 //!   one file or the other whenever a run stops. Other files in
-//!   `DIR/<host>/` (certificates) stay where they are.
+//!   `DIR/<host>/` (certificates) stay where they are. A file someone wrote
+//!   over wharf's while a backup exists (configuration management) is
+//!   theirs: it stays, reported as kept, and the other hosts are written.
 //! - Anything in DIR that is not a regular file where a `hosts.toml` is
 //!   expected (a symlink, a FIFO) is someone else's and is never read or
 //!   written through; a host or backup directory that is a symlink is
@@ -57,8 +59,9 @@ pub struct Report {
     pub backed_up: Vec<PathBuf>,
     pub removed: Vec<PathBuf>,
     pub restored: Vec<PathBuf>,
-    /// Files without the marker, written over wharf's, that `--restore` left
-    /// in place (with wharf's backup of the original beside them).
+    /// Files without the marker, written over wharf's while a backup of the
+    /// original exists, that a run or `--restore` left in place (with the
+    /// backup beside them).
     pub kept: Vec<PathBuf>,
 }
 
@@ -87,7 +90,7 @@ pub fn write(dir: &Path, plan: &Plan, backup: bool) -> Result<Report, NodeConfig
     let mut report = Report::default();
     // Check everything first.
     real_dir_or_absent(&dir.join(BACKUP_DIR))?;
-    let mut to_back_up = HashSet::new();
+    let (mut to_back_up, mut keep) = (HashSet::new(), HashSet::new());
     for h in &plan.hosts {
         real_dir_or_absent(&dir.join(&h.host))?;
         real_dir_or_absent(&dir.join(BACKUP_DIR).join(&h.host))?;
@@ -103,19 +106,26 @@ pub fn write(dir: &Path, plan: &Plan, backup: bool) -> Result<Report, NodeConfig
             });
         }
         // A backup that is this very file (a hard link) is one an
-        // interrupted run made: carry on from there.
+        // interrupted run made: carry on from there. Another backup means
+        // someone (configuration management) wrote this file over wharf's
+        // since: theirs stays, with the original's backup, and the other
+        // hosts are still written. Failing would keep the init container,
+        // and so wharf, down on that node at every start.
         if exists(&saved)? && !same_file(&path, &saved)? {
-            return Err(NodeConfigError::BackupTaken {
-                path,
-                backup: saved,
-            });
+            keep.insert(h.host.as_str());
+            report.kept.push(path);
+            continue;
         }
         to_back_up.insert(h.host.as_str());
     }
     // Each file is replaced in one rename, after its backup was linked:
     // containerd finds either the operator's file or wharf's, never none,
     // whenever this run stops.
-    for h in &plan.hosts {
+    for h in plan
+        .hosts
+        .iter()
+        .filter(|h| !keep.contains(h.host.as_str()))
+    {
         let host_dir = dir.join(&h.host);
         fs::create_dir_all(&host_dir).map_err(NodeConfigError::io(&host_dir))?;
         let path = host_dir.join(FILE);
@@ -471,10 +481,22 @@ mod tests {
         assert!(r.backed_up.is_empty());
         assert_eq!(read(&saved), theirs);
 
-        // Someone replaced wharf's file while a backup exists: refused.
+        // Someone replaced wharf's file while a backup exists: theirs and
+        // the backup stay, the other hosts are written, and the run
+        // succeeds (an init container that failed here would keep wharf
+        // down on the node at every start).
         fs::write(hub.join(FILE), "server = \"https://x\"\n").unwrap();
-        let e = write(d.path(), &p, true).unwrap_err();
-        assert!(matches!(e, NodeConfigError::BackupTaken { .. }), "{e}");
+        let r = write(d.path(), &p, true).unwrap();
+        assert_eq!(r.kept, [hub.join(FILE)]);
+        assert!(r.backed_up.is_empty());
+        assert!(!r.written.contains(&hub.join(FILE)));
+        assert_eq!(read(&hub.join(FILE)), "server = \"https://x\"\n");
+        assert_eq!(read(&saved), theirs);
+        assert_eq!(
+            r.written.len(),
+            p.hosts.len() - 1,
+            "the other hosts are written"
+        );
         fs::write(hub.join(FILE), render(&p, &p.hosts[0])).unwrap();
 
         let r = restore(d.path()).unwrap();

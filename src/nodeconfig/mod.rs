@@ -82,8 +82,6 @@ pub enum NodeConfigError {
     },
     #[error("{path} exists and was not written by wharf: pass --backup to move it to {backup} (restored by --restore)")]
     Foreign { path: PathBuf, backup: PathBuf },
-    #[error("{path} was not written by wharf and {backup} already holds an earlier file: move one of them away")]
-    BackupTaken { path: PathBuf, backup: PathBuf },
     #[error("{path} is not a directory (a symlink or a file where wharf keeps a host's files): refusing to write through it")]
     NotADirectory { path: PathBuf },
     #[error("--owner {0:?}: expected UID:GID (numbers)")]

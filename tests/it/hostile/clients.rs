@@ -733,19 +733,7 @@ fn one_address_cannot_take_every_connection() {
 #[test]
 fn the_admin_listener_limits_connections_per_address() {
     let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    let dir = tempfile::tempdir().unwrap();
-    let admin = free_port();
-    let mut w = Served::spawn_with(
-        dir.path(),
-        "wharf",
-        &format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
-        &Wharf::hub_block(&up, false, dir.path()),
-        free_port(),
-    );
-    w.wait_ready();
-    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
-    wait_listening(admin, None);
+    let (_up, _dir, mut w, admin) = with_admin_listener(&rt, "127.0.0.1");
     let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
     let held: Vec<TcpStream> = (0..16).map(|_| held_from(&rt, attacker, admin)).collect();
     let started = Instant::now();
@@ -773,19 +761,7 @@ fn the_admin_listener_limits_connections_per_address() {
 #[test]
 fn the_admin_listener_cap_never_keeps_the_kubelets_probe_out() {
     let rt = runtime();
-    let up = Upstream::start(Auth::None, &rt);
-    let dir = tempfile::tempdir().unwrap();
-    let admin = free_port();
-    let mut w = Served::spawn_with(
-        dir.path(),
-        "wharf",
-        &format!("admin_listen = \"0.0.0.0:{admin}\"\n"),
-        &Wharf::hub_block(&up, false, dir.path()),
-        free_port(),
-    );
-    w.wait_ready();
-    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
-    wait_listening(admin, None);
+    let (_up, _dir, mut w, admin) = with_admin_listener(&rt, "0.0.0.0");
     let held: Vec<TcpStream> = (2..18)
         .flat_map(|last| {
             let from = std::net::Ipv4Addr::new(127, 0, 0, last);
@@ -812,6 +788,28 @@ fn the_admin_listener_cap_never_keeps_the_kubelets_probe_out() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(held);
     w.stop();
+}
+
+/// wharf with its admin listener on `ip` and a free port, ready; the
+/// listener's address on 127.0.0.1.
+fn with_admin_listener(
+    rt: &tokio::runtime::Runtime,
+    ip: &str,
+) -> (Upstream, tempfile::TempDir, Served, SocketAddr) {
+    let up = Upstream::start(Auth::None, rt);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut w = Served::spawn_with(
+        dir.path(),
+        "wharf",
+        &format!("admin_listen = \"{ip}:{port}\"\n"),
+        &Wharf::hub_block(&up, false, dir.path()),
+        free_port(),
+    );
+    w.wait_ready();
+    let admin: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_listening(admin, None);
+    (up, dir, w, admin)
 }
 
 /// A hostile upstream on loopback: `/v2/` answers 200, every blob GET a
