@@ -524,7 +524,7 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         admin_socket: wharf::admin::socket_path(&config.cache_dir),
     }));
     let stopping = service.clone();
-    let served = wharf::server::run_with_pulse(
+    let served = wharf::server::run(
         listener,
         app,
         tls,

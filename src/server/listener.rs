@@ -51,7 +51,7 @@ pub struct Listener {
 #[derive(Clone)]
 pub struct Pulse(mpsc::Sender<oneshot::Sender<()>>);
 
-/// The accept loop's end of a [`Pulse`]; give it to [`super::run_with_pulse`].
+/// The accept loop's end of a [`Pulse`]; give it to [`super::run`].
 pub struct PulseReceiver(mpsc::Receiver<oneshot::Sender<()>>);
 
 /// A pulse and the receiver the accept loop answers through.

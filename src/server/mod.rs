@@ -51,21 +51,9 @@ pub fn channel_body(rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish for up
 /// to `grace` and flushes metadata. With `tls`, every connection is TLS and the
-/// certificate is kept fresh in the background while serving.
+/// certificate is kept fresh in the background while serving. With `pulse`,
+/// the accept loop answers it (the systemd watchdog's proof that it is alive).
 pub async fn run(
-    listener: TcpListener,
-    app: Arc<App>,
-    tls: Option<Arc<Tls>>,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    limits: Limits,
-) -> std::io::Result<()> {
-    run_with_pulse(listener, app, tls, shutdown, grace, limits, None).await
-}
-
-/// [`run`], with the accept loop answering `pulse` (the systemd watchdog's
-/// proof that it is alive).
-pub async fn run_with_pulse(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<Arc<Tls>>,

@@ -98,16 +98,6 @@ impl Dockerd {
 impl Drop for Dockerd {
     fn drop(&mut self) {
         // SIGTERM lets dockerd stop the containerd it started.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let exited = poll_until(Duration::from_secs(20), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if exited.is_some() {
-            return;
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::terminate_or_kill(&mut self.child, Duration::from_secs(20));
     }
 }

@@ -230,6 +230,18 @@ pub fn poll_until<O: Outcome>(timeout: Duration, mut cond: impl FnMut() -> O) ->
     }
 }
 
+/// Clean-up of a long-lived child: SIGTERM (dockerd stops its containerd,
+/// nspawn powers its container off), up to `grace` to exit, then SIGKILL.
+pub fn terminate_or_kill(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    if poll_until(grace, || matches!(child.try_wait(), Ok(Some(_)))).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Waits (at most 20 s) until `addr` accepts TCP connections; panics at once
 /// if `child`, the process that should listen there, exits first.
 pub fn wait_listening(addr: SocketAddr, mut child: Option<&mut Child>) {

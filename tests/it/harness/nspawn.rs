@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
-use super::{eventually, free_port, poll_until, random_hex, require, run, try_run, wait_listening};
+use super::{eventually, free_port, random_hex, require, run, try_run, wait_listening};
 
 /// What the root holds beyond debootstrap's minbase: systemd as init, and
 /// the clients and relays tests run inside.
@@ -331,15 +331,6 @@ impl Drop for Nspawn {
             let _ = r.wait();
         }
         // nspawn turns SIGTERM into an orderly power-off of the container.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.nspawn.id().to_string()])
-            .status();
-        let stopped = poll_until(Duration::from_secs(30), || {
-            matches!(self.nspawn.try_wait(), Ok(Some(_)))
-        });
-        if stopped.is_none() {
-            let _ = self.nspawn.kill();
-            let _ = self.nspawn.wait();
-        }
+        super::terminate_or_kill(&mut self.nspawn, Duration::from_secs(30));
     }
 }

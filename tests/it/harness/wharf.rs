@@ -372,6 +372,7 @@ impl Wharf {
             },
             Duration::from_secs(5),
             config.server.clone(),
+            None,
         ));
         Wharf {
             addr,
