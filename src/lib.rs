@@ -43,6 +43,9 @@
 //! - [`nodeconfig`]: `wharf node-config`: the containerd configuration
 //!   (hosts.toml files, GKE's node-pool file) that sends a node's pulls
 //!   through its wharf; reads `config`, never the cache.
+//! - [`shared`]: the second tier on an object store the nodes of a fleet
+//!   share, and the leases that make one node fetch a cold blob for all;
+//!   below `mirror`, beside `cache` (it never touches the disk cache).
 //! - [`bundle`]: images carried across an air gap: the on-media format
 //!   (tar volumes forming an OCI layout, `bundle.json`), signing keys and
 //!   verification. Reads content through a `BlobSource`; never writes into
@@ -61,6 +64,7 @@ pub mod nodeconfig;
 pub mod registry;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod sync;
 pub mod systemd;
 pub mod tls;

@@ -222,7 +222,7 @@ fn password(
             check_mode: true,
         }
     } else if let Some(name) = c.password_credential {
-        systemd_credential(&name, &k)?
+        systemd_credential(&name, &k("password_credential"))?
     } else if let Some(var) = c.password_env {
         SecretSpec::Value(Secret::new(std::env::var(&var).map_err(|_| {
             invalid(
@@ -240,20 +240,20 @@ fn password(
     Ok(CredentialSpec::Password { username, password })
 }
 
-/// `$CREDENTIALS_DIRECTORY/<name>` (systemd's `LoadCredential=`).
-fn systemd_credential(name: &str, k: Key<'_>) -> Result<SecretSpec, ConfigError> {
+/// `$CREDENTIALS_DIRECTORY/<name>` (systemd's `LoadCredential=`); `key`
+/// names the field in errors.
+pub(super) fn systemd_credential(name: &str, key: &str) -> Result<SecretSpec, ConfigError> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
         invalid(
-            k("password_credential"),
+            key,
             "$CREDENTIALS_DIRECTORY is not set (LoadCredential= in the systemd unit sets it)",
         )
     })?;
     if name.is_empty() || name.contains('/') {
-        return Err(invalid(k("password_credential"), "give a credential name"));
+        return Err(invalid(key, "give a credential name"));
     }
     let path = PathBuf::from(dir).join(name);
-    std::fs::metadata(&path)
-        .map_err(|e| invalid(k("password_credential"), format!("{}: {e}", path.display())))?;
+    std::fs::metadata(&path).map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
     Ok(SecretSpec::File {
         path,
         check_mode: false,

@@ -32,6 +32,54 @@ pub struct FileConfig {
     pub sync: Vec<FileSync>,
     /// `[bundle]`: what bundle imports trust.
     pub bundle: Option<FileBundle>,
+    /// `[shared]`: a second tier on an object store the nodes share.
+    pub shared: Option<FileShared>,
+}
+
+/// `[shared]`: the shared tier.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileShared {
+    /// `s3://bucket/prefix` (AWS or any S3-compatible store) or
+    /// `gs://bucket/prefix` (GCS, natively).
+    pub url: String,
+    /// The S3 API's base URL for stores other than AWS (SeaweedFS, MinIO,
+    /// GCS's XML API at `https://storage.googleapis.com`).
+    pub endpoint: Option<String>,
+    /// The S3 region (default "us-east-1"; any value for most stores).
+    pub region: Option<String>,
+    /// A file holding the S3 access key id (chmod 600).
+    pub access_key_id_file: Option<PathBuf>,
+    /// An environment variable holding the S3 access key id.
+    pub access_key_id_env: Option<String>,
+    /// A systemd credential holding the S3 access key id.
+    pub access_key_id_credential: Option<String>,
+    /// A file holding the S3 secret access key (chmod 600).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// An environment variable holding the S3 secret access key.
+    pub secret_access_key_env: Option<String>,
+    /// A systemd credential holding the S3 secret access key.
+    pub secret_access_key_credential: Option<String>,
+    /// GCS: a service-account JSON key file (default: the GCE metadata
+    /// server's token for the node's service account).
+    pub service_account_file: Option<PathBuf>,
+    /// Upload what this node fetched from an upstream (default true).
+    pub write: Option<bool>,
+    /// How long a node's claim on a fill lasts unless renewed (default "30s").
+    pub lease_ttl: Option<String>,
+    /// The longest a node waits for another node's fill before fetching
+    /// itself (default "10m").
+    pub max_wait: Option<String>,
+    /// Deadline of one small request to the store: a lookup, a lease, the
+    /// head of a read (default "5s").
+    pub request_timeout: Option<String>,
+    /// After a failed request, the tier is left alone this long before it
+    /// is tried again (default "10s").
+    pub retry_after: Option<String>,
+    /// Memory for upload parts across all uploads (default "16MiB").
+    pub upload_memory: Option<String>,
+    /// Uploads at once (default 4); more wait their turn.
+    pub max_uploads: Option<usize>,
 }
 
 /// `[[sync]]`: one sync rule.
@@ -302,6 +350,9 @@ pub struct FileUpstream {
     /// be redirected to although the upstream is on a public address.
     #[serde(default)]
     pub redirect_hosts: Vec<String>,
+    /// Keep this upstream's content out of the shared tier (default true:
+    /// shared when a `[shared]` tier is configured).
+    pub shared: Option<bool>,
     /// The largest manifest read from this upstream (default "4MiB", the
     /// limit registries and containerd apply; at most "32MiB").
     pub max_manifest_size: Option<String>,

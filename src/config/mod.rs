@@ -17,6 +17,8 @@
 //! - `sync.rs`: `[[sync]]`, `[[sync.repo]]` → [`SyncRule`] (rule names,
 //!   the upstream, schedule, platforms, tag filters);
 //! - `bundle.rs`: `[bundle]` → [`BundleSettings`];
+//! - `shared.rs`: `[shared]` → `crate::shared::SharedSettings` (the store,
+//!   its credentials, leases, upload memory);
 //! - `values.rs`: durations, sizes, relative paths, private secret files.
 //!
 //! Errors name the key (`upstream[0].credentials.password_file: ...`) and never
@@ -31,6 +33,7 @@ mod cache;
 mod credentials;
 mod file;
 mod server;
+mod shared;
 mod sync;
 mod tls;
 mod upstream;
@@ -45,7 +48,8 @@ pub use crate::upstream::credentials::{CredentialSpec, SecretSpec};
 pub use access::{AccessConfig, UpstreamAccess};
 pub use bundle::BundleSettings;
 pub use file::{
-    FileAccess, FileBundle, FileCache, FileConfig, FileCredentials, FileLog, FileServer, FileSync,
+    FileAccess, FileBundle, FileCache, FileConfig, FileCredentials, FileLog, FileServer, FileShared,
+    FileSync,
     FileSyncRepo, FileTls, FileUpstream, FileUpstreamAccess,
 };
 pub use sync::{RepoRule, SyncRule};
@@ -108,6 +112,8 @@ pub struct Config {
     pub sync: Vec<SyncRule>,
     /// `[bundle]`.
     pub bundle: BundleSettings,
+    /// `[shared]`: the tier the nodes share, if any.
+    pub shared: Option<crate::shared::SharedSettings>,
     /// Things worth telling the operator at start-up (inline passwords, ...).
     pub warnings: Vec<String>,
 }
@@ -198,6 +204,10 @@ impl FileConfig {
         let upstreams = UpstreamConfig::all_from_file(self.upstream, &cx, &mut warnings)?;
         let sync = SyncRule::all_from_file(self.sync, &upstreams, &mut warnings)?;
         let bundle = BundleSettings::from_file(self.bundle, base)?;
+        let shared = match self.shared {
+            Some(s) => Some(crate::shared::SharedSettings::from_file(s, base)?),
+            None => None,
+        };
         Ok(Config {
             listen,
             admin_listen: server.admin_listen,
@@ -212,6 +222,7 @@ impl FileConfig {
             access,
             sync,
             bundle,
+            shared,
             warnings,
         })
     }

@@ -118,6 +118,7 @@ impl UpstreamConfig {
             credentials,
             access,
             offline: cx.all_offline || u.offline.unwrap_or(false),
+            shared: u.shared.unwrap_or(true),
             token_realms,
             redirect_hosts,
             limits,

@@ -182,11 +182,15 @@ impl Mirror {
 
     /// Downloads a blob into the fill. Runs in its own task so the download
     /// finishes (and is cached) even if the client that started it leaves.
+    /// With a shared tier, the blob comes from the tier when another node
+    /// put it there (or is fetching it: see `shared`), and what this node
+    /// fetched from its upstream goes up to the tier afterwards.
     pub(super) fn spawn_fill(&self, r: Routed, d: Digest, w: Box<FillWriter>) {
         let this = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let up = this.upstream(r.upstream);
+            let source = this.blob_source(&r, &d).await;
             // Held to the end of the fill, the writer's blocking thread
             // included.
             let _slot = match this.fill_slot().await {
@@ -201,20 +205,28 @@ impl Mirror {
                         max_fills = this.inner.max_fills, "no slot for a blob download; refused");
                     let e = FillError::Source(Arc::new(e.response(RouteKind::Blob)));
                     this.inner.cache.abandon_fill(w, e);
+                    if let Source::Upstream(Some(lease)) = source {
+                        lease.release().await;
+                    }
                     return;
                 }
             };
-            let result = match up.client.get_blob(&r.repo, &d).await {
-                Ok(resp) => this.feed_fill(&r, resp, w).await,
-                Err(e) => {
-                    let e = source_failed(e);
-                    this.inner.cache.abandon_fill(w, e.clone());
-                    Err((e, "upstream"))
+            let (result, from) = match source {
+                Source::Shared => match this.fill_from_tier(&r, &d, w).await {
+                    Ok(result) => (result, "shared tier"),
+                    // The tier failed before its first byte: as if it had
+                    // not had the blob.
+                    Err(w) => (this.fill_from_upstream(&r, &d, w).await, "upstream"),
+                },
+                Source::Upstream(lease) => {
+                    let result = this.fill_from_upstream(&r, &d, w).await;
+                    this.share(&r, &d, result.is_ok(), lease).await;
+                    (result, "upstream")
                 }
             };
             match result {
                 Ok(size) => tracing::info!(
-                    upstream = %up.cfg.name, repo = %r.repo, digest = %d, size,
+                    upstream = %up.cfg.name, repo = %r.repo, digest = %d, size, from,
                     ms = started.elapsed().as_millis() as u64, "blob cached"
                 ),
                 Err((e, why)) => {
@@ -225,13 +237,122 @@ impl Mirror {
                         .with_label_values(&[&up.cfg.name, reason])
                         .inc();
                     tracing::warn!(
-                        upstream = %up.cfg.name, repo = %r.repo, digest = %d, reason,
+                        upstream = %up.cfg.name, repo = %r.repo, digest = %d, reason, from,
                         error = %e, ms = started.elapsed().as_millis() as u64,
                         "blob fill failed; nothing cached"
                     )
                 }
             }
         });
+    }
+
+    /// The shared tier, for this upstream's content: none when the upstream
+    /// keeps its content out of the tier (`shared = false`) or is offline
+    /// (a tier copy is read only once the upstream confirms the repository
+    /// holds it).
+    fn tier_for(&self, r: &Routed) -> Option<&crate::shared::Tier> {
+        let cfg = &self.upstream(r.upstream).cfg;
+        self.inner.tier.as_ref().filter(|_| cfg.shared && !cfg.offline)
+    }
+
+    /// Where this node's fill of `d` reads from: the tier when it holds
+    /// the blob or another node is putting it there, else the upstream
+    /// (leading the fleet's fill when the tier coordinates one).
+    async fn blob_source(&self, r: &Routed, d: &Digest) -> Source {
+        use crate::shared::{Claim, Found, Waited};
+        let Some(tier) = self.tier_for(r) else {
+            return Source::Upstream(None);
+        };
+        match tier.lookup(d).await {
+            Found::Object(_) => return Source::Shared,
+            Found::Unavailable => return Source::Upstream(None),
+            Found::Absent => {}
+        }
+        match tier.claim(d).await {
+            Claim::Lead(lease) => Source::Upstream(Some(lease)),
+            Claim::Alone => Source::Upstream(None),
+            Claim::Follow => match tier.wait(d).await {
+                Waited::Appeared(_) => Source::Shared,
+                Waited::Lead(lease) => Source::Upstream(Some(lease)),
+                Waited::Alone => Source::Upstream(None),
+            },
+        }
+    }
+
+    async fn fill_from_upstream(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        w: Box<FillWriter>,
+    ) -> Result<u64, (FillError, &'static str)> {
+        match self.upstream(r.upstream).client.get_blob(&r.repo, d).await {
+            Ok(resp) => self.feed_fill(r, Body::Upstream(resp), w).await,
+            Err(e) => {
+                let e = source_failed(e);
+                self.inner.cache.abandon_fill(w, e.clone());
+                Err((e, "upstream"))
+            }
+        }
+    }
+
+    /// Fills from the tier's copy, once the upstream has confirmed that the
+    /// repository holds the blob (the tier is keyed by digest alone: without
+    /// the check, a private layer could be read through any repository).
+    /// Gives the writer back when the tier fails before its first byte.
+    async fn fill_from_tier(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        w: Box<FillWriter>,
+    ) -> Result<Result<u64, (FillError, &'static str)>, Box<FillWriter>> {
+        let Some(tier) = self.tier_for(r) else {
+            return Err(w);
+        };
+        if let Err(e) = self.upstream(r.upstream).client.head_blob(&r.repo, d).await {
+            let e = source_failed(e);
+            self.inner.cache.abandon_fill(w, e.clone());
+            return Ok(Err((e, "upstream")));
+        }
+        let (size, stream) = match tier.read(d).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(digest = %d, error = %e, "shared tier read failed; fetching from the upstream");
+                return Err(w);
+            }
+        };
+        let result = self.feed_fill(r, Body::Shared { size, stream }, w).await;
+        if let Err((e, _)) = &result {
+            let corrupt = match e {
+                FillError::SizeMismatch { .. } => true,
+                FillError::Cache(c) => matches!(**c, CacheError::DigestMismatch { .. }),
+                _ => false,
+            };
+            if corrupt {
+                tier.bad_copy(d);
+            }
+        }
+        Ok(result)
+    }
+
+    /// After an upstream fill: uploads the verified blob to the tier (in the
+    /// background), then releases the lease; on failure, releases it at
+    /// once so waiting nodes go on.
+    async fn share(&self, r: &Routed, d: &Digest, cached: bool, lease: Option<crate::shared::Lease>) {
+        let file = match (cached, self.tier_for(r)) {
+            (true, Some(tier)) => match self.inner.cache.open_blob(d) {
+                Ok(Some((file, len))) => Some((tier, file, len)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match file {
+            Some((tier, file, len)) => tier.upload(d.clone(), file, len, lease),
+            None => {
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
+            }
+        }
     }
 
     /// A slot among `cache.max_fills` running downloads: each holds a
@@ -268,10 +389,10 @@ impl Mirror {
     async fn feed_fill(
         &self,
         r: &Routed,
-        mut resp: reqwest::Response,
+        mut resp: Body,
         w: Box<FillWriter>,
     ) -> Result<u64, (FillError, &'static str)> {
-        let size = resp.content_length();
+        let size = resp.size();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, FillError>>(4);
         let this = self.clone();
         let writer = tokio::task::spawn_blocking(move || {
@@ -279,11 +400,19 @@ impl Mirror {
             this.inner.cache.fill(w, size, chunks)
         });
         let up = self.upstream(r.upstream);
+        let shared = matches!(resp, Body::Shared { .. });
         let received = self
             .inner
             .metrics
             .upstream_bytes
             .with_label_values(&[&up.cfg.name]);
+        let source_name = || {
+            if shared {
+                format!("{} (through the shared tier)", up.cfg.name)
+            } else {
+                up.cfg.name.clone()
+            }
+        };
         let mut pace = Pace::new(
             self.inner.fill_min_rate,
             self.inner.fill_rate_window,
@@ -304,7 +433,7 @@ impl Mirror {
             };
             if let Err(slow) = paced {
                 let err = MirrorError::FillTooSlow {
-                    upstream: up.cfg.name.clone(),
+                    upstream: source_name(),
                     bytes: slow.bytes,
                     window_s: slow.window.as_secs(),
                     min_rate: slow.min_rate,
@@ -322,7 +451,9 @@ impl Mirror {
             };
             match next {
                 Ok(Some(b)) => {
-                    received.inc_by(b.len() as u64);
+                    if !shared {
+                        received.inc_by(b.len() as u64);
+                    }
                     let queued = Instant::now();
                     if tx.send(Ok(b)).await.is_err() {
                         break; // the writer failed and said why
@@ -332,6 +463,16 @@ impl Mirror {
                     pace.exclude(queued.elapsed());
                 }
                 Ok(None) => break,
+                Err(e) if shared => {
+                    why = "shared";
+                    let err = MirrorError::Shared(format!("blob read interrupted: {e}"));
+                    let _ = tx
+                        .send(Err(FillError::Source(Arc::new(
+                            err.response(RouteKind::Blob),
+                        ))))
+                        .await;
+                    break;
+                }
                 Err(e) => {
                     why = "upstream";
                     let err = UpstreamError::Unreachable {
@@ -348,6 +489,40 @@ impl Mirror {
             .await
             .expect("fill writer does not panic")
             .map_err(|e| (e, why))
+    }
+}
+
+/// Where a fill reads from.
+enum Source {
+    /// The tier holds the blob (or another node's upload of it completed).
+    Shared,
+    /// The upstream; with the fleet's lease when this node leads the fill.
+    Upstream(Option<crate::shared::Lease>),
+}
+
+/// A fill's body: an upstream's answer or a tier read.
+enum Body {
+    Upstream(reqwest::Response),
+    Shared {
+        size: u64,
+        stream: futures_util::stream::BoxStream<'static, Result<Bytes, String>>,
+    },
+}
+
+impl Body {
+    fn size(&self) -> Option<u64> {
+        match self {
+            Body::Upstream(r) => r.content_length(),
+            Body::Shared { size, .. } => Some(*size),
+        }
+    }
+
+    async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        use futures_util::StreamExt;
+        match self {
+            Body::Upstream(r) => r.chunk().await.map_err(|e| e.to_string()),
+            Body::Shared { stream, .. } => stream.next().await.transpose(),
+        }
     }
 }
 

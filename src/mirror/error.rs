@@ -40,6 +40,9 @@ pub enum MirrorError {
     /// whole `cache.fill_rate_window`.
     #[error("{max} blob downloads are already running (cache.max_fills); retry")]
     FillsBusy { max: usize, retry_after: u64 },
+    /// The shared tier could not be set up, or a read from it broke off.
+    #[error("shared tier: {0}")]
+    Shared(String),
     /// A shared fetch's work panicked (a bug); logged where it happened.
     #[error(transparent)]
     Panicked(#[from] Panicked),
@@ -94,6 +97,12 @@ impl MirrorError {
                 Blame::Wharf,
             )
             .retry_after(*retry_after),
+            MirrorError::Shared(_) => ErrorResponse::with_status(
+                StatusCode::BAD_GATEWAY,
+                OciCode::Unavailable,
+                self.to_string(),
+                Blame::Wharf,
+            ),
             MirrorError::Upstream(u) => upstream(u, kind),
             MirrorError::Fill(f) => fill(f),
             MirrorError::Cache(c) => cache(c),

@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     pub max_fills: usize,
     /// Recent "not found" answers for manifests (see `negative`).
     pub negative: negative::NegativeCache,
+    /// The tier the nodes share, when `[shared]` configures one.
+    pub tier: Option<crate::shared::Tier>,
     pub metrics: Arc<Metrics>,
     pub counters: MirrorMetrics,
 }
@@ -121,7 +123,7 @@ impl MirrorMetrics {
         MirrorMetrics {
             fills_failed: counter(
                 "wharf_fills_failed_total",
-                "Blob downloads that cached nothing, by reason: busy (no slot of cache.max_fills within cache.fill_rate_window), too_slow (below cache.fill_min_rate), no_room (outgrew cache.max_size), size_mismatch, digest_mismatch, upstream (refused or interrupted), aborted",
+                "Blob downloads that cached nothing, by reason: busy (no slot of cache.max_fills within cache.fill_rate_window), too_slow (below cache.fill_min_rate), no_room (outgrew cache.max_size), size_mismatch, digest_mismatch, upstream (refused or interrupted), shared (a shared-tier read broke off), aborted",
                 &["upstream", "reason"],
             ),
             negative_hits: counter(
@@ -174,6 +176,13 @@ impl Mirror {
                 })
             })
             .collect::<Result<Vec<_>, UpstreamError>>()?;
+        let tier = match &config.shared {
+            Some(s) => Some(
+                crate::shared::Tier::new(s, metrics.registry())
+                    .map_err(|e| MirrorError::Shared(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Mirror {
             inner: Arc::new(Inner {
                 upstreams,
@@ -198,6 +207,7 @@ impl Mirror {
                     config.cache.negative_entries,
                 ),
                 counters: MirrorMetrics::new(metrics.registry()),
+                tier,
                 metrics,
             }),
         })
@@ -226,9 +236,18 @@ impl Mirror {
         Ok(self.inner.cache.flush()?)
     }
 
-    /// The cache's background upkeep, until the returned task is aborted.
+    /// The cache's background upkeep, until the returned task is aborted;
+    /// and the shared tier's start-up check, once.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        if let Some(tier) = self.inner.tier.clone() {
+            tokio::spawn(async move { tier.probe().await });
+        }
         self.inner.cache.spawn_upkeep()
+    }
+
+    /// The shared tier, when one is configured.
+    pub fn tier(&self) -> Option<&crate::shared::Tier> {
+        self.inner.tier.as_ref()
     }
 
     pub(crate) fn upstream(&self, id: UpstreamId) -> &Upstream {

@@ -47,7 +47,8 @@ pub fn healthz(method: &Method) -> Response<Body> {
 }
 
 /// `/readyz`: 200 when the cache's disk takes writes, else 503, with each
-/// upstream's state.
+/// upstream's state and the shared tier's (`"degraded"` while it is set
+/// aside after a failure: still 200).
 pub async fn readyz(app: &App, method: &Method) -> Response<Body> {
     let r = crate::cache::Readiness {
         writable: disk_check(app.mirror.cache()).await,
@@ -61,7 +62,10 @@ pub async fn readyz(app: &App, method: &Method) -> Response<Body> {
         .map(|(name, state)| (name, state.as_str().into()))
         .collect();
     let ready = r.writable.is_ok();
-    let body = serde_json::json!({
+    // The shared tier never makes a node unready: without it the node
+    // serves from disk and its upstreams, as before.
+    let shared = app.mirror.tier().map(|t| t.status());
+    let mut body = serde_json::json!({
         "ready": ready,
         "cache": {
             "open": true,
@@ -71,6 +75,9 @@ pub async fn readyz(app: &App, method: &Method) -> Response<Body> {
         },
         "upstreams": upstreams,
     });
+    if let Some(s) = shared {
+        body["shared"] = serde_json::to_value(s).expect("serializable");
+    }
     let status = if ready {
         StatusCode::OK
     } else {

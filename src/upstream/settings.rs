@@ -27,6 +27,10 @@ pub struct UpstreamConfig {
     pub access: UpstreamAccess,
     /// Never contact this upstream: serve from cache only.
     pub offline: bool,
+    /// Whether this upstream's content may go to the shared tier (and be
+    /// read from it): false for registries whose layers must not leave the
+    /// node.
+    pub shared: bool,
     /// Hosts (`host` or `host:port`) besides the upstream's own site that
     /// may receive its credentials as a token realm, and that may be a
     /// loopback or private realm.

@@ -1,0 +1,333 @@
+//! Leases: which node fetches a blob nobody has yet (see the module doc of
+//! `shared` for the protocol and its bounds). A lease is a small JSON
+//! object written create-only, renewed by conditional overwrites on its
+//! ETag, and deleted when its holder is done. Waiters judge a lease dead
+//! only by their own clock: an ETag unchanged for `lease_ttl`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::path::Path as Key;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+use parking_lot::Mutex;
+
+use crate::registry::Digest;
+
+use super::{Found, Tier, TierError, CAS_IGNORED};
+
+/// How often a waiter looks again, at first and at most.
+const FIRST_POLL: Duration = Duration::from_millis(100);
+const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// What a node that misses a blob in the tier should do.
+pub enum Claim {
+    /// Fetch it from the upstream and upload it; other nodes wait.
+    Lead(Lease),
+    /// Another node is fetching it: [`Tier::wait`].
+    Follow,
+    /// No coordination (the tier failed, is read-only here, or the store
+    /// ignores create-only writes): fetch it alone.
+    Alone,
+}
+
+/// How a wait for another node's fill ended.
+pub enum Waited {
+    /// Its upload completed: read it from the tier.
+    Appeared(u64),
+    /// The leader died or gave up: this node leads now.
+    Lead(Lease),
+    /// Waiting stopped (`max_wait`, or the store failed): fetch alone.
+    Alone,
+}
+
+/// A held lease, renewed in the background until released or dropped.
+pub struct Lease {
+    tier: Tier,
+    key: Key,
+    state: Arc<Mutex<Held>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+struct Held {
+    e_tag: Option<String>,
+    version: Option<String>,
+    /// Another node took the lease over: never delete it then.
+    lost: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Body {
+    node: String,
+    digest: String,
+    /// Milliseconds since the epoch at acquisition (for the operator).
+    since_ms: u64,
+    ttl_ms: u64,
+    /// Bumped on each renewal, so each renewal changes the ETag.
+    beat: u64,
+}
+
+impl Tier {
+    fn lease_body(&self, d: &Digest, beat: u64) -> Bytes {
+        let b = Body {
+            node: self.inner.node.clone(),
+            digest: d.to_string(),
+            since_ms: crate::cache::now_millis(),
+            ttl_ms: self.inner.settings.lease_ttl.as_millis() as u64,
+            beat,
+        };
+        Bytes::from(serde_json::to_vec(&b).expect("a lease serializes"))
+    }
+
+    /// After a local miss found nothing in the tier: try to become the
+    /// blob's leader.
+    pub async fn claim(&self, d: &Digest) -> Claim {
+        if !self.leases_on() {
+            return Claim::Alone;
+        }
+        match self.try_lead(d, None).await {
+            Ok(Some(Ok(lease))) => Claim::Lead(lease),
+            // The blob appeared meanwhile: follow (the wait finds it at once).
+            Ok(Some(Err(_size))) => Claim::Follow,
+            Ok(None) => Claim::Follow,
+            Err(_) => Claim::Alone,
+        }
+    }
+
+    /// Writes the lease: create-only, or over the dead lease `over`
+    /// (`(e_tag, version)`). `Ok(None)`: another node holds it. Once held,
+    /// the blob is looked up again: a leader that finished between this
+    /// node's lookup and its lease leaves the blob and no lease, and this
+    /// node must read it, not fetch it again (`Ok(Some(Err(size)))`).
+    async fn try_lead(
+        &self,
+        d: &Digest,
+        over: Option<(Option<String>, Option<String>)>,
+    ) -> Result<Option<Result<Lease, u64>>, TierError> {
+        let key = self.lease_key(d);
+        let mode = match over {
+            None => PutMode::Create,
+            Some((e_tag, version)) => PutMode::Update(UpdateVersion { e_tag, version }),
+        };
+        let body = self.lease_body(d, 0);
+        let store = self.inner.store.clone();
+        let put = self
+            .call("lease", async {
+                match store
+                    .put_opts(
+                        &key,
+                        body.into(),
+                        PutOptions {
+                            mode,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                {
+                    Ok(r) => Ok(Some(r)),
+                    Err(object_store::Error::AlreadyExists { .. })
+                    | Err(object_store::Error::Precondition { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        let held = match put {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            // An overwrite of a lease that vanished meanwhile: race again.
+            Err(TierError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let lease = self.hold(key, held.e_tag, held.version, d.clone());
+        match self.lookup_quiet(d).await {
+            Found::Object(size) => {
+                lease.release().await;
+                Ok(Some(Err(size)))
+            }
+            _ => Ok(Some(Ok(lease))),
+        }
+    }
+
+    /// A `HEAD` of the blob that does not count as a lookup.
+    async fn lookup_quiet(&self, d: &Digest) -> Found {
+        match self.call("head", self.inner.store.head(&self.blob_key(d))).await {
+            Ok(m) => Found::Object(m.size),
+            Err(TierError::NotFound) => Found::Absent,
+            Err(_) => Found::Unavailable,
+        }
+    }
+
+    fn hold(&self, key: Key, e_tag: Option<String>, version: Option<String>, d: Digest) -> Lease {
+        let state = Arc::new(Mutex::new(Held {
+            e_tag,
+            version,
+            lost: false,
+        }));
+        let renewer = tokio::spawn(renew(self.clone(), key.clone(), state.clone(), d));
+        Lease {
+            tier: self.clone(),
+            key,
+            state,
+            renewer,
+        }
+    }
+
+    /// Waits for the node holding `d`'s lease to upload it, taking over its
+    /// lease if it stops renewing it. Bounded by `max_wait`.
+    pub async fn wait(&self, d: &Digest) -> Waited {
+        let started = Instant::now();
+        let m = &self.inner.metrics;
+        let (outcome, waited) = self.wait_inner(d, started).await;
+        m.lease_waits.with_label_values(&[outcome]).inc();
+        m.lease_wait_seconds.observe(started.elapsed().as_secs_f64());
+        tracing::debug!(digest = %d, outcome, ms = started.elapsed().as_millis() as u64,
+            "waited for another node's fill");
+        waited
+    }
+
+    async fn wait_inner(&self, d: &Digest, started: Instant) -> (&'static str, Waited) {
+        let s = &self.inner.settings;
+        let key = self.lease_key(d);
+        // The lease's ETag as last seen, and when it was first seen so.
+        let mut seen: Option<(Option<String>, Instant)> = None;
+        let mut pause = FIRST_POLL;
+        loop {
+            if started.elapsed() >= s.max_wait {
+                tracing::warn!(digest = %d, max_wait_s = s.max_wait.as_secs(),
+                    "shared tier: another node's fill did not finish within max_wait; fetching here");
+                return ("gave_up", Waited::Alone);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+            match self.lookup_quiet(d).await {
+                Found::Object(size) => return ("appeared", Waited::Appeared(size)),
+                Found::Absent => {}
+                Found::Unavailable => return ("error", Waited::Alone),
+            }
+            let store = self.inner.store.clone();
+            let got = self
+                .call("lease", async {
+                    let r = store.get(&key).await?;
+                    let (e_tag, version) = (r.meta.e_tag.clone(), r.meta.version.clone());
+                    let body = r.bytes().await?;
+                    Ok((e_tag, version, body))
+                })
+                .await;
+            let over = match got {
+                Err(TierError::NotFound) => None,
+                Err(_) => return ("error", Waited::Alone),
+                Ok((e_tag, version, body)) => {
+                    // The holder's ttl, within reason: a lease claiming an
+                    // hour must not hold this node an hour.
+                    let ttl = serde_json::from_slice::<Body>(&body)
+                        .map(|b| Duration::from_millis(b.ttl_ms))
+                        .unwrap_or(s.lease_ttl)
+                        .clamp(Duration::from_secs(1), s.lease_ttl.max(s.max_wait));
+                    let now = Instant::now();
+                    match &seen {
+                        Some((tag, since)) if *tag == e_tag => {
+                            if now.duration_since(*since) < ttl {
+                                continue;
+                            }
+                            tracing::info!(digest = %d, stale_s = now.duration_since(*since).as_secs(),
+                                "shared tier: a lease was not renewed within its ttl; taking it over");
+                            Some((e_tag, version))
+                        }
+                        _ => {
+                            seen = Some((e_tag, now));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let took_over = over.is_some();
+            match self.try_lead(d, over).await {
+                Ok(Some(Ok(lease))) => {
+                    let outcome = if took_over { "took_over" } else { "raced" };
+                    return (outcome, Waited::Lead(lease));
+                }
+                Ok(Some(Err(size))) => return ("appeared", Waited::Appeared(size)),
+                Ok(None) => {
+                    seen = None;
+                    pause = FIRST_POLL;
+                }
+                Err(_) => return ("error", Waited::Alone),
+            }
+        }
+    }
+}
+
+/// Renews the lease every `lease_ttl / 3` until aborted; stops when another
+/// node took it over.
+async fn renew(tier: Tier, key: Key, state: Arc<Mutex<Held>>, d: Digest) {
+    let every = tier.inner.settings.lease_ttl / 3;
+    let mut beat = 0;
+    loop {
+        tokio::time::sleep(every).await;
+        beat += 1;
+        let (e_tag, version) = {
+            let h = state.lock();
+            (h.e_tag.clone(), h.version.clone())
+        };
+        let body = tier.lease_body(&d, beat);
+        let store = tier.inner.store.clone();
+        let r = tier
+            .call("lease", async {
+                match store
+                    .put_opts(
+                        &key,
+                        body.into(),
+                        PutOptions {
+                            mode: PutMode::Update(UpdateVersion { e_tag, version }),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                {
+                    Ok(r) => Ok(Some(r)),
+                    Err(object_store::Error::Precondition { .. })
+                    | Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        match r {
+            Ok(Some(r)) => {
+                let mut h = state.lock();
+                h.e_tag = r.e_tag;
+                h.version = r.version;
+            }
+            Ok(None) | Err(TierError::NotFound) => {
+                state.lock().lost = true;
+                tier.inner.metrics.leases_lost.inc();
+                tracing::warn!(digest = %d,
+                    "shared tier: another node took this node's lease over (it was not renewed in time); finishing anyway");
+                return;
+            }
+            // Tried again at the next beat; if the store stays away, the
+            // lease expires and a waiter takes over, which is harmless.
+            Err(_) => {}
+        }
+    }
+}
+
+impl Lease {
+    /// Stops renewing and deletes the lease (unless another node took it
+    /// over). Waiters then find the blob, or race for a new lease.
+    pub async fn release(self) {
+        self.renewer.abort();
+        let lost = self.state.lock().lost;
+        if !lost && self.tier.inner.cas.load(std::sync::atomic::Ordering::Relaxed) != CAS_IGNORED
+        {
+            let _ = self.tier.delete(&self.key).await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // A lease dropped unreleased (its task panicked or was cancelled)
+        // stops renewing; waiters take it over after its ttl.
+        self.renewer.abort();
+    }
+}

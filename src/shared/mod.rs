@@ -1,0 +1,735 @@
+//! The shared tier: a second cache level on an object store the nodes of a
+//! fleet share (any S3-compatible store, or GCS), so that a fleet fetches
+//! each blob from its upstream about once. Owns the store client, the keys
+//! wharf writes, the leases that make one node the leader of a cold fill,
+//! uploads, and the tier's health. The mirror decides when to ask it
+//! (`mirror::blobs`); the local disk stays the first tier.
+//!
+//! Must never: serve or cache a byte it did not verify (every read goes
+//! through a cache fill, which checks the digest); let a repository read a
+//! blob the upstream has not confirmed it holds (the mirror asks the
+//! upstream's `HEAD` before a tier copy is used); key anything by a
+//! repository name; delete from the store during normal operation (only
+//! `wharf gc --shared` deletes); hold a client longer than its bounds when
+//! the store is slow or down (every request has a deadline; a failure sets
+//! the tier aside for `retry_after` and the node goes to its upstream as if
+//! there were no tier); log or print a credential (the builders that hold
+//! secrets are never formatted).
+//!
+//! # Keys
+//!
+//! `<prefix>/blobs/sha256/<hex>`: a verified blob, by digest only (two
+//! uploads of one digest carry the same bytes, so an overwrite is harmless);
+//! `<prefix>/leases/sha256/<hex>`: a node's claim on a cold fill.
+//!
+//! # Cross-node single-flight, on the store's own primitives
+//!
+//! No node talks to another: everything goes through the bucket, so the
+//! tier needs no node-to-node listener, no peer discovery and no peer
+//! credentials (on GKE wharf listens on loopback only).
+//!
+//! 1. A node that misses on disk looks the blob up (`HEAD`). Present: it is
+//!    read through a fill (range requests are served from the fill as it
+//!    grows; the digest is checked at the end).
+//! 2. Absent: the node tries to create the lease object, create-only
+//!    (`If-None-Match: *` on S3, `x-goog-if-generation-match: 0` on GCS).
+//!    The store lets exactly one node win; it fetches from its upstream,
+//!    renews the lease every `lease_ttl / 3` (a conditional overwrite on the
+//!    lease's ETag), uploads the verified blob, then deletes the lease.
+//! 3. The others wait: they poll the blob's `HEAD` (100 ms, doubling to 1 s)
+//!    and read the lease. A lease whose ETag has not changed for `lease_ttl`
+//!    **as measured on the waiting node's own clock** (no clock is compared
+//!    across nodes) belongs to a dead leader: the waiter takes it over with
+//!    a conditional overwrite on that ETag, so exactly one waiter becomes
+//!    the new leader. A lease deleted without a blob (the leader's fetch
+//!    failed) is raced for again. After `max_wait` a waiter fetches by
+//!    itself whatever the lease says.
+//!
+//! Failure modes and their bounds:
+//! - the leader dies (`kill -9`, node lost): its waiters go on within
+//!   `lease_ttl` plus one poll (1 s) after its last renewal;
+//! - a leader that is alive but slow keeps renewing: its waiters wait for it
+//!   (at most `max_wait`), since a second download would only compete with
+//!   the first for the same upstream;
+//! - the store loses or refuses a request: the node stops waiting and goes
+//!   to its upstream itself (as with no tier), and the tier is set aside for
+//!   `retry_after`;
+//! - a store that ignores create-only writes (GCS through its S3 XML API
+//!   with HMAC keys, old SeaweedFS) is found by a probe at start-up (two
+//!   create-only writes of one key must not both succeed): leases are then
+//!   off and each node coalesces only its own clients (reads and uploads go
+//!   on);
+//! - a leader that lost its lease (it stalled beyond `lease_ttl`) finishes
+//!   anyway: two nodes then upload the same bytes, which is harmless;
+//! - an upload that dies leaves an unfinished multipart upload, which the
+//!   store's lifecycle rule `AbortIncompleteMultipartUpload` removes; the
+//!   blob is fetched and uploaded again by the next node that misses it.
+//!
+//! What waiting costs: a waiter's clients get their first byte only once
+//! the leader's upload is complete (a multipart upload is invisible until
+//! then), i.e. about the leader's download plus its upload, instead of one
+//! download each from the upstream. Each waiting node sends the store two
+//! small requests per poll.
+//!
+//! # Limits
+//!
+//! Small requests (lookups, leases, the head of a read) have
+//! `request_timeout`; a read's body must keep the fill's minimum rate
+//! (`cache.fill_min_rate`); an upload part (5 MiB) must be accepted within
+//! [`PART_TIMEOUT`]. Uploads run at most `max_uploads` at once and hold at
+//! most `upload_memory` of parts between them; reads hold the fill's
+//! four-chunk queue. The client retries a failed request at most twice,
+//! within `request_timeout`.
+
+mod gc;
+mod lease;
+mod settings;
+mod upload;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parking_lot::Mutex;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use crate::registry::Digest;
+use crate::secret::Secret;
+use crate::upstream::credentials::SecretSpec;
+use crate::watched::Watched;
+
+pub use gc::{collect, GcReport};
+pub use lease::{Claim, Lease, Waited};
+pub use settings::{Backend, SharedSettings, StoreCredentials};
+
+/// Upload part size: S3's smallest part, so `upload_memory` holds the most
+/// parts.
+pub const PART_SIZE: u64 = 5 << 20;
+/// The longest one upload part (or a whole small object) may take.
+pub const PART_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    #[error("the shared tier is set aside after a failure ({0})")]
+    SetAside(String),
+    #[error("the shared tier did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the shared tier failed: {0}")]
+    Store(String),
+    #[error("the shared tier has no such object")]
+    NotFound,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The blob is in the tier, this many bytes (unverified until read).
+    Object(u64),
+    Absent,
+    /// The tier cannot be asked now: go to the upstream.
+    Unavailable,
+}
+
+/// For `/readyz` and the operator.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TierStatus {
+    pub url: String,
+    /// "ok", or "degraded" while the tier is set aside after a failure.
+    pub state: &'static str,
+    /// The last failure, while degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether nodes coordinate cold fills (the store enforces create-only
+    /// writes and this node may write).
+    pub leases: bool,
+    pub write: bool,
+}
+
+/// The shared tier as one node sees it. Cheap to clone.
+#[derive(Clone)]
+pub struct Tier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    settings: SharedSettings,
+    /// Names this node in its leases (for the operator reading a lease).
+    node: String,
+    health: Mutex<Health>,
+    /// [`CAS_UNKNOWN`], [`CAS_WORKS`] or [`CAS_IGNORED`].
+    cas: AtomicU8,
+    uploads: Arc<tokio::sync::Semaphore>,
+    part_memory: Arc<tokio::sync::Semaphore>,
+    /// Digests whose tier copy failed verification here: bypassed until a
+    /// verified upload replaces it.
+    bad: moka::sync::Cache<Digest, ()>,
+    metrics: TierMetrics,
+}
+
+const CAS_UNKNOWN: u8 = 0;
+const CAS_WORKS: u8 = 1;
+const CAS_IGNORED: u8 = 2;
+
+#[derive(Default)]
+struct Health {
+    /// Since when, and why, while degraded.
+    failing: Option<(Instant, String)>,
+    /// The tier is not asked before this.
+    set_aside_until: Option<Instant>,
+}
+
+struct TierMetrics {
+    lookups: IntCounterVec,
+    bytes: IntCounterVec,
+    latency: HistogramVec,
+    errors: IntCounterVec,
+    lease_waits: IntCounterVec,
+    lease_wait_seconds: Histogram,
+    leases_lost: IntCounter,
+    verification_failures: IntCounter,
+    uploads: IntCounterVec,
+    uploads_in_flight: IntGauge,
+    degraded: IntGauge,
+}
+
+impl TierMetrics {
+    fn new(r: &Registry) -> TierMetrics {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let one = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ];
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "wharf_shared_request_seconds",
+                "Requests to the shared tier by operation (head, get: until the body starts, put, lease, part, complete, delete), successful or not",
+            )
+            .buckets(buckets.clone()),
+            &["op"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(latency.clone())).expect("unique metric");
+        let lease_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "wharf_shared_lease_wait_seconds",
+                "Time a node waited for another node's fill of a blob",
+            )
+            .buckets(buckets),
+        )
+        .expect("valid metric");
+        r.register(Box::new(lease_wait_seconds.clone()))
+            .expect("unique metric");
+        TierMetrics {
+            lookups: counter(
+                "wharf_shared_lookups_total",
+                "Local misses looked up in the shared tier: hit, miss, error (the store failed), set_aside (not asked: the tier failed within shared.retry_after), bad_copy (bypassed: its copy failed verification here)",
+                &["result"],
+            ),
+            bytes: counter(
+                "wharf_shared_bytes_total",
+                "Bytes read from (read) and uploaded to (written) the shared tier",
+                &["direction"],
+            ),
+            latency,
+            errors: counter(
+                "wharf_shared_errors_total",
+                "Failed requests to the shared tier, by operation (timeouts included)",
+                &["op"],
+            ),
+            lease_waits: counter(
+                "wharf_shared_lease_waits_total",
+                "Waits for another node's fill, by outcome: appeared (its upload completed), took_over (its lease expired: this node leads), raced (its lease was gone without a blob: this node leads), gave_up (shared.max_wait), error (the store failed)",
+                &["outcome"],
+            ),
+            lease_wait_seconds,
+            leases_lost: one(
+                "wharf_shared_leases_lost_total",
+                "Leases this node held that another node took over (this node stalled beyond shared.lease_ttl); the fill went on",
+            ),
+            verification_failures: one(
+                "wharf_shared_verification_failures_total",
+                "Blobs read from the shared tier whose bytes did not match their digest (not cached, not served complete; fetched from the upstream next, and the tier's copy replaced)",
+            ),
+            uploads: counter(
+                "wharf_shared_uploads_total",
+                "Uploads of verified blobs to the shared tier: done, present (another node had uploaded it), failed, skipped (no slot within the lease's lifetime)",
+                &["result"],
+            ),
+            uploads_in_flight: gauge(
+                "wharf_shared_uploads_in_flight",
+                "Uploads to the shared tier running or waiting for a slot",
+            ),
+            degraded: gauge(
+                "wharf_shared_degraded",
+                "1 while the shared tier is set aside after a failure (nodes use disk and upstreams only)",
+            ),
+        }
+    }
+}
+
+impl Tier {
+    /// The tier's client: no request is made here (the store is probed by
+    /// [`Tier::probe`]).
+    pub fn new(settings: &SharedSettings, registry: &Registry) -> Result<Tier, TierError> {
+        let store = build_store(settings)?;
+        Ok(Tier::with_store(store, settings, registry))
+    }
+
+    /// A tier on a given store (tests may wrap one).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        settings: &SharedSettings,
+        registry: &Registry,
+    ) -> Tier {
+        let part_permits = (settings.upload_memory / PART_SIZE).max(1) as usize;
+        Tier {
+            inner: Arc::new(Inner {
+                store,
+                settings: settings.clone(),
+                node: node_name(),
+                health: Mutex::new(Health::default()),
+                cas: AtomicU8::new(CAS_UNKNOWN),
+                uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
+                part_memory: Arc::new(tokio::sync::Semaphore::new(part_permits)),
+                bad: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(Duration::from_secs(3600))
+                    .build(),
+                metrics: TierMetrics::new(registry),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &SharedSettings {
+        &self.inner.settings
+    }
+
+    pub fn status(&self) -> TierStatus {
+        let h = self.inner.health.lock();
+        TierStatus {
+            url: self.inner.settings.url.clone(),
+            state: if h.failing.is_some() { "degraded" } else { "ok" },
+            error: h.failing.as_ref().map(|(_, why)| why.clone()),
+            leases: self.leases_on(),
+            write: self.inner.settings.write,
+        }
+    }
+
+    /// Whether this node takes part in cross-node single-flight.
+    fn leases_on(&self) -> bool {
+        self.inner.settings.write && self.inner.cas.load(Ordering::Relaxed) != CAS_IGNORED
+    }
+
+    /// Checks that the store answers and enforces create-only writes: two
+    /// create-only writes of one fresh key must not both succeed. Run once
+    /// at start-up; until it answers, leases are tried (a store that
+    /// ignores them only costs duplicate downloads).
+    pub async fn probe(&self) {
+        if !self.inner.settings.write {
+            return;
+        }
+        let key = self.key(&format!(
+            "probes/{}-{}",
+            self.inner.node,
+            hex::encode(rand_bytes())
+        ));
+        let first = self.put_create(&key, Bytes::from_static(b"probe")).await;
+        let second = match first {
+            Ok(true) => self.put_create(&key, Bytes::from_static(b"probe")).await,
+            Ok(false) => Ok(false),
+            Err(e) => {
+                tracing::warn!(url = %self.inner.settings.url, error = %e,
+                    "shared tier: the start-up check failed; nodes use disk and upstreams until it answers");
+                return;
+            }
+        };
+        let _ = self.delete(&key).await;
+        match second {
+            Ok(false) => {
+                self.inner.cas.store(CAS_WORKS, Ordering::Relaxed);
+                tracing::info!(url = %self.inner.settings.url, node = %self.inner.node,
+                    "shared tier ready: cold fills are coordinated across nodes");
+            }
+            Ok(true) => {
+                self.inner.cas.store(CAS_IGNORED, Ordering::Relaxed);
+                tracing::warn!(url = %self.inner.settings.url,
+                    "shared tier: the store ignores create-only writes (If-None-Match: *), so nodes cannot coordinate cold fills; each node fetches for itself (reads and uploads go on)");
+            }
+            Err(e) => tracing::warn!(url = %self.inner.settings.url, error = %e,
+                "shared tier: the start-up check failed"),
+        }
+    }
+
+    fn key(&self, rest: &str) -> Key {
+        let p = &self.inner.settings.prefix;
+        if p.is_empty() {
+            Key::from(rest)
+        } else {
+            Key::from(format!("{p}/{rest}"))
+        }
+    }
+
+    fn blob_key(&self, d: &Digest) -> Key {
+        self.key(&format!("blobs/{}/{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    fn lease_key(&self, d: &Digest) -> Key {
+        self.key(&format!("leases/{}/{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    /// Whether the tier may be asked now.
+    fn available(&self) -> Result<(), TierError> {
+        let h = self.inner.health.lock();
+        match (h.set_aside_until, &h.failing) {
+            (Some(t), Some((_, why))) if Instant::now() < t => Err(TierError::SetAside(why.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, op: &'static str, e: &TierError) {
+        self.inner.metrics.errors.with_label_values(&[op]).inc();
+        let mut h = self.inner.health.lock();
+        let now = Instant::now();
+        if h.failing.is_none() {
+            tracing::warn!(url = %self.inner.settings.url, op, error = %e,
+                retry_after_s = self.inner.settings.retry_after.as_secs(),
+                "shared tier failed; nodes use disk and upstreams meanwhile");
+            h.failing = Some((now, e.to_string()));
+        } else if let Some((_, why)) = h.failing.as_mut() {
+            *why = e.to_string();
+        }
+        h.set_aside_until = Some(now + self.inner.settings.retry_after);
+        self.inner.metrics.degraded.set(1);
+    }
+
+    fn succeeded(&self) {
+        let mut h = self.inner.health.lock();
+        if let Some((since, _)) = h.failing.take() {
+            tracing::info!(url = %self.inner.settings.url,
+                after_s = since.elapsed().as_secs(), "shared tier answers again");
+            h.set_aside_until = None;
+            self.inner.metrics.degraded.set(0);
+        }
+    }
+
+    /// Runs one small request with the tier's deadline, timing it and
+    /// recording its outcome in the tier's health. `NotFound`,
+    /// `AlreadyExists` and `Precondition` are answers, not failures.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, TierError> {
+        self.available()?;
+        let timer = self.inner.metrics.latency.with_label_values(&[op]).start_timer();
+        let limit = self.inner.settings.request_timeout;
+        let r = match tokio::time::timeout(limit, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(object_store::Error::NotFound { .. })) => Err(TierError::NotFound),
+            Ok(Err(e)) => Err(TierError::Store(describe(&e))),
+            Err(_) => Err(TierError::Timeout(limit)),
+        };
+        timer.observe_duration();
+        match &r {
+            Ok(_) | Err(TierError::NotFound) => self.succeeded(),
+            Err(e) => self.failed(op, e),
+        }
+        r
+    }
+
+    /// Whether the blob is in the tier, and its size. Never waits longer
+    /// than `request_timeout`; a failure says `Unavailable`.
+    pub async fn lookup(&self, d: &Digest) -> Found {
+        let m = &self.inner.metrics.lookups;
+        if self.inner.bad.contains_key(d) {
+            m.with_label_values(&["bad_copy"]).inc();
+            return Found::Unavailable;
+        }
+        if let Err(e) = self.available() {
+            tracing::debug!(digest = %d, error = %e, "shared tier not asked");
+            m.with_label_values(&["set_aside"]).inc();
+            return Found::Unavailable;
+        }
+        let key = self.blob_key(d);
+        match self.call("head", self.inner.store.head(&key)).await {
+            Ok(meta) => {
+                m.with_label_values(&["hit"]).inc();
+                Found::Object(meta.size)
+            }
+            Err(TierError::NotFound) => {
+                m.with_label_values(&["miss"]).inc();
+                Found::Absent
+            }
+            Err(_) => {
+                m.with_label_values(&["error"]).inc();
+                Found::Unavailable
+            }
+        }
+    }
+
+    /// The blob's bytes, as the store sends them (unverified: the caller
+    /// feeds them to a cache fill, which checks the digest). A failure in
+    /// the body sets the tier aside.
+    pub async fn read(
+        &self,
+        d: &Digest,
+    ) -> Result<(u64, BoxStream<'static, Result<Bytes, String>>), TierError> {
+        let key = self.blob_key(d);
+        let got = self.call("get", self.inner.store.get(&key)).await?;
+        let size = got.meta.size;
+        let this = self.clone();
+        let read = self.inner.metrics.bytes.with_label_values(&["read"]);
+        let stream = got.into_stream().map(move |r| match r {
+            Ok(b) => {
+                read.inc_by(b.len() as u64);
+                Ok(b)
+            }
+            Err(e) => {
+                let e = TierError::Store(describe(&e));
+                this.failed("get", &e);
+                Err(e.to_string())
+            }
+        });
+        Ok((size, stream.boxed()))
+    }
+
+    /// The tier's copy of `d` failed verification here: bypass it, count it,
+    /// and let the next verified upload of `d` replace it.
+    pub fn bad_copy(&self, d: &Digest) {
+        self.inner.metrics.verification_failures.inc();
+        tracing::error!(url = %self.inner.settings.url, digest = %d,
+            "shared tier: the stored blob does not match its digest; not served, fetched from the upstream next and replaced");
+        self.inner.bad.insert(d.clone(), ());
+    }
+
+    /// Whether a verified upload of `d` should replace the tier's copy.
+    fn replaces_bad_copy(&self, d: &Digest) -> bool {
+        self.inner.bad.contains_key(d)
+    }
+
+    /// A create-only write: true when written, false when the key existed.
+    async fn put_create(&self, key: &Key, body: Bytes) -> Result<bool, TierError> {
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let r = self
+            .call("put", async {
+                match self.inner.store.put_opts(key, body.into(), opts).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. })
+                    | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(r)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), TierError> {
+        match self.call("delete", self.inner.store.delete(key)).await {
+            Ok(()) | Err(TierError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An object_store error without the request's URL query (signatures) and
+/// without credentials: object_store's messages carry neither, but keep
+/// them short.
+fn describe(e: &object_store::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(i) = s.find("X-Amz-") {
+        s.truncate(i);
+    }
+    s.truncate(300);
+    s
+}
+
+fn rand_bytes() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the OS has randomness");
+    b
+}
+
+/// `<hostname>-<pid>`, for the operator reading a lease object.
+fn node_name() -> String {
+    let host = nix_hostname().unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn nix_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// The store client for the settings. The builders hold secrets in their
+/// `Debug`: never format them.
+fn build_store(s: &SharedSettings) -> Result<Arc<dyn ObjectStore>, TierError> {
+    use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+    let err = |e: object_store::Error| TierError::Store(describe(&e));
+    // Every request has wharf's own deadline (request_timeout, the fill's
+    // minimum rate, PART_TIMEOUT): the client's whole-request timeout would
+    // cut a long read.
+    let mut options = ClientOptions::new()
+        .with_timeout_disabled()
+        .with_connect_timeout(s.request_timeout)
+        .with_pool_idle_timeout(Duration::from_secs(60))
+        .with_pool_max_idle_per_host(16);
+    if let Some(e) = &s.endpoint {
+        if e.starts_with("http://") {
+            options = options.with_allow_http(true);
+        }
+    }
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: s.request_timeout,
+    };
+    match s.backend {
+        Backend::S3 => {
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(&s.bucket)
+                .with_region(&s.region)
+                .with_client_options(options)
+                .with_retry(retry);
+            if let Some(e) = &s.endpoint {
+                b = b.with_endpoint(e);
+            }
+            match &s.credentials {
+                StoreCredentials::Keys {
+                    access_key_id,
+                    secret_access_key,
+                } => {
+                    b = b.with_credentials(Arc::new(KeyFiles {
+                        id: secret_source(access_key_id),
+                        secret: secret_source(secret_access_key),
+                    }));
+                }
+                StoreCredentials::Environment => {
+                    // The AWS_* chain, as `from_env` reads it, without
+                    // overriding what the config set.
+                    let env = object_store::aws::AmazonS3Builder::from_env();
+                    for key in [
+                        object_store::aws::AmazonS3ConfigKey::AccessKeyId,
+                        object_store::aws::AmazonS3ConfigKey::SecretAccessKey,
+                        object_store::aws::AmazonS3ConfigKey::Token,
+                        object_store::aws::AmazonS3ConfigKey::WebIdentityTokenFile,
+                        object_store::aws::AmazonS3ConfigKey::RoleArn,
+                        object_store::aws::AmazonS3ConfigKey::ContainerCredentialsRelativeUri,
+                        object_store::aws::AmazonS3ConfigKey::ContainerCredentialsFullUri,
+                    ] {
+                        if let Some(v) = env.get_config_value(&key) {
+                            b = b.with_config(key, v);
+                        }
+                    }
+                }
+                _ => unreachable!("validated: gs:// credentials go with gs://"),
+            }
+            Ok(Arc::new(b.build().map_err(err)?))
+        }
+        Backend::Gcs => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+                .with_bucket_name(&s.bucket)
+                .with_client_options(options)
+                .with_retry(retry);
+            if let StoreCredentials::ServiceAccountFile(p) = &s.credentials {
+                b = b.with_service_account_path(p.to_string_lossy());
+            }
+            Ok(Arc::new(b.build().map_err(err)?))
+        }
+    }
+}
+
+enum SecretSource {
+    Fixed(Secret),
+    File(Watched<Secret>),
+}
+
+fn secret_source(spec: &SecretSpec) -> SecretSource {
+    match spec {
+        SecretSpec::Value(s) => SecretSource::Fixed(s.clone()),
+        SecretSpec::File { path, check_mode } => {
+            SecretSource::File(Watched::new(path.clone(), *check_mode, |b: &[u8]| {
+                std::str::from_utf8(b)
+                    .map(|s| Secret::new(s.trim()))
+                    .map_err(|_| "not UTF-8".to_owned())
+            }))
+        }
+    }
+}
+
+impl SecretSource {
+    fn get(&self, what: &str) -> Result<Secret, String> {
+        match self {
+            SecretSource::Fixed(s) => Ok(s.clone()),
+            SecretSource::File(w) => w.get(what).map(|s| (*s).clone()),
+        }
+    }
+}
+
+/// S3 keys read from their files on each request (a `stat` each; a
+/// rotation is picked up at once).
+struct KeyFiles {
+    id: SecretSource,
+    secret: SecretSource,
+}
+
+impl std::fmt::Debug for KeyFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyFiles(<redacted>)")
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for KeyFiles {
+    type Credential = object_store::aws::AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<Self::Credential>> {
+        let gen = |e: String| object_store::Error::Generic {
+            store: "S3",
+            source: e.into(),
+        };
+        let id = self.id.get("shared tier access key id").map_err(gen)?;
+        let secret = self.secret.get("shared tier secret key").map_err(gen)?;
+        Ok(Arc::new(object_store::aws::AwsCredential {
+            key_id: id.expose().to_owned(),
+            secret_key: secret.expose().to_owned(),
+            token: None,
+        }))
+    }
+}
