@@ -77,6 +77,17 @@ enum Command {
         /// Also re-hash every blob and remove those that no longer match.
         #[arg(long)]
         verify: bool,
+        /// Collect the shared tier ([shared]) instead of the local cache:
+        /// delete blobs written longer ago than --older-than, and leases
+        /// dead nodes left. For stores without lifecycle rules.
+        #[arg(long, requires = "older_than", conflicts_with = "verify")]
+        shared: bool,
+        /// With --shared: the age past which a blob is deleted ("30d").
+        #[arg(long, value_name = "DURATION", requires = "shared")]
+        older_than: Option<String>,
+        /// With --shared: count what would be deleted, delete nothing.
+        #[arg(long, requires = "shared")]
+        dry_run: bool,
     },
     /// Protect images from eviction: UPSTREAM/REPO[:TAG|@DIGEST], globs allowed
     /// (`*` within a path component, `**` across). Without a pattern, list pins.
@@ -237,7 +248,18 @@ fn main() -> ExitCode {
         Command::Rm { config, image } => {
             with_logs(|| wharf::admin::client::rm(load(config)?, image))
         }
-        Command::Gc { config, verify } => {
+        Command::Gc {
+            config,
+            shared: true,
+            older_than,
+            dry_run,
+            ..
+        } => with_logs(|| {
+            let older_than = humantime::parse_duration(older_than.as_deref().unwrap_or_default())
+                .context("--older-than (examples: \"30d\", \"12h\")")?;
+            wharf::admin::client::gc_shared(load(config)?, older_than, dry_run)
+        }),
+        Command::Gc { config, verify, .. } => {
             with_logs(|| wharf::admin::client::gc(load(config)?, verify))
         }
         Command::Pin { config, pattern } => {
@@ -348,8 +370,45 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     print_access(&c);
     print_sync(&c);
+    print_shared(&c);
     println!("configuration OK");
     Ok(())
+}
+
+/// `check-config`'s line for the shared tier: where, how it authenticates
+/// (the kind and file names, never a key), and its timing.
+fn print_shared(c: &Config) {
+    use wharf::shared::StoreCredentials;
+    let Some(s) = &c.shared else { return };
+    let creds = match &s.credentials {
+        StoreCredentials::Keys { .. } => "static keys".to_owned(),
+        StoreCredentials::Environment => "the AWS environment (variables, web identity, instance metadata)".to_owned(),
+        StoreCredentials::ServiceAccountFile(p) => format!("service account {}", p.display()),
+        StoreCredentials::GceMetadata => "the GCE metadata server".to_owned(),
+    };
+    let private: Vec<&str> = c
+        .upstreams
+        .iter()
+        .filter(|u| !u.shared)
+        .map(|u| u.name.as_str())
+        .collect();
+    println!(
+        "shared tier: {}{} with {creds}; {}; lease ttl {}, max wait {}, request timeout {}{}",
+        s.url,
+        s.endpoint
+            .as_ref()
+            .map(|e| format!(" at {e}"))
+            .unwrap_or_default(),
+        if s.write { "read and write" } else { "read only" },
+        humantime::format_duration(s.lease_ttl),
+        humantime::format_duration(s.max_wait),
+        humantime::format_duration(s.request_timeout),
+        if private.is_empty() {
+            String::new()
+        } else {
+            format!("; kept out: {}", private.join(", "))
+        }
+    );
 }
 
 /// `check-config`'s lines for client authentication: the files (never their

@@ -300,6 +300,37 @@ pub fn rm(config: Config, image: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `wharf gc --shared`: retention of the shared tier (see `shared::gc`).
+/// Talks to the store directly; no server or cache is involved.
+pub fn gc_shared(
+    config: Config,
+    older_than: std::time::Duration,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let Some(settings) = &config.shared else {
+        bail!("the configuration has no [shared] tier");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let registry = prometheus::Registry::new();
+    let tier = crate::shared::Tier::new(settings, &registry)?;
+    let r = rt.block_on(crate::shared::collect(&tier, older_than, dry_run))?;
+    println!(
+        "{} {}: {} blobs ({}) older than {}; kept {} blobs ({}); {} dead leases",
+        if dry_run { "would delete from" } else { "deleted from" },
+        settings.url,
+        r.blobs_deleted,
+        size(r.bytes_deleted),
+        humantime::format_duration(older_than),
+        r.blobs_kept,
+        size(r.bytes_kept),
+        r.leases_deleted
+    );
+    Ok(())
+}
+
 pub fn gc(config: Config, verify: bool) -> anyhow::Result<()> {
     let (v, via) = run(&config, &Op::Gc { verify })?;
     let r: crate::cache::GcReport = serde_json::from_value(v)?;
