@@ -71,12 +71,12 @@ pub struct FileShared {
     /// itself (default "10m").
     pub max_wait: Option<String>,
     /// Deadline of one small request to the store: a lookup, a lease, the
-    /// head of a read (default "5s").
+    /// head of a read (default "5s", or lease_ttl/3 if less).
     pub request_timeout: Option<String>,
     /// After a failed request, the tier is left alone this long before it
     /// is tried again (default "10s").
     pub retry_after: Option<String>,
-    /// Memory for upload parts across all uploads (default "16MiB").
+    /// Memory for upload parts across all uploads (default "10MiB").
     pub upload_memory: Option<String>,
     /// Uploads at once (default 4); more wait their turn.
     pub max_uploads: Option<usize>,

@@ -85,17 +85,22 @@ impl SharedSettings {
             return Err(invalid("shared.lease_ttl", "at least 1s"));
         }
         let max_wait = duration("max_wait", &s.max_wait, 600)?;
-        let request_timeout = duration("request_timeout", &s.request_timeout, 5)?;
-        if request_timeout.is_zero() || request_timeout >= lease_ttl {
+        // A renewal is sent lease_ttl/3 after the last and must land before
+        // the lease expires.
+        let request_timeout = match &s.request_timeout {
+            Some(v) => parse_duration("shared.request_timeout", v)?,
+            None => std::time::Duration::from_secs(5).min(lease_ttl / 3),
+        };
+        if request_timeout.is_zero() || request_timeout * 3 >= lease_ttl * 2 {
             return Err(invalid(
                 "shared.request_timeout",
-                "must be above zero and below lease_ttl (a lease is renewed within its ttl)",
+                "must be above zero and below 2/3 of lease_ttl (a renewal, sent every lease_ttl/3, must land within the ttl)",
             ));
         }
         let retry_after = duration("retry_after", &s.retry_after, 10)?;
         let upload_memory = match &s.upload_memory {
             Some(v) => parse_size("shared.upload_memory", v)?,
-            None => 16 << 20,
+            None => 10 << 20,
         };
         if upload_memory < crate::shared::PART_SIZE {
             return Err(invalid(

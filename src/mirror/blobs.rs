@@ -308,11 +308,14 @@ impl Mirror {
         let Some(tier) = self.tier_for(r) else {
             return Err(w);
         };
-        if let Err(e) = self.upstream(r.upstream).client.head_blob(&r.repo, d).await {
-            let e = source_failed(e);
-            self.inner.cache.abandon_fill(w, e.clone());
-            return Ok(Err((e, "upstream")));
-        }
+        let upstream_size = match self.upstream(r.upstream).client.head_blob(&r.repo, d).await {
+            Ok(size) => size,
+            Err(e) => {
+                let e = source_failed(e);
+                self.inner.cache.abandon_fill(w, e.clone());
+                return Ok(Err((e, "upstream")));
+            }
+        };
         let (size, stream) = match tier.read(d).await {
             Ok(read) => read,
             Err(e) => {
@@ -320,6 +323,11 @@ impl Mirror {
                 return Err(w);
             }
         };
+        // A copy of the wrong length is caught before any byte is served.
+        if upstream_size.is_some_and(|u| u != size) {
+            tier.bad_copy(d);
+            return Err(w);
+        }
         let result = self.feed_fill(r, Body::Shared { size, stream }, w).await;
         if let Err((e, _)) = &result {
             let corrupt = match e {

@@ -73,7 +73,7 @@ impl SharedSettings {
             max_wait: Duration::from_secs(600),
             request_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(10),
-            upload_memory: 16 << 20,
+            upload_memory: 10 << 20,
             max_uploads: 4,
         }
     }
