@@ -1,0 +1,357 @@
+//! A fleet of wharf nodes (each its own binary, cache and port) sharing one
+//! tier on a real distributed store (SeaweedFS: a master, three volume
+//! servers with replication 001, an S3 gateway): a cold layer is fetched
+//! from the upstream once for all of them, a late node needs no upstream
+//! blob at all, a corrupt tier copy is never served and gets repaired, a
+//! leader killed mid-fill holds the others up at most its lease's ttl, and
+//! a store that loses a volume server or dies leaves pulls working.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::harness::*;
+
+/// One store, one upstream, and the key files every node reads.
+struct Fleet {
+    fs: SeaweedFs,
+    up: Upstream,
+    dir: tempfile::TempDir,
+    keys: (PathBuf, PathBuf),
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let rt = runtime();
+        let up = Upstream::start(Auth::None, &rt);
+        let fs = SeaweedFs::start();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = fs.write_credentials(dir.path());
+        Fleet {
+            fs,
+            up,
+            dir,
+            keys,
+            rt,
+        }
+    }
+
+    /// A node named `name` sharing `prefix` of the bucket, with its upstream
+    /// at `upstream` and `extra` lines in `[shared]`.
+    fn node(&self, name: &str, prefix: &str, upstream: &str, extra: &str) -> Served {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Served::start(&dir, name, &self.body(prefix, upstream, extra))
+    }
+
+    fn body(&self, prefix: &str, upstream: &str, extra: &str) -> String {
+        format!(
+            "[[upstream]]\nname = \"hub\"\nurl = \"{upstream}\"\ndefault = true\n\
+             [shared]\nurl = \"s3://{}/{prefix}\"\nendpoint = \"{}\"\n\
+             access_key_id_file = {:?}\nsecret_access_key_file = {:?}\n{extra}",
+            self.fs.bucket(),
+            self.fs.endpoint(),
+            self.keys.0,
+            self.keys.1,
+        )
+    }
+}
+
+/// The tier's key of a blob under `prefix`.
+fn tier_key(prefix: &str, digest: &str) -> String {
+    format!("{prefix}/blobs/sha256/{}", &digest[7..])
+}
+
+/// The layers and config of `repo:tag` on the upstream: (digest, size).
+fn blobs_of(up: &Upstream, repo: &str, tag: &str) -> Vec<(String, u64)> {
+    let m: serde_json::Value = http()
+        .get(format!("{}/v2/{repo}/manifests/{tag}", up.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut out: Vec<(String, u64)> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&m["config"]))
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+    out
+}
+
+/// A GET's outcome: the status and the sha256 of a body read to its end,
+/// or why the transfer failed.
+type Got = Result<(u16, String, u64), String>;
+
+fn get_blob(url: &str) -> Got {
+    let mut r = http().get(url).send().map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        use std::io::Read;
+        let k = r.read(&mut buf).map_err(|e| format!("cut after {n} bytes: {e}"))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((status, format!("sha256:{}", hex::encode(h.finalize())), n))
+}
+
+/// `per_node` simultaneous GETs of `path` on each node.
+fn fire(nodes: &[&Served], path: &str, per_node: usize) -> Vec<Got> {
+    let total = nodes.len() * per_node;
+    let barrier = Arc::new(Barrier::new(total));
+    let handles: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| std::iter::repeat_n(format!("{}{path}", n.url()), per_node))
+        .map(|url| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                get_blob(&url)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn assert_served(got: &Got, digest: &str, size: u64) {
+    match got {
+        Ok((200, sha, n)) => assert!(sha == digest && *n == size, "wrong body: {sha}, {n} bytes"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until `node` has no upload running and the tier holds `key`.
+fn uploaded(fleet: &Fleet, node: &Served, key: &str, size: u64) {
+    eventually(Duration::from_secs(60), &format!("{key} in the tier"), || {
+        node.metric("wharf_shared_uploads_in_flight") == 0.0 && fleet.fs.head(key) == Some(size)
+    });
+}
+
+/// `skopeo copy` of `docker.io/<image>` through `node` (its only mirror;
+/// docker.io itself is a dead port) into a `dir:`.
+fn skopeo_copy(node: &Served, image: &str, to: &Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = registries_conf(tmp.path(), node.addr());
+    let (ok, out) = skopeo_to_dir(Some(&conf), &format!("docker://docker.io/{image}"), to, false);
+    assert!(ok, "skopeo through {}: {out}", node.url());
+}
+
+#[test]
+fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
+    let f = Fleet::start();
+    f.up.push("large", "library/big:1", None, false); // one 64 MiB layer
+    f.up.push("small", "library/small:1", None, false);
+    let url = f.up.url();
+    let nodes: Vec<Served> = (1..=3)
+        .map(|i| f.node(&format!("n{i}"), "fleet", &url, "lease_ttl = \"6s\"\n"))
+        .collect();
+
+    // 30 cold clients, 10 on each node, at once.
+    let (big, big_size) = blobs_of(&f.up, "library/big", "1")[0].clone();
+    let path = format!("/v2/library/big/blobs/{big}");
+    assert!(big_size >= 64 << 20);
+    let refs: Vec<&Served> = nodes.iter().collect();
+    for got in fire(&refs, &path, 10) {
+        assert_served(&got, &big, big_size);
+    }
+    assert_eq!(f.up.gets(&path), 1, "the upstream sent the layer once");
+    let waits: f64 = nodes
+        .iter()
+        .map(|n| n.metric("wharf_shared_lease_waits_total{outcome=\"appeared\"}"))
+        .sum();
+    assert_eq!(waits, 2.0, "the two other nodes waited for the leader's upload");
+    let key = tier_key("fleet", &big);
+    let leader = nodes
+        .iter()
+        .find(|n| n.metric("wharf_shared_uploads_total{result=\"done\"}") == 1.0)
+        .expect("one node uploaded the layer");
+    uploaded(&f, leader, &key, big_size);
+
+    // A whole image through one node fills the tier ...
+    let tmp = tempfile::tempdir().unwrap();
+    skopeo_copy(&nodes[0], "library/small:1", &tmp.path().join("first"));
+    for (d, size) in blobs_of(&f.up, "library/small", "1") {
+        uploaded(&f, &nodes[0], &tier_key("fleet", &d), size);
+    }
+    // ... and a node started later with an empty disk pulls it with no
+    // upstream blob GET at all (manifests still come from the upstream).
+    let blob_gets = |up: &Upstream| {
+        up.access_log()
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p.contains("/blobs/"))
+            .count()
+    };
+    let before = blob_gets(&f.up);
+    let late = f.node("late", "fleet", &url, "");
+    skopeo_copy(&late, "library/small:1", &tmp.path().join("late"));
+    assert_eq!(blob_gets(&f.up), before, "the late node read every blob from the tier");
+    assert_eq!(
+        dir_contents(&tmp.path().join("first")),
+        dir_contents(&tmp.path().join("late"))
+    );
+    assert!(late.metric("wharf_shared_lookups_total{result=\"hit\"}") >= 2.0);
+
+    // A corrupt tier copy of the same length: never served complete, the
+    // next request fetches from the upstream, and the copy is repaired.
+    let small = blobs_of(&f.up, "library/small", "1");
+    let (layer, layer_size) = small[0].clone();
+    let layer_key = tier_key("fleet", &layer);
+    let good = f.fs.get(&layer_key).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    f.fs.put(&layer_key, &bad);
+    let fresh = f.node("fresh", "fleet", &url, "");
+    let layer_path = format!("/v2/library/small/blobs/{layer}");
+    let gets_before = f.up.gets(&layer_path);
+    match get_blob(&format!("{}{layer_path}", fresh.url())) {
+        Ok((200, sha, n)) if n == layer_size => assert_eq!(sha, layer, "a corrupt body was served whole"),
+        Ok((200, _, n)) => assert!(n < layer_size),
+        Ok((status, _, _)) => assert!(status >= 500, "{status}"),
+        Err(_cut) => {} // a failed transfer the client can tell
+    }
+    assert_eq!(fresh.metric("wharf_shared_verification_failures_total"), 1.0);
+    assert_served(&get_blob(&format!("{}{layer_path}", fresh.url())), &layer, layer_size);
+    assert_eq!(f.up.gets(&layer_path), gets_before + 1, "fetched from the upstream again");
+    eventually(Duration::from_secs(30), "the tier's copy repaired", || {
+        f.fs.get(&layer_key).as_deref() == Some(&good[..])
+    });
+
+    // A tier copy of the wrong length is bypassed before its first byte:
+    // the client never sees it.
+    let (config, config_size) = small[small.len() - 1].clone();
+    let config_key = tier_key("fleet", &config);
+    f.fs.put(&config_key, b"{\"not\": \"the config\"}");
+    let fresh2 = f.node("fresh2", "fleet", &url, "");
+    let config_path = format!("/v2/library/small/blobs/{config}");
+    assert_served(&get_blob(&format!("{}{config_path}", fresh2.url())), &config, config_size);
+    assert_eq!(fresh2.metric("wharf_shared_verification_failures_total"), 1.0);
+
+    // The key files' contents never reach a log.
+    for n in nodes.iter().chain([&late, &fresh, &fresh2]) {
+        let log = std::fs::read_to_string(&n.log).unwrap();
+        assert!(!log.contains(f.fs.secret_access_key()), "secret in {}", n.log.display());
+        assert!(!log.contains(f.fs.access_key_id()), "key id in {}", n.log.display());
+    }
+}
+
+#[test]
+fn a_leader_killed_mid_fill_holds_the_others_at_most_its_lease_ttl() {
+    let f = Fleet::start();
+    f.up.push("large", "library/big:1", None, false);
+    // 8 MiB/s: the leader's 64 MiB fill takes about 8 s.
+    let relay = throttled_relay(&f.rt, f.up.addr(), 8 << 20);
+    let slow = format!("http://127.0.0.1:{relay}");
+    let (big, big_size) = blobs_of(&f.up, "library/big", "1")[0].clone();
+    let path = format!("/v2/library/big/blobs/{big}");
+    let ttl = Duration::from_secs(3);
+    let extra = "lease_ttl = \"3s\"\n";
+    let mut leader = f.node("leader", "kill", &slow, extra);
+    let waiter = f.node("waiter", "kill", &slow, extra);
+
+    let leader_url = format!("{}{path}", leader.url());
+    let first = std::thread::spawn(move || get_blob(&leader_url));
+    let lease = format!("kill/leases/sha256/{}", &big[7..]);
+    eventually(Duration::from_secs(30), "the leader's lease", || {
+        f.fs.head(&lease).is_some()
+    });
+    let waiter_url = format!("{}{path}", waiter.url());
+    let second = std::thread::spawn(move || get_blob(&waiter_url));
+    eventually(Duration::from_secs(30), "the waiter to miss and wait", || {
+        waiter.metric("wharf_shared_lookups_total{result=\"miss\"}") == 1.0
+    });
+    leader.kill9();
+    let killed = Instant::now();
+    // The leader's own client is cut (it gets a failed transfer).
+    let _ = first.join().unwrap();
+
+    // The waiter sees the lease unrenewed for its ttl (on its own clock),
+    // takes it over within ttl + one poll (1 s), and fetches the layer.
+    eventually(Duration::from_secs(30), "the waiter to take the lease over", || {
+        waiter.metric("wharf_shared_lease_waits_total{outcome=\"took_over\"}") == 1.0
+    });
+    let took = killed.elapsed();
+    let bound = ttl + Duration::from_secs(1);
+    // Slack for this machine's load (the renewal before the kill may have
+    // landed up to ttl/3 earlier: that only shortens the wait).
+    assert!(
+        took <= bound + Duration::from_secs(3),
+        "took over after {took:?}, bound {bound:?}"
+    );
+    assert_served(&second.join().unwrap(), &big, big_size);
+    assert_eq!(f.up.gets(&path), 2, "the dead leader's fetch and the new leader's");
+    uploaded(&f, &waiter, &tier_key("kill", &big), big_size);
+    eventually(Duration::from_secs(10), "the lease released", || {
+        f.fs.head(&lease).is_none()
+    });
+}
+
+#[test]
+fn pulls_ride_out_a_lost_volume_server_and_a_dead_store() {
+    let mut f = Fleet::start();
+    f.up.push("small", "library/small:1", None, false);
+    f.up.push("large", "library/big:1", None, false);
+    let url = f.up.url();
+    let extra = "request_timeout = \"1s\"\nretry_after = \"30s\"\n";
+    let a = f.node("a", "faults", &url, extra);
+    let b = f.node("b", "faults", &url, extra);
+    let small = blobs_of(&f.up, "library/small", "1");
+    let (layer, layer_size) = small[0].clone();
+    let layer_path = format!("/v2/library/small/blobs/{layer}");
+    assert_served(&get_blob(&format!("{}{layer_path}", a.url())), &layer, layer_size);
+    uploaded(&f, &a, &tier_key("faults", &layer), layer_size);
+
+    // One volume server gone: its copies live on another (replication 001).
+    f.fs.kill_volume(0);
+    let gets = f.up.gets(&layer_path);
+    assert_served(&get_blob(&format!("{}{layer_path}", b.url())), &layer, layer_size);
+    assert_eq!(f.up.gets(&layer_path), gets, "read from the tier's replica");
+
+    // The whole store gone: pulls go on from disk and the upstream, and
+    // /readyz stays 200 and says the tier is degraded.
+    f.fs.stop();
+    let (big, big_size) = blobs_of(&f.up, "library/big", "1")[0].clone();
+    let started = Instant::now();
+    assert_served(
+        &get_blob(&format!("{}/v2/library/big/blobs/{big}", a.url())),
+        &big,
+        big_size,
+    );
+    assert_served(&get_blob(&format!("{}{layer_path}", a.url())), &layer, layer_size);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the dead store held a pull {:?}",
+        started.elapsed()
+    );
+    let (status, body) = a.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["shared"]["state"], "degraded", "{body}");
+    assert!(ready["shared"]["error"].as_str().is_some(), "{body}");
+    assert_eq!(a.metric("wharf_shared_degraded"), 1.0);
+    // Set aside: the next miss does not even ask the store.
+    let c = small[small.len() - 1].clone();
+    assert_served(
+        &get_blob(&format!("{}/v2/library/small/blobs/{}", a.url(), c.0)),
+        &c.0,
+        c.1,
+    );
+    assert!(a.metric("wharf_shared_lookups_total{result=\"set_aside\"}") >= 1.0);
+}
