@@ -250,7 +250,7 @@ impl Mirror {
     /// keeps its content out of the tier (`shared = false`) or is offline
     /// (a tier copy is read only once the upstream confirms the repository
     /// holds it).
-    fn tier_for(&self, r: &Routed) -> Option<&crate::shared::Tier> {
+    pub(super) fn tier_for(&self, r: &Routed) -> Option<&crate::shared::Tier> {
         let cfg = &self.upstream(r.upstream).cfg;
         self.inner.tier.as_ref().filter(|_| cfg.shared && !cfg.offline)
     }

@@ -181,6 +181,9 @@ impl Mirror {
             .inner
             .manifests
             .run(key, move || async move {
+                if let Some(f) = this.manifest_from_tier(&r2, &reference).await? {
+                    return Ok((f, CacheStatus::Miss));
+                }
                 let client = &this.upstream(r2.upstream).client;
                 let m = client.get_manifest(&r2.repo, &reference).await?;
                 this.store_manifest(&r2, None, m.into())
@@ -285,13 +288,22 @@ impl Mirror {
         }
     }
 
-    /// Commits a verified manifest (and the tag) to the cache.
+    /// Commits a verified manifest from the upstream (and the tag) to the
+    /// cache, and offers it to the shared tier.
     async fn store_manifest(
         &self,
         r: &Routed,
         tag: Option<&Tag>,
         f: Fetched,
     ) -> Result<Fetched, MirrorError> {
+        let f = self.commit(r, tag, f).await?;
+        if let Some(tier) = self.tier_for(r) {
+            tier.upload_manifest(f.digest.clone(), f.media_type.to_string(), f.bytes.clone());
+        }
+        Ok(f)
+    }
+
+    async fn commit(&self, r: &Routed, tag: Option<&Tag>, f: Fetched) -> Result<Fetched, MirrorError> {
         let m = CachedManifest {
             bytes: f.bytes.clone(),
             media_type: f.media_type.clone(),
@@ -302,6 +314,40 @@ impl Mirror {
             .await?;
         self.exists_now(r, tag, &f.digest);
         Ok(f)
+    }
+
+    /// A manifest by digest from the shared tier: only when its bytes match
+    /// the digest and the upstream confirms (`HEAD`, free on Docker Hub's
+    /// pull limit) that this repository holds it. `None`: ask the upstream.
+    async fn manifest_from_tier(
+        &self,
+        r: &Routed,
+        reference: &Reference,
+    ) -> Result<Option<Fetched>, MirrorError> {
+        let (Some(tier), Reference::Digest(d)) = (self.tier_for(r), reference) else {
+            return Ok(None);
+        };
+        let up = self.upstream(r.upstream);
+        let Some((media_type, bytes)) = tier.read_manifest(d, up.cfg.limits.manifest).await else {
+            return Ok(None);
+        };
+        let media_type: MediaType = match media_type.parse() {
+            Ok(t) if Digest::of(d.algorithm(), &bytes) == *d => t,
+            _ => {
+                tier.bad_copy(d);
+                return Ok(None);
+            }
+        };
+        let head = up.client.head_manifest(&r.repo, reference).await?;
+        if head.digest.as_ref().is_some_and(|h| h != d) {
+            return Ok(None);
+        }
+        let f = Fetched {
+            bytes,
+            media_type,
+            digest: d.clone(),
+        };
+        self.commit(r, None, f).await.map(Some)
     }
 }
 

@@ -20,6 +20,8 @@
 //!
 //! `<prefix>/blobs/sha256/<hex>`: a verified blob, by digest only (two
 //! uploads of one digest carry the same bytes, so an overwrite is harmless);
+//! `<prefix>/manifests/sha256/<hex>`: a verified manifest by digest, its
+//! media type as `Content-Type` (tags are never shared);
 //! `<prefix>/leases/sha256/<hex>`: a node's claim on a cold fill.
 //!
 //! # Cross-node single-flight, on the store's own primitives
@@ -83,6 +85,7 @@
 
 mod gc;
 mod lease;
+mod manifests;
 mod settings;
 mod upload;
 
@@ -270,7 +273,7 @@ impl TierMetrics {
             ),
             verification_failures: one(
                 "wharf_shared_verification_failures_total",
-                "Blobs read from the shared tier whose bytes did not match their digest (not cached, not served complete; fetched from the upstream next, and the tier's copy replaced)",
+                "Blobs and manifests read from the shared tier whose bytes did not match their digest or the upstream's size (not cached, never served complete; fetched from the upstream, and the tier's copy replaced)",
             ),
             uploads: counter(
                 "wharf_shared_uploads_total",
@@ -515,12 +518,13 @@ impl Tier {
         Ok((size, stream.boxed()))
     }
 
-    /// The tier's copy of `d` failed verification here: bypass it, count it,
-    /// and let the next verified upload of `d` replace it.
+    /// The tier's copy of `d` (a blob or a manifest) failed verification
+    /// here: bypass it, count it, and let the next verified upload of `d`
+    /// replace it.
     pub fn bad_copy(&self, d: &Digest) {
         self.inner.metrics.verification_failures.inc();
         tracing::error!(url = %self.inner.settings.url, digest = %d,
-            "shared tier: the stored blob does not match its digest; not served, fetched from the upstream next and replaced");
+            "shared tier: the stored copy does not match its digest; not served, fetched from the upstream and replaced");
         self.inner.bad.insert(d.clone(), ());
     }
 

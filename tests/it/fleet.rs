@@ -158,6 +158,7 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     let f = Fleet::start();
     f.up.push("large", "library/big:1", None, false); // one 64 MiB layer
     f.up.push("small", "library/small:1", None, false);
+    f.up.push("multi", "library/multi:1", None, true); // an OCI index
     let url = f.up.url();
     let nodes: Vec<Served> = (1..=3)
         .map(|i| f.node(&format!("n{i}"), "fleet", &url, "lease_ttl = \"6s\"\n"))
@@ -190,8 +191,27 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     for (d, size) in blobs_of(&f.up, "library/small", "1") {
         uploaded(&f, &nodes[0], &tier_key("fleet", &d), size);
     }
+    let first_multi = tmp.path().join("first-multi");
+    skopeo_copy(&nodes[0], "library/multi:1", &first_multi);
+    // A dir: copy names each blob by its hex digest, beside manifest.json
+    // (the platform's manifest).
+    for (name, bytes) in dir_contents(&first_multi) {
+        let key = match name.as_str() {
+            "manifest.json" => format!(
+                "fleet/manifests/sha256/{}",
+                hex::encode(Sha256::digest(&bytes))
+            ),
+            "version" => continue,
+            hex => format!("fleet/blobs/sha256/{hex}"),
+        };
+        let size = bytes.len() as u64;
+        eventually(Duration::from_secs(60), &format!("{key} in the tier"), || {
+            f.fs.head(&key) == Some(size)
+        });
+    }
     // ... and a node started later with an empty disk pulls it with no
-    // upstream blob GET at all (manifests still come from the upstream).
+    // upstream blob GET at all, nor a manifest by digest (the platform's
+    // manifest under the index); tags still come from the upstream.
     let blob_gets = |up: &Upstream| {
         up.access_log()
             .iter()
@@ -201,7 +221,16 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     let before = blob_gets(&f.up);
     let late = f.node("late", "fleet", &url, "");
     skopeo_copy(&late, "library/small:1", &tmp.path().join("late"));
+    let by_digest = |up: &Upstream| up.count("GET", "/v2/library/multi/manifests/sha256:");
+    let manifests_before = by_digest(&f.up);
+    assert!(manifests_before >= 1, "the first pull fetched the platform's manifest");
+    skopeo_copy(&late, "library/multi:1", &tmp.path().join("late-multi"));
+    assert_eq!(by_digest(&f.up), manifests_before, "the platform's manifest came from the tier");
     assert_eq!(blob_gets(&f.up), before, "the late node read every blob from the tier");
+    assert_eq!(
+        dir_contents(&tmp.path().join("first-multi")),
+        dir_contents(&tmp.path().join("late-multi"))
+    );
     assert_eq!(
         dir_contents(&tmp.path().join("first")),
         dir_contents(&tmp.path().join("late"))

@@ -1,0 +1,142 @@
+//! Manifests by digest in the tier: `<prefix>/manifests/sha256/<hex>`, the
+//! exact bytes with their media type as the object's `Content-Type`. Small,
+//! so written whole (create-only) and read whole, within the upstream's
+//! manifest size limit. Tags are never shared: each node revalidates its
+//! own within `tag_ttl`.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use object_store::{Attribute, Attributes, ObjectStoreExt, PutMode, PutOptions};
+
+use crate::registry::Digest;
+
+use super::{Tier, TierError};
+
+impl Tier {
+    fn manifest_key(&self, d: &Digest) -> object_store::path::Path {
+        self.key(&format!("manifests/{}/{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    /// The tier's copy of manifest `d`: its media type and bytes, read up to
+    /// `max` bytes (a larger object is not read). Unverified: the caller
+    /// checks the digest. `None` when absent, too large, untyped or the
+    /// tier failed.
+    pub async fn read_manifest(&self, d: &Digest, max: usize) -> Option<(String, Bytes)> {
+        let m = &self.inner.metrics.lookups;
+        if self.inner.bad.contains_key(d) {
+            m.with_label_values(&["bad_copy"]).inc();
+            return None;
+        }
+        if self.available().is_err() {
+            m.with_label_values(&["set_aside"]).inc();
+            return None;
+        }
+        let key = self.manifest_key(d);
+        let limit = self.inner.settings.request_timeout;
+        let read = async {
+            let got = self.inner.store.get(&key).await?;
+            if got.meta.size > max as u64 {
+                return Ok(None);
+            }
+            let media_type = got
+                .attributes
+                .get(&Attribute::ContentType)
+                .map(|v| v.to_string());
+            let mut body = BytesMut::new();
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if body.len() + chunk.len() > max {
+                    return Ok(None);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(media_type.map(|t| (t, body.freeze())))
+        };
+        // The whole read (a manifest is small) within one request deadline.
+        match self
+            .call("get", async move {
+                match tokio::time::timeout(limit, read).await {
+                    Ok(r) => r,
+                    Err(_) => Err(object_store::Error::Generic {
+                        store: "shared tier",
+                        source: "manifest read timed out".into(),
+                    }),
+                }
+            })
+            .await
+        {
+            Ok(Some(found)) => {
+                m.with_label_values(&["hit"]).inc();
+                self.inner
+                    .metrics
+                    .bytes
+                    .with_label_values(&["read"])
+                    .inc_by(found.1.len() as u64);
+                Some(found)
+            }
+            Ok(None) => {
+                m.with_label_values(&["miss"]).inc();
+                None
+            }
+            Err(TierError::NotFound) => {
+                m.with_label_values(&["miss"]).inc();
+                None
+            }
+            Err(_) => {
+                m.with_label_values(&["error"]).inc();
+                None
+            }
+        }
+    }
+
+    /// Uploads a verified manifest, create-only, in the background.
+    pub fn upload_manifest(&self, d: Digest, media_type: String, bytes: Bytes) {
+        if !self.inner.settings.write {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let key = this.manifest_key(&d);
+            let replace = this.replaces_bad_copy(&d);
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, media_type.into());
+            let opts = PutOptions {
+                mode: if replace {
+                    PutMode::Overwrite
+                } else {
+                    PutMode::Create
+                },
+                attributes,
+                ..Default::default()
+            };
+            let len = bytes.len() as u64;
+            let store = this.inner.store.clone();
+            let r = this
+                .call("put", async move {
+                    match store.put_opts(&key, bytes.into(), opts).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::AlreadyExists { .. })
+                        | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await;
+            let m = &this.inner.metrics;
+            match r {
+                Ok(true) => {
+                    m.uploads.with_label_values(&["done"]).inc();
+                    m.bytes.with_label_values(&["written"]).inc_by(len);
+                    if replace {
+                        this.inner.bad.invalidate(&d);
+                    }
+                }
+                Ok(false) => m.uploads.with_label_values(&["present"]).inc(),
+                Err(e) => {
+                    m.uploads.with_label_values(&["failed"]).inc();
+                    tracing::debug!(digest = %d, error = %e, "shared tier: manifest upload failed");
+                }
+            }
+        });
+    }
+}
