@@ -19,6 +19,7 @@ mod kubernetes;
 mod observability;
 mod pull;
 mod redirect;
+mod shared;
 mod site;
 mod systemd;
 mod tls;

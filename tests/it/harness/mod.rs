@@ -35,6 +35,10 @@
 //!   [`hosts_dir`] for `ctr --hosts-dir`.
 //! - [`nspawn`]: [`Nspawn`], a real systemd booted with `systemd-nspawn`
 //!   from a cached debootstrap root, with relays in and out.
+//! - [`seaweed`]: [`SeaweedFs`], a real distributed S3 store (master,
+//!   three volume servers, filer with its S3 gateway) with generated keys,
+//!   one bucket, direct S3 operations through `object_store`, and faults
+//!   (a volume server killed, the store stopped).
 
 mod clients;
 mod containerd;
@@ -46,6 +50,7 @@ mod netns;
 mod nspawn;
 mod ratelimit;
 mod registry;
+mod seaweed;
 mod tamper;
 mod token;
 mod wharf;
@@ -62,6 +67,7 @@ pub use self::netns::{Netns, SITE_IP};
 pub use self::nspawn::{root as nspawn_root, Nspawn, SHARED as NSPAWN_SHARED};
 pub use self::ratelimit::{throttled_relay, RateLimiter, Window};
 pub use self::registry::{Auth, Upstream};
+pub use self::seaweed::SeaweedFs;
 pub use self::tamper::{Length, Mangle, Tamper};
 pub use self::token::{TokenOpts, TokenServer};
 pub use self::wharf::{files_under, metric_value, rehash_cache, Fixture, Served, Wharf, SITE_PORT};
