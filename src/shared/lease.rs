@@ -112,7 +112,7 @@ impl Tier {
         let body = self.lease_body(d, 0);
         let store = self.inner.store.clone();
         let put = self
-            .call("lease", async {
+            .call_within("lease", self.lease_deadline(), async {
                 match store
                     .put_opts(
                         &key,
@@ -134,8 +134,9 @@ impl Tier {
         let held = match put {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(None),
-            // An overwrite of a lease that vanished meanwhile: race again.
-            Err(TierError::NotFound) => return Ok(None),
+            // An overwrite of a lease that vanished meanwhile, or a write
+            // still queued behind other nodes': look again.
+            Err(TierError::NotFound) | Err(TierError::Contended(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         let lease = self.hold(key, held.e_tag, held.version, d.clone());
@@ -272,7 +273,7 @@ async fn renew(tier: Tier, key: Key, state: Arc<Mutex<Held>>, d: Digest) {
         let body = tier.lease_body(&d, beat);
         let store = tier.inner.store.clone();
         let r = tier
-            .call("lease", async {
+            .call_within("lease", tier.lease_deadline(), async {
                 match store
                     .put_opts(
                         &key,

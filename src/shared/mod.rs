@@ -128,6 +128,8 @@ pub enum TierError {
     Store(String),
     #[error("the shared tier has no such object")]
     NotFound,
+    #[error("a lease write was not answered within {0:?} (other nodes contend for it)")]
+    Contended(Duration),
 }
 
 /// What a lookup found.
@@ -445,21 +447,46 @@ impl Tier {
         op: &'static str,
         f: impl std::future::Future<Output = object_store::Result<T>>,
     ) -> Result<T, TierError> {
+        self.call_within(op, self.inner.settings.request_timeout, f)
+            .await
+    }
+
+    /// [`call`](Self::call) with its own deadline. A conditional write may
+    /// wait on the store's lock while other nodes contend for the same key
+    /// (SeaweedFS answers the losers of a race after 1-8 s): leases get
+    /// longer, and their caller reads [`TierError::Contended`] as "look
+    /// again", not as the store failing.
+    async fn call_within<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, TierError> {
         self.available()?;
         let timer = self.inner.metrics.latency.with_label_values(&[op]).start_timer();
-        let limit = self.inner.settings.request_timeout;
         let r = match tokio::time::timeout(limit, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(object_store::Error::NotFound { .. })) => Err(TierError::NotFound),
             Ok(Err(e)) => Err(TierError::Store(describe(&e))),
+            Err(_) if op == "lease" => Err(TierError::Contended(limit)),
             Err(_) => Err(TierError::Timeout(limit)),
         };
         timer.observe_duration();
         match &r {
             Ok(_) | Err(TierError::NotFound) => self.succeeded(),
+            Err(TierError::Contended(_)) => {
+                self.inner.metrics.errors.with_label_values(&[op]).inc();
+            }
             Err(e) => self.failed(op, e),
         }
         r
+    }
+
+    /// The deadline of a lease write: long enough for a contended
+    /// conditional write, short enough to renew within the ttl.
+    fn lease_deadline(&self) -> Duration {
+        let s = &self.inner.settings;
+        (s.lease_ttl / 2).max(s.request_timeout)
     }
 
     /// Whether the blob is in the tier, and its size. Never waits longer

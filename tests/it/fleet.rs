@@ -221,11 +221,15 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     let before = blob_gets(&f.up);
     let late = f.node("late", "fleet", &url, "");
     skopeo_copy(&late, "library/small:1", &tmp.path().join("late"));
-    let by_digest = |up: &Upstream| up.count("GET", "/v2/library/multi/manifests/sha256:");
-    let manifests_before = by_digest(&f.up);
-    assert!(manifests_before >= 1, "the first pull fetched the platform's manifest");
+    // The platform's manifest by digest comes from the tier once the
+    // upstream confirmed (HEAD) that this repository holds it (here even on
+    // the first node: the platform's manifest is small:1's, which went to
+    // the tier when small:1 was pulled).
+    let by_digest = |method: &str| f.up.count(method, "/v2/library/multi/manifests/sha256:");
+    let (gets_before, heads_before) = (by_digest("GET"), by_digest("HEAD"));
     skopeo_copy(&late, "library/multi:1", &tmp.path().join("late-multi"));
-    assert_eq!(by_digest(&f.up), manifests_before, "the platform's manifest came from the tier");
+    assert_eq!(by_digest("GET"), gets_before, "the platform's manifest came from the tier");
+    assert!(by_digest("HEAD") > heads_before, "... after the upstream confirmed it");
     assert_eq!(blob_gets(&f.up), before, "the late node read every blob from the tier");
     assert_eq!(
         dir_contents(&tmp.path().join("first-multi")),
@@ -269,6 +273,12 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     let config_key = tier_key("fleet", &config);
     f.fs.put(&config_key, b"{\"not\": \"the config\"}");
     let fresh2 = f.node("fresh2", "fleet", &url, "");
+    // The tier is keyed by digest alone, but a repository reads a tier copy
+    // only if its upstream says the repository holds the blob: library/big
+    // does not hold small:1's layer.
+    let (status, body) = fresh2.get(&format!("/v2/library/big/blobs/{layer}"));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("BLOB_UNKNOWN"), "{body}");
     let config_path = format!("/v2/library/small/blobs/{config}");
     assert_served(&get_blob(&format!("{}{config_path}", fresh2.url())), &config, config_size);
     assert_eq!(fresh2.metric("wharf_shared_verification_failures_total"), 1.0);

@@ -10,6 +10,7 @@ mod cli;
 mod coalescing;
 mod cred_helper;
 mod dockerd;
+mod fleet;
 mod h1;
 mod harness;
 mod hostile;
