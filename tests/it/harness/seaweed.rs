@@ -242,6 +242,16 @@ impl SeaweedFs {
         out.replace(&self.secret_access_key, "<redacted>")
     }
 
+    /// Whether any process's log holds `text` (the secret must never be
+    /// there).
+    pub fn logs_mention(&self, text: &str) -> bool {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(text)))
+    }
+
     /// A new `object_store` client for the bucket (its own connection pool:
     /// one per simulated node, usable on any runtime).
     pub fn store(&self) -> AmazonS3 {
