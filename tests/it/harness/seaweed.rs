@@ -148,10 +148,11 @@ impl SeaweedFs {
             ],
         ));
 
-        // The gateway answers an unsigned request (403) once it listens; the
-        // bucket is made by the first signed write (`-s3.autoCreateBucket`,
-        // on by default, for admin identities), a plain unversioned bucket.
-        // Volumes for it are grown on that write: it takes seconds.
+        // The bucket is made by the first signed write (`-s3.autoCreateBucket`,
+        // on by default, for admin identities): a plain unversioned bucket
+        // (conditional writes are broken on versioned ones, seaweedfs#8073).
+        // Its volumes are grown on that write: it takes seconds. Until the
+        // gateway listens and the filer has found the master, writes fail.
         let probe = Path::from("wharf-harness/ready");
         let mut last = String::new();
         let ready = poll_until(READY, || {
