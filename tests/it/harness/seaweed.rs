@@ -148,10 +148,11 @@ impl SeaweedFs {
             ],
         ));
 
-        // The gateway answers an unsigned request (403) once it listens; the
-        // bucket is made by the first signed write (`-s3.autoCreateBucket`,
-        // on by default, for admin identities), a plain unversioned bucket.
-        // Volumes for it are grown on that write: it takes seconds.
+        // The bucket is made by the first signed write (`-s3.autoCreateBucket`,
+        // on by default, for admin identities): a plain unversioned bucket
+        // (conditional writes are broken on versioned ones, seaweedfs#8073).
+        // Its volumes are grown on that write: it takes seconds. Until the
+        // gateway listens and the filer has found the master, writes fail.
         let probe = Path::from("wharf-harness/ready");
         let mut last = String::new();
         let ready = poll_until(READY, || {
@@ -240,6 +241,16 @@ impl SeaweedFs {
             }
         }
         out.replace(&self.secret_access_key, "<redacted>")
+    }
+
+    /// Whether any process's log holds `text` (the secret must never be
+    /// there).
+    pub fn logs_mention(&self, text: &str) -> bool {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(text)))
     }
 
     /// A new `object_store` client for the bucket (its own connection pool:
