@@ -49,9 +49,22 @@ pub struct SeaweedFs {
 impl SeaweedFs {
     /// Installs `weed` if needed, starts the cluster and waits until the
     /// bucket takes a write. Panics with the tail of every log if it cannot.
+    /// A start whose process exits (a port taken between `free_port` and
+    /// the bind, by another test's process) is tried again with new ports,
+    /// twice at most.
     pub fn start() -> SeaweedFs {
         require(&["python3", "flock"]);
         run(Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/py-deps.sh")));
+        for _ in 0..2 {
+            if let Ok(fs) = std::panic::catch_unwind(SeaweedFs::start_once) {
+                return fs;
+            }
+            eprintln!("SeaweedFS did not start (above); trying again with other ports");
+        }
+        SeaweedFs::start_once()
+    }
+
+    fn start_once() -> SeaweedFs {
         let started = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
