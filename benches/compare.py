@@ -17,7 +17,11 @@ measures of issue 4, and prints the medians with ratios and the targets, to
 stdout and target/bench/compare.{txt,json}. Loopback only; every load is
 bounded in time or count.
 
-    python3 benches/compare.py [--rounds 5] [--secs 3] [--quick]
+    python3 benches/compare.py [--rounds 5] [--secs 3] [--quick] [--only GROUPS]
+
+Groups: warm, rates, tls, cold, ttfb, skopeo, shared (the shared tier on a
+real SeaweedFS: a fleet of three nodes with and without it, a fresh node
+reading from it beside boto3, memory with ten uploads in flight).
 
 --quick (2 rounds, 1 s loads, no 50-client round) is for trying the script,
 not for quoting figures.
@@ -25,6 +29,7 @@ not for quoting figures.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -362,14 +367,113 @@ http {{
     return work / "nginx.conf"
 
 
-def wharf_config(path, port, cache, upstream_port, tls):
+def wharf_config(path, port, cache, upstream_port, tls, extra=""):
     server = "" if tls else "plain_http = true\n"
     path.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\n{server}'
         f'[cache]\ndir = "{cache}"\n'
         f'[[upstream]]\nname = "hub"\nurl = "http://127.0.0.1:{upstream_port}"\n'
-        'aliases = ["docker.io"]\ndefault = true\n'
+        'aliases = ["docker.io"]\ndefault = true\n' + extra
     )
+
+
+class SeaweedFS:
+    """A real distributed S3 store for the shared tier (as tests/it/harness/
+    seaweed.rs runs it): a master with replication 001, three volume
+    servers, a filer with the S3 gateway; generated keys."""
+
+    def __init__(self, work):
+        run(["bash", "scripts/py-deps.sh"])
+        self.weed = str(ROOT / "target/venv/bin/weed")
+        self.dir = work / "seaweedfs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key_id = "WHARF" + os.urandom(8).hex().upper()
+        self.secret = os.urandom(20).hex()
+        ident = self.dir / "identities.json"
+        ident.write_text(json.dumps({"identities": [{
+            "name": "bench", "credentials": [{"accessKey": self.key_id, "secretKey": self.secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        os.chmod(ident, 0o600)
+        for name, value in (("key-id", self.key_id), ("secret", self.secret)):
+            (self.dir / name).write_text(value)
+            os.chmod(self.dir / name, 0o600)
+        self.procs = []
+        mport, mgrpc = free_port(), free_port()
+        master = f"127.0.0.1:{mport}.{mgrpc}"
+        self.spawn("master", ["master", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-port={mport}",
+                              f"-port.grpc={mgrpc}", f"-mdir={self.sub('master')}",
+                              "-defaultReplication=001"])
+        for i in range(3):
+            self.spawn(f"volume{i}", ["volume", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                                      f"-port={free_port()}", f"-port.grpc={free_port()}",
+                                      f"-dir={self.sub(f'volume{i}')}", "-max=40",
+                                      f"-mserver={master}"])
+        while True:  # the S3 gateway dials the filer's gRPC at port + 10000
+            fport = free_port()
+            if fport < 55535:
+                try:
+                    with socket.socket() as t:
+                        t.bind(("127.0.0.1", fport + 10000))
+                    break
+                except OSError:
+                    pass
+        self.s3_port = free_port()
+        fdir = self.sub("filer")
+        self.spawn("filer", ["filer", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-port={fport}",
+                             f"-port.grpc={fport + 10000}", f"-master={master}",
+                             f"-defaultStoreDir={fdir}", f"-localSocket={fdir}/filer.sock", "-s3",
+                             f"-s3.port={self.s3_port}", f"-s3.port.grpc={free_port()}",
+                             "-s3.port.iceberg=0", "-s3.port.lance=0",
+                             f"-s3.localSocket={fdir}/s3.sock", f"-s3.config={ident}"])
+        self.endpoint = f"http://127.0.0.1:{self.s3_port}"
+        self.bucket = "wharf-bench"
+        deadline = time.monotonic() + 90
+        while True:  # the first signed write makes the bucket
+            try:
+                self.client().put_object(Bucket=self.bucket, Key="ready", Body=b"ready")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"SeaweedFS not writable: see {self.dir}/*.log")
+                time.sleep(0.3)
+
+    def sub(self, name):
+        p = self.dir / name
+        p.mkdir(exist_ok=True)
+        return p
+
+    def spawn(self, name, args):
+        out = open(self.dir / f"{name}.log", "ab")
+        self.procs.append(subprocess.Popen([self.weed] + args, stdout=out, stderr=out,
+                                           cwd=self.dir, start_new_session=True))
+
+    def client(self):
+        for site in (ROOT / "target/venv/lib").glob("python3*/site-packages"):
+            if str(site) not in sys.path:
+                sys.path.append(str(site))
+        import boto3  # from target/venv (scripts/py-deps.sh)
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key_id,
+                            aws_secret_access_key=self.secret, region_name="us-east-1")
+
+    def wharf_section(self, prefix):
+        return (f'[shared]\nurl = "s3://{self.bucket}/{prefix}"\nendpoint = "{self.endpoint}"\n'
+                f'access_key_id_file = "{self.dir / "key-id"}"\n'
+                f'secret_access_key_file = "{self.dir / "secret"}"\n')
+
+    def read_mbs(self, key):
+        """boto3 streaming one object to nowhere: the store's own read rate."""
+        c = self.client()
+        t0 = time.monotonic()
+        n = 0
+        for chunk in c.get_object(Bucket=self.bucket, Key=key)["Body"].iter_chunks(1 << 20):
+            n += len(chunk)
+        return n / (time.monotonic() - t0) / MB
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.procs = []
 
 
 def upstream_bytes(logfile, offset, blob_path):
@@ -422,6 +526,8 @@ def main():
     finally:
         for s in servers:
             s.stop()
+        if SEAWEED is not None:
+            SEAWEED.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -475,6 +581,28 @@ def bench(args, want, work, images, start, servers):
         wharf_config(conf, port, cache, up_port, tls)
         return Server("wharf-tls" if tls else "wharf", [wharf_bin, "serve", "--config", str(conf)],
                       port, work / "wharf.log", scheme="https" if tls else "http", env=env)
+
+    def new_wharf_at(tag, extra=""):
+        """A fresh plain-HTTP wharf with `extra` config (a [shared] tier)."""
+        cache = work / f"wharf-{tag}"
+        shutil.rmtree(cache, ignore_errors=True)
+        conf = work / f"wharf-{tag}.toml"
+        port = free_port()
+        wharf_config(conf, port, cache, up_port, False, extra)
+        return Server("wharf", [wharf_bin, "serve", "--config", str(conf)], port,
+                      work / f"wharf-{tag}.log", env=env)
+
+    # Ten distinct 24 MiB blobs, for ten uploads to the shared tier at once.
+    extra_blobs = []
+    if want("shared"):
+        for i in range(10):
+            data = os.urandom(24 << 20)
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            put = urllib.request.Request(
+                upstream.url(f"/v2/library/extra/blobs/uploads/?digest={digest}"), data=data,
+                method="POST", headers={"Content-Type": "application/octet-stream"})
+            urllib.request.urlopen(put).read()
+            extra_blobs.append((f"/v2/library/extra/blobs/{digest}", len(data)))
 
     # nginx, with a certificate of the same kind as wharf's (ECDSA P-256).
     cert, key = work / "nginx.crt", work / "nginx.key"
@@ -601,10 +729,115 @@ def bench(args, want, work, images, start, servers):
                 if srv is not upstream:
                     srv.stop()
                     servers.remove(srv)
+        if want("shared"):
+            bench_shared(rnd, rec, work, start, servers, new_wharf_at, upstream, big_path, big_size,
+                         big_file, extra_blobs)
         # Each round starts from the same page cache state for the blob files.
         shutil.rmtree(work / "skopeo-out", ignore_errors=True)
 
     report(args, R)
+
+
+def bench_shared(rnd, rec, work, start, servers, new_wharf_at, upstream, big_path, big_size,
+                 big_file, extra_blobs):
+    """Issue 16: three nodes x ten cold clients on the 512 MiB blob, without
+    and with a shared tier (a fresh bucket prefix each round, so it starts
+    cold); a fresh node reading the blob from the tier beside boto3 reading
+    the same object; peak RSS of a node with ten uploads in flight, beside
+    the same fetches without a tier."""
+    global SEAWEED
+    if SEAWEED is None:
+        SEAWEED = SeaweedFS(work)
+    fs = SEAWEED
+
+    def fleet(tag, extra):
+        nodes = [start(new_wharf_at(f"{tag}{i}", extra)) for i in range(3)]
+        time.sleep(0.5)  # the tier's start-up probe
+        off = upstream.logfile.stat().st_size
+        procs = []
+        t0 = time.monotonic()
+        for n in nodes:
+            for _ in range(10):
+                procs.append(subprocess.Popen(
+                    curl_args(n.url(big_path)) + ["-o", "/dev/null", "-w", "%{size_download}"],
+                    stdout=subprocess.PIPE, text=True))
+        for p in procs:
+            out, _ = p.communicate(timeout=900)
+            if p.returncode != 0 or int(out) != big_size:
+                raise SystemExit(f"a fleet download failed: {p.returncode} {out}")
+        wall = time.monotonic() - t0
+        time.sleep(0.3)
+        up_x = upstream_bytes(upstream.logfile, off, big_path) / big_size
+        return nodes, wall, up_x
+
+    prefix = f"round{rnd}"
+    for mode in rotate_pair(rnd):
+        if mode == "none":
+            nodes, wall, up_x = fleet(f"f{rnd}n", "")
+        else:
+            nodes, wall, up_x = fleet(f"f{rnd}t", fs.wharf_section(prefix))
+            # Wait for the leader's upload, so the tier holds the blob below.
+            key = f"{prefix}/blobs/sha256/{big_path.rsplit(':', 1)[1]}"
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    fs.client().head_object(Bucket=fs.bucket, Key=key)
+                    break
+                except Exception:
+                    time.sleep(0.2)
+        rec("fleet_wall_s", f"tier-{mode}", wall)
+        rec("fleet_upstream_x", f"tier-{mode}", up_x)
+        for n in nodes:
+            n.stop()
+            servers.remove(n)
+            shutil.rmtree(Path(n.cmd[-1]).with_suffix(""), ignore_errors=True)  # its cache
+
+    # A fresh node reading the blob from the tier, and boto3 reading it.
+    key = f"{prefix}/blobs/sha256/{big_path.rsplit(':', 1)[1]}"
+    for who in (["wharf", "boto3"] if rnd % 2 == 0 else ["boto3", "wharf"]):
+        if who == "boto3":
+            rec("tier_read_mbs", "boto3", fs.read_mbs(key))
+            continue
+        node = start(new_wharf_at(f"r{rnd}", fs.wharf_section(prefix)))
+        time.sleep(0.5)
+        off = upstream.logfile.stat().st_size
+        wall, _ = parallel_downloads(1, node.url(big_path), big_size, verify_against=big_file)
+        time.sleep(0.3)
+        assert upstream_bytes(upstream.logfile, off, big_path) == 0, "read from the upstream"
+        rec("tier_read_mbs", "wharf", big_size / wall / MB)
+        node.stop()
+        servers.remove(node)
+
+    # Ten uploads at once: peak RSS with a tier minus without.
+    for mode in rotate_pair(rnd):
+        extra = fs.wharf_section(f"up{rnd}") if mode == "on" else ""
+        node = start(new_wharf_at(f"u{rnd}{mode}", extra))
+        time.sleep(0.5)
+        with Measured(node) as m:
+            procs = [subprocess.Popen(curl_args(node.url(p)) + ["-o", "/dev/null"])
+                     for p, _ in extra_blobs]
+            for p in procs:
+                p.wait(timeout=300)
+            if mode == "on":
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    with urllib.request.urlopen(node.url("/metrics")) as r:
+                        text = r.read().decode()
+                    done = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                               if l.startswith("wharf_shared_uploads_total"))
+                    if done >= len(extra_blobs):
+                        break
+                    time.sleep(0.1)
+        rec("uploads10_peak_mib", f"tier-{mode}", m.peak)
+        node.stop()
+        servers.remove(node)
+
+
+def rotate_pair(rnd):
+    return ["none", "on"] if rnd % 2 == 0 else ["on", "none"]
+
+
+SEAWEED = None
 
 
 # ---------------------------------------------------------------- report
@@ -737,6 +970,42 @@ def report(args, R):
     if w and n:
         target(f"TLS session resumption: {w / n:.1f} × the rate of new handshakes (> 1)", w > n)
     lines += ["", "Targets (issue 4):"] + checks
+    shared = [("fleet_wall_s", "3 nodes x 10 cold clients, 512 MiB: last done", "s"),
+              ("fleet_upstream_x", "  upstream bytes", "x blob"),
+              ("tier_read_mbs", "fresh node reading 512 MiB from the tier", "MB/s"),
+              ("uploads10_peak_mib", "node peak RSS, 10 blobs fetched (uploaded with a tier)", "MiB")]
+    if any(m in R for m, _, _ in shared):
+        def spread(m, c):
+            v = R.get(m, {}).get(c)
+            if not v:
+                return "—"
+            return f"{fmt(statistics.median(v))} ({fmt(min(v))}–{fmt(max(v))})"
+        lines += ["", "Shared tier (issue 16; SeaweedFS, replication 001, on the same 2 cores): "
+                  "median (min–max)", "",
+                  "| measure | unit | no tier | with tier | boto3 / wharf |", "|---|---|---|---|---|"]
+        for m, label, unit in shared:
+            third = spread(m, "boto3") if m == "tier_read_mbs" else ""
+            if m == "tier_read_mbs":
+                lines.append(f"| {label} | {unit} | — | {spread(m, 'wharf')} | boto3 {third} |")
+            else:
+                lines.append(f"| {label} | {unit} | {spread(m, 'tier-none')} | {spread(m, 'tier-on')} | |")
+        sc = []
+
+        def starget(text, ok):
+            sc.append(f"- [{'x' if ok else ' '}] {text}")
+        if R.get("fleet_upstream_x", {}).get("tier-on"):
+            worst = max(R["fleet_upstream_x"]["tier-on"])
+            starget(f"upstream bytes with the tier: {worst:.3f} × the blob at worst (≤ 1.05)", worst <= 1.05)
+            w_on, w_off = g("fleet_wall_s", "tier-on"), g("fleet_wall_s", "tier-none")
+            if w_on and w_off:
+                starget(f"last client with the tier: {w_on / w_off:.2f} × without (≤ 1.1)", w_on / w_off <= 1.1)
+        w, b = g("tier_read_mbs", "wharf"), g("tier_read_mbs", "boto3")
+        if w and b:
+            starget(f"fresh node from the tier: {w / b:.2f} × boto3's MB/s (≥ 0.8)", w / b >= 0.8)
+        on, off = g("uploads10_peak_mib", "tier-on"), g("uploads10_peak_mib", "tier-none")
+        if on and off:
+            starget(f"extra RSS with 10 uploads in flight: {on - off:.1f} MiB (< 16)", on - off < 16)
+        lines += ["", "Targets (issue 16):"] + sc
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "target/bench"
