@@ -190,9 +190,10 @@ impl Mirror {
         tokio::spawn(async move {
             let started = Instant::now();
             let up = this.upstream(r.upstream);
-            let source = this.blob_source(&r, &d).await;
             // Held to the end of the fill, the writer's blocking thread
-            // included.
+            // included, and the tier's lookups, lease and wait before it: so
+            // `cache.max_fills` also bounds what a flood of distinct cold
+            // digests costs the shared tier.
             let _slot = match this.fill_slot().await {
                 Ok(slot) => slot,
                 Err(e) => {
@@ -205,18 +206,21 @@ impl Mirror {
                         max_fills = this.inner.max_fills, "no slot for a blob download; refused");
                     let e = FillError::Source(Arc::new(e.response(RouteKind::Blob)));
                     this.inner.cache.abandon_fill(w, e);
-                    if let Source::Upstream(Some(lease)) = source {
-                        lease.release().await;
-                    }
                     return;
                 }
             };
+            let source = this.blob_source(&r, &d).await;
             let (result, from) = match source {
                 Source::Shared => match this.fill_from_tier(&r, &d, w).await {
                     Ok(result) => (result, "shared tier"),
-                    // The tier failed before its first byte: as if it had
-                    // not had the blob.
-                    Err(w) => (this.fill_from_upstream(&r, &d, w).await, "upstream"),
+                    // The tier failed before its first byte, or its copy
+                    // has the wrong length: as if it had not had the blob
+                    // (and a bad copy is replaced by the upload).
+                    Err(w) => {
+                        let result = this.fill_from_upstream(&r, &d, w).await;
+                        this.share(&r, &d, result.is_ok(), None).await;
+                        (result, "upstream")
+                    }
                 },
                 Source::Upstream(lease) => {
                     let result = this.fill_from_upstream(&r, &d, w).await;

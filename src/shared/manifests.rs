@@ -8,6 +8,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use object_store::{Attribute, Attributes, ObjectStoreExt, PutMode, PutOptions};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::registry::Digest;
 
 use super::{Tier, TierError};
@@ -95,8 +97,16 @@ impl Tier {
         if !self.inner.settings.write {
             return;
         }
+        // Queued with the blob uploads, under the same bound.
+        let pending = &self.inner.pending_uploads;
+        if pending.fetch_add(1, Ordering::Relaxed) >= super::upload::MAX_PENDING_UPLOADS {
+            pending.fetch_sub(1, Ordering::Relaxed);
+            self.inner.metrics.uploads.with_label_values(&["skipped"]).inc();
+            return;
+        }
         let this = self.clone();
         tokio::spawn(async move {
+            let _queued = Queued(&this.inner.pending_uploads);
             let key = this.manifest_key(&d);
             let replace = this.replaces_bad_copy(&d);
             let mut attributes = Attributes::new();
@@ -138,5 +148,14 @@ impl Tier {
                 }
             }
         });
+    }
+}
+
+/// One place in the upload queue, given back when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -79,9 +79,12 @@
 //! `request_timeout`; a read's body must keep the fill's minimum rate
 //! (`cache.fill_min_rate`); an upload part (5 MiB) must be accepted within
 //! [`PART_TIMEOUT`]. Uploads run at most `max_uploads` at once and hold at
-//! most `upload_memory` of parts between them; reads hold the fill's
-//! four-chunk queue. The client retries a failed request at most twice,
-//! within `request_timeout`.
+//! most `upload_memory` of parts between them, and at most 256 wait or run
+//! (`upload::MAX_PENDING_UPLOADS`; more are skipped); reads hold the fill's
+//! four-chunk queue. Every lookup, lease and wait runs inside one of the
+//! node's `cache.max_fills` fill slots, so a flood of distinct cold digests
+//! costs the store at most that many concurrent conversations. The client
+//! retries a failed request at most twice, within `request_timeout`.
 
 mod gc;
 mod lease;
@@ -172,6 +175,8 @@ struct Inner {
     /// [`CAS_UNKNOWN`], [`CAS_WORKS`] or [`CAS_IGNORED`].
     cas: AtomicU8,
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Uploads queued or running (bounded by `MAX_PENDING_UPLOADS`).
+    pending_uploads: std::sync::atomic::AtomicUsize,
     part_memory: Arc<tokio::sync::Semaphore>,
     /// Digests whose tier copy failed verification here: bypassed until a
     /// verified upload replaces it.
@@ -279,7 +284,7 @@ impl TierMetrics {
             ),
             uploads: counter(
                 "wharf_shared_uploads_total",
-                "Uploads of verified blobs to the shared tier: done, present (another node had uploaded it), failed, skipped (no slot within the lease's lifetime)",
+                "Uploads of verified blobs to the shared tier: done, present (another node had uploaded it), failed, skipped (256 uploads already queued)",
                 &["result"],
             ),
             uploads_in_flight: gauge(
@@ -317,6 +322,7 @@ impl Tier {
                 health: Mutex::new(Health::default()),
                 cas: AtomicU8::new(CAS_UNKNOWN),
                 uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
+                pending_uploads: std::sync::atomic::AtomicUsize::new(0),
                 part_memory: Arc::new(tokio::sync::Semaphore::new(part_permits)),
                 bad: moka::sync::Cache::builder()
                     .max_capacity(10_000)

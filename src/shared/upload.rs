@@ -4,10 +4,12 @@
 //! [`PART_SIZE`] parts (whose completion overwrites: harmless, the bytes
 //! are the same). Memory is bounded across all uploads by `upload_memory`
 //! (each part in flight holds one permit of `PART_SIZE`); at most
-//! `max_uploads` run at once.
+//! `max_uploads` run at once, and at most [`MAX_PENDING_UPLOADS`] wait or
+//! run (more are skipped, counted as `skipped`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +22,8 @@ use super::{Lease, Tier, TierError, PART_SIZE, PART_TIMEOUT};
 
 /// Parts of one upload in flight at once.
 const PARTS_PER_UPLOAD: usize = 2;
+/// Uploads queued or running at most (each holds a cache file open).
+pub const MAX_PENDING_UPLOADS: usize = 256;
 
 impl Tier {
     /// Uploads the verified blob `d` (its cache file, `size` bytes) unless
@@ -30,11 +34,25 @@ impl Tier {
         }
         let this = self.clone();
         let m = &self.inner.metrics;
+        // Each queued upload holds its cache file open: past the queue's
+        // bound, this node does not upload (another node, or a later miss,
+        // will), and its lease goes at once.
+        let queued = self.inner.pending_uploads.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_PENDING_UPLOADS {
+            self.inner.pending_uploads.fetch_sub(1, Ordering::Relaxed);
+            m.uploads.with_label_values(&["skipped"]).inc();
+            tracing::debug!(digest = %d, "shared tier: upload queue full; not uploading");
+            if let Some(l) = lease {
+                tokio::spawn(l.release());
+            }
+            return;
+        }
         m.uploads_in_flight.inc();
         tokio::spawn(async move {
             let started = Instant::now();
             let result = this.upload_now(&d, Arc::new(file), size).await;
             let m = &this.inner.metrics;
+            this.inner.pending_uploads.fetch_sub(1, Ordering::Relaxed);
             m.uploads_in_flight.dec();
             match &result {
                 Ok(done) => {

@@ -282,6 +282,9 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     let config_path = format!("/v2/library/small/blobs/{config}");
     assert_served(&get_blob(&format!("{}{config_path}", fresh2.url())), &config, config_size);
     assert_eq!(fresh2.metric("wharf_shared_verification_failures_total"), 1.0);
+    eventually(Duration::from_secs(30), "the short copy replaced", || {
+        f.fs.head(&config_key) == Some(config_size)
+    });
 
     // The key files' contents never reach a log.
     for n in nodes.iter().chain([&late, &fresh, &fresh2]) {
