@@ -101,7 +101,11 @@ impl Tier {
         let pending = &self.inner.pending_uploads;
         if pending.fetch_add(1, Ordering::Relaxed) >= super::upload::MAX_PENDING_UPLOADS {
             pending.fetch_sub(1, Ordering::Relaxed);
-            self.inner.metrics.uploads.with_label_values(&["skipped"]).inc();
+            self.inner
+                .metrics
+                .uploads
+                .with_label_values(&["skipped"])
+                .inc();
             return;
         }
         let this = self.clone();

@@ -111,7 +111,12 @@ impl Tier {
                     ..Default::default()
                 },
             );
-            let timer = self.inner.metrics.latency.with_label_values(&["put"]).start_timer();
+            let timer = self
+                .inner
+                .metrics
+                .latency
+                .with_label_values(&["put"])
+                .start_timer();
             let r = tokio::time::timeout(PART_TIMEOUT, put).await;
             timer.observe_duration();
             return match r {
@@ -156,7 +161,12 @@ impl Tier {
                 }
             };
             let part = upload.put_part(PutPayload::from(bytes));
-            let timer = self.inner.metrics.latency.with_label_values(&["part"]).start_timer();
+            let timer = self
+                .inner
+                .metrics
+                .latency
+                .with_label_values(&["part"])
+                .start_timer();
             let written = written.clone();
             running.spawn(async move {
                 let r = tokio::time::timeout(PART_TIMEOUT, part).await;
@@ -195,7 +205,9 @@ impl Tier {
                 self.done_replacing(d, replace);
                 Ok("done")
             }
-            Ok(Err(e)) => Err(self.upload_failed("complete", TierError::Store(super::describe(&e)))),
+            Ok(Err(e)) => {
+                Err(self.upload_failed("complete", TierError::Store(super::describe(&e))))
+            }
             Err(_) => Err(self.upload_failed("complete", TierError::Timeout(PART_TIMEOUT))),
         }
     }
@@ -309,12 +321,17 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let file = Arc::new(File::open(&path).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let part = rt.block_on(read_part(&file, 1_000_000, 1_500_000)).unwrap();
         assert_eq!(&part[..], &data[1_000_000..2_500_000]);
         let clone = part.slice(10..20);
         drop(part);
         assert_eq!(&clone[..], &data[1_000_010..1_000_020]);
-        assert!(rt.block_on(read_part(&file, 2_900_000, 200_000)).is_err(), "past the end");
+        assert!(
+            rt.block_on(read_part(&file, 2_900_000, 200_000)).is_err(),
+            "past the end"
+        );
     }
 }
