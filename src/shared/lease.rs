@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::path::Path as Key;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+use object_store::{ObjectStoreExt, PutMode, UpdateVersion};
 use parking_lot::Mutex;
 
 use crate::registry::Digest;
@@ -110,26 +110,12 @@ impl Tier {
             Some((e_tag, version)) => PutMode::Update(UpdateVersion { e_tag, version }),
         };
         let body = self.lease_body(d, 0);
-        let store = self.inner.store.clone();
         let put = self
-            .call_within("lease", self.lease_deadline(), async {
-                match store
-                    .put_opts(
-                        &key,
-                        body.into(),
-                        PutOptions {
-                            mode,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                {
-                    Ok(r) => Ok(Some(r)),
-                    Err(object_store::Error::AlreadyExists { .. })
-                    | Err(object_store::Error::Precondition { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
+            .call_within(
+                "lease",
+                self.lease_deadline(),
+                self.put_if(&key, body, mode, Default::default()),
+            )
             .await;
         let held = match put {
             Ok(Some(r)) => r,
@@ -275,26 +261,13 @@ async fn renew(tier: Tier, key: Key, state: Arc<Mutex<Held>>, d: Digest) {
             (h.e_tag.clone(), h.version.clone())
         };
         let body = tier.lease_body(&d, beat);
-        let store = tier.inner.store.clone();
+        let mode = PutMode::Update(UpdateVersion { e_tag, version });
         let r = tier
-            .call_within("lease", tier.lease_deadline(), async {
-                match store
-                    .put_opts(
-                        &key,
-                        body.into(),
-                        PutOptions {
-                            mode: PutMode::Update(UpdateVersion { e_tag, version }),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                {
-                    Ok(r) => Ok(Some(r)),
-                    Err(object_store::Error::Precondition { .. })
-                    | Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
+            .call_within(
+                "lease",
+                tier.lease_deadline(),
+                tier.put_if(&key, body, mode, Default::default()),
+            )
             .await;
         match r {
             Ok(Some(r)) => {

@@ -6,7 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use object_store::{Attribute, Attributes, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{Attribute, Attributes, ObjectStoreExt, PutMode};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -115,27 +115,16 @@ impl Tier {
             let replace = this.replaces_bad_copy(&d);
             let mut attributes = Attributes::new();
             attributes.insert(Attribute::ContentType, media_type.into());
-            let opts = PutOptions {
-                mode: if replace {
-                    PutMode::Overwrite
-                } else {
-                    PutMode::Create
-                },
-                attributes,
-                ..Default::default()
+            let mode = if replace {
+                PutMode::Overwrite
+            } else {
+                PutMode::Create
             };
             let len = bytes.len() as u64;
-            let store = this.inner.store.clone();
             let r = this
-                .call("put", async move {
-                    match store.put_opts(&key, bytes.into(), opts).await {
-                        Ok(_) => Ok(true),
-                        Err(object_store::Error::AlreadyExists { .. })
-                        | Err(object_store::Error::Precondition { .. }) => Ok(false),
-                        Err(e) => Err(e),
-                    }
-                })
-                .await;
+                .call("put", this.put_if(&key, bytes, mode, attributes))
+                .await
+                .map(|written| written.is_some());
             let m = &this.inner.metrics;
             match r {
                 Ok(true) => {

@@ -578,23 +578,35 @@ impl Tier {
         self.inner.bad.contains_key(d)
     }
 
-    /// A create-only write: true when written, false when the key existed.
-    async fn put_create(&self, key: &Key, body: Bytes) -> Result<bool, TierError> {
+    /// A conditional write: `None` when its condition failed (the key
+    /// exists for a create, its version moved for an update).
+    async fn put_if(
+        &self,
+        key: &Key,
+        body: Bytes,
+        mode: object_store::PutMode,
+        attributes: object_store::Attributes,
+    ) -> object_store::Result<Option<object_store::PutResult>> {
         let opts = object_store::PutOptions {
-            mode: object_store::PutMode::Create,
+            mode,
+            attributes,
             ..Default::default()
         };
+        match self.inner.store.put_opts(key, body.into(), opts).await {
+            Ok(r) => Ok(Some(r)),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A create-only write: true when written, false when the key existed.
+    async fn put_create(&self, key: &Key, body: Bytes) -> Result<bool, TierError> {
+        let mode = object_store::PutMode::Create;
         let r = self
-            .call("put", async {
-                match self.inner.store.put_opts(key, body.into(), opts).await {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::AlreadyExists { .. })
-                    | Err(object_store::Error::Precondition { .. }) => Ok(false),
-                    Err(e) => Err(e),
-                }
-            })
+            .call("put", self.put_if(key, body, mode, Default::default()))
             .await?;
-        Ok(r)
+        Ok(r.is_some())
     }
 
     async fn delete(&self, key: &Key) -> Result<(), TierError> {
