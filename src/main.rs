@@ -382,7 +382,9 @@ fn print_shared(c: &Config) {
     let Some(s) = &c.shared else { return };
     let creds = match &s.credentials {
         StoreCredentials::Keys { .. } => "static keys".to_owned(),
-        StoreCredentials::Environment => "the AWS environment (variables, web identity, instance metadata)".to_owned(),
+        StoreCredentials::Environment => {
+            "the AWS environment (variables, web identity, instance metadata)".to_owned()
+        }
         StoreCredentials::ServiceAccountFile(p) => format!("service account {}", p.display()),
         StoreCredentials::GceMetadata => "the GCE metadata server".to_owned(),
     };
@@ -399,7 +401,11 @@ fn print_shared(c: &Config) {
             .as_ref()
             .map(|e| format!(" at {e}"))
             .unwrap_or_default(),
-        if s.write { "read and write" } else { "read only" },
+        if s.write {
+            "read and write"
+        } else {
+            "read only"
+        },
         humantime::format_duration(s.lease_ttl),
         humantime::format_duration(s.max_wait),
         humantime::format_duration(s.request_timeout),

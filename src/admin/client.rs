@@ -319,7 +319,11 @@ pub fn gc_shared(
     let r = rt.block_on(crate::shared::collect(&tier, older_than, dry_run))?;
     println!(
         "{} {}: {} blobs ({}) older than {}; kept {} blobs ({}); {} dead leases",
-        if dry_run { "would delete from" } else { "deleted from" },
+        if dry_run {
+            "would delete from"
+        } else {
+            "deleted from"
+        },
         settings.url,
         r.blobs_deleted,
         size(r.bytes_deleted),

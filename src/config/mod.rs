@@ -48,9 +48,8 @@ pub use crate::upstream::credentials::{CredentialSpec, SecretSpec};
 pub use access::{AccessConfig, UpstreamAccess};
 pub use bundle::BundleSettings;
 pub use file::{
-    FileAccess, FileBundle, FileCache, FileConfig, FileCredentials, FileLog, FileServer, FileShared,
-    FileSync,
-    FileSyncRepo, FileTls, FileUpstream, FileUpstreamAccess,
+    FileAccess, FileBundle, FileCache, FileConfig, FileCredentials, FileLog, FileServer,
+    FileShared, FileSync, FileSyncRepo, FileTls, FileUpstream, FileUpstreamAccess,
 };
 pub use sync::{RepoRule, SyncRule};
 pub use upstream::UpstreamConfig;

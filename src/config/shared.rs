@@ -253,7 +253,10 @@ mod tests {
         )
         .unwrap();
         let s = c.shared.unwrap();
-        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("wharf-cache", "prod/eu"));
+        assert_eq!(
+            (s.bucket.as_str(), s.prefix.as_str()),
+            ("wharf-cache", "prod/eu")
+        );
         assert!(matches!(s.credentials, StoreCredentials::Environment));
         assert!(s.write);
         let g = Config::from_toml(&format!("{UP}[shared]\nurl = \"gs://b-1/\"\n"), None)
@@ -267,9 +270,11 @@ mod tests {
         assert!(err("url = \"s3://ab\"\n").contains("bucket name"));
         assert!(err("url = \"s3://bucket/../x\"\n").contains("prefix"));
         let e = err("url = \"s3://bucket\"\nendpoint = \"https://k:hunter2@store\"\n");
-        assert!(e.starts_with("shared.endpoint") && !e.contains("hunter2"), "{e}");
-        assert!(err("url = \"s3://bucket\"\naccess_key_id_env = \"PATH\"\n")
-            .contains("give both"));
+        assert!(
+            e.starts_with("shared.endpoint") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert!(err("url = \"s3://bucket\"\naccess_key_id_env = \"PATH\"\n").contains("give both"));
         assert!(err("url = \"gs://bucket\"\naccess_key_id_env = \"PATH\"\nsecret_access_key_env = \"PATH\"\n")
             .contains("HMAC keys go with s3://"));
         assert!(err("url = \"s3://bucket\"\nrequest_timeout = \"40s\"\n")
@@ -291,12 +296,20 @@ mod tests {
         let text = format!(
             "{UP}[shared]\nurl = \"s3://bucket\"\naccess_key_id_file = \"id\"\nsecret_access_key_file = \"key\"\n"
         );
-        let e = Config::from_toml(&text, Some(dir.path())).unwrap_err().to_string();
-        assert!(e.starts_with("shared.secret_access_key_file") && e.contains("chmod 600"), "{e}");
+        let e = Config::from_toml(&text, Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("shared.secret_access_key_file") && e.contains("chmod 600"),
+            "{e}"
+        );
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::from_toml(&text, Some(dir.path())).unwrap();
         let printed = format!("{c:?}");
         assert!(!printed.contains("s3cr3t-value") && !printed.contains("AKIDEXAMPLE"));
-        assert!(matches!(c.shared.unwrap().credentials, StoreCredentials::Keys { .. }));
+        assert!(matches!(
+            c.shared.unwrap().credentials,
+            StoreCredentials::Keys { .. }
+        ));
     }
 }

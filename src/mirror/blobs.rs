@@ -252,7 +252,10 @@ impl Mirror {
     /// holds it).
     pub(super) fn tier_for(&self, r: &Routed) -> Option<&crate::shared::Tier> {
         let cfg = &self.upstream(r.upstream).cfg;
-        self.inner.tier.as_ref().filter(|_| cfg.shared && !cfg.offline)
+        self.inner
+            .tier
+            .as_ref()
+            .filter(|_| cfg.shared && !cfg.offline)
     }
 
     /// Where this node's fill of `d` reads from: the tier when it holds
@@ -345,7 +348,13 @@ impl Mirror {
     /// After an upstream fill: uploads the verified blob to the tier (in the
     /// background), then releases the lease; on failure, releases it at
     /// once so waiting nodes go on.
-    async fn share(&self, r: &Routed, d: &Digest, cached: bool, lease: Option<crate::shared::Lease>) {
+    async fn share(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        cached: bool,
+        lease: Option<crate::shared::Lease>,
+    ) {
         let file = match (cached, self.tier_for(r)) {
             (true, Some(tier)) => match self.inner.cache.open_blob(d) {
                 Ok(Some((file, len))) => Some((tier, file, len)),

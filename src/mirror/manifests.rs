@@ -303,7 +303,12 @@ impl Mirror {
         Ok(f)
     }
 
-    async fn commit(&self, r: &Routed, tag: Option<&Tag>, f: Fetched) -> Result<Fetched, MirrorError> {
+    async fn commit(
+        &self,
+        r: &Routed,
+        tag: Option<&Tag>,
+        f: Fetched,
+    ) -> Result<Fetched, MirrorError> {
         let m = CachedManifest {
             bytes: f.bytes.clone(),
             media_type: f.media_type.clone(),

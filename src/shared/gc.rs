@@ -33,7 +33,8 @@ pub async fn collect(
 ) -> Result<GcReport, TierError> {
     let mut report = GcReport::default();
     let now = chrono::Utc::now();
-    let blob_cutoff = now - chrono::Duration::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
+    let blob_cutoff =
+        now - chrono::Duration::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
     let stale = tier.inner.settings.lease_ttl * 10;
     let lease_cutoff = now - chrono::Duration::from_std(stale).unwrap_or(chrono::TimeDelta::MAX);
     for (dir, cutoff, is_blob) in [

@@ -151,7 +151,10 @@ impl Tier {
 
     /// A `HEAD` of the blob that does not count as a lookup.
     async fn lookup_quiet(&self, d: &Digest) -> Found {
-        match self.call("head", self.inner.store.head(&self.blob_key(d))).await {
+        match self
+            .call("head", self.inner.store.head(&self.blob_key(d)))
+            .await
+        {
             Ok(m) => Found::Object(m.size),
             Err(TierError::NotFound) => Found::Absent,
             Err(_) => Found::Unavailable,
@@ -180,7 +183,8 @@ impl Tier {
         let m = &self.inner.metrics;
         let (outcome, waited) = self.wait_inner(d, started).await;
         m.lease_waits.with_label_values(&[outcome]).inc();
-        m.lease_wait_seconds.observe(started.elapsed().as_secs_f64());
+        m.lease_wait_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(digest = %d, outcome, ms = started.elapsed().as_millis() as u64,
             "waited for another node's fill");
         waited
@@ -318,7 +322,13 @@ impl Lease {
     pub async fn release(self) {
         self.renewer.abort();
         let lost = self.state.lock().lost;
-        if !lost && self.tier.inner.cas.load(std::sync::atomic::Ordering::Relaxed) != CAS_IGNORED
+        if !lost
+            && self
+                .tier
+                .inner
+                .cas
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != CAS_IGNORED
         {
             let _ = self.tier.delete(&self.key).await;
         }

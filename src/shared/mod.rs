@@ -235,7 +235,8 @@ impl TierMetrics {
             &["op"],
         )
         .expect("valid metric");
-        r.register(Box::new(latency.clone())).expect("unique metric");
+        r.register(Box::new(latency.clone()))
+            .expect("unique metric");
         let lease_wait_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "wharf_shared_lease_wait_seconds",
@@ -335,7 +336,11 @@ impl Tier {
         let h = self.inner.health.lock();
         TierStatus {
             url: self.inner.settings.url.clone(),
-            state: if h.failing.is_some() { "degraded" } else { "ok" },
+            state: if h.failing.is_some() {
+                "degraded"
+            } else {
+                "ok"
+            },
             error: h.failing.as_ref().map(|(_, why)| why.clone()),
             leases: self.leases_on(),
             write: self.inner.settings.write,
@@ -408,7 +413,9 @@ impl Tier {
     fn available(&self) -> Result<(), TierError> {
         let h = self.inner.health.lock();
         match (h.set_aside_until, &h.failing) {
-            (Some(t), Some((_, why))) if Instant::now() < t => Err(TierError::SetAside(why.clone())),
+            (Some(t), Some((_, why))) if Instant::now() < t => {
+                Err(TierError::SetAside(why.clone()))
+            }
             _ => Ok(()),
         }
     }
@@ -463,7 +470,12 @@ impl Tier {
         f: impl std::future::Future<Output = object_store::Result<T>>,
     ) -> Result<T, TierError> {
         self.available()?;
-        let timer = self.inner.metrics.latency.with_label_values(&[op]).start_timer();
+        let timer = self
+            .inner
+            .metrics
+            .latency
+            .with_label_values(&[op])
+            .start_timer();
         let r = match tokio::time::timeout(limit, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(object_store::Error::NotFound { .. })) => Err(TierError::NotFound),

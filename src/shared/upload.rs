@@ -93,7 +93,12 @@ impl Tier {
                     ..Default::default()
                 },
             );
-            let timer = self.inner.metrics.latency.with_label_values(&["put"]).start_timer();
+            let timer = self
+                .inner
+                .metrics
+                .latency
+                .with_label_values(&["put"])
+                .start_timer();
             let r = tokio::time::timeout(PART_TIMEOUT, put).await;
             timer.observe_duration();
             return match r {
@@ -138,7 +143,12 @@ impl Tier {
                 }
             };
             let part = upload.put_part(PutPayload::from(bytes));
-            let timer = self.inner.metrics.latency.with_label_values(&["part"]).start_timer();
+            let timer = self
+                .inner
+                .metrics
+                .latency
+                .with_label_values(&["part"])
+                .start_timer();
             let written = written.clone();
             running.spawn(async move {
                 let r = tokio::time::timeout(PART_TIMEOUT, part).await;
@@ -177,7 +187,9 @@ impl Tier {
                 self.done_replacing(d, replace);
                 Ok("done")
             }
-            Ok(Err(e)) => Err(self.upload_failed("complete", TierError::Store(super::describe(&e)))),
+            Ok(Err(e)) => {
+                Err(self.upload_failed("complete", TierError::Store(super::describe(&e))))
+            }
             Err(_) => Err(self.upload_failed("complete", TierError::Timeout(PART_TIMEOUT))),
         }
     }

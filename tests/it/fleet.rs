@@ -102,7 +102,9 @@ fn get_blob(url: &str) -> Got {
     let mut n = 0u64;
     loop {
         use std::io::Read;
-        let k = r.read(&mut buf).map_err(|e| format!("cut after {n} bytes: {e}"))?;
+        let k = r
+            .read(&mut buf)
+            .map_err(|e| format!("cut after {n} bytes: {e}"))?;
         if k == 0 {
             break;
         }
@@ -139,9 +141,11 @@ fn assert_served(got: &Got, digest: &str, size: u64) {
 
 /// Waits until `node` has no upload running and the tier holds `key`.
 fn uploaded(fleet: &Fleet, node: &Served, key: &str, size: u64) {
-    eventually(Duration::from_secs(60), &format!("{key} in the tier"), || {
-        node.metric("wharf_shared_uploads_in_flight") == 0.0 && fleet.fs.head(key) == Some(size)
-    });
+    eventually(
+        Duration::from_secs(60),
+        &format!("{key} in the tier"),
+        || node.metric("wharf_shared_uploads_in_flight") == 0.0 && fleet.fs.head(key) == Some(size),
+    );
 }
 
 /// `skopeo copy` of `docker.io/<image>` through `node` (its only mirror;
@@ -149,7 +153,12 @@ fn uploaded(fleet: &Fleet, node: &Served, key: &str, size: u64) {
 fn skopeo_copy(node: &Served, image: &str, to: &Path) {
     let tmp = tempfile::tempdir().unwrap();
     let conf = registries_conf(tmp.path(), node.addr());
-    let (ok, out) = skopeo_to_dir(Some(&conf), &format!("docker://docker.io/{image}"), to, false);
+    let (ok, out) = skopeo_to_dir(
+        Some(&conf),
+        &format!("docker://docker.io/{image}"),
+        to,
+        false,
+    );
     assert!(ok, "skopeo through {}: {out}", node.url());
 }
 
@@ -177,7 +186,10 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
         .iter()
         .map(|n| n.metric("wharf_shared_lease_waits_total{outcome=\"appeared\"}"))
         .sum();
-    assert_eq!(waits, 2.0, "the two other nodes waited for the leader's upload");
+    assert_eq!(
+        waits, 2.0,
+        "the two other nodes waited for the leader's upload"
+    );
     let key = tier_key("fleet", &big);
     let leader = nodes
         .iter()
@@ -205,9 +217,11 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
             hex => format!("fleet/blobs/sha256/{hex}"),
         };
         let size = bytes.len() as u64;
-        eventually(Duration::from_secs(60), &format!("{key} in the tier"), || {
-            f.fs.head(&key) == Some(size)
-        });
+        eventually(
+            Duration::from_secs(60),
+            &format!("{key} in the tier"),
+            || f.fs.head(&key) == Some(size),
+        );
     }
     // ... and a node started later with an empty disk pulls it with no
     // upstream blob GET at all, nor a manifest by digest (the platform's
@@ -228,9 +242,20 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     let by_digest = |method: &str| f.up.count(method, "/v2/library/multi/manifests/sha256:");
     let (gets_before, heads_before) = (by_digest("GET"), by_digest("HEAD"));
     skopeo_copy(&late, "library/multi:1", &tmp.path().join("late-multi"));
-    assert_eq!(by_digest("GET"), gets_before, "the platform's manifest came from the tier");
-    assert!(by_digest("HEAD") > heads_before, "... after the upstream confirmed it");
-    assert_eq!(blob_gets(&f.up), before, "the late node read every blob from the tier");
+    assert_eq!(
+        by_digest("GET"),
+        gets_before,
+        "the platform's manifest came from the tier"
+    );
+    assert!(
+        by_digest("HEAD") > heads_before,
+        "... after the upstream confirmed it"
+    );
+    assert_eq!(
+        blob_gets(&f.up),
+        before,
+        "the late node read every blob from the tier"
+    );
     assert_eq!(
         dir_contents(&tmp.path().join("first-multi")),
         dir_contents(&tmp.path().join("late-multi"))
@@ -255,14 +280,27 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     let layer_path = format!("/v2/library/small/blobs/{layer}");
     let gets_before = f.up.gets(&layer_path);
     match get_blob(&format!("{}{layer_path}", fresh.url())) {
-        Ok((200, sha, n)) if n == layer_size => assert_eq!(sha, layer, "a corrupt body was served whole"),
+        Ok((200, sha, n)) if n == layer_size => {
+            assert_eq!(sha, layer, "a corrupt body was served whole")
+        }
         Ok((200, _, n)) => assert!(n < layer_size),
         Ok((status, _, _)) => assert!(status >= 500, "{status}"),
         Err(_cut) => {} // a failed transfer the client can tell
     }
-    assert_eq!(fresh.metric("wharf_shared_verification_failures_total"), 1.0);
-    assert_served(&get_blob(&format!("{}{layer_path}", fresh.url())), &layer, layer_size);
-    assert_eq!(f.up.gets(&layer_path), gets_before + 1, "fetched from the upstream again");
+    assert_eq!(
+        fresh.metric("wharf_shared_verification_failures_total"),
+        1.0
+    );
+    assert_served(
+        &get_blob(&format!("{}{layer_path}", fresh.url())),
+        &layer,
+        layer_size,
+    );
+    assert_eq!(
+        f.up.gets(&layer_path),
+        gets_before + 1,
+        "fetched from the upstream again"
+    );
     eventually(Duration::from_secs(30), "the tier's copy repaired", || {
         f.fs.get(&layer_key).as_deref() == Some(&good[..])
     });
@@ -280,14 +318,29 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("BLOB_UNKNOWN"), "{body}");
     let config_path = format!("/v2/library/small/blobs/{config}");
-    assert_served(&get_blob(&format!("{}{config_path}", fresh2.url())), &config, config_size);
-    assert_eq!(fresh2.metric("wharf_shared_verification_failures_total"), 1.0);
+    assert_served(
+        &get_blob(&format!("{}{config_path}", fresh2.url())),
+        &config,
+        config_size,
+    );
+    assert_eq!(
+        fresh2.metric("wharf_shared_verification_failures_total"),
+        1.0
+    );
 
     // The key files' contents never reach a log.
     for n in nodes.iter().chain([&late, &fresh, &fresh2]) {
         let log = std::fs::read_to_string(&n.log).unwrap();
-        assert!(!log.contains(f.fs.secret_access_key()), "secret in {}", n.log.display());
-        assert!(!log.contains(f.fs.access_key_id()), "key id in {}", n.log.display());
+        assert!(
+            !log.contains(f.fs.secret_access_key()),
+            "secret in {}",
+            n.log.display()
+        );
+        assert!(
+            !log.contains(f.fs.access_key_id()),
+            "key id in {}",
+            n.log.display()
+        );
     }
 }
 
@@ -313,9 +366,11 @@ fn a_leader_killed_mid_fill_holds_the_others_at_most_its_lease_ttl() {
     });
     let waiter_url = format!("{}{path}", waiter.url());
     let second = std::thread::spawn(move || get_blob(&waiter_url));
-    eventually(Duration::from_secs(30), "the waiter to miss and wait", || {
-        waiter.metric("wharf_shared_lookups_total{result=\"miss\"}") == 1.0
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the waiter to miss and wait",
+        || waiter.metric("wharf_shared_lookups_total{result=\"miss\"}") == 1.0,
+    );
     leader.kill9();
     let killed = Instant::now();
     // The leader's own client is cut (it gets a failed transfer).
@@ -323,9 +378,11 @@ fn a_leader_killed_mid_fill_holds_the_others_at_most_its_lease_ttl() {
 
     // The waiter sees the lease unrenewed for its ttl (on its own clock),
     // takes it over within ttl + one poll (1 s), and fetches the layer.
-    eventually(Duration::from_secs(30), "the waiter to take the lease over", || {
-        waiter.metric("wharf_shared_lease_waits_total{outcome=\"took_over\"}") == 1.0
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the waiter to take the lease over",
+        || waiter.metric("wharf_shared_lease_waits_total{outcome=\"took_over\"}") == 1.0,
+    );
     let took = killed.elapsed();
     let bound = ttl + Duration::from_secs(1);
     // Slack for this machine's load (the renewal before the kill may have
@@ -335,7 +392,11 @@ fn a_leader_killed_mid_fill_holds_the_others_at_most_its_lease_ttl() {
         "took over after {took:?}, bound {bound:?}"
     );
     assert_served(&second.join().unwrap(), &big, big_size);
-    assert_eq!(f.up.gets(&path), 2, "the dead leader's fetch and the new leader's");
+    assert_eq!(
+        f.up.gets(&path),
+        2,
+        "the dead leader's fetch and the new leader's"
+    );
     uploaded(&f, &waiter, &tier_key("kill", &big), big_size);
     eventually(Duration::from_secs(10), "the lease released", || {
         f.fs.head(&lease).is_none()
@@ -354,13 +415,21 @@ fn pulls_ride_out_a_lost_volume_server_and_a_dead_store() {
     let small = blobs_of(&f.up, "library/small", "1");
     let (layer, layer_size) = small[0].clone();
     let layer_path = format!("/v2/library/small/blobs/{layer}");
-    assert_served(&get_blob(&format!("{}{layer_path}", a.url())), &layer, layer_size);
+    assert_served(
+        &get_blob(&format!("{}{layer_path}", a.url())),
+        &layer,
+        layer_size,
+    );
     uploaded(&f, &a, &tier_key("faults", &layer), layer_size);
 
     // One volume server gone: its copies live on another (replication 001).
     f.fs.kill_volume(0);
     let gets = f.up.gets(&layer_path);
-    assert_served(&get_blob(&format!("{}{layer_path}", b.url())), &layer, layer_size);
+    assert_served(
+        &get_blob(&format!("{}{layer_path}", b.url())),
+        &layer,
+        layer_size,
+    );
     assert_eq!(f.up.gets(&layer_path), gets, "read from the tier's replica");
 
     // The whole store gone: pulls go on from disk and the upstream, and
@@ -373,7 +442,11 @@ fn pulls_ride_out_a_lost_volume_server_and_a_dead_store() {
         &big,
         big_size,
     );
-    assert_served(&get_blob(&format!("{}{layer_path}", a.url())), &layer, layer_size);
+    assert_served(
+        &get_blob(&format!("{}{layer_path}", a.url())),
+        &layer,
+        layer_size,
+    );
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "the dead store held a pull {:?}",
