@@ -214,9 +214,15 @@ impl Mirror {
             let (result, from) = match source {
                 Source::Shared => match this.fill_from_tier(&r, &d, w).await {
                     Ok(result) => (result, "shared tier"),
-                    // The tier failed before its first byte: as if it had
-                    // not had the blob.
-                    Err(w) => (this.fill_from_upstream(&r, &d, w).await, "upstream"),
+                    // The tier failed before its first byte, or its copy
+                    // has the wrong length: as if it had not had the blob.
+                    // The verified bytes go up again (a wrong copy is
+                    // replaced; a present one is left alone).
+                    Err(w) => {
+                        let result = this.fill_from_upstream(&r, &d, w).await;
+                        this.share(&r, &d, result.is_ok(), None).await;
+                        (result, "upstream")
+                    }
                 },
                 Source::Upstream(lease) => {
                     let result = this.fill_from_upstream(&r, &d, w).await;

@@ -309,6 +309,7 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     // the client never sees it.
     let (config, config_size) = small[small.len() - 1].clone();
     let config_key = tier_key("fleet", &config);
+    let good_config = f.fs.get(&config_key).unwrap();
     f.fs.put(&config_key, b"{\"not\": \"the config\"}");
     let fresh2 = f.node("fresh2", "fleet", &url, "");
     // The tier is keyed by digest alone, but a repository reads a tier copy
@@ -326,6 +327,13 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     assert_eq!(
         fresh2.metric("wharf_shared_verification_failures_total"),
         1.0
+    );
+    // ... and replaced with the verified bytes (it once stayed wrong for
+    // good: each node bypassed it and none uploaded).
+    eventually(
+        Duration::from_secs(30),
+        "the wrong-length copy replaced",
+        || f.fs.get(&config_key).as_deref() == Some(&good_config[..]),
     );
 
     // The key files' contents never reach a log.
