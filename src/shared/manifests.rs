@@ -17,11 +17,11 @@ impl Tier {
         self.key(&format!("manifests/{}/{}", d.algorithm().as_str(), d.hex()))
     }
 
-    /// The tier's copy of manifest `d`: its media type and bytes, read up to
-    /// `max` bytes (a larger object is not read). Unverified: the caller
-    /// checks the digest. `None` when absent, too large, untyped or the
-    /// tier failed.
-    pub async fn read_manifest(&self, d: &Digest, max: usize) -> Option<(String, Bytes)> {
+    /// The tier's copy of manifest `d`: its `Content-Type` (if the store
+    /// kept one) and bytes, read up to `max` bytes (a larger object is not
+    /// read). Unverified, type included: the caller checks both. `None`
+    /// when absent, too large or the tier failed.
+    pub async fn read_manifest(&self, d: &Digest, max: usize) -> Option<(Option<String>, Bytes)> {
         let m = &self.inner.metrics.lookups;
         if self.inner.bad.contains_key(d) {
             m.with_label_values(&["bad_copy"]).inc();
@@ -51,7 +51,7 @@ impl Tier {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(media_type.map(|t| (t, body.freeze())))
+            Ok(Some((media_type, body.freeze())))
         };
         // The whole read (a manifest is small) within one request deadline.
         match self

@@ -567,6 +567,16 @@ impl Tier {
         self.inner.bad.insert(d.clone(), ());
     }
 
+    /// The tier's copy of manifest `d` has the right bytes but not the
+    /// media type the upstream gives it: bypass it, count it, and let the
+    /// upstream's answer replace it.
+    pub fn bad_type(&self, d: &Digest) {
+        self.inner.metrics.verification_failures.inc();
+        tracing::error!(url = %self.inner.settings.url, digest = %d,
+            "shared tier: the stored manifest's Content-Type is missing or not the upstream's; not served, fetched from the upstream and replaced");
+        self.inner.bad.insert(d.clone(), ());
+    }
+
     /// Whether a verified upload of `d` should replace the tier's copy.
     fn replaces_bad_copy(&self, d: &Digest) -> bool {
         self.inner.bad.contains_key(d)

@@ -475,3 +475,108 @@ fn pulls_ride_out_a_lost_volume_server_and_a_dead_store() {
     );
     assert!(a.metric("wharf_shared_lookups_total{result=\"set_aside\"}") >= 1.0);
 }
+
+/// A manifest by digest through `node`: status, `Content-Type`, body.
+fn get_manifest(node: &Served, path: &str) -> (u16, String, Vec<u8>) {
+    let r = http()
+        .get(format!("{}{path}", node.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ct, r.bytes().unwrap().to_vec())
+}
+
+#[test]
+fn a_stored_manifest_of_the_wrong_type_is_not_served_and_wrong_keys_stay_secret() {
+    use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
+    let f = Fleet::start();
+    f.up.push("small", "library/small:1", None, false);
+    let url = f.up.url();
+    let a = f.node("a", "types", &url, "");
+    let (status, up_type, bytes) = get_manifest(&a, "/v2/library/small/manifests/1");
+    assert_eq!(status, 200);
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    let by_digest = format!("/v2/library/small/manifests/{digest}");
+    assert_eq!(get_manifest(&a, &by_digest).1, up_type);
+    let key = format!("types/manifests/sha256/{}", &digest[7..]);
+    eventually(Duration::from_secs(30), "the manifest in the tier", || {
+        f.fs.head(&key).is_some()
+    });
+
+    // The right bytes (the digest matches) under a type that is not the
+    // upstream's, as anyone with write access to the bucket could leave.
+    let store = f.fs.store();
+    let path = object_store::path::Path::from(key.as_str());
+    let mut attributes = Attributes::new();
+    attributes.insert(Attribute::ContentType, "text/html".into());
+    let opts = PutOptions {
+        attributes,
+        ..Default::default()
+    };
+    f.rt.block_on(store.put_opts(&path, bytes.clone().into(), opts))
+        .unwrap();
+    let b = f.node("b", "types", &url, "");
+    let (status, served_type, served) = get_manifest(&b, &by_digest);
+    assert_eq!(status, 200);
+    assert_eq!(served_type, up_type, "the store's Content-Type was served");
+    assert_eq!(served, bytes);
+    assert_eq!(b.metric("wharf_shared_verification_failures_total"), 1.0);
+    // Replaced by the upstream's answer.
+    eventually(
+        Duration::from_secs(30),
+        "the manifest's type repaired",
+        || {
+            f.rt.block_on(async {
+                let got = store.get(&path).await.unwrap();
+                got.attributes
+                    .get(&Attribute::ContentType)
+                    .is_some_and(|t| t.as_ref() == up_type)
+            })
+        },
+    );
+
+    // Wrong keys: the store refuses every request; pulls go on, and neither
+    // the key id nor either secret shows in /readyz, /metrics or the log.
+    let wrong = f.dir.path().join("wrong-secret");
+    let wrong_secret = format!("wrong-{}", hex::encode(Sha256::digest(digest.as_bytes())));
+    std::fs::write(&wrong, &wrong_secret).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let dir = f.dir.path().join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = f
+        .body("types", &url, "")
+        .replace(&format!("{:?}", f.keys.1), &format!("{wrong:?}"));
+    let c = Served::start(&dir, "c", &body);
+    let (status, served_type, _) = get_manifest(&c, &by_digest);
+    assert_eq!((status, served_type.as_str()), (200, up_type.as_str()));
+    let (status, ready) = c.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    let (_, metrics) = c.get("/metrics");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    for (what, text) in [
+        ("/readyz", &ready),
+        ("/metrics", &metrics),
+        ("the log", &log),
+    ] {
+        for secret in [
+            f.fs.access_key_id(),
+            f.fs.secret_access_key(),
+            &wrong_secret,
+        ] {
+            assert!(!text.contains(secret), "{what} shows a credential: {text}");
+        }
+    }
+}
