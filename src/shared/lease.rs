@@ -5,7 +5,9 @@
 //! only by their own clock: an ETag unchanged for `lease_ttl`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use object_store::path::Path as Key;
@@ -19,6 +21,8 @@ use super::{Found, Tier, TierError, CAS_IGNORED};
 /// How often a waiter looks again, at first and at most.
 const FIRST_POLL: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_secs(1);
+/// The largest lease object a waiter reads.
+const MAX_LEASE_BYTES: u64 = 4096;
 
 /// What a node that misses a blob in the tier should do.
 pub enum Claim {
@@ -214,6 +218,12 @@ impl Tier {
                 .call("lease", async {
                     let r = store.get(&key).await?;
                     let (e_tag, version) = (r.meta.e_tag.clone(), r.meta.version.clone());
+                    // wharf's leases are ~200 bytes: a larger object is not
+                    // one of its leases, and is not read into memory (its
+                    // ETag alone still says whether anyone renews it).
+                    if r.meta.size > MAX_LEASE_BYTES {
+                        return Ok((e_tag, version, Bytes::new()));
+                    }
                     let body = r.bytes().await?;
                     Ok((e_tag, version, body))
                 })
@@ -340,5 +350,80 @@ impl Drop for Lease {
         // A lease dropped unreleased (its task panicked or was cancelled)
         // stops renewing; waiters take it over after its ttl.
         self.renewer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+    use crate::shared::{SharedSettings, StoreCredentials};
+
+    fn tier(store: Arc<InMemory>) -> Tier {
+        let settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        Tier::with_store(store, &settings, &prometheus::Registry::new())
+    }
+
+    fn digest() -> Digest {
+        Digest::sha256_of(b"a layer")
+    }
+
+    /// A waiter once read a lease object whole, whatever its size: a huge
+    /// object at a lease key (a broken or hostile writer) went into memory
+    /// on every poll of every waiting node. Now an object over
+    /// `MAX_LEASE_BYTES` is judged by its ETag alone, with this node's own
+    /// `lease_ttl`: its claimed 1 s ttl is not read.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_lease_object_is_not_read() {
+        let store = Arc::new(InMemory::new());
+        let t = tier(store.clone());
+        let d = digest();
+        let mut body =
+            format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":1000,"beat":0}}"#)
+                .into_bytes();
+        body.resize(1 << 20, b' ');
+        store.put(&t.lease_key(&d), body.into()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match t.wait(&d).await {
+            Waited::Lead(lease) => lease.release().await,
+            _ => panic!("the unrenewed lease was not taken over"),
+        }
+        let waited = started.elapsed();
+        let ttl = t.settings().lease_ttl;
+        assert!(
+            waited >= ttl && waited <= ttl + Duration::from_secs(3),
+            "taken over after {waited:?}"
+        );
+    }
+
+    /// A small lease's own ttl is honoured (within lease_ttl and max_wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_nobody_renews_is_taken_over_after_its_ttl() {
+        let store = Arc::new(InMemory::new());
+        let t = tier(store.clone());
+        let d = digest();
+        let body = format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":2000,"beat":0}}"#);
+        store.put(&t.lease_key(&d), body.into()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match t.wait(&d).await {
+            Waited::Lead(lease) => lease.release().await,
+            _ => panic!("the unrenewed lease was not taken over"),
+        }
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(store.head(&t.lease_key(&d)).await.is_err(), "released");
     }
 }
