@@ -78,8 +78,9 @@
 //! Small requests (lookups, leases, the head of a read) have
 //! `request_timeout`; a read's body must keep the fill's minimum rate
 //! (`cache.fill_min_rate`); an upload part (5 MiB) must be accepted within
-//! [`PART_TIMEOUT`]. Uploads run at most `max_uploads` at once and hold at
-//! most `upload_memory` of parts between them; reads hold the fill's
+//! [`PART_TIMEOUT`]. Uploads run at most `max_uploads` at once (one that
+//! finds no slot within `lease_ttl` is skipped, its lease released) and hold
+//! at most `upload_memory` of parts between them; reads hold the fill's
 //! four-chunk queue. The client retries a failed request at most twice,
 //! within `request_timeout`.
 
