@@ -200,6 +200,10 @@ impl Tier {
         // The lease's ETag as last seen, and when it was first seen so.
         let mut seen: Option<(Option<String>, Instant)> = None;
         let mut pause = FIRST_POLL;
+        // Rounds in a row that found no lease and then lost the race to
+        // create one: a few happen when a leader gives up and waiters race;
+        // many mean a store that says "absent" and "exists" of one key.
+        let mut lost_races = 0;
         loop {
             if started.elapsed() >= s.max_wait {
                 tracing::warn!(digest = %d, max_wait_s = s.max_wait.as_secs(),
@@ -232,6 +236,7 @@ impl Tier {
                 Err(TierError::NotFound) => None,
                 Err(_) => return ("error", Waited::Alone),
                 Ok((e_tag, version, body)) => {
+                    lost_races = 0;
                     // The holder's ttl, within reason: a lease claiming an
                     // hour must not hold this node an hour.
                     let ttl = serde_json::from_slice::<Body>(&body)
@@ -263,6 +268,16 @@ impl Tier {
                 }
                 Ok(Some(Err(size))) => return ("appeared", Waited::Appeared(size)),
                 Ok(None) => {
+                    if took_over {
+                        lost_races = 0;
+                    } else {
+                        lost_races += 1;
+                        if lost_races >= 5 {
+                            tracing::warn!(digest = %d,
+                                "shared tier: the lease is absent, yet creating it keeps failing; fetching here");
+                            return ("error", Waited::Alone);
+                        }
+                    }
                     seen = None;
                     pause = FIRST_POLL;
                 }

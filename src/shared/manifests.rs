@@ -105,7 +105,7 @@ impl Tier {
                 mode: if replace {
                     PutMode::Overwrite
                 } else {
-                    PutMode::Create
+                    this.create_mode()
                 },
                 attributes,
                 ..Default::default()

@@ -89,7 +89,7 @@ impl Tier {
             let mode = if replace {
                 PutMode::Overwrite
             } else {
-                PutMode::Create
+                self.create_mode()
             };
             let put = self.inner.store.put_opts(
                 &key,
