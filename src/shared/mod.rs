@@ -632,14 +632,31 @@ impl Tier {
 }
 
 /// An object_store error without the request's URL query (signatures) and
-/// without credentials: object_store's messages carry neither, but keep
-/// them short.
+/// without the store's error body: an S3 error document may echo the
+/// access key id, the string to sign and the canonical request
+/// (`SignatureDoesNotMatch`, `InvalidAccessKeyId`), and this text reaches
+/// logs and `/readyz`. Only the body's `<Code>` is kept.
 fn describe(e: &object_store::Error) -> String {
     let mut s = e.to_string();
-    if let Some(i) = s.find("X-Amz-") {
-        s.truncate(i);
+    let code = s
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.chars().take(64).collect::<String>());
+    for cut in ["X-Amz-", "x-amz-", "<?xml", "<Error", "<error", "{\""] {
+        if let Some(i) = s.find(cut) {
+            s.truncate(i);
+        }
     }
-    s.truncate(300);
+    if let Some(code) = code {
+        s.push_str(&format!("(the store's error code: {code})"));
+    }
+    if s.len() > 300 {
+        let mut end = 300;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
     s
 }
 
@@ -822,6 +839,32 @@ mod tests {
     };
 
     use super::*;
+
+    /// An S3 error document echoes the access key id and what was signed;
+    /// none of it may reach a log or `/readyz`. (Cut at 300 characters
+    /// only, a short error prefix once left the key id in.)
+    #[test]
+    fn a_store_error_body_is_not_quoted() {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidAccessKeyId</Code><AWSAccessKeyId>AKIDSECRETID</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256 x</StringToSign></Error>";
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: format!("Server returned non-2xx status code: 403 Forbidden: {body}").into(),
+        };
+        let d = describe(&e);
+        assert!(
+            !d.contains("AKIDSECRETID") && !d.contains("StringToSign"),
+            "{d}"
+        );
+        assert!(
+            d.contains("403 Forbidden") && d.contains("InvalidAccessKeyId"),
+            "{d}"
+        );
+        let long = object_store::Error::Generic {
+            store: "S3",
+            source: format!("x{}", "é".repeat(400)).into(),
+        };
+        assert!(describe(&long).len() <= 300);
+    }
 
     /// A store that answers every create-only write "already exists", as
     /// some S3 gateways answer a conditional header they do not support.
