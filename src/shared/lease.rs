@@ -237,12 +237,20 @@ impl Tier {
                 Err(_) => return ("error", Waited::Alone),
                 Ok((e_tag, version, body)) => {
                     lost_races = 0;
-                    // The holder's ttl, within reason: a lease claiming an
-                    // hour must not hold this node an hour.
+                    // The holder's ttl, never above this node's own: a lease
+                    // claiming an hour (garbage, or a node configured
+                    // otherwise) once held every waiter up to max_wait, ten
+                    // minutes by default, against the documented bound of
+                    // lease_ttl + 1 s. A holder with a longer ttl than ours
+                    // may lose its lease to us: that costs a second
+                    // download, never a hang.
                     let ttl = serde_json::from_slice::<Body>(&body)
                         .map(|b| Duration::from_millis(b.ttl_ms))
                         .unwrap_or(s.lease_ttl)
-                        .clamp(Duration::from_secs(1), s.lease_ttl.max(s.max_wait));
+                        .clamp(
+                            Duration::from_secs(1),
+                            s.lease_ttl.max(Duration::from_secs(1)),
+                        );
                     let now = Instant::now();
                     match &seen {
                         Some((tag, since)) if *tag == e_tag => {
@@ -421,7 +429,30 @@ mod tests {
         );
     }
 
-    /// A small lease's own ttl is honoured (within lease_ttl and max_wait).
+    /// A lease claiming a ttl of an hour that nobody renews is taken over
+    /// after this node's lease_ttl (it once held waiters until max_wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_claiming_a_long_ttl_holds_a_waiter_at_most_its_own_ttl() {
+        let store = Arc::new(InMemory::new());
+        let t = tier(store.clone());
+        let d = digest();
+        let body =
+            format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":3600000,"beat":0}}"#);
+        store.put(&t.lease_key(&d), body.into()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match t.wait(&d).await {
+            Waited::Lead(lease) => lease.release().await,
+            _ => panic!("the unrenewed lease was not taken over"),
+        }
+        let ttl = t.settings().lease_ttl;
+        assert!(
+            started.elapsed() <= ttl + Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A small lease's own ttl is honoured (within this node's lease_ttl).
     #[tokio::test(start_paused = true)]
     async fn a_lease_nobody_renews_is_taken_over_after_its_ttl() {
         let store = Arc::new(InMemory::new());
