@@ -75,8 +75,12 @@ impl Tier {
                     .inc_by(found.1.len() as u64);
                 Some(found)
             }
+            // Larger than any manifest this upstream may send: not one, and
+            // replaced by the upstream's answer (a create-only upload would
+            // leave it there for good).
             Ok(None) => {
-                m.with_label_values(&["miss"]).inc();
+                m.with_label_values(&["bad_copy"]).inc();
+                self.bad_copy(d);
                 None
             }
             Err(TierError::NotFound) => {

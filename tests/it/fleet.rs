@@ -545,6 +545,19 @@ fn a_stored_manifest_of_the_wrong_type_is_not_served_and_wrong_keys_stay_secret(
         },
     );
 
+    // An object far larger than a manifest at a manifest's key: not read
+    // whole, and replaced by the upstream's answer.
+    f.fs.put(&key, &vec![b' '; 5 << 20]);
+    let big = f.node("big", "types", &url, "");
+    let (status, served_type, served) = get_manifest(&big, &by_digest);
+    assert_eq!((status, served_type.as_str()), (200, up_type.as_str()));
+    assert_eq!(served, bytes);
+    eventually(
+        Duration::from_secs(30),
+        "the oversized copy replaced",
+        || f.fs.get(&key).as_deref() == Some(&bytes[..]),
+    );
+
     // Wrong keys: the store refuses every request; pulls go on, and neither
     // the key id nor either secret shows in /readyz, /metrics or the log.
     let wrong = f.dir.path().join("wrong-secret");
