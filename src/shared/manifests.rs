@@ -13,7 +13,7 @@ use crate::registry::Digest;
 use super::{Tier, TierError};
 
 impl Tier {
-    fn manifest_key(&self, d: &Digest) -> object_store::path::Path {
+    pub(super) fn manifest_key(&self, d: &Digest) -> object_store::path::Path {
         self.key(&format!("manifests/{}/{}", d.algorithm().as_str(), d.hex()))
     }
 
