@@ -381,7 +381,21 @@ fn print_shared(c: &Config) {
     use wharf::shared::StoreCredentials;
     let Some(s) = &c.shared else { return };
     let creds = match &s.credentials {
-        StoreCredentials::Keys { .. } => "static keys".to_owned(),
+        StoreCredentials::Keys {
+            access_key_id,
+            secret_access_key,
+        } => {
+            use wharf::upstream::credentials::SecretSpec;
+            let from = |s: &SecretSpec| match s {
+                SecretSpec::File { path, .. } => path.display().to_string(),
+                SecretSpec::Value(_) => "the environment".to_owned(),
+            };
+            format!(
+                "static keys (key id from {}, secret from {})",
+                from(access_key_id),
+                from(secret_access_key)
+            )
+        }
         StoreCredentials::Environment => {
             "the AWS environment (variables, web identity, instance metadata)".to_owned()
         }

@@ -318,7 +318,7 @@ pub fn gc_shared(
     let tier = crate::shared::Tier::new(settings, &registry)?;
     let r = rt.block_on(crate::shared::collect(&tier, older_than, dry_run))?;
     println!(
-        "{} {}: {} blobs ({}) older than {}; kept {} blobs ({}); {} dead leases",
+        "{} {}: {} blobs ({}) and {} manifests older than {}; kept {} blobs ({}); {} dead leases",
         if dry_run {
             "would delete from"
         } else {
@@ -327,6 +327,7 @@ pub fn gc_shared(
         settings.url,
         r.blobs_deleted,
         size(r.bytes_deleted),
+        r.manifests_deleted,
         humantime::format_duration(older_than),
         r.blobs_kept,
         size(r.bytes_kept),

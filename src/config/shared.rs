@@ -274,6 +274,11 @@ mod tests {
             e.starts_with("shared.endpoint") && !e.contains("hunter2"),
             "{e}"
         );
+        // The hint names [shared]'s own keys, not [upstream.credentials].
+        assert!(
+            e.contains("access_key_id_file") && !e.contains("upstream"),
+            "{e}"
+        );
         assert!(err("url = \"s3://bucket\"\naccess_key_id_env = \"PATH\"\n").contains("give both"));
         assert!(err("url = \"gs://bucket\"\naccess_key_id_env = \"PATH\"\nsecret_access_key_env = \"PATH\"\n")
             .contains("HMAC keys go with s3://"));

@@ -57,9 +57,14 @@ pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
 /// error would quote it. A registry URL (scheme, host, port) has no `@`.
 pub(super) fn no_userinfo(key: &str, text: &str) -> Result<(), ConfigError> {
     if text.contains('@') {
+        let instead = if key.starts_with("shared.") {
+            "give the store's keys as access_key_id_file and secret_access_key_file (or _env, _credential)"
+        } else {
+            "put them in [upstream.credentials] (password_file, password_env, ...)"
+        };
         return Err(invalid(
             key,
-            "a URL may not carry a user name or password (user:password@host); put them in [upstream.credentials] (password_file, password_env, ...)",
+            format!("a URL may not carry a user name or password (user:password@host); {instead}"),
         ));
     }
     Ok(())

@@ -214,8 +214,9 @@ impl Mirror {
                 Source::Shared => match this.fill_from_tier(&r, &d, w).await {
                     Ok(result) => (result, "shared tier"),
                     // The tier failed before its first byte, or its copy
-                    // has the wrong length: as if it had not had the blob
-                    // (and a bad copy is replaced by the upload).
+                    // has the wrong length: as if it had not had the blob.
+                    // The verified bytes go up again (a wrong copy is
+                    // replaced; a present one is left alone).
                     Err(w) => {
                         let result = this.fill_from_upstream(&r, &d, w).await;
                         this.share(&r, &d, result.is_ok(), None).await;

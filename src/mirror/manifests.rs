@@ -12,7 +12,7 @@
 use bytes::Bytes;
 
 use crate::cache::{now_secs, CachedManifest};
-use crate::registry::{Accept, Digest, MediaType, Reference, Tag};
+use crate::registry::{is_manifest_type, Accept, Digest, MediaType, Reference, Tag};
 use crate::upstream::{ManifestBody, UpstreamError};
 
 use super::{CacheStatus, Mirror, MirrorError, Routed};
@@ -336,17 +336,30 @@ impl Mirror {
         let Some((media_type, bytes)) = tier.read_manifest(d, up.cfg.limits.manifest).await else {
             return Ok(None);
         };
-        let media_type: MediaType = match media_type.parse() {
-            Ok(t) if Digest::of(d.algorithm(), &bytes) == *d => t,
-            _ => {
-                tier.bad_copy(d);
-                return Ok(None);
-            }
-        };
+        if Digest::of(d.algorithm(), &bytes) != *d {
+            tier.bad_copy(d);
+            return Ok(None);
+        }
         let head = up.client.head_manifest(&r.repo, reference).await?;
         if head.digest.as_ref().is_some_and(|h| h != d) {
             return Ok(None);
         }
+        // The digest covers the bytes, not the Content-Type the store kept
+        // beside them (a store may drop it, answer `binary/octet-stream`, or
+        // anyone with write access may set `text/html`): the upstream's word
+        // wins, and without one the type must at least be a manifest's, as
+        // for an upstream GET. A copy whose type is wrong is replaced by the
+        // upstream's answer.
+        let stored: Option<MediaType> = media_type.and_then(|t| t.parse().ok());
+        let media_type = match (head.media_type, stored) {
+            // As a GET sent it (a HEAD may differ in parameters only).
+            (Some(up_type), Some(t)) if up_type.essence() == t.essence() => t,
+            (None, Some(t)) if is_manifest_type(&t) => t,
+            _ => {
+                tier.bad_type(d);
+                return Ok(None);
+            }
+        };
         let f = Fetched {
             bytes,
             media_type,

@@ -1,6 +1,6 @@
 //! `wharf gc --shared --older-than D`: retention for stores without
-//! lifecycle rules. Deletes blobs last written more than `D` ago, and
-//! leases and probe objects left by dead nodes (older than ten lease
+//! lifecycle rules. Deletes blobs and manifests last written more than
+//! `D` ago, and leases and probe objects left by dead nodes (older than ten lease
 //! lifetimes). The only code that deletes blobs from the tier; nothing runs
 //! it on its own (a node's eviction is local only).
 //!
@@ -21,6 +21,7 @@ pub struct GcReport {
     pub bytes_deleted: u64,
     pub blobs_kept: u64,
     pub bytes_kept: u64,
+    pub manifests_deleted: u64,
     pub leases_deleted: u64,
 }
 
@@ -37,17 +38,20 @@ pub async fn collect(
         now - chrono::Duration::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
     let stale = tier.inner.settings.lease_ttl * 10;
     let lease_cutoff = now - chrono::Duration::from_std(stale).unwrap_or(chrono::TimeDelta::MAX);
-    for (dir, cutoff, is_blob) in [
-        ("blobs", blob_cutoff, true),
-        ("leases", lease_cutoff, false),
-        ("probes", lease_cutoff, false),
+    // Manifests went uncollected: they piled up for ever under a store
+    // without lifecycle rules.
+    for (dir, cutoff, kind) in [
+        ("blobs", blob_cutoff, Kind::Blob),
+        ("manifests", blob_cutoff, Kind::Manifest),
+        ("leases", lease_cutoff, Kind::Lease),
+        ("probes", lease_cutoff, Kind::Lease),
     ] {
         let prefix = tier.key(dir);
         let mut listing = tier.inner.store.list(Some(&prefix));
         while let Some(item) = listing.next().await {
             let meta = item.map_err(|e| TierError::Store(super::describe(&e)))?;
             if meta.last_modified >= cutoff {
-                if is_blob {
+                if kind == Kind::Blob {
                     report.blobs_kept += 1;
                     report.bytes_kept += meta.size;
                 }
@@ -59,13 +63,63 @@ pub async fn collect(
                     Err(e) => return Err(TierError::Store(super::describe(&e))),
                 }
             }
-            if is_blob {
-                report.blobs_deleted += 1;
-                report.bytes_deleted += meta.size;
-            } else {
-                report.leases_deleted += 1;
+            match kind {
+                Kind::Blob => {
+                    report.blobs_deleted += 1;
+                    report.bytes_deleted += meta.size;
+                }
+                Kind::Manifest => report.manifests_deleted += 1,
+                Kind::Lease => report.leases_deleted += 1,
             }
         }
     }
     Ok(report)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Blob,
+    Manifest,
+    Lease,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+    use crate::registry::Digest;
+    use crate::shared::{SharedSettings, StoreCredentials};
+
+    #[tokio::test]
+    async fn old_blobs_and_manifests_go_and_live_leases_stay() {
+        let store = Arc::new(InMemory::new());
+        let settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
+        let d = Digest::sha256_of(b"x");
+        let keys = [t.blob_key(&d), t.manifest_key(&d), t.lease_key(&d)];
+        for k in &keys {
+            store.put(k, "x".into()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let r = collect(&t, Duration::ZERO, false).await.unwrap();
+        assert_eq!(
+            (r.blobs_deleted, r.manifests_deleted, r.leases_deleted),
+            (1, 1, 0)
+        );
+        assert!(store.head(&keys[0]).await.is_err());
+        assert!(store.head(&keys[1]).await.is_err(), "the manifest was kept");
+        assert!(
+            store.head(&keys[2]).await.is_ok(),
+            "a live lease was deleted"
+        );
+    }
 }

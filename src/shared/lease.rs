@@ -5,7 +5,9 @@
 //! only by their own clock: an ETag unchanged for `lease_ttl`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use object_store::path::Path as Key;
@@ -19,6 +21,8 @@ use super::{Found, Tier, TierError, CAS_IGNORED};
 /// How often a waiter looks again, at first and at most.
 const FIRST_POLL: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_secs(1);
+/// The largest lease object a waiter reads.
+const MAX_LEASE_BYTES: u64 = 4096;
 
 /// What a node that misses a blob in the tier should do.
 pub enum Claim {
@@ -182,6 +186,10 @@ impl Tier {
         // The lease's ETag as last seen, and when it was first seen so.
         let mut seen: Option<(Option<String>, Instant)> = None;
         let mut pause = FIRST_POLL;
+        // Rounds in a row that found no lease and then lost the race to
+        // create one: a few happen when a leader gives up and waiters race;
+        // many mean a store that says "absent" and "exists" of one key.
+        let mut lost_races = 0;
         loop {
             if started.elapsed() >= s.max_wait {
                 tracing::warn!(digest = %d, max_wait_s = s.max_wait.as_secs(),
@@ -200,6 +208,12 @@ impl Tier {
                 .call("lease", async {
                     let r = store.get(&key).await?;
                     let (e_tag, version) = (r.meta.e_tag.clone(), r.meta.version.clone());
+                    // wharf's leases are ~200 bytes: a larger object is not
+                    // one of its leases, and is not read into memory (its
+                    // ETag alone still says whether anyone renews it).
+                    if r.meta.size > MAX_LEASE_BYTES {
+                        return Ok((e_tag, version, Bytes::new()));
+                    }
                     let body = r.bytes().await?;
                     Ok((e_tag, version, body))
                 })
@@ -208,12 +222,21 @@ impl Tier {
                 Err(TierError::NotFound) => None,
                 Err(_) => return ("error", Waited::Alone),
                 Ok((e_tag, version, body)) => {
-                    // The holder's ttl, within reason: a lease claiming an
-                    // hour must not hold this node an hour.
+                    lost_races = 0;
+                    // The holder's ttl, never above this node's own: a lease
+                    // claiming an hour (garbage, or a node configured
+                    // otherwise) once held every waiter up to max_wait, ten
+                    // minutes by default, against the documented bound of
+                    // lease_ttl + 1 s. A holder with a longer ttl than ours
+                    // may lose its lease to us: that costs a second
+                    // download, never a hang.
                     let ttl = serde_json::from_slice::<Body>(&body)
                         .map(|b| Duration::from_millis(b.ttl_ms))
                         .unwrap_or(s.lease_ttl)
-                        .clamp(Duration::from_secs(1), s.lease_ttl.max(s.max_wait));
+                        .clamp(
+                            Duration::from_secs(1),
+                            s.lease_ttl.max(Duration::from_secs(1)),
+                        );
                     let now = Instant::now();
                     match &seen {
                         Some((tag, since)) if *tag == e_tag => {
@@ -239,6 +262,16 @@ impl Tier {
                 }
                 Ok(Some(Err(size))) => return ("appeared", Waited::Appeared(size)),
                 Ok(None) => {
+                    if took_over {
+                        lost_races = 0;
+                    } else {
+                        lost_races += 1;
+                        if lost_races >= 5 {
+                            tracing::warn!(digest = %d,
+                                "shared tier: the lease is absent, yet creating it keeps failing; fetching here");
+                            return ("error", Waited::Alone);
+                        }
+                    }
                     seen = None;
                     pause = FIRST_POLL;
                 }
@@ -313,5 +346,103 @@ impl Drop for Lease {
         // A lease dropped unreleased (its task panicked or was cancelled)
         // stops renewing; waiters take it over after its ttl.
         self.renewer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+    use crate::shared::{SharedSettings, StoreCredentials};
+
+    fn tier(store: Arc<InMemory>) -> Tier {
+        let settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        Tier::with_store(store, &settings, &prometheus::Registry::new())
+    }
+
+    fn digest() -> Digest {
+        Digest::sha256_of(b"a layer")
+    }
+
+    /// A waiter once read a lease object whole, whatever its size: a huge
+    /// object at a lease key (a broken or hostile writer) went into memory
+    /// on every poll of every waiting node. Now an object over
+    /// `MAX_LEASE_BYTES` is judged by its ETag alone, with this node's own
+    /// `lease_ttl`: its claimed 1 s ttl is not read.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_lease_object_is_not_read() {
+        let store = Arc::new(InMemory::new());
+        let t = tier(store.clone());
+        let d = digest();
+        let mut body =
+            format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":1000,"beat":0}}"#)
+                .into_bytes();
+        body.resize(1 << 20, b' ');
+        store.put(&t.lease_key(&d), body.into()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match t.wait(&d).await {
+            Waited::Lead(lease) => lease.release().await,
+            _ => panic!("the unrenewed lease was not taken over"),
+        }
+        let waited = started.elapsed();
+        let ttl = t.settings().lease_ttl;
+        assert!(
+            waited >= ttl && waited <= ttl + Duration::from_secs(3),
+            "taken over after {waited:?}"
+        );
+    }
+
+    /// A lease claiming a ttl of an hour that nobody renews is taken over
+    /// after this node's lease_ttl (it once held waiters until max_wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_claiming_a_long_ttl_holds_a_waiter_at_most_its_own_ttl() {
+        let store = Arc::new(InMemory::new());
+        let t = tier(store.clone());
+        let d = digest();
+        let body =
+            format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":3600000,"beat":0}}"#);
+        store.put(&t.lease_key(&d), body.into()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match t.wait(&d).await {
+            Waited::Lead(lease) => lease.release().await,
+            _ => panic!("the unrenewed lease was not taken over"),
+        }
+        let ttl = t.settings().lease_ttl;
+        assert!(
+            started.elapsed() <= ttl + Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A small lease's own ttl is honoured (within this node's lease_ttl).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_nobody_renews_is_taken_over_after_its_ttl() {
+        let store = Arc::new(InMemory::new());
+        let t = tier(store.clone());
+        let d = digest();
+        let body = format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":2000,"beat":0}}"#);
+        store.put(&t.lease_key(&d), body.into()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match t.wait(&d).await {
+            Waited::Lead(lease) => lease.release().await,
+            _ => panic!("the unrenewed lease was not taken over"),
+        }
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(store.head(&t.lease_key(&d)).await.is_err(), "released");
     }
 }

@@ -15,15 +15,15 @@ use crate::registry::Digest;
 use super::{Tier, TierError};
 
 impl Tier {
-    fn manifest_key(&self, d: &Digest) -> object_store::path::Path {
+    pub(super) fn manifest_key(&self, d: &Digest) -> object_store::path::Path {
         self.key(&format!("manifests/{}/{}", d.algorithm().as_str(), d.hex()))
     }
 
-    /// The tier's copy of manifest `d`: its media type and bytes, read up to
-    /// `max` bytes (a larger object is not read). Unverified: the caller
-    /// checks the digest. `None` when absent, too large, untyped or the
-    /// tier failed.
-    pub async fn read_manifest(&self, d: &Digest, max: usize) -> Option<(String, Bytes)> {
+    /// The tier's copy of manifest `d`: its `Content-Type` (if the store
+    /// kept one) and bytes, read up to `max` bytes (a larger object is not
+    /// read). Unverified, type included: the caller checks both. `None`
+    /// when absent, too large or the tier failed.
+    pub async fn read_manifest(&self, d: &Digest, max: usize) -> Option<(Option<String>, Bytes)> {
         let m = &self.inner.metrics.lookups;
         if self.inner.bad.contains_key(d) {
             m.with_label_values(&["bad_copy"]).inc();
@@ -53,7 +53,7 @@ impl Tier {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(media_type.map(|t| (t, body.freeze())))
+            Ok(Some((media_type, body.freeze())))
         };
         // The whole read (a manifest is small) within one request deadline.
         match self
@@ -77,8 +77,12 @@ impl Tier {
                     .inc_by(found.1.len() as u64);
                 Some(found)
             }
+            // Larger than any manifest this upstream may send: not one, and
+            // replaced by the upstream's answer (a create-only upload would
+            // leave it there for good).
             Ok(None) => {
-                m.with_label_values(&["miss"]).inc();
+                m.with_label_values(&["bad_copy"]).inc();
+                self.bad_copy(d);
                 None
             }
             Err(TierError::NotFound) => {
@@ -118,7 +122,7 @@ impl Tier {
             let mode = if replace {
                 PutMode::Overwrite
             } else {
-                PutMode::Create
+                this.create_mode()
             };
             let len = bytes.len() as u64;
             let r = this

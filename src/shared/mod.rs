@@ -78,9 +78,10 @@
 //! Small requests (lookups, leases, the head of a read) have
 //! `request_timeout`; a read's body must keep the fill's minimum rate
 //! (`cache.fill_min_rate`); an upload part (5 MiB) must be accepted within
-//! [`PART_TIMEOUT`]. Uploads run at most `max_uploads` at once and hold at
-//! most `upload_memory` of parts between them, and at most 256 wait or run
-//! (`upload::MAX_PENDING_UPLOADS`; more are skipped); reads hold the fill's
+//! [`PART_TIMEOUT`]. Uploads run at most `max_uploads` at once (one that
+//! finds no slot within `lease_ttl` is skipped, its lease released) and hold
+//! at most `upload_memory` of parts between them, and at most 256 wait or
+//! run (`upload::MAX_PENDING_UPLOADS`; more are skipped); reads hold the fill's
 //! four-chunk queue. Every lookup, lease and wait runs inside one of the
 //! node's `cache.max_fills` fill slots, so a flood of distinct cold digests
 //! costs the store at most that many concurrent conversations. The client
@@ -360,8 +361,9 @@ impl Tier {
 
     /// Checks that the store answers and enforces create-only writes: two
     /// create-only writes of one fresh key must not both succeed. Run once
-    /// at start-up; until it answers, leases are tried (a store that
-    /// ignores them only costs duplicate downloads).
+    /// at start-up and not repeated: if it fails, leases are tried (a store
+    /// that ignores them only costs duplicate downloads; one that refuses
+    /// them is caught by the waiters, see `Tier::wait`).
     pub async fn probe(&self) {
         if !self.inner.settings.write {
             return;
@@ -374,10 +376,19 @@ impl Tier {
         let first = self.put_create(&key, Bytes::from_static(b"probe")).await;
         let second = match first {
             Ok(true) => self.put_create(&key, Bytes::from_static(b"probe")).await,
-            Ok(false) => Ok(false),
+            // A key nobody can have written "exists": the store refuses
+            // every create-only write (some answer 412 to a conditional
+            // header they do not support). Leases would then never be won
+            // (every miss waited max_wait) and no small blob uploaded.
+            Ok(false) => {
+                self.inner.cas.store(CAS_IGNORED, Ordering::Relaxed);
+                tracing::warn!(url = %self.inner.settings.url,
+                    "shared tier: the store refuses create-only writes (If-None-Match: *) even of new keys, so nodes cannot coordinate cold fills; each node fetches for itself and uploads with plain writes");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(url = %self.inner.settings.url, error = %e,
-                    "shared tier: the start-up check failed; nodes use disk and upstreams until it answers");
+                    "shared tier: the start-up check failed; the tier is set aside for retry_after, then used with leases (the check is not repeated)");
                 return;
             }
         };
@@ -573,9 +584,30 @@ impl Tier {
         self.inner.bad.insert(d.clone(), ());
     }
 
+    /// The tier's copy of manifest `d` has the right bytes but not the
+    /// media type the upstream gives it: bypass it, count it, and let the
+    /// upstream's answer replace it.
+    pub fn bad_type(&self, d: &Digest) {
+        self.inner.metrics.verification_failures.inc();
+        tracing::error!(url = %self.inner.settings.url, digest = %d,
+            "shared tier: the stored manifest's Content-Type is missing or not the upstream's; not served, fetched from the upstream and replaced");
+        self.inner.bad.insert(d.clone(), ());
+    }
+
     /// Whether a verified upload of `d` should replace the tier's copy.
     fn replaces_bad_copy(&self, d: &Digest) -> bool {
         self.inner.bad.contains_key(d)
+    }
+
+    /// How to write a verified object that may exist already: create-only,
+    /// unless the store does not honour it (then a plain write: the bytes
+    /// are the same).
+    fn create_mode(&self) -> object_store::PutMode {
+        if self.inner.cas.load(Ordering::Relaxed) == CAS_IGNORED {
+            object_store::PutMode::Overwrite
+        } else {
+            object_store::PutMode::Create
+        }
     }
 
     /// A conditional write: `None` when its condition failed (the key
@@ -618,14 +650,31 @@ impl Tier {
 }
 
 /// An object_store error without the request's URL query (signatures) and
-/// without credentials: object_store's messages carry neither, but keep
-/// them short.
+/// without the store's error body: an S3 error document may echo the
+/// access key id, the string to sign and the canonical request
+/// (`SignatureDoesNotMatch`, `InvalidAccessKeyId`), and this text reaches
+/// logs and `/readyz`. Only the body's `<Code>` is kept.
 fn describe(e: &object_store::Error) -> String {
     let mut s = e.to_string();
-    if let Some(i) = s.find("X-Amz-") {
-        s.truncate(i);
+    let code = s
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.chars().take(64).collect::<String>());
+    for cut in ["X-Amz-", "x-amz-", "<?xml", "<Error", "<error", "{\""] {
+        if let Some(i) = s.find(cut) {
+            s.truncate(i);
+        }
     }
-    s.truncate(300);
+    if let Some(code) = code {
+        s.push_str(&format!("(the store's error code: {code})"));
+    }
+    if s.len() > 300 {
+        let mut end = 300;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
     s
 }
 
@@ -792,5 +841,158 @@ impl object_store::CredentialProvider for KeyFiles {
             secret_key: secret.expose().to_owned(),
             token: None,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    };
+
+    use super::*;
+
+    /// An S3 error document echoes the access key id and what was signed;
+    /// none of it may reach a log or `/readyz`. (Cut at 300 characters
+    /// only, a short error prefix once left the key id in.)
+    #[test]
+    fn a_store_error_body_is_not_quoted() {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidAccessKeyId</Code><AWSAccessKeyId>AKIDSECRETID</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256 x</StringToSign></Error>";
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: format!("Server returned non-2xx status code: 403 Forbidden: {body}").into(),
+        };
+        let d = describe(&e);
+        assert!(
+            !d.contains("AKIDSECRETID") && !d.contains("StringToSign"),
+            "{d}"
+        );
+        assert!(
+            d.contains("403 Forbidden") && d.contains("InvalidAccessKeyId"),
+            "{d}"
+        );
+        let long = object_store::Error::Generic {
+            store: "S3",
+            source: format!("x{}", "é".repeat(400)).into(),
+        };
+        assert!(describe(&long).len() <= 300);
+    }
+
+    /// A store that answers every create-only write "already exists", as
+    /// some S3 gateways answer a conditional header they do not support.
+    #[derive(Debug)]
+    struct RefusesCreates(InMemory);
+
+    impl std::fmt::Display for RefusesCreates {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("RefusesCreates")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for RefusesCreates {
+        async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
+            if matches!(o.mode, PutMode::Create) {
+                return Err(object_store::Error::Precondition {
+                    path: l.to_string(),
+                    source: "412".into(),
+                });
+            }
+            self.0.put_opts(l, p, o).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(l, o).await
+        }
+        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
+            self.0.get_opts(l, o).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, Result<Path>>,
+        ) -> BoxStream<'static, Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(&self, from: &Path, to: &Path, o: CopyOptions) -> Result<()> {
+            self.0.copy_opts(from, to, o).await
+        }
+    }
+
+    /// Once taken for a store that enforces create-only writes (the probe's
+    /// second write was refused, and so was its first): every cold miss
+    /// then lost its lease race to nobody and waited max_wait, and no small
+    /// blob was ever uploaded ("present").
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_refuses_every_create_only_write_turns_leases_off() {
+        let store = Arc::new(RefusesCreates(InMemory::new()));
+        let settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        let t = Tier::with_store(store.clone(), &settings, &Registry::new());
+        t.probe().await;
+        assert!(
+            !t.status().leases,
+            "leases on over a store that refuses creates"
+        );
+        let d = Digest::sha256_of(b"a layer");
+        assert!(matches!(t.claim(&d).await, Claim::Alone));
+        let bytes = b"a layer";
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        t.upload(d.clone(), file, bytes.len() as u64, None);
+        let m = &t.inner.metrics;
+        let mut waited = 0;
+        while m.uploads_in_flight.get() > 0 {
+            assert!(waited < 1000, "the upload did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(m.uploads.with_label_values(&["done"]).get(), 1);
+        assert_eq!(
+            store.head(&t.blob_key(&d)).await.unwrap().size,
+            bytes.len() as u64
+        );
+    }
+
+    /// Whatever the probe found, a waiter that keeps finding no lease yet
+    /// losing the race to create it stops waiting (it once polled until
+    /// max_wait, ten minutes by default).
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_stops_when_an_absent_lease_can_never_be_created() {
+        let store = Arc::new(RefusesCreates(InMemory::new()));
+        let settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        let t = Tier::with_store(store, &settings, &Registry::new());
+        let d = Digest::sha256_of(b"a layer");
+        assert!(matches!(t.claim(&d).await, Claim::Follow));
+        let started = tokio::time::Instant::now();
+        assert!(matches!(t.wait(&d).await, Waited::Alone));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

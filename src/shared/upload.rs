@@ -78,13 +78,19 @@ impl Tier {
         file: Arc<File>,
         size: u64,
     ) -> Result<&'static str, TierError> {
-        let _slot = self
-            .inner
-            .uploads
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        // A slot within one lease lifetime, or none: the upload is skipped
+        // (its lease released, so waiting nodes go on by themselves). An
+        // unbounded queue held each waiting upload's cache file open and
+        // its lease renewed, so other nodes waited on it up to max_wait.
+        let slot = tokio::time::timeout(
+            self.inner.settings.lease_ttl,
+            self.inner.uploads.clone().acquire_owned(),
+        )
+        .await;
+        let Ok(slot) = slot else {
+            return Ok("skipped");
+        };
+        let _slot = slot.expect("never closed");
         let key = self.blob_key(d);
         let replace = self.replaces_bad_copy(d);
         if !replace {
@@ -101,7 +107,7 @@ impl Tier {
             let mode = if replace {
                 PutMode::Overwrite
             } else {
-                PutMode::Create
+                self.create_mode()
             };
             let put = self.inner.store.put_opts(
                 &key,
@@ -313,6 +319,12 @@ impl Drop for PartBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    use object_store::memory::InMemory;
+
+    use crate::shared::{SharedSettings, StoreCredentials};
 
     #[test]
     fn part_buffers_hold_what_was_read() {
@@ -332,6 +344,52 @@ mod tests {
         assert!(
             rt.block_on(read_part(&file, 2_900_000, 200_000)).is_err(),
             "past the end"
+        );
+    }
+
+    /// With every upload slot taken, a new upload once waited for one for
+    /// ever, holding its cache file open (and its lease renewed, so other
+    /// nodes waited on it up to max_wait): a flood of distinct blobs piled
+    /// up without bound. Now it waits one lease lifetime, then is skipped.
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_that_gets_no_slot_within_a_lease_lifetime_is_skipped() {
+        let store = Arc::new(InMemory::new());
+        let mut settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        settings.max_uploads = 1;
+        let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
+        let busy = t.inner.uploads.clone().acquire_owned().await.unwrap();
+        let bytes = b"a small layer";
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        let d = Digest::sha256_of(bytes);
+        t.upload(d.clone(), file, bytes.len() as u64, None);
+        let m = &t.inner.metrics;
+        tokio::time::sleep(settings.lease_ttl + Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(m.uploads.with_label_values(&["skipped"]).get(), 1);
+        assert_eq!(m.uploads_in_flight.get(), 0);
+        assert!(store.head(&t.blob_key(&d)).await.is_err());
+        // With a slot free, the next one goes up.
+        drop(busy);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        t.upload(d.clone(), file, bytes.len() as u64, None);
+        let mut waited = 0;
+        while m.uploads.with_label_values(&["done"]).get() == 0 {
+            assert!(waited < 1000, "the upload did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(
+            store.head(&t.blob_key(&d)).await.unwrap().size,
+            bytes.len() as u64
         );
     }
 }

@@ -309,6 +309,7 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
     // the client never sees it.
     let (config, config_size) = small[small.len() - 1].clone();
     let config_key = tier_key("fleet", &config);
+    let good_config = f.fs.get(&config_key).unwrap();
     f.fs.put(&config_key, b"{\"not\": \"the config\"}");
     let fresh2 = f.node("fresh2", "fleet", &url, "");
     // The tier is keyed by digest alone, but a repository reads a tier copy
@@ -327,9 +328,13 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
         fresh2.metric("wharf_shared_verification_failures_total"),
         1.0
     );
-    eventually(Duration::from_secs(30), "the short copy replaced", || {
-        f.fs.head(&config_key) == Some(config_size)
-    });
+    // ... and replaced with the verified bytes (it once stayed wrong for
+    // good: each node bypassed it and none uploaded).
+    eventually(
+        Duration::from_secs(30),
+        "the wrong-length copy replaced",
+        || f.fs.get(&config_key).as_deref() == Some(&good_config[..]),
+    );
 
     // Retention for stores without lifecycle rules: nothing is younger than
     // an hour; everything is older than zero seconds.
@@ -498,4 +503,122 @@ fn pulls_ride_out_a_lost_volume_server_and_a_dead_store() {
         c.1,
     );
     assert!(a.metric("wharf_shared_lookups_total{result=\"set_aside\"}") >= 1.0);
+}
+
+/// A manifest by digest through `node`: status, `Content-Type`, body.
+fn get_manifest(node: &Served, path: &str) -> (u16, String, Vec<u8>) {
+    let r = http()
+        .get(format!("{}{path}", node.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ct, r.bytes().unwrap().to_vec())
+}
+
+#[test]
+fn a_stored_manifest_of_the_wrong_type_is_not_served_and_wrong_keys_stay_secret() {
+    use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
+    let f = Fleet::start();
+    f.up.push("small", "library/small:1", None, false);
+    let url = f.up.url();
+    let a = f.node("a", "types", &url, "");
+    let (status, up_type, bytes) = get_manifest(&a, "/v2/library/small/manifests/1");
+    assert_eq!(status, 200);
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    let by_digest = format!("/v2/library/small/manifests/{digest}");
+    assert_eq!(get_manifest(&a, &by_digest).1, up_type);
+    let key = format!("types/manifests/sha256/{}", &digest[7..]);
+    eventually(Duration::from_secs(30), "the manifest in the tier", || {
+        f.fs.head(&key).is_some()
+    });
+
+    // The right bytes (the digest matches) under a type that is not the
+    // upstream's, as anyone with write access to the bucket could leave.
+    let store = f.fs.store();
+    let path = object_store::path::Path::from(key.as_str());
+    let mut attributes = Attributes::new();
+    attributes.insert(Attribute::ContentType, "text/html".into());
+    let opts = PutOptions {
+        attributes,
+        ..Default::default()
+    };
+    f.rt.block_on(store.put_opts(&path, bytes.clone().into(), opts))
+        .unwrap();
+    let b = f.node("b", "types", &url, "");
+    let (status, served_type, served) = get_manifest(&b, &by_digest);
+    assert_eq!(status, 200);
+    assert_eq!(served_type, up_type, "the store's Content-Type was served");
+    assert_eq!(served, bytes);
+    assert_eq!(b.metric("wharf_shared_verification_failures_total"), 1.0);
+    // Replaced by the upstream's answer.
+    eventually(
+        Duration::from_secs(30),
+        "the manifest's type repaired",
+        || {
+            f.rt.block_on(async {
+                let got = store.get(&path).await.unwrap();
+                got.attributes
+                    .get(&Attribute::ContentType)
+                    .is_some_and(|t| t.as_ref() == up_type)
+            })
+        },
+    );
+
+    // An object far larger than a manifest at a manifest's key: not read
+    // whole, and replaced by the upstream's answer.
+    f.fs.put(&key, &vec![b' '; 5 << 20]);
+    let big = f.node("big", "types", &url, "");
+    let (status, served_type, served) = get_manifest(&big, &by_digest);
+    assert_eq!((status, served_type.as_str()), (200, up_type.as_str()));
+    assert_eq!(served, bytes);
+    eventually(
+        Duration::from_secs(30),
+        "the oversized copy replaced",
+        || f.fs.get(&key).as_deref() == Some(&bytes[..]),
+    );
+
+    // Wrong keys: the store refuses every request; pulls go on, and neither
+    // the key id nor either secret shows in /readyz, /metrics or the log.
+    let wrong = f.dir.path().join("wrong-secret");
+    let wrong_secret = format!("wrong-{}", hex::encode(Sha256::digest(digest.as_bytes())));
+    std::fs::write(&wrong, &wrong_secret).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let dir = f.dir.path().join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = f
+        .body("types", &url, "")
+        .replace(&format!("{:?}", f.keys.1), &format!("{wrong:?}"));
+    let c = Served::start(&dir, "c", &body);
+    let (status, served_type, _) = get_manifest(&c, &by_digest);
+    assert_eq!((status, served_type.as_str()), (200, up_type.as_str()));
+    let (status, ready) = c.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    let (_, metrics) = c.get("/metrics");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    for (what, text) in [
+        ("/readyz", &ready),
+        ("/metrics", &metrics),
+        ("the log", &log),
+    ] {
+        for secret in [
+            f.fs.access_key_id(),
+            f.fs.secret_access_key(),
+            &wrong_secret,
+        ] {
+            assert!(!text.contains(secret), "{what} shows a credential: {text}");
+        }
+    }
 }
