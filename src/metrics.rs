@@ -12,7 +12,7 @@ pub struct Metrics {
     registry: Registry,
     /// Client requests by endpoint, method and status.
     pub requests: IntCounterVec,
-    /// How the cache answered: endpoint and hit/miss/coalesced/revalidated/
+    /// How the cache answered: endpoint and hit/miss/shared/coalesced/revalidated/
     /// stale/pass.
     pub cache_results: IntCounterVec,
     /// Blob bytes sent to clients, by source: `cache` (a verified file) or
@@ -87,7 +87,7 @@ impl Metrics {
             ),
             cache_results: counter(
                 "wharf_cache_results_total",
-                "Manifest and blob requests by how the cache answered (hit, miss, coalesced, revalidated, stale, pass)",
+                "Manifest and blob requests by how the cache answered (hit, miss, shared: from the shared tier, coalesced, revalidated, stale, pass)",
                 &["endpoint", "result"],
             ),
             served_bytes: counter(

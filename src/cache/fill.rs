@@ -78,6 +78,9 @@ struct State {
     /// its size, or why not. Readers of bytes need only `phase`; callers
     /// that go on to use the cached blob (sync, imports) wait for this.
     settled: Option<Result<u64, FillError>>,
+    /// The bytes come from the shared tier, not the upstream (for the
+    /// access log's cache status).
+    from_shared: bool,
 }
 
 struct Fill {
@@ -131,6 +134,7 @@ impl Fills {
             phase: Phase::Starting,
             written: 0,
             settled: None,
+            from_shared: false,
         });
         let fill = Arc::new(Fill {
             state: tx,
@@ -190,6 +194,11 @@ impl FillWriter {
             upstream: &self.fill.upstream,
             repo: &self.fill.repo,
         }
+    }
+
+    /// The bytes will come from the shared tier (say so before `start`).
+    pub fn from_shared_tier(&mut self) {
+        self.fill.state.send_modify(|s| s.from_shared = true);
     }
 
     /// The upstream answered: readers may now start their responses.
@@ -345,6 +354,12 @@ impl FillReader {
             Phase::Done { size } => Ok(Some(*size)),
             Phase::Failed(e) => Err(e.clone()),
         }
+    }
+
+    /// Whether the fill reads from the shared tier (known once
+    /// [`ready`](Self::ready) returned).
+    pub fn from_shared_tier(&self) -> bool {
+        self.rx.borrow().from_shared
     }
 
     /// Waits until the fill is settled in the cache: committed (file,

@@ -117,7 +117,12 @@ impl Mirror {
             Join::Leader(writer, mut reader) => {
                 self.spawn_fill(r.clone(), d.clone(), writer);
                 let size = reader.ready().await?;
-                Ok(fill_response(d, size, reader, CacheStatus::Miss))
+                let status = if reader.from_shared_tier() {
+                    CacheStatus::Shared
+                } else {
+                    CacheStatus::Miss
+                };
+                Ok(fill_response(d, size, reader, status))
             }
             Join::Follower(mut reader, same_origin) => {
                 if !same_origin && !linked {
@@ -336,6 +341,8 @@ impl Mirror {
             tier.bad_copy(d);
             return Err(w);
         }
+        let mut w = w;
+        w.from_shared_tier();
         let result = self.feed_fill(r, Body::Shared { size, stream }, w).await;
         if let Err((e, _)) = &result {
             let corrupt = match e {

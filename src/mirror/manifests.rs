@@ -182,7 +182,7 @@ impl Mirror {
             .manifests
             .run(key, move || async move {
                 if let Some(f) = this.manifest_from_tier(&r2, &reference).await? {
-                    return Ok((f, CacheStatus::Miss));
+                    return Ok((f, CacheStatus::Shared));
                 }
                 let client = &this.upstream(r2.upstream).client;
                 let m = client.get_manifest(&r2.repo, &reference).await?;

@@ -46,6 +46,9 @@ pub enum CacheStatus {
     Stale,
     /// Fetched from upstream by this request.
     Miss,
+    /// Missed on this node's disk, read from the shared tier (after the
+    /// upstream confirmed the repository holds it).
+    Shared,
     /// Joined a fetch another request started.
     Coalesced,
     /// Asked of the upstream now, not cached (a tag list, a `HEAD` for an
@@ -60,6 +63,7 @@ impl CacheStatus {
             CacheStatus::Revalidated => "revalidated",
             CacheStatus::Stale => "stale",
             CacheStatus::Miss => "miss",
+            CacheStatus::Shared => "shared",
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Pass => "pass",
         }

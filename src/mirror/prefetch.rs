@@ -119,7 +119,10 @@ impl Mirror {
         let (f, status) = self.manifest_by_digest(r, d).await?;
         Ok(Held::from_fetched(
             f,
-            matches!(status, CacheStatus::Miss | CacheStatus::Coalesced),
+            matches!(
+                status,
+                CacheStatus::Miss | CacheStatus::Coalesced | CacheStatus::Shared
+            ),
         ))
     }
 

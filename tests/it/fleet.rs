@@ -265,6 +265,14 @@ fn a_fleet_fetches_a_cold_layer_once_and_a_late_node_needs_no_upstream_blob() {
         dir_contents(&tmp.path().join("late"))
     );
     assert!(late.metric("wharf_shared_lookups_total{result=\"hit\"}") >= 2.0);
+    // The access log says where each blob came from.
+    let log = std::fs::read_to_string(&late.log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("/blobs/")
+            && (l.contains("cache=shared") || l.contains("cache=\"shared\""))),
+        "no blob served as cache=shared in {}",
+        late.log.display()
+    );
 
     // A corrupt tier copy of the same length: never served complete, the
     // next request fetches from the upstream, and the copy is repaired.
