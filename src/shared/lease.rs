@@ -296,7 +296,7 @@ async fn renew(tier: Tier, key: Key, state: Arc<Mutex<Held>>, d: Digest) {
         let body = tier.lease_body(&d, beat);
         let mode = PutMode::Update(UpdateVersion { e_tag, version });
         let r = tier
-            .call_within(
+            .call_anyway(
                 "lease",
                 tier.lease_deadline(),
                 tier.put_if(&key, body, mode, Default::default()),
@@ -400,6 +400,39 @@ mod tests {
             waited >= ttl && waited <= ttl + Duration::from_secs(3),
             "taken over after {waited:?}"
         );
+    }
+
+    /// A leader renews its lease even while its tier is set aside after
+    /// some other request failed (it once skipped renewals for
+    /// retry_after, and the lease expired under a live leader).
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_renews_while_the_tier_is_set_aside() {
+        let store = Arc::new(InMemory::new());
+        let mut settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        settings.retry_after = Duration::from_secs(600);
+        let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
+        let d = digest();
+        let lease = match t.claim(&d).await {
+            Claim::Lead(l) => l,
+            _ => panic!("no lease"),
+        };
+        let key = t.lease_key(&d);
+        let first = store.head(&key).await.unwrap().e_tag;
+        t.failed("get", &TierError::Timeout(Duration::from_secs(5)));
+        assert!(t.available().is_err(), "set aside");
+        let ttl = t.settings().lease_ttl;
+        tokio::time::sleep(ttl / 3 + Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let now = store.head(&key).await.unwrap().e_tag;
+        assert_ne!(first, now, "not renewed while set aside");
+        lease.release().await;
     }
 
     /// A lease claiming a ttl of an hour that nobody renews is taken over

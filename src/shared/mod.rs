@@ -487,6 +487,19 @@ impl Tier {
         f: impl std::future::Future<Output = object_store::Result<T>>,
     ) -> Result<T, TierError> {
         self.available()?;
+        self.call_anyway(op, limit, f).await
+    }
+
+    /// [`call_within`](Self::call_within) even while the tier is set aside:
+    /// for a lease this node holds, whose renewal must not stop because
+    /// some other request failed (the lease would expire under a live
+    /// leader, and another node fetch the blob again).
+    async fn call_anyway<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, TierError> {
         let timer = self
             .inner
             .metrics

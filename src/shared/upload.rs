@@ -94,7 +94,15 @@ impl Tier {
         let key = self.blob_key(d);
         let replace = self.replaces_bad_copy(d);
         if !replace {
-            match self.call("head", self.inner.store.head(&key)).await {
+            // Not gated by the tier's set-aside (as lookups are): an upload
+            // delays no client, and a leader's upload refused because some
+            // other request failed lately made the fleet fetch the blob
+            // again.
+            let limit = self.inner.settings.request_timeout;
+            match self
+                .call_anyway("head", limit, self.inner.store.head(&key))
+                .await
+            {
                 Ok(_) => return Ok("present"),
                 Err(TierError::NotFound) => {}
                 Err(e) => return Err(e),
@@ -138,8 +146,9 @@ impl Tier {
             };
         }
         let mut upload = self
-            .call(
+            .call_anyway(
                 "put",
+                self.inner.settings.request_timeout,
                 self.inner
                     .store
                     .put_multipart_opts(&key, PutMultipartOptions::default()),
@@ -344,6 +353,42 @@ mod tests {
         assert!(
             rt.block_on(read_part(&file, 2_900_000, 200_000)).is_err(),
             "past the end"
+        );
+    }
+
+    /// An upload goes on while the tier is set aside after some other
+    /// request failed (it once failed at once: the leader's lease was
+    /// released and the fleet fetched the blob again).
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_goes_on_while_the_tier_is_set_aside() {
+        let store = Arc::new(InMemory::new());
+        let settings = SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        );
+        let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
+        t.failed(
+            "get",
+            &crate::shared::TierError::Timeout(Duration::from_secs(5)),
+        );
+        let bytes = b"a small layer";
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        let d = Digest::sha256_of(bytes);
+        t.upload(d.clone(), file, bytes.len() as u64, None);
+        let m = &t.inner.metrics;
+        let mut waited = 0;
+        while m.uploads_in_flight.get() > 0 {
+            assert!(waited < 1000, "the upload did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(m.uploads.with_label_values(&["done"]).get(), 1);
+        assert_eq!(
+            store.head(&t.blob_key(&d)).await.unwrap().size,
+            bytes.len() as u64
         );
     }
 
