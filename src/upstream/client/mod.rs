@@ -199,6 +199,12 @@ impl UpstreamClient {
                 .read_timeout(Duration::from_secs(60))
                 .pool_idle_timeout(Duration::from_secs(90))
                 .dns_resolver(Arc::new(NoLinkLocal))
+                // Mozilla's roots (webpki-roots) and `ca_file`, as always:
+                // object_store turns on reqwest's native-roots feature for
+                // the shared tier's client, which must not widen what an
+                // upstream's certificate may chain to (nor parse the
+                // system's bundle for every upstream client).
+                .tls_built_in_native_certs(false)
                 .redirect(policy);
             // Whole answers, but not a blob's body, which the fill's
             // minimum rate judges.
