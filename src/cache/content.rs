@@ -134,9 +134,14 @@ impl Cache {
         };
         w.finish(&self.store, move |size| {
             // From here the blob counts as usage, not as a promise: counted
-            // first, then the promise released, so no moment counts neither.
-            self.committed(&d, &BlobRecord::blob(size, now_millis()))?;
+            // first, then the promise released, so no moment counts neither;
+            // only then is an eviction pass woken, which would otherwise
+            // count the blob twice and evict one too many.
+            let wanted = self.committed_quietly(&d, &BlobRecord::blob(size, now_millis()))?;
             drop(room);
+            if wanted {
+                self.evictor.wake();
+            }
             if link {
                 self.meta.link(&upstream, &repo, &d)?;
             }

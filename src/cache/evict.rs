@@ -293,16 +293,17 @@ impl Evictor {
         }
     }
 
-    /// A blob was committed: count it, and wake the background pass if the
-    /// high watermark is passed.
-    pub fn added(&self, size: u64) {
+    /// A blob was committed: count it, and say whether the high watermark
+    /// is passed (a background pass is wanted).
+    /// The caller wakes the pass when this says one is wanted, once a
+    /// fill's reservation is released: a pass woken while the committed
+    /// blob still holds its room counts it twice and evicts a blob too many.
+    pub fn count(&self, size: u64) -> bool {
         let usage = self.usage.fetch_add(size, Ordering::Relaxed) + size;
         self.metrics.cache_size.set(usage as i64);
-        if let Some(max) = self.limits.max_size {
-            if usage as f64 > max as f64 * self.limits.high {
-                self.wake.notify_one();
-            }
-        }
+        self.limits
+            .max_size
+            .is_some_and(|max| usage as f64 > max as f64 * self.limits.high)
     }
 
     /// Wakes the background pass (after ENOSPC, for instance).

@@ -347,13 +347,22 @@ impl Cache {
 
     /// Records a committed blob and counts it against the budget.
     fn committed(&self, d: &Digest, rec: &BlobRecord) -> Result<(), CacheError> {
+        if self.committed_quietly(d, rec)? {
+            self.evictor.wake();
+        }
+        Ok(())
+    }
+
+    /// [`committed`](Self::committed) without waking the eviction pass;
+    /// returns whether one is wanted (see `Evictor::count`).
+    fn committed_quietly(&self, d: &Digest, rec: &BlobRecord) -> Result<bool, CacheError> {
         let new = self.meta.get_blob(d)?.is_none();
         self.meta.put_blob(d, rec)?;
         if new {
-            self.evictor.added(rec.size);
             self.metrics.cache_blobs.inc();
+            return Ok(self.evictor.count(rec.size));
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Deletes a blob: its record first, then its file (a crash in between
