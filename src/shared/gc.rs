@@ -92,17 +92,11 @@ mod tests {
 
     use super::*;
     use crate::registry::Digest;
-    use crate::shared::{SharedSettings, StoreCredentials};
 
     #[tokio::test]
     async fn old_blobs_and_manifests_go_and_live_leases_stay() {
         let store = Arc::new(InMemory::new());
-        let settings = SharedSettings::s3(
-            "http://127.0.0.1:1",
-            "b",
-            "p",
-            StoreCredentials::Environment,
-        );
+        let settings = crate::shared::testing::settings();
         let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
         let d = Digest::sha256_of(b"x");
         let keys = [t.blob_key(&d), t.manifest_key(&d), t.lease_key(&d)];

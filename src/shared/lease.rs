@@ -358,15 +358,9 @@ mod tests {
     use object_store::ObjectStoreExt;
 
     use super::*;
-    use crate::shared::{SharedSettings, StoreCredentials};
 
     fn tier(store: Arc<InMemory>) -> Tier {
-        let settings = SharedSettings::s3(
-            "http://127.0.0.1:1",
-            "b",
-            "p",
-            StoreCredentials::Environment,
-        );
+        let settings = crate::shared::testing::settings();
         Tier::with_store(store, &settings, &prometheus::Registry::new())
     }
 
@@ -408,12 +402,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_leader_renews_while_the_tier_is_set_aside() {
         let store = Arc::new(InMemory::new());
-        let mut settings = SharedSettings::s3(
-            "http://127.0.0.1:1",
-            "b",
-            "p",
-            StoreCredentials::Environment,
-        );
+        let mut settings = crate::shared::testing::settings();
         settings.retry_after = Duration::from_secs(600);
         let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
         let d = digest();

@@ -8,8 +8,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use object_store::{Attribute, Attributes, ObjectStoreExt, PutMode};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::registry::Digest;
 
 use super::{Tier, TierError};
@@ -102,19 +100,12 @@ impl Tier {
             return;
         }
         // Queued with the blob uploads, under the same bound.
-        let pending = &self.inner.pending_uploads;
-        if pending.fetch_add(1, Ordering::Relaxed) >= super::upload::MAX_PENDING_UPLOADS {
-            pending.fetch_sub(1, Ordering::Relaxed);
-            self.inner
-                .metrics
-                .uploads
-                .with_label_values(&["skipped"])
-                .inc();
+        let Some(queued) = self.queue_slot() else {
             return;
-        }
+        };
         let this = self.clone();
         tokio::spawn(async move {
-            let _queued = Queued(&this.inner.pending_uploads);
+            let _queued = queued;
             let key = this.manifest_key(&d);
             let replace = this.replaces_bad_copy(&d);
             let mut attributes = Attributes::new();
@@ -145,14 +136,5 @@ impl Tier {
                 }
             }
         });
-    }
-}
-
-/// One place in the upload queue, given back when dropped.
-struct Queued<'a>(&'a AtomicUsize);
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

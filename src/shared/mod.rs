@@ -177,7 +177,7 @@ struct Inner {
     cas: AtomicU8,
     uploads: Arc<tokio::sync::Semaphore>,
     /// Uploads queued or running (bounded by `MAX_PENDING_UPLOADS`).
-    pending_uploads: std::sync::atomic::AtomicUsize,
+    pending_uploads: Arc<std::sync::atomic::AtomicUsize>,
     part_memory: Arc<tokio::sync::Semaphore>,
     /// Digests whose tier copy failed verification here: bypassed until a
     /// verified upload replaces it.
@@ -324,7 +324,7 @@ impl Tier {
                 health: Mutex::new(Health::default()),
                 cas: AtomicU8::new(CAS_UNKNOWN),
                 uploads: Arc::new(tokio::sync::Semaphore::new(settings.max_uploads)),
-                pending_uploads: std::sync::atomic::AtomicUsize::new(0),
+                pending_uploads: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 part_memory: Arc::new(tokio::sync::Semaphore::new(part_permits)),
                 bad: moka::sync::Cache::builder()
                     .max_capacity(10_000)
@@ -612,6 +612,24 @@ impl Tier {
         self.inner.bad.contains_key(d)
     }
 
+    /// A place in the upload queue (blobs and manifests alike), given back
+    /// when dropped; `None` (counted as `skipped`) past
+    /// [`upload::MAX_PENDING_UPLOADS`]: each queued upload holds a cache file
+    /// or a manifest in memory.
+    fn queue_slot(&self) -> Option<Queued> {
+        let pending = &self.inner.pending_uploads;
+        if pending.fetch_add(1, Ordering::Relaxed) >= upload::MAX_PENDING_UPLOADS {
+            pending.fetch_sub(1, Ordering::Relaxed);
+            self.inner
+                .metrics
+                .uploads
+                .with_label_values(&["skipped"])
+                .inc();
+            return None;
+        }
+        Some(Queued(pending.clone()))
+    }
+
     /// How to write a verified object that may exist already: create-only,
     /// unless the store does not honour it (then a plain write: the bytes
     /// are the same).
@@ -857,6 +875,52 @@ impl object_store::CredentialProvider for KeyFiles {
     }
 }
 
+/// What the tier's unit tests share: settings, a file holding a blob, and
+/// a wait for background uploads.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use super::{SharedSettings, StoreCredentials, Tier};
+
+    /// An S3 tier's settings at a dead endpoint (tests give it a store).
+    pub fn settings() -> SharedSettings {
+        SharedSettings::s3(
+            "http://127.0.0.1:1",
+            "b",
+            "p",
+            StoreCredentials::Environment,
+        )
+    }
+
+    /// A temporary file holding `bytes`, as a cache file would.
+    pub fn blob_file(bytes: &[u8]) -> std::fs::File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file
+    }
+
+    /// Waits (on the test's clock) until no upload is queued or running.
+    pub async fn uploads_settled(t: &Tier) {
+        let mut waited = 0;
+        while t.inner.metrics.uploads_in_flight.get() > 0 {
+            assert!(waited < 1000, "the upload did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+    }
+}
+
+/// One place in the upload queue (see [`Tier::queue_slot`]).
+struct Queued(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -953,12 +1017,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_that_refuses_every_create_only_write_turns_leases_off() {
         let store = Arc::new(RefusesCreates(InMemory::new()));
-        let settings = SharedSettings::s3(
-            "http://127.0.0.1:1",
-            "b",
-            "p",
-            StoreCredentials::Environment,
-        );
+        let settings = crate::shared::testing::settings();
         let t = Tier::with_store(store.clone(), &settings, &Registry::new());
         t.probe().await;
         assert!(
@@ -968,16 +1027,10 @@ mod tests {
         let d = Digest::sha256_of(b"a layer");
         assert!(matches!(t.claim(&d).await, Claim::Alone));
         let bytes = b"a layer";
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, bytes).unwrap();
+        let file = crate::shared::testing::blob_file(bytes);
         t.upload(d.clone(), file, bytes.len() as u64, None);
         let m = &t.inner.metrics;
-        let mut waited = 0;
-        while m.uploads_in_flight.get() > 0 {
-            assert!(waited < 1000, "the upload did not finish");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            waited += 1;
-        }
+        crate::shared::testing::uploads_settled(&t).await;
         assert_eq!(m.uploads.with_label_values(&["done"]).get(), 1);
         assert_eq!(
             store.head(&t.blob_key(&d)).await.unwrap().size,
@@ -991,12 +1044,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_stops_when_an_absent_lease_can_never_be_created() {
         let store = Arc::new(RefusesCreates(InMemory::new()));
-        let settings = SharedSettings::s3(
-            "http://127.0.0.1:1",
-            "b",
-            "p",
-            StoreCredentials::Environment,
-        );
+        let settings = crate::shared::testing::settings();
         let t = Tier::with_store(store, &settings, &Registry::new());
         let d = Digest::sha256_of(b"a layer");
         assert!(matches!(t.claim(&d).await, Claim::Follow));

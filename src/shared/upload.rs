@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,22 +36,19 @@ impl Tier {
         // Each queued upload holds its cache file open: past the queue's
         // bound, this node does not upload (another node, or a later miss,
         // will), and its lease goes at once.
-        let queued = self.inner.pending_uploads.fetch_add(1, Ordering::Relaxed);
-        if queued >= MAX_PENDING_UPLOADS {
-            self.inner.pending_uploads.fetch_sub(1, Ordering::Relaxed);
-            m.uploads.with_label_values(&["skipped"]).inc();
+        let Some(queued) = self.queue_slot() else {
             tracing::debug!(digest = %d, "shared tier: upload queue full; not uploading");
             if let Some(l) = lease {
                 tokio::spawn(l.release());
             }
             return;
-        }
+        };
         m.uploads_in_flight.inc();
         tokio::spawn(async move {
             let started = Instant::now();
             let result = this.upload_now(&d, Arc::new(file), size).await;
             let m = &this.inner.metrics;
-            this.inner.pending_uploads.fetch_sub(1, Ordering::Relaxed);
+            drop(queued);
             m.uploads_in_flight.dec();
             match &result {
                 Ok(done) => {
@@ -328,12 +324,9 @@ impl Drop for PartBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use std::time::Duration;
 
     use object_store::memory::InMemory;
-
-    use crate::shared::{SharedSettings, StoreCredentials};
 
     #[test]
     fn part_buffers_hold_what_was_read() {
@@ -362,29 +355,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_upload_goes_on_while_the_tier_is_set_aside() {
         let store = Arc::new(InMemory::new());
-        let settings = SharedSettings::s3(
-            "http://127.0.0.1:1",
-            "b",
-            "p",
-            StoreCredentials::Environment,
-        );
+        let settings = crate::shared::testing::settings();
         let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
         t.failed(
             "get",
             &crate::shared::TierError::Timeout(Duration::from_secs(5)),
         );
         let bytes = b"a small layer";
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(bytes).unwrap();
+        let file = crate::shared::testing::blob_file(bytes);
         let d = Digest::sha256_of(bytes);
         t.upload(d.clone(), file, bytes.len() as u64, None);
         let m = &t.inner.metrics;
-        let mut waited = 0;
-        while m.uploads_in_flight.get() > 0 {
-            assert!(waited < 1000, "the upload did not finish");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            waited += 1;
-        }
+        crate::shared::testing::uploads_settled(&t).await;
         assert_eq!(m.uploads.with_label_values(&["done"]).get(), 1);
         assert_eq!(
             store.head(&t.blob_key(&d)).await.unwrap().size,
@@ -399,18 +381,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_upload_that_gets_no_slot_within_a_lease_lifetime_is_skipped() {
         let store = Arc::new(InMemory::new());
-        let mut settings = SharedSettings::s3(
-            "http://127.0.0.1:1",
-            "b",
-            "p",
-            StoreCredentials::Environment,
-        );
+        let mut settings = crate::shared::testing::settings();
         settings.max_uploads = 1;
         let t = Tier::with_store(store.clone(), &settings, &prometheus::Registry::new());
         let busy = t.inner.uploads.clone().acquire_owned().await.unwrap();
         let bytes = b"a small layer";
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(bytes).unwrap();
+        let file = crate::shared::testing::blob_file(bytes);
         let d = Digest::sha256_of(bytes);
         t.upload(d.clone(), file, bytes.len() as u64, None);
         let m = &t.inner.metrics;
@@ -423,8 +399,7 @@ mod tests {
         assert!(store.head(&t.blob_key(&d)).await.is_err());
         // With a slot free, the next one goes up.
         drop(busy);
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(bytes).unwrap();
+        let file = crate::shared::testing::blob_file(bytes);
         t.upload(d.clone(), file, bytes.len() as u64, None);
         let mut waited = 0;
         while m.uploads.with_label_values(&["done"]).get() == 0 {

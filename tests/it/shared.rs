@@ -98,11 +98,6 @@ fn read(
 #[test]
 fn store_creates_and_updates_an_object_only_once_under_a_race() {
     let fs = SeaweedFs::start();
-    eprintln!(
-        "SeaweedFS ready in {:?}, {} MiB RSS",
-        fs.ready_in(),
-        fs.rss_bytes() >> 20
-    );
     let rt = runtime();
     let store = fs.store();
 
@@ -216,11 +211,6 @@ fn store_creates_and_updates_an_object_only_once_under_a_race() {
 #[test]
 fn store_reads_ranges_and_multipart_uploads_and_survives_a_killed_volume_server() {
     let mut fs = SeaweedFs::start();
-    eprintln!(
-        "SeaweedFS ready in {:?}, {} MiB RSS",
-        fs.ready_in(),
-        fs.rss_bytes() >> 20
-    );
     let rt = runtime();
     let store = fs.store();
 

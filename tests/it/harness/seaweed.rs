@@ -57,6 +57,11 @@ impl SeaweedFs {
         run(Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/py-deps.sh")));
         for _ in 0..2 {
             if let Ok(fs) = std::panic::catch_unwind(SeaweedFs::start_once) {
+                eprintln!(
+                    "SeaweedFS ready in {:?}, {} MiB RSS",
+                    fs.ready_in(),
+                    fs.rss_bytes() >> 20
+                );
                 return fs;
             }
             eprintln!("SeaweedFS did not start (above); trying again with other ports");
