@@ -291,6 +291,10 @@ impl FillWriter {
     fn fail_with(&mut self, err: FillError) {
         self.temp = None; // deletes the temp file
         self.hasher = None;
+        // Out of the map first: a reader woken by the failure that asks
+        // again (a follower from another repository retries through its
+        // own) must start a fill of its own, not rejoin this dead one.
+        self.fills.remove(&self.digest, &self.fill);
         // The first failure is the one readers hear about.
         self.fill.state.send_modify(|s| {
             if !matches!(s.phase, Phase::Done { .. } | Phase::Failed(_)) {
@@ -298,7 +302,6 @@ impl FillWriter {
             }
             s.settled.get_or_insert(Err(err));
         });
-        self.fills.remove(&self.digest, &self.fill);
     }
 }
 
