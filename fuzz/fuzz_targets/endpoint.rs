@@ -2,7 +2,8 @@
 //! and query (anonymous clients included), and the protocol words it is made
 //! of. Input: `path[?query]`, as the request line carries it.
 //! Properties: no panic; a parsed endpoint's route, written back as a path,
-//! parses to the same route; `Digest`, `RepoName`, `Tag` and `Reference`
+//! parses to the same route (unless writing it back made it longer than
+//! `Endpoint::MAX_PATH`: `/v2` is written as `/v2/`); `Digest`, `RepoName`, `Tag` and `Reference`
 //! round-trip through `Display`/`FromStr` unchanged.
 #![no_main]
 
@@ -52,8 +53,8 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(Some(ep)) = Endpoint::parse(path, query) {
         let _ = (ep.route.label(), ep.route.kind().object(), ep.route.name());
-        if ep.route != Route::Upload {
-            let again = path_of(&ep.route, ep.path_prefix.as_deref());
+        let again = path_of(&ep.route, ep.path_prefix.as_deref());
+        if ep.route != Route::Upload && again.len() <= Endpoint::MAX_PATH {
             let back = Endpoint::parse(&again, None)
                 .unwrap_or_else(|e| panic!("{again:?} from {s:?} no longer parses: {e}"))
                 .unwrap_or_else(|| panic!("{again:?} from {s:?} is no OCI path"));

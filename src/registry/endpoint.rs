@@ -113,14 +113,14 @@ pub struct Endpoint {
     pub last: Option<String>,
 }
 
-/// Longest path we look at; anything longer is not a valid request.
-const MAX_PATH: usize = 2048;
-
 impl Endpoint {
+    /// Longest path we look at; anything longer is not a valid request.
+    pub const MAX_PATH: usize = 2048;
+
     /// Parses the raw request path and query. `Ok(None)` means "not an OCI path"
     /// (a 404 of the router's), distinct from an OCI path with invalid parts.
     pub fn parse(path: &str, query: Option<&str>) -> Result<Option<Endpoint>, ParseError> {
-        if path.len() > MAX_PATH {
+        if path.len() > Self::MAX_PATH {
             return Err(ParseError::Name("request path too long".into()));
         }
         // An origin-form path starts with `/`; anything else (`*`, an
