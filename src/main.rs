@@ -671,6 +671,20 @@ impl Operator {
                 stopped(),
             )));
         }
+        if let Some(tier) = app.mirror.tier() {
+            if let Some(addr) = tier.peer_listen() {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (shared.peer_listen)"))?;
+                tier.peer_bound(l.local_addr()?);
+                tasks.push(tokio::spawn(wharf::server::serve_peers(
+                    app.clone(),
+                    l,
+                    config.server.clone(),
+                    stopped(),
+                )));
+            }
+        }
         tracing::info!(socket = %sock.display(), "operator commands (wharf ls, du, rm, gc, pin) use this socket");
         Ok(Operator { stop, tasks })
     }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::registry::{Digest, MediaType, Tag};
 
-use super::fill::{FillError, FillWriter, Join};
+use super::fill::{FillError, FillReader, FillWriter, Join};
 use super::meta::{now_millis, now_secs, BlobRecord};
 use super::{Cache, CacheError, CachedManifest, Origin};
 
@@ -53,6 +53,13 @@ impl Cache {
             self.metrics.fills_in_flight.set(self.fills.len() as i64);
         }
         Ok(j)
+    }
+
+    /// A reader of the fill of `d` running now, if one runs; never starts
+    /// one (for the node-to-node listener, which serves only what this
+    /// node is already fetching).
+    pub fn running_fill(&self, d: &Digest) -> Option<FillReader> {
+        self.fills.running(d)
     }
 
     /// Feeds a fill from `chunks` (`size` when the source announced one):

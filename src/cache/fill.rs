@@ -155,6 +155,12 @@ impl Fills {
         Ok(Join::Leader(writer, FillReader::new(fill)))
     }
 
+    /// A reader of the fill in flight for `digest`, if any.
+    pub fn running(&self, digest: &Digest) -> Option<FillReader> {
+        let map = self.inflight.lock();
+        map.get(digest).map(|f| FillReader::new(f.clone()))
+    }
+
     /// Number of fills in flight (for metrics and tests).
     pub fn len(&self) -> usize {
         self.inflight.lock().len()

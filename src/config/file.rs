@@ -80,6 +80,21 @@ pub struct FileShared {
     pub upload_memory: Option<String>,
     /// Uploads at once (default 4); more wait their turn.
     pub max_uploads: Option<usize>,
+    /// Node-to-node listener ("0.0.0.0:5052"): with it, nodes waiting for
+    /// another node's cold fill stream the blob from that node as it
+    /// fills, instead of waiting for its upload.
+    pub peer_listen: Option<String>,
+    /// The address other nodes dial ("10.0.0.5:5052"; default: the bound
+    /// address of `peer_listen`, when it names one).
+    pub peer_address: Option<String>,
+    /// An environment variable holding this node's IP (the DaemonSet's
+    /// `status.hostIP`); the port is `peer_listen`'s.
+    pub peer_address_env: Option<String>,
+    /// The key every node shares to sign peer requests (32 bytes or more):
+    /// a file (chmod 600), an environment variable or a systemd credential.
+    pub peer_key_file: Option<PathBuf>,
+    pub peer_key_env: Option<String>,
+    pub peer_key_credential: Option<String>,
 }
 
 /// `[[sync]]`: one sync rule.

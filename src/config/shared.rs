@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::shared::{Backend, SharedSettings, StoreCredentials};
+use crate::shared::{Backend, PeerSettings, SharedSettings, StoreCredentials};
 use crate::upstream::credentials::SecretSpec;
 
 use super::credentials::systemd_credential;
@@ -115,6 +115,13 @@ impl SharedSettings {
         if max_uploads == 0 {
             return Err(invalid("shared.max_uploads", "at least 1"));
         }
+        let peer = peer(&s, base)?;
+        if peer.is_some() && !s.write.unwrap_or(true) {
+            return Err(invalid(
+                "shared.peer_listen",
+                "a node with write = false never leads a fill, so it has nothing to serve its peers",
+            ));
+        }
         Ok(SharedSettings {
             url: s.url.clone(),
             backend,
@@ -130,8 +137,104 @@ impl SharedSettings {
             retry_after,
             upload_memory,
             max_uploads,
+            peer,
         })
     }
+}
+
+/// The smallest peer key: 32 bytes, HMAC-SHA256's own output size.
+const MIN_PEER_KEY: usize = 32;
+
+fn peer(s: &FileShared, base: Option<&Path>) -> Result<Option<PeerSettings>, ConfigError> {
+    let key = secret(
+        "peer_key",
+        &s.peer_key_file,
+        &s.peer_key_env,
+        &s.peer_key_credential,
+        base,
+    )?;
+    let Some(listen) = &s.peer_listen else {
+        if key.is_some() || s.peer_address.is_some() || s.peer_address_env.is_some() {
+            return Err(invalid(
+                "shared.peer_listen",
+                "peer_key_* and peer_address* go with peer_listen",
+            ));
+        }
+        return Ok(None);
+    };
+    let listen: std::net::SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "shared.peer_listen",
+            "give an address and port, e.g. \"0.0.0.0:5052\"",
+        )
+    })?;
+    let Some(key) = key else {
+        return Err(invalid(
+            "shared.peer_key_file",
+            "peer_listen needs a key every node shares (peer_key_file, peer_key_env or peer_key_credential): 32 random bytes or more, e.g. `openssl rand -base64 48`",
+        ));
+    };
+    let long_enough = match &key {
+        SecretSpec::Value(v) => v.expose().len() >= MIN_PEER_KEY,
+        SecretSpec::File { path, .. } => std::fs::read(path)
+            .map(|b| b.trim_ascii().len() >= MIN_PEER_KEY)
+            .unwrap_or(false),
+    };
+    if !long_enough {
+        return Err(invalid(
+            "shared.peer_key",
+            format!(
+                "the peer key needs {MIN_PEER_KEY} bytes or more (e.g. `openssl rand -base64 48`)"
+            ),
+        ));
+    }
+    let address = match (&s.peer_address, &s.peer_address_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "shared.peer_address",
+                "give peer_address or peer_address_env, not both",
+            ))
+        }
+        (Some(a), None) => Some(a.clone()),
+        (None, Some(var)) => {
+            let host = std::env::var(var).map_err(|_| {
+                invalid(
+                    "shared.peer_address_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            let host = host.trim();
+            Some(match host.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => format!("[{host}]:{}", listen.port()),
+                Err(_) => format!("{host}:{}", listen.port()),
+            })
+        }
+        (None, None) => {
+            if listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "shared.peer_address",
+                    "peer_listen binds every address: say which one other nodes dial (peer_address, or peer_address_env = \"NODE_IP\")",
+                ));
+            }
+            None
+        }
+    };
+    if let Some(a) = &address {
+        let ok = reqwest::Url::parse(&format!("http://{a}/"))
+            .map(|u| u.host().is_some() && u.port().is_some() && u.path() == "/")
+            .unwrap_or(false);
+        if !ok {
+            return Err(invalid(
+                "shared.peer_address",
+                format!("{a:?} is no host:port"),
+            ));
+        }
+    }
+    Ok(Some(PeerSettings {
+        listen,
+        address,
+        key,
+    }))
 }
 
 fn credentials(

@@ -214,24 +214,42 @@ impl Mirror {
                     return;
                 }
             };
-            let source = this.blob_source(&r, &d).await;
-            let (result, from) = match source {
-                Source::Shared => match this.fill_from_tier(&r, &d, w).await {
-                    Ok(result) => (result, "shared tier"),
-                    // The tier failed before its first byte, or its copy
-                    // has the wrong length: as if it had not had the blob.
-                    // The verified bytes go up again (a wrong copy is
-                    // replaced; a present one is left alone).
-                    Err(w) => {
+            let mut source = this.blob_source(&r, &d, true).await;
+            let mut w = w;
+            let (result, from) = loop {
+                match source {
+                    Source::Shared => match this.fill_from_tier(&r, &d, w).await {
+                        Ok(result) => break (result, "shared tier"),
+                        // The tier failed before its first byte, or its copy
+                        // has the wrong length: as if it had not had the blob.
+                        // The verified bytes go up again (a wrong copy is
+                        // replaced; a present one is left alone).
+                        Err(back) => {
+                            let result = this.fill_from_upstream(&r, &d, back).await;
+                            this.share(&r, &d, result.is_ok(), None).await;
+                            break (result, "upstream");
+                        }
+                    },
+                    Source::Peer(address) => match this.fill_from_peer(&r, &d, w, &address).await {
+                        // Resumed from the upstream after the leader broke
+                        // off: the leader may never upload it, this node does.
+                        Ok((result, true)) => {
+                            this.share(&r, &d, result.is_ok(), None).await;
+                            break (result, "peer, then upstream");
+                        }
+                        Ok((result, false)) => break (result, "peer"),
+                        // The leader did not serve it: wait for the store
+                        // (or lead) as if peers were off.
+                        Err(back) => {
+                            w = back;
+                            source = this.blob_source(&r, &d, false).await;
+                        }
+                    },
+                    Source::Upstream(lease) => {
                         let result = this.fill_from_upstream(&r, &d, w).await;
-                        this.share(&r, &d, result.is_ok(), None).await;
-                        (result, "upstream")
+                        this.share(&r, &d, result.is_ok(), lease).await;
+                        break (result, "upstream");
                     }
-                },
-                Source::Upstream(lease) => {
-                    let result = this.fill_from_upstream(&r, &d, w).await;
-                    this.share(&r, &d, result.is_ok(), lease).await;
-                    (result, "upstream")
                 }
             };
             match result {
@@ -269,9 +287,10 @@ impl Mirror {
     }
 
     /// Where this node's fill of `d` reads from: the tier when it holds
-    /// the blob or another node is putting it there, else the upstream
+    /// the blob or another node is putting it there, the node filling it
+    /// when that node serves peers (and `follow_peer`), else the upstream
     /// (leading the fleet's fill when the tier coordinates one).
-    async fn blob_source(&self, r: &Routed, d: &Digest) -> Source {
+    async fn blob_source(&self, r: &Routed, d: &Digest, follow_peer: bool) -> Source {
         use crate::shared::{Claim, Found, Waited};
         let Some(tier) = self.tier_for(r) else {
             return Source::Upstream(None);
@@ -284,8 +303,9 @@ impl Mirror {
         match tier.claim(d).await {
             Claim::Lead(lease) => Source::Upstream(Some(lease)),
             Claim::Alone => Source::Upstream(None),
-            Claim::Follow => match tier.wait(d).await {
+            Claim::Follow => match tier.wait(d, follow_peer).await {
                 Waited::Appeared(_) => Source::Shared,
+                Waited::Peer(address) => Source::Peer(address),
                 Waited::Lead(lease) => Source::Upstream(Some(lease)),
                 Waited::Alone => Source::Upstream(None),
             },
@@ -299,7 +319,7 @@ impl Mirror {
         w: Box<FillWriter>,
     ) -> Result<u64, (FillError, &'static str)> {
         match self.upstream(r.upstream).client.get_blob(&r.repo, d).await {
-            Ok(resp) => self.feed_fill(r, Body::Upstream(resp), w).await,
+            Ok(resp) => self.feed_fill(r, Body::upstream(resp), w).await.0,
             Err(e) => {
                 let e = source_failed(e);
                 self.inner.cache.abandon_fill(w, e.clone());
@@ -343,7 +363,7 @@ impl Mirror {
         }
         let mut w = w;
         w.from_shared_tier();
-        let result = self.feed_fill(r, Body::Shared { size, stream }, w).await;
+        let (result, _) = self.feed_fill(r, Body::Shared { size, stream }, w).await;
         if let Err((e, _)) = &result {
             let corrupt = match e {
                 FillError::SizeMismatch { .. } => true,
@@ -355,6 +375,77 @@ impl Mirror {
             }
         }
         Ok(result)
+    }
+
+    /// Fills from the node leading the fleet's fill of `d`, as that node
+    /// fills, once the upstream has confirmed that the repository holds the
+    /// blob (as for a tier copy). The digest is checked at the end, the
+    /// length against the upstream's; if the leader breaks off midway, the
+    /// rest comes from the upstream (a range request), so this node's
+    /// clients see no failure (`true` beside the result then). Gives the
+    /// writer back when the leader does not answer with the blob.
+    async fn fill_from_peer(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        w: Box<FillWriter>,
+        address: &str,
+    ) -> Result<(Result<u64, (FillError, &'static str)>, bool), Box<FillWriter>> {
+        let Some(tier) = self.tier_for(r) else {
+            return Err(w);
+        };
+        let upstream_size = match self.upstream(r.upstream).client.head_blob(&r.repo, d).await {
+            Ok(size) => size,
+            Err(e) => {
+                let e = source_failed(e);
+                self.inner.cache.abandon_fill(w, e.clone());
+                return Ok((Err((e, "upstream")), false));
+            }
+        };
+        let resp = match tier.peer_get(address, d).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tier.peer_read("unavailable");
+                tracing::info!(digest = %d, peer = address, error = %e,
+                    "the node leading this fill did not serve it; waiting for the shared tier");
+                return Err(w);
+            }
+        };
+        let size = match (upstream_size, resp.content_length()) {
+            (Some(u), Some(p)) if u != p => {
+                tier.peer_read("wrong_size");
+                tracing::warn!(digest = %d, peer = address, upstream_size = u, peer_size = p,
+                    "a peer's blob has another size than the upstream's; not used");
+                return Err(w);
+            }
+            (u, p) => u.or(p),
+        };
+        let mut w = w;
+        w.from_shared_tier();
+        let (result, resumed) = self.feed_fill(r, Body::Peer { size, resp }, w).await;
+        tier.peer_read(match (&result, resumed) {
+            (_, true) => "resumed",
+            (Ok(_), false) => "done",
+            (Err(_), false) => "failed",
+        });
+        Ok((result, resumed))
+    }
+
+    /// The node-to-node listener's answer for `d`: this node's running fill
+    /// of it, or its verified file, only while this node leads the fleet's
+    /// fill of `d` (holds its lease). Never starts a fill.
+    pub async fn peer_blob(&self, d: &Digest) -> Option<(BlobBody, Option<u64>)> {
+        let tier = self.inner.tier.as_ref()?;
+        if !tier.leads(d) {
+            return None;
+        }
+        if let Some(mut reader) = self.inner.cache.running_fill(d) {
+            let size = reader.ready().await.ok()?;
+            let r = fill_response(d, size, reader, CacheStatus::Miss);
+            return Some((r.body, r.size));
+        }
+        let (file, len) = self.inner.cache.open_blob(d).ok()??;
+        Some((BlobBody::File(file), Some(len)))
     }
 
     /// After an upstream fill: uploads the verified blob to the tier (in the
@@ -414,14 +505,18 @@ impl Mirror {
     /// up `cache.fill_min_rate` over each `cache.fill_rate_window` (see
     /// `pace`), or the fill fails for every reader. On failure, a reason for
     /// the metrics beside the error when this side knows better than the
-    /// error's kind.
+    /// error's kind. A peer that breaks off is replaced by the upstream from
+    /// the first byte not yet received (`true` beside the result then).
     async fn feed_fill(
         &self,
         r: &Routed,
         mut resp: Body,
         w: Box<FillWriter>,
-    ) -> Result<u64, (FillError, &'static str)> {
+    ) -> (Result<u64, (FillError, &'static str)>, bool) {
         let size = resp.size();
+        let digest = w.digest().clone();
+        let mut fed: u64 = 0;
+        let mut resumed = false;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, FillError>>(4);
         let this = self.clone();
         let writer = tokio::task::spawn_blocking(move || {
@@ -429,18 +524,22 @@ impl Mirror {
             this.inner.cache.fill(w, size, chunks)
         });
         let up = self.upstream(r.upstream);
-        let shared = matches!(resp, Body::Shared { .. });
         let received = self
             .inner
             .metrics
             .upstream_bytes
             .with_label_values(&[&up.cfg.name]);
-        let source_name = || {
-            if shared {
-                format!("{} (through the shared tier)", up.cfg.name)
-            } else {
-                up.cfg.name.clone()
-            }
+        let source_name = |resp: &Body| match resp {
+            Body::Upstream { .. } => up.cfg.name.clone(),
+            Body::Shared { .. } => format!("{} (through the shared tier)", up.cfg.name),
+            Body::Peer { .. } => format!("{} (through a peer)", up.cfg.name),
+        };
+        // The leader a peer body comes from broke off or is too slow: the
+        // rest from the upstream, so this node's clients never see it.
+        let resume = |fed: u64, why: String| {
+            tracing::info!(upstream = %up.cfg.name, digest = %digest, at = fed, error = %why,
+                "the peer leading this fill broke off; fetching the rest from the upstream");
+            up.client.get_blob_from(&r.repo, &digest, fed)
         };
         let mut pace = Pace::new(
             self.inner.fill_min_rate,
@@ -461,8 +560,28 @@ impl Mirror {
                 _ => Ok(()),
             };
             if let Err(slow) = paced {
+                if matches!(resp, Body::Peer { .. }) {
+                    let slow = format!("{} bytes in {} s", slow.bytes, slow.window.as_secs());
+                    match resume(fed, slow).await {
+                        Ok((rest, skip)) => {
+                            resp = Body::Upstream { resp: rest, skip };
+                            resumed = true;
+                            pace = Pace::new(
+                                self.inner.fill_min_rate,
+                                self.inner.fill_rate_window,
+                                Instant::now(),
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            why = "upstream";
+                            let _ = tx.send(Err(source_failed(e))).await;
+                            break;
+                        }
+                    }
+                }
                 let err = MirrorError::FillTooSlow {
-                    upstream: source_name(),
+                    upstream: source_name(&resp),
                     bytes: slow.bytes,
                     window_s: slow.window.as_secs(),
                     min_rate: slow.min_rate,
@@ -480,9 +599,10 @@ impl Mirror {
             };
             match next {
                 Ok(Some(b)) => {
-                    if !shared {
+                    if matches!(resp, Body::Upstream { .. }) {
                         received.inc_by(b.len() as u64);
                     }
+                    fed += b.len() as u64;
                     let queued = Instant::now();
                     if tx.send(Ok(b)).await.is_err() {
                         break; // the writer failed and said why
@@ -492,7 +612,18 @@ impl Mirror {
                     pace.exclude(queued.elapsed());
                 }
                 Ok(None) => break,
-                Err(e) if shared => {
+                Err(e) if matches!(resp, Body::Peer { .. }) => match resume(fed, e).await {
+                    Ok((rest, skip)) => {
+                        resp = Body::Upstream { resp: rest, skip };
+                        resumed = true;
+                    }
+                    Err(e) => {
+                        why = "upstream";
+                        let _ = tx.send(Err(source_failed(e))).await;
+                        break;
+                    }
+                },
+                Err(e) if matches!(resp, Body::Shared { .. }) => {
                     why = "shared";
                     let err = MirrorError::Shared(format!("blob read interrupted: {e}"));
                     let _ = tx
@@ -514,10 +645,11 @@ impl Mirror {
             }
         }
         drop(tx);
-        writer
+        let result = writer
             .await
             .expect("fill writer does not panic")
-            .map_err(|e| (e, why))
+            .map_err(|e| (e, why));
+        (result, resumed)
     }
 }
 
@@ -525,32 +657,57 @@ impl Mirror {
 enum Source {
     /// The tier holds the blob (or another node's upload of it completed).
     Shared,
+    /// The node at this address leads the fill and serves it to peers.
+    Peer(String),
     /// The upstream; with the fleet's lease when this node leads the fill.
     Upstream(Option<crate::shared::Lease>),
 }
 
-/// A fill's body: an upstream's answer or a tier read.
+/// A fill's body: an upstream's answer, a tier read, or a peer's.
 enum Body {
-    Upstream(reqwest::Response),
+    /// `skip`: leading bytes to drop (a whole blob answering a range
+    /// request that resumes a transfer).
+    Upstream { resp: reqwest::Response, skip: u64 },
     Shared {
         size: u64,
         stream: futures_util::stream::BoxStream<'static, Result<Bytes, String>>,
     },
+    Peer {
+        size: Option<u64>,
+        resp: reqwest::Response,
+    },
 }
 
 impl Body {
+    fn upstream(resp: reqwest::Response) -> Body {
+        Body::Upstream { resp, skip: 0 }
+    }
+
     fn size(&self) -> Option<u64> {
         match self {
-            Body::Upstream(r) => r.content_length(),
+            Body::Upstream { resp, .. } => resp.content_length(),
             Body::Shared { size, .. } => Some(*size),
+            Body::Peer { size, .. } => *size,
         }
     }
 
     async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
         use futures_util::StreamExt;
         match self {
-            Body::Upstream(r) => r.chunk().await.map_err(|e| e.to_string()),
+            Body::Upstream { resp, skip } => loop {
+                let Some(mut b) = resp.chunk().await.map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                if *skip >= b.len() as u64 {
+                    *skip -= b.len() as u64;
+                    continue;
+                }
+                let _ = b.split_to(*skip as usize);
+                *skip = 0;
+                return Ok(Some(b));
+            },
             Body::Shared { stream, .. } => stream.next().await.transpose(),
+            Body::Peer { resp, .. } => resp.chunk().await.map_err(|e| e.to_string()),
         }
     }
 }

@@ -239,6 +239,24 @@ pub fn stream(source: Source, start: u64, len: Option<u64>) -> Body {
     }))
 }
 
+/// All of `source` (`len` bytes, or to its end) on a connection of its own
+/// (`conn`): a chunk the reader does not take within the connection's write
+/// timeout, or a source that fails, ends the connection.
+pub fn stream_on(source: Source, len: Option<u64>, conn: Arc<ConnState>) -> Body {
+    Body::Source(Some(SourceRange {
+        source,
+        start: 0,
+        len,
+        meter: Meter {
+            counter: None,
+            sent: 0,
+            finished: false,
+            line: None,
+            conn: Some(conn),
+        },
+    }))
+}
+
 impl Body {
     pub fn is_empty(&self) -> bool {
         self.len() == Some(0)

@@ -3,6 +3,7 @@
 //! text, hyper for TLS and HTTP/2), answers each request (`handler`: parse,
 //! access, mirror, response; then `observe`: metrics and the access log),
 //! maps every failure in one place (`error`), and shuts down gracefully.
+//! `peers` is the node-to-node listener of the shared tier (`shared.peer_listen`).
 //!
 //! Every connection lives within [`Limits`] (`limits`): a connection cap and
 //! a deadline for each phase, so no client can hold wharf's resources.
@@ -21,6 +22,7 @@ mod handler;
 mod limits;
 mod listener;
 mod observe;
+mod peers;
 mod probes;
 pub mod range;
 
@@ -37,6 +39,7 @@ pub use body::Body;
 pub use error::RequestError;
 pub use limits::{Limits, PerAddress};
 pub use listener::{pulse, Pulse, PulseReceiver};
+pub use peers::serve_peers;
 pub use probes::{healthz, metrics as metrics_response, readyz};
 
 /// A complete body from bytes (for the admin endpoints).

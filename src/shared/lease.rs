@@ -43,12 +43,16 @@ pub enum Waited {
     Lead(Lease),
     /// Waiting stopped (`max_wait`, or the store failed): fetch alone.
     Alone,
+    /// The leader serves its fill to peers at this address: read it from
+    /// there as it fills (`peer`).
+    Peer(String),
 }
 
 /// A held lease, renewed in the background until released or dropped.
 pub struct Lease {
     tier: Tier,
     key: Key,
+    digest: Digest,
     state: Arc<Mutex<Held>>,
     renewer: tokio::task::JoinHandle<()>,
 }
@@ -69,6 +73,9 @@ struct Body {
     ttl_ms: u64,
     /// Bumped on each renewal, so each renewal changes the ETag.
     beat: u64,
+    /// Where the holder serves its fill to peers (`peer`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
 }
 
 impl Tier {
@@ -79,6 +86,7 @@ impl Tier {
             since_ms: crate::cache::now_millis(),
             ttl_ms: self.inner.settings.lease_ttl.as_millis() as u64,
             beat,
+            peer: self.peer_address().map(str::to_owned),
         };
         Bytes::from(serde_json::to_vec(&b).expect("a lease serializes"))
     }
@@ -157,21 +165,25 @@ impl Tier {
             version,
             lost: false,
         }));
-        let renewer = tokio::spawn(renew(self.clone(), key.clone(), state.clone(), d));
+        self.inner.leading.lock().insert(d.clone());
+        let renewer = tokio::spawn(renew(self.clone(), key.clone(), state.clone(), d.clone()));
         Lease {
             tier: self.clone(),
             key,
+            digest: d,
             state,
             renewer,
         }
     }
 
     /// Waits for the node holding `d`'s lease to upload it, taking over its
-    /// lease if it stops renewing it. Bounded by `max_wait`.
-    pub async fn wait(&self, d: &Digest) -> Waited {
+    /// lease if it stops renewing it. Bounded by `max_wait`. With
+    /// `follow_peer`, a lease naming a peer address (this node has the
+    /// peer key too) ends the wait at once: read the fill from there.
+    pub async fn wait(&self, d: &Digest, follow_peer: bool) -> Waited {
         let started = Instant::now();
         let m = &self.inner.metrics;
-        let (outcome, waited) = self.wait_inner(d, started).await;
+        let (outcome, waited) = self.wait_inner(d, started, follow_peer).await;
         m.lease_waits.with_label_values(&[outcome]).inc();
         m.lease_wait_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -180,7 +192,12 @@ impl Tier {
         waited
     }
 
-    async fn wait_inner(&self, d: &Digest, started: Instant) -> (&'static str, Waited) {
+    async fn wait_inner(
+        &self,
+        d: &Digest,
+        started: Instant,
+        follow_peer: bool,
+    ) -> (&'static str, Waited) {
         let s = &self.inner.settings;
         let key = self.lease_key(d);
         // The lease's ETag as last seen, and when it was first seen so.
@@ -223,6 +240,13 @@ impl Tier {
                 Err(_) => return ("error", Waited::Alone),
                 Ok((e_tag, version, body)) => {
                     lost_races = 0;
+                    let holder = serde_json::from_slice::<Body>(&body).ok();
+                    if let Some(peer) = holder.as_ref().and_then(|b| b.peer.as_deref()) {
+                        let own = self.peer_address();
+                        if follow_peer && own.is_some() && own != Some(peer) {
+                            return ("peer", Waited::Peer(peer.to_owned()));
+                        }
+                    }
                     // The holder's ttl, never above this node's own: a lease
                     // claiming an hour (garbage, or a node configured
                     // otherwise) once held every waiter up to max_wait, ten
@@ -230,7 +254,7 @@ impl Tier {
                     // lease_ttl + 1 s. A holder with a longer ttl than ours
                     // may lose its lease to us: that costs a second
                     // download, never a hang.
-                    let ttl = serde_json::from_slice::<Body>(&body)
+                    let ttl = holder
                         .map(|b| Duration::from_millis(b.ttl_ms))
                         .unwrap_or(s.lease_ttl)
                         .clamp(
@@ -327,6 +351,7 @@ impl Lease {
     /// over). Waiters then find the blob, or race for a new lease.
     pub async fn release(self) {
         self.renewer.abort();
+        self.tier.inner.leading.lock().remove(&self.digest);
         let lost = self.state.lock().lost;
         if !lost
             && self
@@ -346,6 +371,7 @@ impl Drop for Lease {
         // A lease dropped unreleased (its task panicked or was cancelled)
         // stops renewing; waiters take it over after its ttl.
         self.renewer.abort();
+        self.tier.inner.leading.lock().remove(&self.digest);
     }
 }
 
@@ -384,7 +410,7 @@ mod tests {
         body.resize(1 << 20, b' ');
         store.put(&t.lease_key(&d), body.into()).await.unwrap();
         let started = tokio::time::Instant::now();
-        match t.wait(&d).await {
+        match t.wait(&d, true).await {
             Waited::Lead(lease) => lease.release().await,
             _ => panic!("the unrenewed lease was not taken over"),
         }
@@ -435,7 +461,7 @@ mod tests {
             format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":3600000,"beat":0}}"#);
         store.put(&t.lease_key(&d), body.into()).await.unwrap();
         let started = tokio::time::Instant::now();
-        match t.wait(&d).await {
+        match t.wait(&d, true).await {
             Waited::Lead(lease) => lease.release().await,
             _ => panic!("the unrenewed lease was not taken over"),
         }
@@ -456,7 +482,7 @@ mod tests {
         let body = format!(r#"{{"node":"x","digest":"{d}","since_ms":0,"ttl_ms":2000,"beat":0}}"#);
         store.put(&t.lease_key(&d), body.into()).await.unwrap();
         let started = tokio::time::Instant::now();
-        match t.wait(&d).await {
+        match t.wait(&d, true).await {
             Waited::Lead(lease) => lease.release().await,
             _ => panic!("the unrenewed lease was not taken over"),
         }

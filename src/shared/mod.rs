@@ -90,6 +90,7 @@
 mod gc;
 mod lease;
 mod manifests;
+pub mod peer;
 mod settings;
 mod upload;
 
@@ -114,7 +115,7 @@ use crate::watched::Watched;
 
 pub use gc::{collect, GcReport};
 pub use lease::{Claim, Lease, Waited};
-pub use settings::{Backend, SharedSettings, StoreCredentials};
+pub use settings::{Backend, PeerSettings, SharedSettings, StoreCredentials};
 
 /// Upload part size: S3's smallest part, so `upload_memory` holds the most
 /// parts.
@@ -183,6 +184,10 @@ struct Inner {
     /// verified upload replaces it.
     bad: moka::sync::Cache<Digest, ()>,
     metrics: TierMetrics,
+    /// Node-to-node following (`shared.peer_*`).
+    peers: Option<peer::Peers>,
+    /// Digests whose lease this node holds: the only ones it serves peers.
+    leading: Mutex<std::collections::HashSet<Digest>>,
 }
 
 const CAS_UNKNOWN: u8 = 0;
@@ -331,8 +336,79 @@ impl Tier {
                     .time_to_live(Duration::from_secs(3600))
                     .build(),
                 metrics: TierMetrics::new(registry),
+                peers: settings
+                    .peer
+                    .as_ref()
+                    .map(|p| peer::Peers::new(p, settings.request_timeout, registry)),
+                leading: Mutex::default(),
             }),
         }
+    }
+
+    /// Where the node-to-node listener is to bind, when peers are on.
+    pub fn peer_listen(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peers.as_ref().map(|p| p.listen())
+    }
+
+    /// The node-to-node listener is bound at `local`: from now on this
+    /// node's leases name it, so waiters follow this node's fills.
+    pub fn peer_bound(&self, local: std::net::SocketAddr) {
+        if let Some(p) = &self.inner.peers {
+            p.bound(local);
+            tracing::info!(peer = p.address().unwrap_or_default(), listen = %local,
+                "serving the blobs this node fills for the fleet to its peers");
+        }
+    }
+
+    /// What this node's leases say other nodes dial (once bound).
+    fn peer_address(&self) -> Option<&str> {
+        self.inner.peers.as_ref().and_then(|p| p.address())
+    }
+
+    /// Whether this node holds `d`'s lease (and so may serve it to peers).
+    pub fn leads(&self, d: &Digest) -> bool {
+        self.inner.leading.lock().contains(d)
+    }
+
+    /// Checks a request from a peer; counts a refusal.
+    pub fn check_peer(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Result<(), peer::Refused> {
+        let Some(p) = &self.inner.peers else {
+            return Err(peer::Refused::NoKey);
+        };
+        let r = p.check(header, method, path);
+        if let Err(why) = r {
+            p.served("refused");
+            tracing::warn!(reason = why.as_str(), "refused a peer request");
+        }
+        r
+    }
+
+    /// Counts an answer of the node-to-node listener.
+    pub fn peer_served(&self, result: &str) {
+        if let Some(p) = &self.inner.peers {
+            p.served(result);
+        }
+    }
+
+    /// Counts a read from a peer, by how it ended.
+    pub fn peer_read(&self, result: &str) {
+        if let Some(p) = &self.inner.peers {
+            p.read(result);
+        }
+    }
+
+    /// The blob `d` from the peer at `address`, which leads its fill: the
+    /// answer's head within `request_timeout`, its body as it fills.
+    pub async fn peer_get(&self, address: &str, d: &Digest) -> Result<reqwest::Response, String> {
+        let Some(p) = &self.inner.peers else {
+            return Err("peers are off".into());
+        };
+        p.get(address, d, self.inner.settings.request_timeout).await
     }
 
     pub fn settings(&self) -> &SharedSettings {
@@ -1049,7 +1125,7 @@ mod tests {
         let d = Digest::sha256_of(b"a layer");
         assert!(matches!(t.claim(&d).await, Claim::Follow));
         let started = tokio::time::Instant::now();
-        assert!(matches!(t.wait(&d).await, Waited::Alone));
+        assert!(matches!(t.wait(&d, true).await, Waited::Alone));
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",

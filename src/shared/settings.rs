@@ -54,6 +54,19 @@ pub struct SharedSettings {
     pub retry_after: Duration,
     pub upload_memory: u64,
     pub max_uploads: usize,
+    /// Following the leader of a cold fill node to node (`peer`).
+    pub peer: Option<PeerSettings>,
+}
+
+/// `[shared]`'s `peer_*` keys.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// Where the node-to-node listener binds.
+    pub listen: std::net::SocketAddr,
+    /// What other nodes dial (`host:port`); `None`: the bound address.
+    pub address: Option<String>,
+    /// The key every node signs peer requests with.
+    pub key: SecretSpec,
 }
 
 impl SharedSettings {
@@ -75,6 +88,7 @@ impl SharedSettings {
             retry_after: Duration::from_secs(10),
             upload_memory: 10 << 20,
             max_uploads: 4,
+            peer: None,
         }
     }
 }

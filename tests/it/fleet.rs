@@ -630,3 +630,201 @@ fn a_stored_manifest_of_the_wrong_type_is_not_served_and_wrong_keys_stay_secret(
         }
     }
 }
+
+/// `[shared]` lines of a node that serves its fills to peers on a port of
+/// its own and follows theirs, with the fleet's peer key (made once).
+fn peer_lines(f: &Fleet, port: u16) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let key = f.dir.path().join("peer.key");
+    if !key.exists() {
+        std::fs::write(&key, random_hex(48)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    format!("peer_listen = \"127.0.0.1:{port}\"\npeer_key_file = {key:?}\n")
+}
+
+/// A GET of `path` on a node's peer listener, signed with `key` (none:
+/// unsigned) at `t`, with `nonce`.
+fn peer_get(port: u16, path: &str, key: Option<&[u8]>, t: u64, nonce: &str) -> u16 {
+    let mut req = http().get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(k) = key {
+        req = req.header(
+            "authorization",
+            wharf::shared::peer::authorization(k, "GET", path, t, nonce),
+        );
+    }
+    req.send().map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// With `peer_listen`, the nodes waiting for a cold fill stream it from the
+/// leader as it fills (not after its upload): the upstream still sends the
+/// layer once. A leader killed mid-stream costs the follower's clients
+/// nothing: the follower fetches the rest from the upstream with a range
+/// request. The peer listener serves only signed, fresh, unreplayed
+/// requests, and only blobs its node leads; it never fetches for a peer.
+#[test]
+fn waiting_nodes_stream_the_leaders_fill_and_finish_it_from_the_upstream_if_it_dies() {
+    let f = Fleet::start();
+    f.up.push("large", "library/big:1", None, false);
+    let (big, big_size) = blobs_of(&f.up, "library/big", "1")[0].clone();
+    let path = format!("/v2/library/big/blobs/{big}");
+    // 16 MiB/s: the leader's 64 MiB fill takes about 4 s, so followers
+    // join it midway.
+    let relay = throttled_relay(&f.rt, f.up.addr(), 16 << 20);
+    let slow = format!("http://127.0.0.1:{relay}");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nodes: Vec<Served> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| f.node(&format!("p{i}"), "peers", &slow, &peer_lines(&f, *p)))
+        .collect();
+    let refs: Vec<&Served> = nodes.iter().collect();
+    for got in fire(&refs, &path, 5) {
+        assert_served(&got, &big, big_size);
+    }
+    assert_eq!(f.up.gets(&path), 1, "the upstream sent the layer once");
+    let sum = |series: &str| nodes.iter().map(|n| n.metric(series)).sum::<f64>();
+    assert_eq!(
+        sum("wharf_shared_lease_waits_total{outcome=\"peer\"}"),
+        2.0,
+        "both other nodes followed the leader"
+    );
+    // Counted once the fill is committed, just after its last byte went out.
+    eventually(
+        Duration::from_secs(10),
+        "both to read the whole layer from it",
+        || sum("wharf_shared_peer_reads_total{result=\"done\"}") == 2.0,
+    );
+    assert_eq!(
+        sum("wharf_shared_peer_requests_total{result=\"served\"}"),
+        2.0
+    );
+    assert_eq!(
+        sum("wharf_shared_lease_waits_total{outcome=\"appeared\"}"),
+        0.0
+    );
+    let leader = eventually(Duration::from_secs(60), "the leader's upload", || {
+        nodes
+            .iter()
+            .position(|n| n.metric("wharf_shared_uploads_total{result=\"done\"}") == 1.0)
+    });
+    uploaded(&f, &nodes[leader], &tier_key("peers", &big), big_size);
+    let lease = format!("peers/leases/sha256/{}", &big[7..]);
+    eventually(Duration::from_secs(10), "the lease released", || {
+        f.fs.head(&lease).is_none()
+    });
+
+    // The listener: signed requests only, each once, and only blobs its
+    // node leads (none now: the lease was released after the upload).
+    let key = std::fs::read(f.dir.path().join("peer.key")).unwrap();
+    let port = ports[leader];
+    let peer_path = format!("/wharf-peer/v1/blobs/{big}");
+    let gets_before = f.up.requests();
+    let now = unix_now();
+    assert_eq!(peer_get(port, &peer_path, None, now, &random_hex(16)), 401);
+    let wrong = random_hex(48);
+    assert_eq!(
+        peer_get(
+            port,
+            &peer_path,
+            Some(wrong.as_bytes()),
+            now,
+            &random_hex(16)
+        ),
+        401
+    );
+    assert_eq!(
+        peer_get(port, &peer_path, Some(&key), now - 120, &random_hex(16)),
+        401,
+        "a stale request"
+    );
+    let nonce = random_hex(16);
+    assert_eq!(
+        peer_get(port, &peer_path, Some(&key), now, &nonce),
+        404,
+        "a cached blob whose lease is released is not served"
+    );
+    assert_eq!(
+        peer_get(port, &peer_path, Some(&key), now, &nonce),
+        401,
+        "a replayed request"
+    );
+    let unknown = format!("/wharf-peer/v1/blobs/sha256:{}", "ab".repeat(32));
+    assert_eq!(
+        peer_get(port, &unknown, Some(&key), now, &random_hex(16)),
+        404
+    );
+    assert_eq!(
+        peer_get(
+            port,
+            &format!("/v2/library/big/blobs/{big}"),
+            Some(&key),
+            now,
+            &random_hex(16)
+        ),
+        404,
+        "the peer listener is no registry"
+    );
+    assert_eq!(
+        f.up.requests(),
+        gets_before,
+        "no peer request reached the upstream"
+    );
+    assert_eq!(
+        nodes[leader].metric("wharf_shared_peer_requests_total{result=\"refused\"}"),
+        4.0
+    );
+    drop(nodes);
+
+    // The leader killed while a follower streams from it: the follower's
+    // client gets the whole layer, the rest from the upstream (8 MiB/s: the
+    // fill takes about 8 s).
+    let relay = throttled_relay(&f.rt, f.up.addr(), 8 << 20);
+    let slow = format!("http://127.0.0.1:{relay}");
+    let (lp, wp) = (free_port(), free_port());
+    let extra = |p| format!("lease_ttl = \"3s\"\n{}", peer_lines(&f, p));
+    let mut leader = f.node("kl", "peerkill", &slow, &extra(lp));
+    let follower = f.node("kf", "peerkill", &slow, &extra(wp));
+    let before = f.up.gets(&path);
+    let leader_url = format!("{}{path}", leader.url());
+    let first = std::thread::spawn(move || get_blob(&leader_url));
+    let lease = format!("peerkill/leases/sha256/{}", &big[7..]);
+    eventually(Duration::from_secs(30), "the leader's lease", || {
+        f.fs.head(&lease).is_some()
+    });
+    let follower_url = format!("{}{path}", follower.url());
+    let second = std::thread::spawn(move || get_blob(&follower_url));
+    eventually(
+        Duration::from_secs(30),
+        "the follower to stream from the leader",
+        || leader.metric("wharf_shared_peer_requests_total{result=\"served\"}") == 1.0,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    leader.kill9();
+    let _ = first.join().unwrap();
+    assert_served(&second.join().unwrap(), &big, big_size);
+    eventually(
+        Duration::from_secs(10),
+        "the follower's resumed read counted",
+        || follower.metric("wharf_shared_peer_reads_total{result=\"resumed\"}") == 1.0,
+    );
+    let log = f.up.access_log();
+    let ranged = log
+        .iter()
+        .filter(|(m, p, s)| m == "GET" && *p == path && *s == 206)
+        .count();
+    assert_eq!(
+        f.up.gets(&path) - before,
+        2,
+        "the leader's fetch and the follower's rest"
+    );
+    assert_eq!(ranged, 1, "the rest was a range request");
+    uploaded(&f, &follower, &tier_key("peerkill", &big), big_size);
+}

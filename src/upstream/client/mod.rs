@@ -855,6 +855,48 @@ impl UpstreamClient {
         self.check(resp, false).await
     }
 
+    /// `GET` a blob from byte `offset` on (`Range: bytes=<offset>-`): the
+    /// rest of a transfer another source broke off. The answer is 206
+    /// starting at `offset`, or 200 with the whole blob (an upstream that
+    /// ignores ranges): the number of leading bytes to skip comes back
+    /// with it. Anything else is an error.
+    pub async fn get_blob_from(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(reqwest::Response, u64), UpstreamError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::RANGE,
+            http::HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
+        );
+        let resp = self.send(Op::Blob, Method::GET, url, repo, h).await?;
+        let resp = self.check(resp, false).await?;
+        match resp.status() {
+            StatusCode::OK => Ok((resp, offset)),
+            StatusCode::PARTIAL_CONTENT => {
+                let starts = header_str(resp.headers(), "content-range")
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split_once('-'))
+                    .and_then(|(start, _)| start.parse::<u64>().ok());
+                if starts == Some(offset) {
+                    Ok((resp, 0))
+                } else {
+                    Err(UpstreamError::Unreachable {
+                        upstream: self.name.clone(),
+                        reason: format!("asked for the blob from byte {offset}, got another range"),
+                    })
+                }
+            }
+            s => Err(UpstreamError::Unreachable {
+                upstream: self.name.clone(),
+                reason: format!("a range request answered {s}"),
+            }),
+        }
+    }
+
     /// `GET /v2/<name>/tags/list` (one page: the upstream's `Link` comes
     /// back with it), bounded in size.
     pub async fn tags_list(
