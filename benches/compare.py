@@ -753,8 +753,9 @@ def bench(args, want, work, images, start, servers):
 def bench_shared(rnd, rec, work, start, servers, new_wharf_at, upstream, big_path, big_size,
                  big_file, extra_blobs):
     """Issue 16: three nodes x ten cold clients on the 512 MiB blob, without
-    and with a shared tier (a fresh bucket prefix each round, so it starts
-    cold); a fresh node reading the blob from the tier beside boto3 reading
+    a shared tier, with one, and with one and node-to-node following
+    (`peer_listen`: waiters stream the leader's fill) (a fresh bucket prefix
+    each round and mode, so it starts cold); a fresh node reading the blob from the tier beside boto3 reading
     the same object; peak RSS of a node with ten uploads in flight, beside
     the same fetches without a tier."""
     global SEAWEED
@@ -763,7 +764,8 @@ def bench_shared(rnd, rec, work, start, servers, new_wharf_at, upstream, big_pat
     fs = SEAWEED
 
     def fleet(tag, extra):
-        nodes = [start(new_wharf_at(f"{tag}{i}", extra)) for i in range(3)]
+        nodes = [start(new_wharf_at(f"{tag}{i}", extra(i) if callable(extra) else extra))
+                 for i in range(3)]
         time.sleep(0.5)  # the tier's start-up probe
         off = upstream.logfile.stat().st_size
         procs = []
@@ -783,9 +785,19 @@ def bench_shared(rnd, rec, work, start, servers, new_wharf_at, upstream, big_pat
         return nodes, wall, up_x
 
     prefix = f"round{rnd}"
-    for mode in rotate_pair(rnd):
+    peer_key = work / "peer.key"
+    if not peer_key.exists():
+        peer_key.write_text(os.urandom(48).hex())
+        peer_key.chmod(0o600)
+
+    def with_peers(i):
+        return (fs.wharf_section(f"peers{rnd}") + f'peer_listen = "127.0.0.1:{free_port()}"\n'
+                f'peer_key_file = "{peer_key}"\n')
+    for mode in rotate(["none", "on", "peers"], rnd):
         if mode == "none":
             nodes, wall, up_x = fleet(f"f{rnd}n", "")
+        elif mode == "peers":
+            nodes, wall, up_x = fleet(f"f{rnd}p", with_peers)
         else:
             nodes, wall, up_x = fleet(f"f{rnd}t", fs.wharf_section(prefix))
             # Wait for the leader's upload, so the tier holds the blob below.
@@ -1002,24 +1014,29 @@ def report(args, R):
             return f"{fmt(statistics.median(v))} ({fmt(min(v))}–{fmt(max(v))})"
         lines += ["", "Shared tier (issue 16; SeaweedFS, replication 001, on the same 2 cores): "
                   "median (min–max)", "",
-                  "| measure | unit | no tier | with tier | boto3 / wharf |", "|---|---|---|---|---|"]
+                  "| measure | unit | no tier | with tier | tier + peers | boto3 / wharf |",
+                  "|---|---|---|---|---|---|"]
         for m, label, unit in shared:
             if m == "tier_read_mbs":
-                lines.append(f"| {label} | {unit} | — | {spread(m, 'wharf')} | boto3 streamed "
+                lines.append(f"| {label} | {unit} | — | {spread(m, 'wharf')} | — | boto3 streamed "
                              f"{spread(m, 'boto3')}; boto3 download_file (aws s3 cp) "
                              f"{spread(m, 'boto3-file')} |")
             else:
-                lines.append(f"| {label} | {unit} | {spread(m, 'tier-none')} | {spread(m, 'tier-on')} | |")
+                lines.append(f"| {label} | {unit} | {spread(m, 'tier-none')} | {spread(m, 'tier-on')} "
+                             f"| {spread(m, 'tier-peers')} | |")
         sc = []
 
         def starget(text, ok):
             sc.append(f"- [{'x' if ok else ' '}] {text}")
-        if R.get("fleet_upstream_x", {}).get("tier-on"):
-            worst = max(R["fleet_upstream_x"]["tier-on"])
-            starget(f"upstream bytes with the tier: {worst:.3f} × the blob at worst (≤ 1.05)", worst <= 1.05)
-            w_on, w_off = g("fleet_wall_s", "tier-on"), g("fleet_wall_s", "tier-none")
-            if w_on and w_off:
-                starget(f"last client with the tier: {w_on / w_off:.2f} × without (≤ 1.1)", w_on / w_off <= 1.1)
+        for mode, what in (("tier-on", "the tier"), ("tier-peers", "the tier and peers")):
+            if R.get("fleet_upstream_x", {}).get(mode):
+                worst = max(R["fleet_upstream_x"][mode])
+                starget(f"upstream bytes with {what}: {worst:.3f} × the blob at worst (≤ 1.05)",
+                        worst <= 1.05)
+                w_on, w_off = g("fleet_wall_s", mode), g("fleet_wall_s", "tier-none")
+                if w_on and w_off:
+                    starget(f"last client with {what}: {w_on / w_off:.2f} × without (≤ 1.1)",
+                            w_on / w_off <= 1.1)
         w, b, bf = g("tier_read_mbs", "wharf"), g("tier_read_mbs", "boto3"), g("tier_read_mbs", "boto3-file")
         if w and b and bf:
             starget(f"fresh node from the tier: {w / b:.2f} × boto3 streaming, {w / bf:.2f} × boto3 "

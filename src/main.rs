@@ -429,6 +429,18 @@ fn print_shared(c: &Config) {
             format!("; kept out: {}", private.join(", "))
         }
     );
+    if let Some(p) = &s.peer {
+        use wharf::upstream::credentials::SecretSpec;
+        println!(
+            "shared tier peers: listening on {}, dialled at {}, key from {}",
+            p.listen,
+            p.address.as_deref().unwrap_or("the bound address"),
+            match &p.key {
+                SecretSpec::File { path, .. } => path.display().to_string(),
+                SecretSpec::Value(_) => "the environment".to_owned(),
+            }
+        );
+    }
 }
 
 /// `check-config`'s lines for client authentication: the files (never their

@@ -392,6 +392,53 @@ mod tests {
     }
 
     #[test]
+    fn peers_need_a_long_shared_key_and_an_address_others_can_dial() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("peer.key");
+        std::fs::write(&key, "k".repeat(31)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let with = |extra: &str| {
+            Config::from_toml(
+                &format!("{UP}[shared]\nurl = \"s3://bucket\"\n{extra}"),
+                Some(dir.path()),
+            )
+        };
+        let e = |extra: &str| with(extra).unwrap_err().to_string();
+        assert!(e("peer_listen = \"127.0.0.1:5052\"\n").contains("needs a key"));
+        assert!(e("peer_key_file = \"peer.key\"\n").starts_with("shared.peer_listen"));
+        let short = e("peer_listen = \"127.0.0.1:5052\"\npeer_key_file = \"peer.key\"\n");
+        assert!(
+            short.contains("32 bytes") && !short.contains("kkkk"),
+            "{short}"
+        );
+        std::fs::write(&key, "k".repeat(44)).unwrap();
+        let listen = "peer_key_file = \"peer.key\"\npeer_listen = ";
+        assert!(e(&format!("{listen}\"0.0.0.0:5052\"\n")).starts_with("shared.peer_address"));
+        assert!(e(&format!("{listen}\"127.0.0.1:5052\"\nwrite = false\n")).contains("never leads"));
+        assert!(e(&format!(
+            "{listen}\"0.0.0.0:5052\"\npeer_address = \"a/b\"\n"
+        ))
+        .contains("no host:port"));
+        let p = with(&format!(
+            "{listen}\"0.0.0.0:5052\"\npeer_address = \"10.0.0.7:5052\"\n"
+        ))
+        .unwrap()
+        .shared
+        .unwrap()
+        .peer
+        .unwrap();
+        assert_eq!(p.address.as_deref(), Some("10.0.0.7:5052"));
+        let p = with(&format!("{listen}\"127.0.0.1:0\"\n"))
+            .unwrap()
+            .shared
+            .unwrap()
+            .peer
+            .unwrap();
+        assert_eq!(p.address, None, "the bound address");
+    }
+
+    #[test]
     fn key_files_must_be_private_and_are_never_quoted() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -26,9 +26,12 @@
 //!
 //! # Cross-node single-flight, on the store's own primitives
 //!
-//! No node talks to another: everything goes through the bucket, so the
-//! tier needs no node-to-node listener, no peer discovery and no peer
-//! credentials (on GKE wharf listens on loopback only).
+//! Coordination goes through the bucket alone: no peer discovery, no
+//! membership. By default no node talks to another, so the tier needs no
+//! node-to-node listener and no peer credentials (on GKE wharf listens on
+//! loopback only). With `peer_listen` (and a key every node shares), the
+//! lease also names the address where its holder serves the fill to peers,
+//! and waiters stream it from there as it fills ([`peer`]; step 4).
 //!
 //! 1. A node that misses on disk looks the blob up (`HEAD`). Present: it is
 //!    read through a fill (range requests are served from the fill as it
@@ -46,6 +49,16 @@
 //!    the new leader. A lease deleted without a blob (the leader's fetch
 //!    failed) is raced for again. After `max_wait` a waiter fetches by
 //!    itself whatever the lease says.
+//! 4. With peers on: a waiter that reads a lease naming a peer address
+//!    (not its own) stops waiting and reads the blob from that node as it
+//!    fills, once its upstream confirmed (`HEAD`) that its repository holds
+//!    the blob; the digest and the upstream's size are checked as for a
+//!    tier copy. If the leader does not answer, the waiter goes back to
+//!    waiting for the store (without following); if it breaks off midway
+//!    (killed, its own fill failed, too slow for `cache.fill_min_rate`),
+//!    the waiter fetches the rest from its upstream with a range request
+//!    and uploads the blob itself (create-only), so its clients never see
+//!    the leader's failure and the tier still gets the blob.
 //!
 //! Failure modes and their bounds:
 //! - the leader dies (`kill -9`, node lost): its waiters go on within
@@ -67,11 +80,15 @@
 //!   store's lifecycle rule `AbortIncompleteMultipartUpload` removes; the
 //!   blob is fetched and uploaded again by the next node that misses it.
 //!
-//! What waiting costs: a waiter's clients get their first byte only once
-//! the leader's upload is complete (a multipart upload is invisible until
-//! then), i.e. about the leader's download plus its upload, instead of one
-//! download each from the upstream. Each waiting node sends the store two
-//! small requests per poll.
+//! What waiting costs: without peers, a waiter's clients get their first
+//! byte only once the leader's upload is complete (a multipart upload is
+//! invisible until then), i.e. about the leader's download plus its upload,
+//! instead of one download each from the upstream (measured: the last of
+//! 30 clients on 3 nodes 2.4× later than with no tier at all). Each waiting
+//! node sends the store two small requests per poll. With peers, a waiter
+//! is one more reader of the leader's fill: the fleet's last client
+//! finishes about when the leader's own clients do, and the leader's node
+//! sends each follower one copy (node network, not the upstream's).
 //!
 //! # Limits
 //!

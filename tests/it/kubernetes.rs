@@ -312,6 +312,64 @@ fn daemonset_agrees_with_its_config_and_node_config() {
     };
     assert_eq!(port("registry"), port_of(listen));
     assert_eq!(port("metrics"), admin_port);
+
+    // The commented GKE [shared] example, switched on: node-to-node
+    // following on the port the DaemonSet declares, dialled at the node IP
+    // its env gives, with the key from its optional Secret.
+    let example: String = text
+        .split("# [shared]\n")
+        .nth(1)
+        .expect("a commented [shared] example")
+        .lines()
+        .take_while(|l| *l != "#")
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    let env_of = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no env {name}"))
+            .clone()
+    };
+    assert_eq!(
+        env_of("NODE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert!(
+        example.contains("peer_address_env = \"NODE_IP\""),
+        "{example}"
+    );
+    let key_env = env_of("WHARF_PEER_KEY");
+    assert_eq!(key_env["valueFrom"]["secretKeyRef"]["optional"], true);
+    assert!(
+        example.contains("peer_key_env = \"WHARF_PEER_KEY\""),
+        "{example}"
+    );
+    let with_tier = dir.path().join("with-tier.toml");
+    let example = example.replace("YOUR-BUCKET", "wharf-layers");
+    std::fs::write(&with_tier, format!("{text}\n[shared]\n{example}")).unwrap();
+    let key = random_hex(48);
+    // Run by hand: the harness's `run` would print the key on failure.
+    let checked = wharf()
+        .args(["check-config", "--config"])
+        .arg(&with_tier)
+        .env("NODE_IP", "10.128.0.7")
+        .env("WHARF_PEER_KEY", &key)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&checked.stdout).into_owned()
+        + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "shared tier peers: listening on 0.0.0.0:{0}, dialled at 10.128.0.7:{0}",
+            port("peers")
+        )),
+        "{out}"
+    );
+    assert!(!out.contains(&key), "the key is never printed");
     let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], admin_port.to_string());
 
