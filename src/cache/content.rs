@@ -55,10 +55,11 @@ impl Cache {
         Ok(j)
     }
 
-    /// A reader of the fill of `d` running now, if one runs; never starts
-    /// one (for the node-to-node listener, which serves only what this
-    /// node is already fetching).
-    pub fn running_fill(&self, d: &Digest) -> Option<FillReader> {
+    /// A reader of the fill of `d` running now, if one runs, with the name
+    /// of the upstream it reads through; never starts one (for the
+    /// node-to-node listener, which serves only what this node is already
+    /// fetching).
+    pub fn running_fill(&self, d: &Digest) -> Option<(FillReader, String)> {
         self.fills.running(d)
     }
 

@@ -155,10 +155,12 @@ impl Fills {
         Ok(Join::Leader(writer, FillReader::new(fill)))
     }
 
-    /// A reader of the fill in flight for `digest`, if any.
-    pub fn running(&self, digest: &Digest) -> Option<FillReader> {
+    /// A reader of the fill in flight for `digest`, if any, and the name of
+    /// the upstream it reads through.
+    pub fn running(&self, digest: &Digest) -> Option<(FillReader, String)> {
         let map = self.inflight.lock();
-        map.get(digest).map(|f| FillReader::new(f.clone()))
+        map.get(digest)
+            .map(|f| (FillReader::new(f.clone()), f.upstream.clone()))
     }
 
     /// Number of fills in flight (for metrics and tests).

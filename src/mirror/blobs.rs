@@ -365,12 +365,7 @@ impl Mirror {
         w.from_shared_tier();
         let (result, _) = self.feed_fill(r, Body::Shared { size, stream }, w).await;
         if let Err((e, _)) = &result {
-            let corrupt = match e {
-                FillError::SizeMismatch { .. } => true,
-                FillError::Cache(c) => matches!(**c, CacheError::DigestMismatch { .. }),
-                _ => false,
-            };
-            if corrupt {
+            if corrupt(e) {
                 tier.bad_copy(d);
             }
         }
@@ -402,8 +397,8 @@ impl Mirror {
                 return Ok((Err((e, "upstream")), false));
             }
         };
-        let resp = match tier.peer_get(address, d).await {
-            Ok(resp) => resp,
+        let (resp, peer_size) = match tier.peer_get(address, d).await {
+            Ok(answer) => answer,
             Err(e) => {
                 tier.peer_read("unavailable");
                 tracing::info!(digest = %d, peer = address, error = %e,
@@ -411,23 +406,27 @@ impl Mirror {
                 return Err(w);
             }
         };
-        let size = match (upstream_size, resp.content_length()) {
-            (Some(u), Some(p)) if u != p => {
-                tier.peer_read("wrong_size");
-                tracing::warn!(digest = %d, peer = address, upstream_size = u, peer_size = p,
-                    "a peer's blob has another size than the upstream's; not used");
-                return Err(w);
-            }
-            (u, p) => u.or(p),
-        };
+        if upstream_size.is_some_and(|u| u != peer_size) {
+            tier.peer_read("wrong_size");
+            tracing::warn!(digest = %d, peer = address, upstream_size = ?upstream_size, peer_size,
+                "a peer's blob has another length than the upstream's; not used");
+            return Err(w);
+        }
         let mut w = w;
         w.from_shared_tier();
-        let (result, resumed) = self.feed_fill(r, Body::Peer { size, resp }, w).await;
-        tier.peer_read(match (&result, resumed) {
-            (_, true) => "resumed",
-            (Ok(_), false) => "done",
-            (Err(_), false) => "failed",
-        });
+        let body = Body::Peer {
+            size: peer_size,
+            resp,
+        };
+        let (result, resumed) = self.feed_fill(r, body, w).await;
+        match (&result, resumed) {
+            (_, true) => tier.peer_read("resumed"),
+            (Ok(_), false) => tier.peer_read("done"),
+            // Bytes the peer proved and the digest refuses: a broken or
+            // compromised node, not followed again for a while.
+            (Err((e, _)), false) if corrupt(e) => tier.bad_peer(address),
+            (Err(_), false) => tier.peer_read("failed"),
+        }
         Ok((result, resumed))
     }
 
@@ -439,7 +438,17 @@ impl Mirror {
         if !tier.leads(d) {
             return None;
         }
-        if let Some(mut reader) = self.inner.cache.running_fill(d) {
+        if let Some((mut reader, upstream)) = self.inner.cache.running_fill(d) {
+            // The lease is by digest; the fill running now must also be
+            // one whose content may leave the node.
+            let shared = self
+                .inner
+                .upstreams
+                .iter()
+                .any(|u| u.cfg.name == upstream && u.cfg.shared);
+            if !shared {
+                return None;
+            }
             let size = reader.ready().await.ok()?;
             let r = fill_response(d, size, reader, CacheStatus::Miss);
             return Some((r.body, r.size));
@@ -555,7 +564,7 @@ impl Mirror {
                 None => Ok(resp.chunk().await),
             };
             let paced = match &next {
-                Ok(Ok(Some(b))) => pace.received(b.len() as u64, Instant::now()),
+                Ok(Ok(Some((_, wire)))) => pace.received(*wire, Instant::now()),
                 Err(_elapsed) => pace.check(Instant::now()),
                 _ => Ok(()),
             };
@@ -597,10 +606,42 @@ impl Mirror {
             let Ok(next) = next else {
                 continue; // a window ended in time: wait on
             };
+            // The peer ended cleanly but short, or broke off: the rest from
+            // the upstream (unless every byte came: the writer judges them).
+            let peer_gone = match &next {
+                Ok(None) => "ended early".to_owned(),
+                Err(e) => e.clone(),
+                Ok(Some(_)) => String::new(),
+            };
+            if let Body::Peer { size, .. } = resp {
+                if !peer_gone.is_empty() && fed < size {
+                    match resume(fed, peer_gone).await {
+                        Ok((rest, skip)) => {
+                            resp = Body::Upstream { resp: rest, skip };
+                            resumed = true;
+                            // The new source gets a window of its own.
+                            pace = Pace::new(
+                                self.inner.fill_min_rate,
+                                self.inner.fill_rate_window,
+                                Instant::now(),
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            why = "upstream";
+                            let _ = tx.send(Err(source_failed(e))).await;
+                            break;
+                        }
+                    }
+                }
+            }
             match next {
-                Ok(Some(b)) => {
+                Ok(Some((b, wire))) => {
                     if matches!(resp, Body::Upstream { .. }) {
-                        received.inc_by(b.len() as u64);
+                        received.inc_by(wire);
+                    }
+                    if b.is_empty() {
+                        continue; // skipped bytes of a whole blob sent again
                     }
                     fed += b.len() as u64;
                     let queued = Instant::now();
@@ -612,17 +653,9 @@ impl Mirror {
                     pace.exclude(queued.elapsed());
                 }
                 Ok(None) => break,
-                Err(e) if matches!(resp, Body::Peer { .. }) => match resume(fed, e).await {
-                    Ok((rest, skip)) => {
-                        resp = Body::Upstream { resp: rest, skip };
-                        resumed = true;
-                    }
-                    Err(e) => {
-                        why = "upstream";
-                        let _ = tx.send(Err(source_failed(e))).await;
-                        break;
-                    }
-                },
+                // Every byte came before the peer's connection broke: the
+                // writer checks them.
+                Err(_) if matches!(resp, Body::Peer { .. }) => break,
                 Err(e) if matches!(resp, Body::Shared { .. }) => {
                     why = "shared";
                     let err = MirrorError::Shared(format!("blob read interrupted: {e}"));
@@ -667,13 +700,16 @@ enum Source {
 enum Body {
     /// `skip`: leading bytes to drop (a whole blob answering a range
     /// request that resumes a transfer).
-    Upstream { resp: reqwest::Response, skip: u64 },
+    Upstream {
+        resp: reqwest::Response,
+        skip: u64,
+    },
     Shared {
         size: u64,
         stream: futures_util::stream::BoxStream<'static, Result<Bytes, String>>,
     },
     Peer {
-        size: Option<u64>,
+        size: u64,
         resp: reqwest::Response,
     },
 }
@@ -687,28 +723,42 @@ impl Body {
         match self {
             Body::Upstream { resp, .. } => resp.content_length(),
             Body::Shared { size, .. } => Some(*size),
-            Body::Peer { size, .. } => *size,
+            Body::Peer { size, .. } => Some(*size),
         }
     }
 
-    async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+    /// The next bytes for the fill, and how many came off the wire for
+    /// them (more when leading bytes are skipped: they count for the pace).
+    async fn chunk(&mut self) -> Result<Option<(Bytes, u64)>, String> {
         use futures_util::StreamExt;
-        match self {
-            Body::Upstream { resp, skip } => loop {
+        let b = match self {
+            Body::Upstream { resp, skip } => {
                 let Some(mut b) = resp.chunk().await.map_err(|e| e.to_string())? else {
                     return Ok(None);
                 };
-                if *skip >= b.len() as u64 {
-                    *skip -= b.len() as u64;
-                    continue;
-                }
-                let _ = b.split_to(*skip as usize);
-                *skip = 0;
-                return Ok(Some(b));
-            },
-            Body::Shared { stream, .. } => stream.next().await.transpose(),
-            Body::Peer { resp, .. } => resp.chunk().await.map_err(|e| e.to_string()),
-        }
+                let wire = b.len() as u64;
+                let drop = (*skip).min(wire);
+                *skip -= drop;
+                let _ = b.split_to(drop as usize);
+                return Ok(Some((b, wire)));
+            }
+            Body::Shared { stream, .. } => stream.next().await.transpose()?,
+            Body::Peer { resp, .. } => resp.chunk().await.map_err(|e| e.to_string())?,
+        };
+        Ok(b.map(|b| {
+            let n = b.len() as u64;
+            (b, n)
+        }))
+    }
+}
+
+/// A fill that failed because its source's bytes were wrong (not because
+/// the source broke off).
+fn corrupt(e: &FillError) -> bool {
+    match e {
+        FillError::SizeMismatch { .. } => true,
+        FillError::Cache(c) => matches!(**c, CacheError::DigestMismatch { .. }),
+        _ => false,
     }
 }
 

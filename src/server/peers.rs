@@ -36,10 +36,13 @@ use super::limits::{ConnState, Limits, PerAddress};
 /// Connections from peers at once.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Of those, from one address (a node follows at most its
-/// `cache.max_fills` fills at once, 128 by default).
-pub const MAX_PER_ADDRESS: usize = 128;
-/// The request head must arrive within this.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `cache.max_fills` fills at once, 256 at most).
+pub const MAX_PER_ADDRESS: usize = 256;
+/// The request head must arrive within this (peers are on the node
+/// network; anyone else who holds a connection open frees it soon).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The one valid request is a few hundred bytes.
+const MAX_HEAD_BYTES: usize = 8192;
 
 /// Serves peers on `listener` until `shutdown`.
 pub async fn serve_peers(
@@ -56,6 +59,8 @@ pub async fn serve_peers(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(16)
         .keep_alive(false);
     loop {
         tokio::select! {
@@ -122,16 +127,26 @@ async fn answer<B>(app: &App, req: &Request<B>, state: Arc<ConnState>) -> Respon
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if tier.check_peer(auth, "GET", path).is_err() {
-        return plain(StatusCode::UNAUTHORIZED, "unauthorized");
-    }
+    let nonce = match tier.check_peer(auth, "GET", path) {
+        Ok(n) => n,
+        Err(crate::shared::peer::Refused::Busy) => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "busy")
+        }
+        Err(_) => return plain(StatusCode::UNAUTHORIZED, "unauthorized"),
+    };
     let Ok(d) = digest.parse::<Digest>() else {
         tier.peer_served("invalid");
         return plain(StatusCode::BAD_REQUEST, "not a digest");
     };
-    let Some((blob, size)) = app.mirror.peer_blob(&d).await else {
+    // Only with a length: the proof covers it, and a follower takes no
+    // answer of unknown length.
+    let Some((blob, Some(size))) = app.mirror.peer_blob(&d).await else {
         tier.peer_served("not_leading");
         return plain(StatusCode::NOT_FOUND, "this node is not filling that blob");
+    };
+    let Some(proof) = tier.peer_proof(nonce, &d, size) else {
+        tier.peer_served("no_key");
+        return plain(StatusCode::UNAUTHORIZED, "unauthorized");
     };
     tier.peer_served("served");
     tracing::debug!(digest = %d, "serving a blob to a peer");
@@ -139,11 +154,11 @@ async fn answer<B>(app: &App, req: &Request<B>, state: Arc<ConnState>) -> Respon
         BlobBody::File(f) => Source::File(f),
         BlobBody::Fill(r) => Source::Fill(r),
     };
-    let mut b = Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
-    if let Some(s) = size {
-        b = b.header(header::CONTENT_LENGTH, s);
-    }
-    b.body(body::stream_on(source, size, state))
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .header(crate::shared::peer::PROOF_HEADER, proof)
+        .body(body::stream_on(source, Some(size), state))
         .expect("valid headers")
 }
 

@@ -165,7 +165,7 @@ impl Tier {
             version,
             lost: false,
         }));
-        self.inner.leading.lock().insert(d.clone());
+        self.lead(&d);
         let renewer = tokio::spawn(renew(self.clone(), key.clone(), state.clone(), d.clone()));
         Lease {
             tier: self.clone(),
@@ -242,8 +242,7 @@ impl Tier {
                     lost_races = 0;
                     let holder = serde_json::from_slice::<Body>(&body).ok();
                     if let Some(peer) = holder.as_ref().and_then(|b| b.peer.as_deref()) {
-                        let own = self.peer_address();
-                        if follow_peer && own.is_some() && own != Some(peer) {
+                        if follow_peer && self.followable(peer) && !stale(holder.as_ref()) {
                             return ("peer", Waited::Peer(peer.to_owned()));
                         }
                     }
@@ -305,6 +304,15 @@ impl Tier {
     }
 }
 
+/// A lease whose last beat (its holder's clock) is more than two of its
+/// ttls ago: left by a dead node, not worth dialling (only a hint, as
+/// clocks differ: the wait itself judges leases by this node's clock).
+fn stale(b: Option<&Body>) -> bool {
+    b.is_some_and(|b| {
+        b.since_ms.saturating_add(b.ttl_ms.saturating_mul(2)) < crate::cache::now_millis()
+    })
+}
+
 /// Renews the lease every `lease_ttl / 3` until aborted; stops when another
 /// node took it over.
 async fn renew(tier: Tier, key: Key, state: Arc<Mutex<Held>>, d: Digest) {
@@ -351,7 +359,6 @@ impl Lease {
     /// over). Waiters then find the blob, or race for a new lease.
     pub async fn release(self) {
         self.renewer.abort();
-        self.tier.inner.leading.lock().remove(&self.digest);
         let lost = self.state.lock().lost;
         if !lost
             && self
@@ -369,9 +376,10 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         // A lease dropped unreleased (its task panicked or was cancelled)
-        // stops renewing; waiters take it over after its ttl.
+        // stops renewing; waiters take it over after its ttl. Released or
+        // not, this node no longer serves the blob to peers.
         self.renewer.abort();
-        self.tier.inner.leading.lock().remove(&self.digest);
+        self.tier.unlead(&self.digest);
     }
 }
 

@@ -203,8 +203,13 @@ struct Inner {
     metrics: TierMetrics,
     /// Node-to-node following (`shared.peer_*`).
     peers: Option<peer::Peers>,
-    /// Digests whose lease this node holds: the only ones it serves peers.
-    leading: Mutex<std::collections::HashSet<Digest>>,
+    /// Digests whose lease this node holds, with how many leases (an old
+    /// one lost to a takeover may still be finishing): the only ones it
+    /// serves peers.
+    leading: Mutex<std::collections::HashMap<Digest, usize>>,
+    /// Peers whose blob failed verification here: not followed again for
+    /// an hour (a broken or compromised node cannot fail every pull).
+    bad_peers: moka::sync::Cache<String, ()>,
 }
 
 const CAS_UNKNOWN: u8 = 0;
@@ -294,7 +299,7 @@ impl TierMetrics {
             ),
             lease_waits: counter(
                 "wharf_shared_lease_waits_total",
-                "Waits for another node's fill, by outcome: appeared (its upload completed), took_over (its lease expired: this node leads), raced (its lease was gone without a blob: this node leads), gave_up (shared.max_wait), error (the store failed)",
+                "Waits for another node's fill, by outcome: appeared (its upload completed), peer (its lease names a peer address: read from there as it fills), took_over (its lease expired: this node leads), raced (its lease was gone without a blob: this node leads), gave_up (shared.max_wait), error (the store failed)",
                 &["outcome"],
             ),
             lease_wait_seconds,
@@ -358,6 +363,10 @@ impl Tier {
                     .as_ref()
                     .map(|p| peer::Peers::new(p, settings.request_timeout, registry)),
                 leading: Mutex::default(),
+                bad_peers: moka::sync::Cache::builder()
+                    .max_capacity(1024)
+                    .time_to_live(Duration::from_secs(3600))
+                    .build(),
             }),
         }
     }
@@ -384,25 +393,63 @@ impl Tier {
 
     /// Whether this node holds `d`'s lease (and so may serve it to peers).
     pub fn leads(&self, d: &Digest) -> bool {
-        self.inner.leading.lock().contains(d)
+        self.inner.leading.lock().contains_key(d)
     }
 
-    /// Checks a request from a peer; counts a refusal.
-    pub fn check_peer(
+    fn lead(&self, d: &Digest) {
+        *self.inner.leading.lock().entry(d.clone()).or_default() += 1;
+    }
+
+    fn unlead(&self, d: &Digest) {
+        let mut l = self.inner.leading.lock();
+        if let Some(n) = l.get_mut(d) {
+            *n -= 1;
+            if *n == 0 {
+                l.remove(d);
+            }
+        }
+    }
+
+    /// Checks a request from a peer; counts a refusal (logged at debug
+    /// only: anyone who reaches the port can send them). Gives back the
+    /// request's nonce, for [`peer_proof`](Self::peer_proof).
+    pub fn check_peer<'a>(
         &self,
-        header: Option<&str>,
+        header: Option<&'a str>,
         method: &str,
         path: &str,
-    ) -> Result<(), peer::Refused> {
+    ) -> Result<&'a str, peer::Refused> {
         let Some(p) = &self.inner.peers else {
             return Err(peer::Refused::NoKey);
         };
         let r = p.check(header, method, path);
         if let Err(why) = r {
-            p.served("refused");
-            tracing::warn!(reason = why.as_str(), "refused a peer request");
+            let result = match why {
+                peer::Refused::Busy => "busy",
+                peer::Refused::NoKey => "no_key",
+                _ => "refused",
+            };
+            p.served(result);
+            tracing::debug!(reason = why.as_str(), "refused a peer request");
         }
         r
+    }
+
+    /// The proof that goes with this node's answer of `size` bytes of `d`
+    /// to the request with `nonce`.
+    pub fn peer_proof(&self, nonce: &str, d: &Digest, size: u64) -> Option<String> {
+        let key = self.inner.peers.as_ref()?.key().ok()?;
+        Some(peer::proof(&key, nonce, &d.to_string(), size))
+    }
+
+    /// A peer whose blob failed verification here: not followed for an hour.
+    pub fn bad_peer(&self, address: &str) {
+        tracing::warn!(
+            peer = address,
+            "a blob read from this peer failed verification; not following it for an hour"
+        );
+        self.inner.bad_peers.insert(address.to_owned(), ());
+        self.peer_read("bad");
     }
 
     /// Counts an answer of the node-to-node listener.
@@ -420,12 +467,29 @@ impl Tier {
     }
 
     /// The blob `d` from the peer at `address`, which leads its fill: the
-    /// answer's head within `request_timeout`, its body as it fills.
-    pub async fn peer_get(&self, address: &str, d: &Digest) -> Result<reqwest::Response, String> {
+    /// answer's head within `request_timeout` (with the leader's proof and
+    /// the blob's length), its body as it fills.
+    pub async fn peer_get(
+        &self,
+        address: &str,
+        d: &Digest,
+    ) -> Result<(reqwest::Response, u64), String> {
         let Some(p) = &self.inner.peers else {
             return Err("peers are off".into());
         };
-        p.get(address, d, self.inner.settings.request_timeout).await
+        let own = p.address().unwrap_or_default();
+        let Some(to) = peer::dialable(address, own) else {
+            return Err(format!("{address:?} is no address this node dials"));
+        };
+        p.get(to, d, self.inner.settings.request_timeout).await
+    }
+
+    /// Whether a lease naming `address` is worth following from this node.
+    fn followable(&self, address: &str) -> bool {
+        let Some(own) = self.peer_address() else {
+            return false;
+        };
+        peer::dialable(address, own).is_some() && !self.inner.bad_peers.contains_key(address)
     }
 
     pub fn settings(&self) -> &SharedSettings {

@@ -650,10 +650,21 @@ fn peer_get(port: u16, path: &str, key: Option<&[u8]>, t: u64, nonce: &str) -> u
     if let Some(k) = key {
         req = req.header(
             "authorization",
-            wharf::shared::peer::authorization(k, "GET", path, t, nonce),
+            wharf::shared::peer::authorization(
+                k,
+                "GET",
+                &format!("127.0.0.1:{port}"),
+                path,
+                t,
+                nonce,
+            ),
         );
     }
     req.send().map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+fn url_of(f: &Fleet) -> String {
+    f.up.url()
 }
 
 fn unix_now() -> u64 {
@@ -781,7 +792,83 @@ fn waiting_nodes_stream_the_leaders_fill_and_finish_it_from_the_upstream_if_it_d
         nodes[leader].metric("wharf_shared_peer_requests_total{result=\"refused\"}"),
         4.0
     );
+    let elsewhere = format!("127.0.0.1:{}", ports[(leader + 1) % 3]);
+    let signed_elsewhere = http()
+        .get(format!("http://127.0.0.1:{port}{unknown}"))
+        .header(
+            "authorization",
+            wharf::shared::peer::authorization(
+                &key,
+                "GET",
+                &elsewhere,
+                &unknown,
+                now,
+                &random_hex(16),
+            ),
+        )
+        .send()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(signed_elsewhere, 401, "a request signed for another node");
     drop(nodes);
+
+    // A lease written by someone with the store's keys but not the peer
+    // key, naming a server that answers anything with the blob's length:
+    // no byte of it is used (no proof), the forged lease is taken over once
+    // its ttl passes, and the client gets the layer from the upstream.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in fake.incoming().flatten().take(8) {
+            let mut conn = conn;
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-length: {big_size}\r\n\r\n"
+            );
+            let junk = vec![b'x'; 1 << 20];
+            let mut left = big_size as usize;
+            while left > 0 {
+                let n = left.min(junk.len());
+                if conn.write_all(&junk[..n]).is_err() {
+                    break;
+                }
+                left -= n;
+            }
+        }
+    });
+    let lease_body = format!(
+        r#"{{"node":"forged","digest":"{big}","since_ms":{},"ttl_ms":3000,"beat":0,"peer":"{fake_addr}"}}"#,
+        unix_now() * 1000
+    );
+    f.fs.put(
+        &format!("forged/leases/sha256/{}", &big[7..]),
+        lease_body.as_bytes(),
+    );
+    let victim = f.node(
+        "victim",
+        "forged",
+        &url_of(&f),
+        &format!("lease_ttl = \"3s\"\n{}", peer_lines(&f, free_port())),
+    );
+    assert_served(
+        &get_blob(&format!("{}{path}", victim.url())),
+        &big,
+        big_size,
+    );
+    assert_eq!(
+        victim.metric("wharf_shared_peer_reads_total{result=\"unavailable\"}"),
+        1.0,
+        "the answer without a proof was refused"
+    );
+    assert_eq!(
+        victim.metric("wharf_shared_lease_waits_total{outcome=\"took_over\"}"),
+        1.0
+    );
+    drop(victim);
 
     // The leader killed while a follower streams from it: the follower's
     // client gets the whole layer, the rest from the upstream (8 MiB/s: the
