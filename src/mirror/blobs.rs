@@ -803,6 +803,28 @@ mod tests {
         source_failed(e)
     }
 
+    /// A whole blob answering a range request that resumes a transfer:
+    /// its first bytes are dropped, yet count as received (for the pace).
+    #[tokio::test]
+    async fn a_whole_blob_sent_again_skips_what_the_fill_has() {
+        let resp = http::Response::new(reqwest::Body::from(b"0123456789".to_vec()));
+        let mut body = Body::Upstream {
+            resp: reqwest::Response::from(resp),
+            skip: 4,
+        };
+        let (b, wire) = body.chunk().await.unwrap().unwrap();
+        assert_eq!((&b[..], wire), (&b"456789"[..], 10));
+        assert!(body.chunk().await.unwrap().is_none());
+
+        let resp = http::Response::new(reqwest::Body::from(b"0123".to_vec()));
+        let mut body = Body::Upstream {
+            resp: reqwest::Response::from(resp),
+            skip: 10,
+        };
+        let (b, wire) = body.chunk().await.unwrap().unwrap();
+        assert_eq!((b.len(), wire), (0, 4), "all skipped, all counted");
+    }
+
     #[test]
     fn only_answers_about_the_leaders_repository_send_followers_upstream() {
         let up = || "hub".to_owned();
