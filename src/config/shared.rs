@@ -171,11 +171,11 @@ fn peer(s: &FileShared, base: Option<&Path>) -> Result<Option<PeerSettings>, Con
     let Some(key) = key else {
         return Err(invalid(
             "shared.peer_key_file",
-            "peer_listen needs a key every node shares (peer_key_file, peer_key_env or peer_key_credential): 32 random bytes or more, e.g. `openssl rand -base64 48`",
+            "peer_listen needs a key every node shares (peer_key_file, peer_key_env or peer_key_credential): 32 characters or more, e.g. `openssl rand -base64 48`",
         ));
     };
     let long_enough = match &key {
-        SecretSpec::Value(v) => v.expose().len() >= MIN_PEER_KEY,
+        SecretSpec::Value(v) => v.expose().trim().len() >= MIN_PEER_KEY,
         SecretSpec::File { path, .. } => std::fs::read(path)
             .map(|b| b.trim_ascii().len() >= MIN_PEER_KEY)
             .unwrap_or(false),
@@ -184,7 +184,7 @@ fn peer(s: &FileShared, base: Option<&Path>) -> Result<Option<PeerSettings>, Con
         return Err(invalid(
             "shared.peer_key",
             format!(
-                "the peer key needs {MIN_PEER_KEY} bytes or more (e.g. `openssl rand -base64 48`)"
+                "the peer key needs {MIN_PEER_KEY} characters or more, used as text (e.g. `openssl rand -base64 48`)"
             ),
         ));
     }
@@ -195,7 +195,18 @@ fn peer(s: &FileShared, base: Option<&Path>) -> Result<Option<PeerSettings>, Con
                 "give peer_address or peer_address_env, not both",
             ))
         }
-        (Some(a), None) => Some(a.clone()),
+        // An ip:port, written the one way every node writes it (the
+        // signed requests name it): host names are never dialled.
+        (Some(a), None) => Some(
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    invalid(
+                        "shared.peer_address",
+                        format!("{a:?} is no ip:port (other nodes dial addresses, never names)"),
+                    )
+                })?
+                .to_string(),
+        ),
         (None, Some(var)) => {
             let host = std::env::var(var).map_err(|_| {
                 invalid(
@@ -203,11 +214,13 @@ fn peer(s: &FileShared, base: Option<&Path>) -> Result<Option<PeerSettings>, Con
                     format!("environment variable {var} is not set"),
                 )
             })?;
-            let host = host.trim();
-            Some(match host.parse::<std::net::Ipv6Addr>() {
-                Ok(_) => format!("[{host}]:{}", listen.port()),
-                Err(_) => format!("{host}:{}", listen.port()),
-            })
+            let ip: std::net::IpAddr = host.trim().parse().map_err(|_| {
+                invalid(
+                    "shared.peer_address_env",
+                    format!("{var} holds no IP address"),
+                )
+            })?;
+            Some(std::net::SocketAddr::new(ip, listen.port()).to_string())
         }
         (None, None) => {
             if listen.ip().is_unspecified() {
@@ -219,17 +232,6 @@ fn peer(s: &FileShared, base: Option<&Path>) -> Result<Option<PeerSettings>, Con
             None
         }
     };
-    if let Some(a) = &address {
-        let ok = reqwest::Url::parse(&format!("http://{a}/"))
-            .map(|u| u.host().is_some() && u.port().is_some() && u.path() == "/")
-            .unwrap_or(false);
-        if !ok {
-            return Err(invalid(
-                "shared.peer_address",
-                format!("{a:?} is no host:port"),
-            ));
-        }
-    }
     Ok(Some(PeerSettings {
         listen,
         address,
@@ -409,7 +411,7 @@ mod tests {
         assert!(e("peer_key_file = \"peer.key\"\n").starts_with("shared.peer_listen"));
         let short = e("peer_listen = \"127.0.0.1:5052\"\npeer_key_file = \"peer.key\"\n");
         assert!(
-            short.contains("32 bytes") && !short.contains("kkkk"),
+            short.contains("32 characters") && !short.contains("kkkk"),
             "{short}"
         );
         std::fs::write(&key, "k".repeat(44)).unwrap();
@@ -419,7 +421,7 @@ mod tests {
         assert!(e(&format!(
             "{listen}\"0.0.0.0:5052\"\npeer_address = \"a/b\"\n"
         ))
-        .contains("no host:port"));
+        .contains("no ip:port"));
         let p = with(&format!(
             "{listen}\"0.0.0.0:5052\"\npeer_address = \"10.0.0.7:5052\"\n"
         ))

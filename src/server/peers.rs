@@ -36,8 +36,9 @@ use super::limits::{ConnState, Limits, PerAddress};
 /// Connections from peers at once.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Of those, from one address (a node follows at most its
-/// `cache.max_fills` fills at once, 256 at most).
-pub const MAX_PER_ADDRESS: usize = 256;
+/// `cache.max_fills` fills at once, 128 by default; past this it waits for
+/// the store instead).
+pub const MAX_PER_ADDRESS: usize = 128;
 /// The request head must arrive within this (peers are on the node
 /// network; anyone else who holds a connection open frees it soon).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);

@@ -9,8 +9,7 @@
 //! One request exists: `GET /wharf-peer/v1/blobs/<digest>`, signed with the
 //! key every node shares (`shared.peer_key_*`):
 //! `Authorization: WharfPeer t=<unix seconds>,n=<32 hex nonce>,s=<hex
-//! HMAC-SHA256(key, "wharf-peer-v1\n<method>\n<path>\n<t>\n<n>")>`. A request
-//! is accepted within [`MAX_SKEW`] of the receiver's clock, once per nonce
+//! HMAC-SHA256(key, text)>` (the text below). A request is accepted within [`MAX_SKEW`] of the receiver's clock, once per nonce
 //! (at most [`MAX_NONCES`] remembered: past that, requests are refused as
 //! busy rather than a nonce forgotten early). The signed text includes the
 //! receiver's advertised `ip:port`, so a request captured on its way to
