@@ -191,7 +191,23 @@ pub struct FillWriter {
     size: Option<u64>,
 }
 
+/// Who still reads a fill as it was written (clients and peers that joined
+/// it while it ran): for work that should not compete with them.
+pub struct FillReaders(std::sync::Weak<File>);
+
+impl FillReaders {
+    /// Readers still holding the fill (once it ended: those still sending).
+    pub fn active(&self) -> usize {
+        self.0.strong_count()
+    }
+}
+
 impl FillWriter {
+    /// A watch on this fill's readers, kept after the writer is gone.
+    pub fn readers(&self) -> FillReaders {
+        FillReaders(Arc::downgrade(&self.fill.file))
+    }
+
     pub fn digest(&self) -> &Digest {
         &self.digest
     }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use coalesce::{Coalescer, Panicked, Recover};
 pub use evict::{EvictReport, Limits, NoRoom, Reservation};
-pub use fill::{FillError, FillReader, FillWriter, Fills, Join};
+pub use fill::{FillError, FillReader, FillReaders, FillWriter, Fills, Join};
 pub use inventory::{ImageListing, Inventory, RepoListing};
 pub use meta::{
     now_millis, now_secs, BlobRecord, Kind, Kv, MemKv, Metadata, PinRecord, TagEntry, TagRecord,

@@ -246,8 +246,10 @@ impl Mirror {
                         }
                     },
                     Source::Upstream(lease) => {
+                        let readers = w.readers();
                         let result = this.fill_from_upstream(&r, &d, w).await;
-                        this.share(&r, &d, result.is_ok(), lease).await;
+                        this.share(&r, &d, result.is_ok(), lease.map(|l| (l, readers)))
+                            .await;
                         break (result, "upstream");
                     }
                 }
@@ -459,13 +461,14 @@ impl Mirror {
 
     /// After an upstream fill: uploads the verified blob to the tier (in the
     /// background), then releases the lease; on failure, releases it at
-    /// once so waiting nodes go on.
+    /// once so waiting nodes go on. With the lease come the fill's readers:
+    /// with peers, the upload waits for them (see `Tier::upload`).
     async fn share(
         &self,
         r: &Routed,
         d: &Digest,
         cached: bool,
-        lease: Option<crate::shared::Lease>,
+        lease: Option<(crate::shared::Lease, crate::cache::FillReaders)>,
     ) {
         let file = match (cached, self.tier_for(r)) {
             (true, Some(tier)) => match self.inner.cache.open_blob(d) {
@@ -477,7 +480,7 @@ impl Mirror {
         match file {
             Some((tier, file, len)) => tier.upload(d.clone(), file, len, lease),
             None => {
-                if let Some(lease) = lease {
+                if let Some((lease, _)) = lease {
                     lease.release().await;
                 }
             }

@@ -27,7 +27,13 @@ pub const MAX_PENDING_UPLOADS: usize = 256;
 impl Tier {
     /// Uploads the verified blob `d` (its cache file, `size` bytes) unless
     /// the tier has it already, then releases `lease`. Returns at once.
-    pub fn upload(&self, d: Digest, file: File, size: u64, lease: Option<Lease>) {
+    pub fn upload(
+        &self,
+        d: Digest,
+        file: File,
+        size: u64,
+        lease: Option<(Lease, crate::cache::FillReaders)>,
+    ) {
         if !self.inner.settings.write {
             return;
         }
@@ -38,13 +44,28 @@ impl Tier {
         // will), and its lease goes at once.
         let Some(queued) = self.queue_slot() else {
             tracing::debug!(digest = %d, "shared tier: upload queue full; not uploading");
-            if let Some(l) = lease {
+            if let Some((l, _)) = lease {
                 tokio::spawn(l.release());
             }
             return;
         };
         m.uploads_in_flight.inc();
         tokio::spawn(async move {
+            // With peers, the leader serves its fill's first readers (its
+            // clients, and the nodes following it) before it uploads, at
+            // most lease_ttl longer: the upload would compete with them for
+            // disk, CPU and network, and nobody needs the tier's copy
+            // meanwhile (a node that misses follows this node's lease).
+            let (lease, readers) = match lease {
+                Some((l, r)) => (Some(l), Some(r)),
+                None => (None, None),
+            };
+            if let Some(r) = readers.filter(|_| this.inner.peers.is_some()) {
+                let until = Instant::now() + this.inner.settings.lease_ttl;
+                while r.active() > 0 && Instant::now() < until {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
             let started = Instant::now();
             let result = this.upload_now(&d, Arc::new(file), size).await;
             let m = &this.inner.metrics;
