@@ -58,7 +58,11 @@
 //!    (killed, its own fill failed, too slow for `cache.fill_min_rate`),
 //!    the waiter fetches the rest from its upstream with a range request
 //!    and uploads the blob itself (create-only), so its clients never see
-//!    the leader's failure and the tier still gets the blob.
+//!    the leader's failure and the tier still gets the blob. A leader
+//!    with peers on uploads once its fill's first readers (its clients and
+//!    its followers) are done, at most `lease_ttl` after its fill: the
+//!    upload would compete with them, and meanwhile nodes that miss follow
+//!    its lease rather than wait for the store.
 //!
 //! Failure modes and their bounds:
 //! - the leader dies (`kill -9`, node lost): its waiters go on within
