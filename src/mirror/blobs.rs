@@ -571,27 +571,40 @@ impl Mirror {
                 Err(_elapsed) => pace.check(Instant::now()),
                 _ => Ok(()),
             };
-            if let Err(slow) = paced {
-                if matches!(resp, Body::Peer { .. }) {
-                    let slow = format!("{} bytes in {} s", slow.bytes, slow.window.as_secs());
-                    match resume(fed, slow).await {
-                        Ok((rest, skip)) => {
-                            resp = Body::Upstream { resp: rest, skip };
-                            resumed = true;
-                            pace = Pace::new(
-                                self.inner.fill_min_rate,
-                                self.inner.fill_rate_window,
-                                Instant::now(),
-                            );
-                            continue;
-                        }
-                        Err(e) => {
-                            why = "upstream";
-                            let _ = tx.send(Err(source_failed(e))).await;
-                            break;
-                        }
+            // A peer too slow, ended short or broken off: the rest from the
+            // upstream (unless every byte came: the writer judges them).
+            let peer_gone = match (&resp, &paced, &next) {
+                (Body::Peer { size, .. }, _, _) if fed >= *size => None,
+                (Body::Peer { .. }, Err(slow), _) => Some(format!(
+                    "{} bytes in {} s",
+                    slow.bytes,
+                    slow.window.as_secs()
+                )),
+                (Body::Peer { .. }, _, Ok(Ok(None))) => Some("ended early".to_owned()),
+                (Body::Peer { .. }, _, Ok(Err(e))) => Some(e.clone()),
+                _ => None,
+            };
+            if let Some(gone) = peer_gone {
+                match resume(fed, gone).await {
+                    Ok((rest, skip)) => {
+                        resp = Body::Upstream { resp: rest, skip };
+                        resumed = true;
+                        // The new source gets a window of its own.
+                        pace = Pace::new(
+                            self.inner.fill_min_rate,
+                            self.inner.fill_rate_window,
+                            Instant::now(),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        why = "upstream";
+                        let _ = tx.send(Err(source_failed(e))).await;
+                        break;
                     }
                 }
+            }
+            if let Err(slow) = paced {
                 let err = MirrorError::FillTooSlow {
                     upstream: source_name(&resp),
                     bytes: slow.bytes,
@@ -609,35 +622,6 @@ impl Mirror {
             let Ok(next) = next else {
                 continue; // a window ended in time: wait on
             };
-            // The peer ended cleanly but short, or broke off: the rest from
-            // the upstream (unless every byte came: the writer judges them).
-            let peer_gone = match &next {
-                Ok(None) => "ended early".to_owned(),
-                Err(e) => e.clone(),
-                Ok(Some(_)) => String::new(),
-            };
-            if let Body::Peer { size, .. } = resp {
-                if !peer_gone.is_empty() && fed < size {
-                    match resume(fed, peer_gone).await {
-                        Ok((rest, skip)) => {
-                            resp = Body::Upstream { resp: rest, skip };
-                            resumed = true;
-                            // The new source gets a window of its own.
-                            pace = Pace::new(
-                                self.inner.fill_min_rate,
-                                self.inner.fill_rate_window,
-                                Instant::now(),
-                            );
-                            continue;
-                        }
-                        Err(e) => {
-                            why = "upstream";
-                            let _ = tx.send(Err(source_failed(e))).await;
-                            break;
-                        }
-                    }
-                }
-            }
             match next {
                 Ok(Some((b, wire))) => {
                     if matches!(resp, Body::Upstream { .. }) {
