@@ -21,7 +21,9 @@ bounded in time or count.
 
 Groups: warm, rates, tls, cold, ttfb, skopeo, shared (the shared tier on a
 real SeaweedFS: a fleet of three nodes with and without it, a fresh node
-reading from it beside boto3, memory with ten uploads in flight).
+reading from it beside boto3, memory with ten uploads in flight), h2 (HTTP/2
+over TLS beside HTTP/1.1 and nginx's HTTP/2: the 512 MiB blob to 1 client and
+16 streams, manifest rates with h2load beside distribution over TLS).
 
 --quick (2 rounds, 1 s loads, no 50-client round) is for trying the script,
 not for quoting figures.
@@ -320,12 +322,16 @@ def s_time(port, cafile, secs, reuse):
 # ---------------------------------------------------------------- setup
 
 
-def distribution_config(path, port, storage, accesslog, proxy=None):
+def distribution_config(path, port, storage, accesslog, proxy=None, tls=None):
+    """`tls`: (certificate, key) to serve HTTPS (HTTP/2 negotiated by ALPN)."""
+    http = f"addr: 127.0.0.1:{port}"
+    if tls:
+        http += f", tls: {{certificate: {tls[0]}, key: {tls[1]}}}"
     text = (
         "version: 0.1\n"
         f"log: {{level: error, accesslog: {{disabled: {'false' if accesslog else 'true'}}}}}\n"
         f"storage: {{filesystem: {{rootdirectory: {storage}}}, cache: {{blobdescriptor: inmemory}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"http: {{{http}}}\n"
     )
     if proxy:
         text += f"proxy: {{remoteurl: {proxy}}}\n"
@@ -356,6 +362,12 @@ http {{
   server {{ listen 127.0.0.1:{ports['buffered']}; {common} sendfile off; output_buffers 2 256k; }}
   server {{
     listen 127.0.0.1:{ports['tls']} ssl;
+    ssl_certificate {tls_cert}; ssl_certificate_key {tls_key};
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
+    {common} sendfile off; output_buffers 2 256k;
+  }}
+  server {{
+    listen 127.0.0.1:{ports['h2']} ssl http2;
     ssl_certificate {tls_cert}; ssl_certificate_key {tls_key};
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
     {common} sendfile off; output_buffers 2 256k;
@@ -621,13 +633,14 @@ def bench(args, want, work, images, start, servers):
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
          "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench",
          "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
-    nports = {k: free_port() for k in ("sendfile", "buffered", "tls")}
+    nports = {k: free_port() for k in ("sendfile", "buffered", "tls", "h2")}
     nconf = nginx_config(work, nports, [(big["digest"], big_file),
                                         (small["digest"], blob_data(small["digest"]))], cert, key)
     nginx = start(Server("nginx", ["nginx", "-c", str(nconf), "-p", str(work)], nports["sendfile"],
                          work / "nginx.log"))
     wait_port(nports["buffered"])
     wait_port(nports["tls"])
+    wait_port(nports["h2"])
 
     class Port:  # nginx's other server blocks: same processes, other port
         def __init__(self, port, scheme="http"):
@@ -637,6 +650,16 @@ def bench(args, want, work, images, start, servers):
             return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     ngx_sf, ngx_buf, ngx_tls = Port(nports["sendfile"]), Port(nports["buffered"]), Port(nports["tls"], "https")
+    ngx_h2 = Port(nports["h2"], "https")
+    # distribution over TLS (HTTP/2 by ALPN), same storage: the h2 group's
+    # manifest rate beside wharf's.
+    dist_tls = None
+    if want("h2"):
+        dt_port = free_port()
+        distribution_config(work / "dist-tls.yml", dt_port, work / "up", accesslog=False,
+                            tls=(cert, key))
+        dist_tls = start(Server("dist-tls", ["docker-registry", "serve", str(work / "dist-tls.yml")],
+                                dt_port, work / "dist-tls.log", scheme="https"))
 
     # Warm servers: each has fetched everything once.
     wharf = start(new_wharf("warm"))
@@ -696,6 +719,9 @@ def bench(args, want, work, images, start, servers):
                 rec("tls_blob1m_get_rps", name, wrk(at.url(small_path), args.secs))
                 rec("tls_handshakes_new", name, s_time(at.port, ca, args.secs, reuse=False))
                 rec("tls_handshakes_resumed", name, s_time(at.port, ca, args.secs, reuse=True))
+        if want("h2"):
+            bench_h2(rnd, rec, args, wharf_tls, nginx, ngx_h2, ngx_tls, dist_tls, big_path,
+                     big_size, tag_path, digest_path, wharf_ca, cert)
         if want("cold"):
             for n in cold_ns:
                 order = rotate(["direct", "wharf", "proxy"], rnd)
@@ -858,6 +884,146 @@ def bench_shared(rnd, rec, work, start, servers, new_wharf_at, upstream, big_pat
         rec("uploads10_peak_mib", f"tier-{mode}", m.peak)
         node.stop()
         servers.remove(node)
+
+
+def h2load(url, args, headers=()):
+    """Runs h2load; returns (seconds, requests done). Any failed request or
+    non-2xx answer is fatal."""
+    out = run(["h2load"] + list(args) + [a for h in headers for a in ("-H", h)] + [url],
+              capture_output=True, text=True).stdout
+    m = re.search(r"finished in ([\d.]+)(m?s)", out)
+    secs = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                    r"(\d+) failed, (\d+) errored", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not req or int(req.group(5)) or int(req.group(6)) or not codes or \
+            sum(int(codes.group(i)) for i in (2, 3, 4)):
+        raise SystemExit(f"h2load against {url} saw errors:\n{out}")
+    return secs, int(req.group(3))
+
+
+def h2_rate(url, secs, streams, conns, h1=False, headers=()):
+    """Requests per second over `secs` (after a 1 s warm-up)."""
+    a = ["-D", str(secs), "--warm-up-time", "1", "-c", str(conns), "-m", str(streams),
+         "-t", "1"]
+    if h1:
+        a.append("--h1")
+    wall, done = h2load(url, a, headers)
+    return done / wall
+
+
+def curl_h2(url, cacert, size, repeat):
+    """One HTTP/2 client (curl) downloading `url` `repeat` times over one
+    connection; returns bytes per second."""
+    cmd = ["curl", "-sS", "--http2", "--fail", "--noproxy", "*", "--cacert", str(cacert),
+           "-w", "%{stderr}%{http_version} %{size_download}\n"]
+    for i in range(repeat):
+        cmd += [url, "-o", "/dev/null"]
+    t0 = time.monotonic()
+    p = run(cmd, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    lines = p.stderr.strip().splitlines()
+    if [l.split() for l in lines] != [["2", str(size)]] * repeat:
+        raise SystemExit(f"curl --http2 {url}: {lines}")
+    return repeat * size / wall
+
+
+def bench_h2(rnd, rec, args, wharf_tls, nginx, ngx_h2, ngx_tls, dist_tls, big_path, big_size,
+             tag_path, digest_path, wharf_ca, cert):
+    """Issue 17: what Go runtimes do over TLS. The 512 MiB blob to one
+    client over HTTP/1.1 and HTTP/2 (curl, 4 downloads on one connection),
+    16 streams on one connection and on four (h2load), 16 HTTP/1.1
+    connections (h2load --h1); manifest GETs by tag and digest, 16 streams on
+    one connection, beside distribution over TLS and wharf's own HTTP/1.1
+    rate. nginx (http2, TLS) is the limit."""
+    accept = [f"Accept: {MANIFEST_ACCEPT}"]
+    targets = [("wharf", wharf_tls, wharf_tls, wharf_ca, wharf_tls),
+               ("nginx", nginx, ngx_h2, cert, ngx_tls)]
+    for name, srv, h2, ca, h1 in rotate(targets, rnd):
+        with Measured(srv) as m:
+            bps = curl_h2(h2.url(big_path), ca, big_size, 4)
+        rec("h2_blob1_mbs", f"{name} h2", bps / MB)
+        rec("h2_blob1_cpu_per_gib", f"{name} h2", m.cpu / (4 * big_size / GIB))
+        with Measured(srv) as m:
+            wall, _ = parallel_downloads(1, h1.url(big_path), big_size, ca, repeat=4)
+        rec("h2_blob1_mbs", f"{name} h1", 4 * big_size / wall / MB)
+        rec("h2_blob1_cpu_per_gib", f"{name} h1", m.cpu / (4 * big_size / GIB))
+        for label, a, at in (("h2 16x1", ["-c1", "-m16"], h2), ("h2 4x4", ["-c4", "-m4"], h2),
+                             ("h1 16", ["-c16", "-m1", "--h1"], h1)):
+            with Measured(srv) as m:
+                wall, done = h2load(at.url(big_path), ["-n16", "-t1"] + a)
+            assert done == 16
+            rec("h2_blob16_mbs", f"{name} {label}", 16 * big_size / wall / MB)
+            rec("h2_blob16_cpu_per_gib", f"{name} {label}", m.cpu / (16 * big_size / GIB))
+            rec("h2_blob16_peak_mib", f"{name} {label}", m.peak)
+    regs = [("wharf", wharf_tls), ("dist", dist_tls)]
+    for name, srv in rotate(regs, rnd):
+        for what, path in (("tag", tag_path), ("digest", digest_path)):
+            rec(f"h2_manifest_{what}_rps", f"{name} h2",
+                h2_rate(srv.url(path), args.secs, 16, 1, headers=accept))
+            rec(f"h2_manifest_{what}_rps", f"{name} h1",
+                h2_rate(srv.url(path), args.secs, 1, 16, h1=True, headers=accept))
+
+
+H2_ROWS = [
+    ("h2_blob1_mbs", "TLS: 512 MiB blob, 1 client (4 on one connection)", "MB/s"),
+    ("h2_blob1_cpu_per_gib", "  server CPU per GiB", "s"),
+    ("h2_blob16_mbs", "TLS: 512 MiB blob x 16", "MB/s"),
+    ("h2_blob16_cpu_per_gib", "  server CPU per GiB", "s"),
+    ("h2_blob16_peak_mib", "  server peak RSS", "MiB"),
+    ("h2_manifest_tag_rps", "TLS: manifest GET by tag, 16 streams or conns", "req/s"),
+    ("h2_manifest_digest_rps", "TLS: manifest GET by digest, 16 streams or conns", "req/s"),
+]
+
+
+def h2_report(R, fmt, get):
+    """The h2 group's table (issue 17): every client shape beside each
+    other, median (min–max), and its targets."""
+    def spread(m, who):
+        v = R.get(m, {}).get(who)
+        if not v:
+            return None
+        return f"{fmt(statistics.median(v))} ({fmt(min(v))}–{fmt(max(v))})"
+
+    def med(m, who):
+        v = R.get(m, {}).get(who)
+        return statistics.median(v) if v else None
+
+    lines = ["", "HTTP/2 over TLS (issue 17): median (min–max); h2 = HTTP/2, h1 = HTTP/1.1, "
+             "16x1 = 16 streams on one connection, 4x4 = 4 on each of 4, h1 16 = 16 connections", "",
+             "| measure | unit | " + " | ".join(["server, client", "value"]) + " |", "|---|---|---|---|"]
+    for m, label, unit in H2_ROWS:
+        for who in sorted(R.get(m, {})):
+            lines.append(f"| {label} | {unit} | {who} | {spread(m, who)} |")
+    t = []
+
+    def target(text, ok):
+        t.append(f"- [{'x' if ok else ' '}] {text}")
+
+    w2, w1, n2 = (med("h2_blob1_mbs", k) for k in ("wharf h2", "wharf h1", "nginx h2"))
+    if w2 and w1 and n2:
+        target(f"1 client: HTTP/2 {w2 / w1:.2f} × HTTP/1.1 (≥ 0.9), {w2 / n2:.2f} × nginx's HTTP/2 (≥ 1)",
+               w2 / w1 >= 0.9 and w2 >= n2)
+    s2, s1, n16 = (med("h2_blob16_mbs", k) for k in ("wharf h2 16x1", "wharf h1 16", "nginx h2 16x1"))
+    if s2 and s1 and n16:
+        target(f"16 streams on one connection: {s2 / s1:.2f} × 16 HTTP/1.1 connections (≥ 0.9), "
+               f"{s2 / n16:.2f} × nginx's (≥ 1)", s2 / s1 >= 0.9 and s2 >= n16)
+    rss = med("h2_blob16_peak_mib", "wharf h2 16x1")
+    if rss:
+        target(f"server RSS with 16 HTTP/2 streams: {rss:.1f} MiB (≤ 48)", rss <= 48)
+    wc, nc = med("h2_blob16_cpu_per_gib", "wharf h2 16x1"), med("h2_blob16_cpu_per_gib", "nginx h2 16x1")
+    if wc and nc:
+        target(f"CPU per GiB over TLS, 16 streams: {wc:.2f} s vs nginx {nc:.2f} s (≤)", wc <= nc)
+    mt2, mt1, dt2 = (med("h2_manifest_tag_rps", k) for k in ("wharf h2", "wharf h1", "dist h2"))
+    if mt2 and mt1 and dt2:
+        target(f"manifest by tag, 16 streams: {mt2 / dt2:.1f} × distribution over TLS (≥ 10), "
+               f"{mt2 / mt1:.2f} × wharf's HTTP/1.1 (≥ 0.8)", mt2 / dt2 >= 10 and mt2 / mt1 >= 0.8)
+    hn, hr, nn = (get("tls_handshakes_new@tls", "wharf"), get("tls_handshakes_resumed@tls", "wharf"),
+                  get("tls_handshakes_new@tls", "nginx-buffered"))
+    if hn and hr and nn:
+        target(f"TLS handshakes: new {hn / nn:.2f} × nginx's (≥ 1), resumed {hr / hn:.1f} × new (≥ 2)",
+               hn >= nn and hr >= 2 * hn)
+    return lines + ["", "Targets (issue 17, HTTP/2):"] + t
 
 
 def rotate_pair(rnd):
@@ -1045,6 +1211,8 @@ def report(args, R):
         if on and off:
             starget(f"extra RSS with 10 uploads in flight: {on - off:.1f} MiB (< 16)", on - off < 16)
         lines += ["", "Targets (issue 16):"] + sc
+    if any(m.startswith("h2_") for m in R):
+        lines += h2_report(R, fmt, get)
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "target/bench"

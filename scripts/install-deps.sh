@@ -21,9 +21,10 @@ pkgs=(
 )
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),
-# wrk and ab (request rates, ab from apache2-utils) and perf (profiles).
+# wrk and ab (request rates, ab from apache2-utils), h2load (HTTP/2 loads, from
+# nghttp2-client) and perf (profiles).
 if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(nginx-light wrk apache2-utils linux-perf)
+  pkgs+=(nginx-light wrk apache2-utils linux-perf nghttp2-client)
 fi
 
 missing=()
