@@ -379,16 +379,7 @@ pub async fn serve_http(
     let per_address = Arc::new(crate::server::PerAddress::default());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "admin listener: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = crate::server::accept_or_back_off(&listener, "admin") => {
                 let Some(address) = per_address.admit(peer.ip(), ADMIN_MAX_PER_ADDRESS) else {
                     tracing::debug!(%peer, "admin listener: too many connections from this address");
                     continue;

@@ -330,6 +330,27 @@ impl Mirror {
         }
     }
 
+    /// Before a fill uses a copy keyed by digest alone (the tier's, or a
+    /// peer's): the upstream's `HEAD` confirms that this repository holds
+    /// the blob, and gives its size to check the copy against. On a refusal
+    /// the fill ends with the upstream's answer (e.g. 404 for a private
+    /// layer asked through another repository).
+    async fn confirm_for_copy(
+        &self,
+        r: &Routed,
+        d: &Digest,
+        w: Box<FillWriter>,
+    ) -> Result<(Box<FillWriter>, Option<u64>), (FillError, &'static str)> {
+        match self.upstream(r.upstream).client.head_blob(&r.repo, d).await {
+            Ok(size) => Ok((w, size)),
+            Err(e) => {
+                let e = source_failed(e);
+                self.inner.cache.abandon_fill(w, e.clone());
+                Err((e, "upstream"))
+            }
+        }
+    }
+
     /// Fills from the tier's copy, once the upstream has confirmed that the
     /// repository holds the blob (the tier is keyed by digest alone: without
     /// the check, a private layer could be read through any repository).
@@ -343,13 +364,9 @@ impl Mirror {
         let Some(tier) = self.tier_for(r) else {
             return Err(w);
         };
-        let upstream_size = match self.upstream(r.upstream).client.head_blob(&r.repo, d).await {
-            Ok(size) => size,
-            Err(e) => {
-                let e = source_failed(e);
-                self.inner.cache.abandon_fill(w, e.clone());
-                return Ok(Err((e, "upstream")));
-            }
+        let (w, upstream_size) = match self.confirm_for_copy(r, d, w).await {
+            Ok(confirmed) => confirmed,
+            Err(failed) => return Ok(Err(failed)),
         };
         let (size, stream) = match tier.read(d).await {
             Ok(read) => read,
@@ -391,13 +408,9 @@ impl Mirror {
         let Some(tier) = self.tier_for(r) else {
             return Err(w);
         };
-        let upstream_size = match self.upstream(r.upstream).client.head_blob(&r.repo, d).await {
-            Ok(size) => size,
-            Err(e) => {
-                let e = source_failed(e);
-                self.inner.cache.abandon_fill(w, e.clone());
-                return Ok((Err((e, "upstream")), false));
-            }
+        let (w, upstream_size) = match self.confirm_for_copy(r, d, w).await {
+            Ok(confirmed) => confirmed,
+            Err(failed) => return Ok((Err(failed), false)),
         };
         let (resp, peer_size) = match tier.peer_get(address, d).await {
             Ok(answer) => answer,

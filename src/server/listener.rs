@@ -72,6 +72,25 @@ impl Pulse {
     }
 }
 
+/// The next connection on `listener` (for the operator's and the peers'
+/// listeners, which answer no pulse). A failed accept (EMFILE and friends:
+/// registry clients can use up descriptors) is logged and tried again after
+/// 50 ms instead of spinning a worker thread.
+pub async fn accept_or_back_off(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(a) => return a,
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The next pulse request, or never without a receiver.
 async fn next_beat(p: &mut Option<PulseReceiver>) -> oneshot::Sender<()> {
     match p {

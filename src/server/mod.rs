@@ -38,7 +38,7 @@ use crate::tls::Tls;
 pub use body::Body;
 pub use error::RequestError;
 pub use limits::{Limits, PerAddress};
-pub use listener::{pulse, Pulse, PulseReceiver};
+pub use listener::{accept_or_back_off, pulse, Pulse, PulseReceiver};
 pub use peers::serve_peers;
 pub use probes::{healthz, metrics as metrics_response, readyz};
 

@@ -65,15 +65,7 @@ pub async fn serve_peers(
         .keep_alive(false);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "peer listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = super::accept_or_back_off(&listener, "peer") => {
                 let busy = || {
                     if let Some(t) = app.mirror.tier() {
                         t.peer_served("busy");

@@ -663,10 +663,6 @@ fn peer_get(port: u16, path: &str, key: Option<&[u8]>, t: u64, nonce: &str) -> u
     req.send().map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
-fn url_of(f: &Fleet) -> String {
-    f.up.url()
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -851,7 +847,7 @@ fn waiting_nodes_stream_the_leaders_fill_and_finish_it_from_the_upstream_if_it_d
     let victim = f.node(
         "victim",
         "forged",
-        &url_of(&f),
+        &f.up.url(),
         &format!("lease_ttl = \"3s\"\n{}", peer_lines(&f, free_port())),
     );
     assert_served(
@@ -869,6 +865,52 @@ fn waiting_nodes_stream_the_leaders_fill_and_finish_it_from_the_upstream_if_it_d
         1.0
     );
     drop(victim);
+
+    // A real client: skopeo pulls the image through two fresh nodes at once
+    // (16 MiB/s upstream); one node leads, the other follows it, and both
+    // copies are the upstream's, fetched from it once.
+    let relay16 = format!(
+        "http://127.0.0.1:{}",
+        throttled_relay(&f.rt, f.up.addr(), 16 << 20)
+    );
+    let pair: Vec<Served> = (0..2)
+        .map(|i| {
+            f.node(
+                &format!("s{i}"),
+                "peers-skopeo",
+                &relay16,
+                &peer_lines(&f, free_port()),
+            )
+        })
+        .collect();
+    let before = f.up.gets(&path);
+    let tmp = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        for (i, n) in pair.iter().enumerate() {
+            let to = tmp.path().join(format!("copy{i}"));
+            s.spawn(move || skopeo_copy(n, "library/big:1", &to));
+        }
+    });
+    assert_eq!(
+        dir_contents(&tmp.path().join("copy0")),
+        dir_contents(&tmp.path().join("copy1"))
+    );
+    assert_eq!(
+        f.up.gets(&path) - before,
+        1,
+        "the layer came from the upstream once"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the follower's read counted",
+        || {
+            pair.iter()
+                .map(|n| n.metric("wharf_shared_peer_reads_total{result=\"done\"}"))
+                .sum::<f64>()
+                == 1.0
+        },
+    );
+    drop(pair);
 
     // The leader killed while a follower streams from it: the follower's
     // client gets the whole layer, the rest from the upstream (8 MiB/s: the
