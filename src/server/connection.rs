@@ -1,6 +1,7 @@
 //! One client connection, from the first byte to the last: the TLS
 //! handshake (bounded in time), then plain HTTP/1.1 through our own loop
-//! (`sendfile`, see [`super::h1`]) or hyper for TLS and HTTP/2, whose
+//! (`sendfile`, see [`super::h1`]) or hyper for TLS and HTTP/2 (over TLS,
+//! its frames gathered into few writes by [`Gather`]), whose
 //! transport is [`Guarded`] (the write deadline; no clean close after a
 //! failed response) and which is closed after `idle_timeout` without a
 //! request. Each request carries what the connection knows of its client
@@ -27,6 +28,7 @@ use crate::access::ClientInfo;
 use crate::app::App;
 use crate::tls::Tls;
 
+use super::gather::Gather;
 use super::limits::{ConnState, Dropped, Guarded, InFlight, Limits, ServerMetrics};
 use super::{h1, handler};
 
@@ -70,7 +72,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Shared) {
                 addr: peer,
                 cert_user: leaf.and_then(|c| shared.app.access.certificate_user(c)),
             };
-            hyper_conn(s, fd, peer, client, &shared).await
+            hyper_conn(Gather::new(s), fd, peer, client, &shared).await
         }
     };
     if let Err(e) = result {

@@ -17,6 +17,7 @@
 mod body;
 mod connection;
 mod error;
+mod gather;
 pub mod h1;
 mod handler;
 mod limits;
