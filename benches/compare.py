@@ -18,6 +18,7 @@ stdout and target/bench/compare.{txt,json}. Loopback only; every load is
 bounded in time or count.
 
     python3 benches/compare.py [--rounds 5] [--secs 3] [--quick] [--only GROUPS]
+                               [--wharf BINARY]
 
 Groups: warm, rates, tls, cold, ttfb, skopeo, shared (the shared tier on a
 real SeaweedFS: a fleet of three nodes with and without it, a fresh node
@@ -517,6 +518,9 @@ def main():
     ap.add_argument("--secs", type=int, default=3, help="seconds per request-rate load")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated measure groups")
+    ap.add_argument("--wharf", metavar="BINARY", default=str(ROOT / "target/release/wharf"),
+                    help="the wharf binary to measure (default: this tree's release build), "
+                    "e.g. an older commit's, for a before/after table from one script")
     ap.add_argument("--fetch", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.fetch:
@@ -551,7 +555,7 @@ def main():
 
 
 def bench(args, want, work, images, start, servers):
-    wharf_bin = str(ROOT / "target/release/wharf")
+    wharf_bin = str(Path(args.wharf).resolve())
     env = dict(os.environ, RUST_LOG="info")
 
     # The upstream, and the image pushed into it.
