@@ -41,25 +41,6 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server's suites: AES-128-GCM first, then ring's order (AES-256-GCM,
-/// ChaCha20-Poly1305). Registry clients run on CPUs with AES instructions,
-/// where AES-128 costs about a third less per byte than AES-256 for the same
-/// standing (Go's TLS, containerd's and dockerd's, prefers it too; OpenSSL
-/// clients such as curl ask for AES-256 first).
-fn server_provider() -> Arc<CryptoProvider> {
-    use rustls::CipherSuite as S;
-    let mut p = rustls::crypto::ring::default_provider();
-    p.cipher_suites.sort_by_key(|s| {
-        !matches!(
-            s.suite(),
-            S::TLS13_AES_128_GCM_SHA256
-                | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-                | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-        )
-    });
-    Arc::new(p)
-}
-
 /// Where the server certificate comes from.
 enum Source {
     Auto {
@@ -146,7 +127,7 @@ impl Tls {
         let resolver = Arc::new(SwapResolver {
             current: RwLock::new(Arc::new(first)),
         });
-        let builder = ServerConfig::builder_with_provider(server_provider())
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = match &cfg.client_ca {
@@ -173,12 +154,6 @@ impl Tls {
         };
         let mut sc = builder.with_cert_resolver(resolver.clone());
         sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        // Our suite order, not the client's (see `server_provider`).
-        sc.ignore_client_order = true;
-        // One TLS 1.3 ticket, not rustls's two: clients keep one per server
-        // (Go and OpenSSL), and each costs a key derivation and a seal at
-        // every full handshake.
-        sc.send_tls13_tickets = 1;
         // Resumption: stateless tickets (TLS 1.3 and 1.2) plus a server-side
         // cache for clients that do not use tickets.
         sc.ticketer =

@@ -426,17 +426,6 @@ fn tls_versions_alpn_and_session_resumption() {
     let out = s_client(port, &["-CAfile", ca, "-alpn", "h2,http/1.1"]);
     assert!(out.contains("ALPN protocol: h2"), "{out}");
     assert!(out.contains("TLSv1.3"), "{out}");
-    // OpenSSL asks for AES-256-GCM first; wharf's order puts AES-128-GCM
-    // first (tls::server_provider), and still agrees to what a client
-    // limits itself to.
-    assert!(out.contains("Cipher is TLS_AES_128_GCM_SHA256"), "{out}");
-    let out = s_client(
-        port,
-        &["-CAfile", ca, "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
-    );
-    assert!(out.contains("Cipher is TLS_CHACHA20_POLY1305_SHA256"), "{out}");
-    let out = s_client(port, &["-CAfile", ca, "-tls1_2"]);
-    assert!(out.contains("ECDHE-ECDSA-AES128-GCM-SHA256"), "{out}");
     let out = s_client(port, &["-CAfile", ca, "-tls1_2", "-alpn", "http/1.1"]);
     assert!(
         out.contains("Verify return code: 0 (ok)") && out.contains("TLSv1.2"),
