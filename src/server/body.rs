@@ -374,32 +374,46 @@ impl BufferBudget {
     fn take(&self, size: usize) -> Vec<u8> {
         if let Some(c) = class_of(size) {
             let mut pool = self.pool.lock();
-            if let Some(b) = pool.by_size[c].pop() {
+            // Its own size, or else a larger one (a read fills what it
+            // wants of it, and it goes back to its own class).
+            if let Some(b) = pool.by_size[c..].iter_mut().find_map(|v| v.pop()) {
                 pool.bytes -= b.len();
                 return b;
-            }
-            // The chunk size moved to this class: chunks of the others wait
-            // for a change back that may never come; free them.
-            if pool.bytes > 0 {
-                let stale = std::mem::replace(&mut *pool, Pool::new());
-                drop(pool);
-                drop(stale);
             }
         }
         vec![0; size]
     }
 
     fn give_back(&self, buf: Vec<u8>) {
-        if let Some(c) = class_of(buf.len()) {
-            // What the running streams may hold, and the pool, together
-            // within the budget: the pool never adds to the peak.
-            let held = self.streams.load(Ordering::Relaxed) * PER_STREAM * self.chunk_size();
-            let mut pool = self.pool.lock();
-            if pool.bytes + buf.len() + held <= BUDGET {
-                pool.bytes += buf.len();
-                pool.by_size[c].push(buf);
+        let Some(c) = class_of(buf.len()) else {
+            return;
+        };
+        // What the running streams may hold (about: hyper's send buffers
+        // may hold more), and the pool, together within the budget.
+        let held = self.streams.load(Ordering::Relaxed) * PER_STREAM * self.chunk_size();
+        let room = BUDGET.saturating_sub(held);
+        if buf.len() > room {
+            return;
+        }
+        let mut pool = self.pool.lock();
+        // Make room by freeing chunks of the other sizes first: a chunk
+        // size the streams use now is worth more than an old one.
+        let mut freed = Vec::new();
+        for other in (0..CLASSES).filter(|&o| o != c) {
+            while pool.bytes + buf.len() > room {
+                let Some(b) = pool.by_size[other].pop() else {
+                    break;
+                };
+                pool.bytes -= b.len();
+                freed.push(b);
             }
         }
+        if pool.bytes + buf.len() <= room {
+            pool.bytes += buf.len();
+            pool.by_size[c].push(buf);
+        }
+        drop(pool);
+        drop(freed);
     }
 }
 
@@ -578,22 +592,30 @@ mod tests {
             assert!(class_of(size).is_some(), "{n} streams: {size}");
             assert!(size * n * PER_STREAM <= BUDGET || size == MIN_CHUNK);
         }
-        // A returned chunk is reused at its own size.
+        // A returned chunk is reused at its own size, or for a smaller one.
         b.streams.store(0, Ordering::Relaxed);
         let mut chunk = b.take(128 << 10);
         chunk[0] = 7;
         b.give_back(chunk);
         let again = b.take(128 << 10);
         assert_eq!((again.len(), again[0]), (128 << 10, 7));
-        // Asking for another size frees the chunks of the others.
         b.give_back(again);
-        assert_eq!(b.take(64 << 10).len(), 64 << 10);
+        assert_eq!(b.take(64 << 10).len(), 128 << 10);
+        assert_eq!(b.take(256 << 10).len(), 256 << 10, "never a smaller one");
         assert_eq!(b.pool.lock().bytes, 0);
         // With no stream running, the pool holds at most the budget.
         for _ in 0..(BUDGET / MAX_CHUNK + 8) {
             b.give_back(vec![0; MAX_CHUNK]);
         }
         assert_eq!(b.pool.lock().bytes, BUDGET);
+        // Chunks of the size in use push out the others.
+        b.give_back(vec![0; 64 << 10]);
+        let pool = b.pool.lock();
+        assert_eq!(
+            (pool.bytes, pool.by_size[1].len()),
+            (BUDGET - MAX_CHUNK + (64 << 10), 1)
+        );
+        drop(pool);
         // Running streams' share comes first: 16 streams of 128 KiB chunks
         // may hold 6 MiB, so the pool keeps at most 2 MiB.
         let b = BufferBudget::new();
