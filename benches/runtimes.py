@@ -191,6 +191,7 @@ class Dockerd:
         self.has_ns = False
 
     def start(self):
+        dir = self.dir
         self.certs.mkdir(parents=True)
         check(["ip", "netns", "add", self.ns])
         self.has_ns = True
@@ -447,12 +448,24 @@ class Runtimes:
             shutil.rmtree(srv.cache, ignore_errors=True)
 
     def notes(self):
-        """What each client spoke over TLS, for the report."""
+        """What each client spoke over TLS, for the report: ctr's own dump,
+        dockerd's Go HTTP/2 log, and the TLS upstream's access log (by
+        client: ctr and dockerd direct, wharf in front)."""
         h2 = self.dockerd.http2_lines() if self.dockerd else []
-        return dict(self.protocols, **{
-            "dockerd (GODEBUG=http2debug=1)": [f"{len(h2)} http2 log lines"
-                                               + (f", e.g. {h2[0][:120]}" if h2 else
-                                                  ": no HTTP/2 connection, so HTTP/1.1")]})
+        notes = dict(self.protocols)
+        notes["dockerd → wharf or upstream (GODEBUG=http2debug=1)"] = [
+            f"{len(h2)} http2 log lines" + (f", e.g. {h2[0][:120]}" if h2 else
+                                            ": no HTTP/2 connection was made")]
+        if "tls" in self.up:
+            seen = {}
+            text = self.up["tls"].logfile.read_text(errors="replace")
+            for proto, agent in re.findall(r'"[A-Z]+ \S+ (HTTP/[\d.]+)" \d+ \d+ "[^"]*" "([^"]*)"',
+                                           text):
+                who = ("ctr" if agent.startswith("containerd/") else
+                       "dockerd" if "docker/" in agent else "wharf" if "wharf" in agent else agent)
+                seen.setdefault(f"{who} → TLS upstream (its access log)", set()).add(proto)
+            notes.update({k: sorted(v) for k, v in seen.items()})
+        return notes
 
     def close(self):
         if self.dockerd is not None:
@@ -495,8 +508,10 @@ def report(R, fmt, notes):
         return f"{a / b:.2f}" if a is not None and b else "—"
 
     n = max((len(v) for v in R.get("rt_pull_s", {}).values()), default=0)
-    lines = ["", f"Runtime pulls (issue 17): median (min–max) of {n} rounds, runtime store empty "
-             "before each pull; big = 3 layers, 513 MiB; many = 40 layers of 1–8 MiB", "",
+    lines = ["", f"Runtime pulls (issue 17): seconds, median (min–max) of {n} rounds, the "
+             "runtime's store empty before each pull; big = library/bench:1 (busybox, 1 MiB, "
+             "512 MiB), many = library/many:1 (40 layers of 1–8 MiB, 199 MiB); upstream bytes "
+             "per cold or direct pull", "",
              "| runtime, transport | image | measure | unit | cold via wharf | warm via wharf "
              "| direct from upstream | cold/direct | warm/direct |", "|---|---|---|---|---|---|---|---|---|"]
     images = sorted({k.split("/")[2] for k in R.get("rt_pull_s", {})})
