@@ -553,7 +553,7 @@ def main():
         return bench(args, want, work, images, start, servers)
     finally:
         if RUNTIMES is not None:
-            RUNTIMES.close()
+            RUNTIMES.close(keep_logs=ROOT / "target/bench/runtime-logs")
         for s in servers:
             s.stop()
         if SEAWEED is not None:

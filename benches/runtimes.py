@@ -467,11 +467,21 @@ class Runtimes:
             notes.update({k: sorted(v) for k, v in seen.items()})
         return notes
 
-    def close(self):
+    def close(self, keep_logs=None):
+        """Stops what setup started; with `keep_logs`, copies the logs
+        there first (wharf's, the upstreams' access logs, the daemons')."""
         if self.dockerd is not None:
             self.dockerd.close()
         if self.ctd is not None:
             self.ctd.stop()
+        if keep_logs is not None and self.work.exists():
+            shutil.rmtree(keep_logs, ignore_errors=True)
+            keep_logs.mkdir(parents=True)
+            logs = list(self.work.glob("*.log")) + list(self.work.glob("*/*.log"))
+            if "plain" in self.up:
+                logs.append(self.up["plain"].logfile)
+            for f in logs:
+                shutil.copy(f, keep_logs / f.name)
 
 
 def rotate(items, i):
