@@ -410,7 +410,7 @@ class Runtimes:
     def one(self, rt, tr, img, mode, rec):
         repo, tag, blobs = self.images[img]
         if mode == "cold":
-            srv = self.start(self.new_wharf("cold", tr))
+            srv = self.start(self.new_wharf(f"cold-{tr}", tr))
             time.sleep(0.2)
         else:
             srv = self.warm[tr] if mode == "warm" else self.up[tr]
