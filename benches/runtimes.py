@@ -30,7 +30,10 @@ prints "unpacking", it unpacks after fetching everything; dockerd: until
 its last "Download complete", it extracts each layer as soon as that and
 the layers below it are there, so the rest is only the extraction left
 after the last byte). The upstream's bytes per cold (and direct) pull come
-from its access log, per blob.
+from its access log, per blob; CPU seconds (from /proc) of the server
+pulled from and, cold, of the upstream behind wharf: everything shares the
+machine's cores, so a cold pull through any mirror on the same machine
+pays for a second hop that a direct pull does not.
 """
 
 import json
@@ -415,21 +418,29 @@ class Runtimes:
         else:
             srv = self.warm[tr] if mode == "warm" else self.up[tr]
         up = self.up[tr]
+        cpu0 = (srv.cpu(), up.cpu())
         if rt == "ctr":
             self.ctd.fresh()
             hosts = self.ctr_hosts(srv, tr)
             off = up.logfile.stat().st_size
             total, fetch = self.ctd.pull(hosts, f"docker.io/{repo}:{tag}")
             shutil.rmtree(hosts)
+            cpu1 = (srv.cpu(), up.cpu())
             self.ctd.stop()
         else:
             self.dockerd.point(srv.port, [self.ca_of(srv)])
             self.dockerd.empty()
             off = up.logfile.stat().st_size
             total, fetch = self.dockerd.pull(f"{repo.removeprefix('library/')}:{tag}")
+            cpu1 = (srv.cpu(), up.cpu())
             self.dockerd.empty()
         key = f"{rt}/{tr}/{img}/{mode}"
         rec("rt_pull_s", key, total)
+        # CPU of the server the runtime pulls from (wharf, or the upstream
+        # direct) and, cold, of the upstream behind wharf.
+        rec("rt_server_cpu_s", key, cpu1[0] - cpu0[0])
+        if mode == "cold":
+            rec("rt_upstream_cpu_s", key, cpu1[1] - cpu0[1])
         if fetch is not None:
             rec("rt_fetch_s", key, fetch)
             rec("rt_unpack_s", key, total - fetch)
@@ -493,6 +504,8 @@ def rotate(items, i):
 
 MEASURES = [("rt_pull_s", "pull", "s"), ("rt_fetch_s", "  fetch", "s"),
             ("rt_unpack_s", "  unpack (after fetch)", "s"),
+            ("rt_server_cpu_s", "CPU of the server pulled from", "s"),
+            ("rt_upstream_cpu_s", "  CPU of the upstream behind wharf", "s"),
             ("rt_upstream_x", "upstream bytes / image", "x"),
             ("rt_blob_worst_x", "  worst blob", "x")]
 LABELS = {("ctr", "tls"): "ctr, TLS", ("ctr", "plain"): "ctr, plain HTTP",
@@ -518,7 +531,7 @@ def report(R, fmt, notes):
         return f"{a / b:.2f}" if a is not None and b else "—"
 
     n = max((len(v) for v in R.get("rt_pull_s", {}).values()), default=0)
-    lines = ["", f"Runtime pulls (issue 17): seconds, median (min–max) of {n} rounds, the "
+    lines = ["", f"Runtime pulls (issue 17): median (min–max) of {n} rounds, the "
              "runtime's store empty before each pull; big = library/bench:1 (busybox, 1 MiB, "
              "512 MiB), many = library/many:1 (40 layers of 1–8 MiB, 199 MiB); upstream bytes "
              "per cold or direct pull", "",
