@@ -24,7 +24,11 @@ Groups: warm, rates, tls, cold, ttfb, skopeo, shared (the shared tier on a
 real SeaweedFS: a fleet of three nodes with and without it, a fresh node
 reading from it beside boto3, memory with ten uploads in flight), h2 (HTTP/2
 over TLS beside HTTP/1.1 and nginx's HTTP/2: the 512 MiB blob to 1 client and
-16 streams, manifest rates with h2load beside distribution over TLS).
+16 streams, manifest rates with h2load beside distribution over TLS),
+runtime (`ctr pull` over TLS and plain HTTP, `docker pull` through
+registry-mirrors over TLS, of the 512 MiB image and a 40-layer one: cold
+and warm through wharf beside direct from the upstream; see
+benches/runtimes.py).
 
 --quick (2 rounds, 1 s loads, no 50-client round) is for trying the script,
 not for quoting figures.
@@ -37,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -45,6 +50,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import runtimes  # benches/runtimes.py: the runtime group
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK = os.sysconf("SC_CLK_TCK")
@@ -544,9 +551,13 @@ def main():
         servers.append(s)
         return s.start()
 
+    # SIGTERM unwinds like Ctrl-C: daemons, namespaces and mounts go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return bench(args, want, work, images, start, servers)
     finally:
+        if RUNTIMES is not None:
+            RUNTIMES.close(keep_logs=ROOT / "target/bench/runtime-logs")
         for s in servers:
             s.stop()
         if SEAWEED is not None:
@@ -677,6 +688,10 @@ def bench(args, want, work, images, start, servers):
             run(curl_args(s.url(p), ca) + ["-o", "/dev/null"])
     time.sleep(2)  # let fills finish their fsync
     big_size, small_size = big["size"], small["size"]
+    if want("runtime"):
+        global RUNTIMES
+        RUNTIMES = runtimes.Runtimes(work, start, servers, Server, wharf_bin, env, free_port)
+        RUNTIMES.setup(images, upstream, work / "up")
 
     R = {}  # measure -> server -> [values]
 
@@ -771,6 +786,8 @@ def bench(args, want, work, images, start, servers):
                 if srv is not upstream:
                     srv.stop()
                     servers.remove(srv)
+        if want("runtime"):
+            RUNTIMES.round(rnd, rec)
         if want("shared"):
             bench_shared(rnd, rec, work, start, servers, new_wharf_at, upstream, big_path, big_size,
                          big_file, extra_blobs)
@@ -1040,6 +1057,7 @@ def rotate(items, i):
 
 
 SEAWEED = None
+RUNTIMES = None
 
 
 # ---------------------------------------------------------------- report
@@ -1217,13 +1235,16 @@ def report(args, R):
         lines += ["", "Targets (issue 16):"] + sc
     if any(m.startswith("h2_") for m in R):
         lines += h2_report(R, fmt, get)
+    if any(m.startswith("rt_") for m in R):
+        lines += runtimes.report(R, fmt, RUNTIMES.notes())
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "target/bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.txt").write_text(text)
+    extra = {"runtime_protocols": RUNTIMES.notes()} if RUNTIMES is not None else {}
     (out / "compare.json").write_text(json.dumps({"date": date, "rounds": args.rounds,
-                                                  "raw": R, "median": med}, indent=1))
+                                                  "raw": R, "median": med, **extra}, indent=1))
 
 
 if __name__ == "__main__":

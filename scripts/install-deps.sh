@@ -22,7 +22,8 @@ pkgs=(
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),
 # wrk and ab (request rates, ab from apache2-utils), h2load (HTTP/2 loads, from
-# nghttp2-client) and perf (profiles).
+# nghttp2-client) and perf (profiles). Its runtime group drives containerd,
+# docker.io, socat and skopeo from the list above.
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(nginx-light wrk apache2-utils linux-perf nghttp2-client)
 fi
