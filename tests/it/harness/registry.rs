@@ -39,10 +39,22 @@ pub struct Upstream {
     pub token: Option<TokenServer>,
     config: PathBuf,
     log: PathBuf,
+    /// Serving HTTPS (and HTTP/2 by ALPN): the CA that signed its certificate.
+    tls_ca: Option<PathBuf>,
 }
 
 impl Upstream {
     pub fn start(auth: Auth, rt: &tokio::runtime::Runtime) -> Upstream {
+        Upstream::start_as(auth, rt, false)
+    }
+
+    /// A registry over TLS, its certificate minted by a CA of its own
+    /// ([`Upstream::ca_file`]): Go's server offers HTTP/2 to whoever asks.
+    pub fn start_tls(rt: &tokio::runtime::Runtime) -> Upstream {
+        Upstream::start_as(Auth::None, rt, true)
+    }
+
+    fn start_as(auth: Auth, rt: &tokio::runtime::Runtime, tls: bool) -> Upstream {
         require(&["docker-registry", "skopeo", "htpasswd", "openssl"]);
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -88,11 +100,26 @@ impl Upstream {
                 s
             }
         };
+        let (tls_ca, tls_yaml) = if tls {
+            let ca = wharf::tls::Ca::load_or_create(&dir.path().join("ca")).unwrap();
+            let (chain, key) = ca.issue_server(&["127.0.0.1".to_owned()]).unwrap();
+            let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&cert_file, chain).unwrap();
+            std::fs::write(&key_file, key).unwrap();
+            let yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert_file.display(),
+                key_file.display()
+            );
+            (Some(ca.cert_path()), yaml)
+        } else {
+            (None, String::new())
+        };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  accesslog:\n    disabled: false\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+                "version: 0.1\nlog:\n  accesslog:\n    disabled: false\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_yaml}{auth_yaml}",
                 dir.path().join("data").display()
             ),
         )
@@ -107,6 +134,7 @@ impl Upstream {
             token,
             config,
             log,
+            tls_ca,
         };
         u.resume();
         u
@@ -160,7 +188,33 @@ impl Upstream {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA file of an upstream started with [`Upstream::start_tls`].
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls_ca.as_deref()
+    }
+
+    /// The method and protocol (`HTTP/1.1`, `HTTP/2.0`) of each request for
+    /// a path starting with `path_prefix`, in order, from the access log.
+    pub fn protocols(&self, path_prefix: &str) -> Vec<(String, String)> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("] \"")?;
+                let (request, _) = rest.split_once('"')?;
+                let mut parts = request.split(' ');
+                let (method, path, proto) = (parts.next()?, parts.next()?, parts.next()?);
+                path.starts_with(path_prefix)
+                    .then(|| (method.to_owned(), proto.to_owned()))
+            })
+            .collect()
     }
 
     /// The registry's on-disk storage (to corrupt content on purpose).
