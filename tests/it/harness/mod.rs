@@ -106,12 +106,23 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// A loopback port nothing listens on now, and never handed out before in
+/// this test: a port reserved for a process started later (a fleet node's
+/// peer listener) is closed until then, and the kernel may offer it again.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Runs a command, panicking with its output if it fails.
