@@ -52,6 +52,7 @@ import urllib.request
 from pathlib import Path
 
 import runtimes  # benches/runtimes.py: the runtime group
+from runtimes import rotate  # the order of servers or cases in round i
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK = os.sysconf("SC_CLK_TCK")
@@ -698,10 +699,6 @@ def bench(args, want, work, images, start, servers):
     def rec(measure, server, value):
         R.setdefault(measure, {}).setdefault(server, []).append(value)
 
-    def rotate(items, i):
-        i %= len(items)
-        return items[i:] + items[:i]
-
     blob_targets = [("wharf", wharf, wharf, None), ("proxy", proxy, proxy, None),
                     ("dist", dist, dist, None), ("nginx-sendfile", nginx, ngx_sf, None),
                     ("nginx-buffered", nginx, ngx_buf, None)]
@@ -1049,11 +1046,6 @@ def h2_report(R, fmt, get):
 
 def rotate_pair(rnd):
     return ["none", "on"] if rnd % 2 == 0 else ["on", "none"]
-
-
-def rotate(items, i):
-    i %= len(items)
-    return items[i:] + items[:i]
 
 
 SEAWEED = None

@@ -496,6 +496,7 @@ class Runtimes:
 
 
 def rotate(items, i):
+    """`items` rotated by round `i`: each goes first in turn (compare.py too)."""
     i %= len(items)
     return items[i:] + items[:i]
 
