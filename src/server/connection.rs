@@ -41,7 +41,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub app: Arc<App>,
     pub tls: Option<Arc<Tls>>,
-    pub hyper: auto::Builder<TokioExecutor>,
+    /// hyper for HTTP/1.1 over TLS: ALPN `http/1.1`, or none (HTTP/2 over
+    /// TLS requires ALPN, RFC 9113 §3.3), so no read to sniff the version.
+    pub http1: auto::Builder<TokioExecutor>,
+    /// hyper for HTTP/2: ALPN `h2`, or the prior-knowledge preface on a
+    /// plain connection.
+    pub http2: auto::Builder<TokioExecutor>,
     /// Becomes true when connections should stop between requests.
     pub stopped: watch::Receiver<bool>,
     pub limits: Arc<Limits>,
@@ -72,7 +77,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Shared) {
                 addr: peer,
                 cert_user: leaf.and_then(|c| shared.app.access.certificate_user(c)),
             };
-            hyper_conn(Gather::new(s), fd, peer, client, &shared).await
+            let hyper = match s.get_ref().1.alpn_protocol() {
+                Some(b"h2") => &shared.http2,
+                _ => &shared.http1,
+            };
+            hyper_conn(hyper, Gather::new(s), fd, peer, client, &shared).await
         }
     };
     if let Err(e) = result {
@@ -93,7 +102,7 @@ async fn plain(stream: TcpStream, peer: SocketAddr, shared: Shared) -> ConnResul
     match h1::serve(stream, &shared, client.clone()).await {
         Ok(Some((stream, read))) => {
             let io = h1::Rewind::new(stream, read);
-            hyper_conn(io, fd, peer, client, &shared).await
+            hyper_conn(&shared.http2, io, fd, peer, client, &shared).await
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e.into()),
@@ -103,6 +112,7 @@ async fn plain(stream: TcpStream, peer: SocketAddr, shared: Shared) -> ConnResul
 /// Serves a connection with hyper until it ends, the server stops, or it
 /// has been idle (no request in flight) for `idle_timeout`.
 async fn hyper_conn<T>(
+    hyper: &auto::Builder<TokioExecutor>,
     io: T,
     fd: std::os::fd::RawFd,
     peer: SocketAddr,
@@ -122,7 +132,7 @@ where
         peer,
     );
     let svc = service(&shared.app, client, state.clone());
-    let conn = shared.hyper.serve_connection(TokioIo::new(io), svc);
+    let conn = hyper.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stop = shared.stopped.clone();
     let mut closing = false;

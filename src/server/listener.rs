@@ -118,7 +118,8 @@ impl Listener {
             shared: Shared {
                 app,
                 tls,
-                hyper: hyper_builder(&limits),
+                http1: hyper_builder(&limits).http1_only(),
+                http2: hyper_builder(&limits).http2_only(),
                 bodies: Arc::new(Semaphore::new(limits.max_connections)),
                 stopped,
                 limits: Arc::new(limits),
