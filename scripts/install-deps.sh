@@ -18,6 +18,8 @@ pkgs=(
   runc binutils python3-yaml  # wharf's image (scripts/build-image.sh: objcopy,
                     # the index's name) run by ctr; GKE's node-pool file read in tests/it/image.rs
   systemd-container debootstrap  # a real systemd (nspawn --boot) for tests/it/systemd.rs
+  chromium fonts-dejavu-core  # the status page in a real browser (tests/it/status.rs,
+                    # scripts/screenshot.sh); DejaVu: the same glyphs on every machine
 )
 
 # The benchmark (benches/compare.py) also drives nginx (the physical limit),

@@ -1,8 +1,8 @@
 //! The running application's parts, built once from the configuration and
 //! handed to the registry server and the admin listener: the [`Mirror`]
 //! (what is served from where), [`Access`] (who may pull what), the
-//! [`Syncer`] (sync rules, run on their schedules and on demand) and the
-//! metrics registry. Owns no behaviour of its own: the server asks `access`
+//! [`Syncer`] (sync rules, run on their schedules and on demand), the
+//! metrics registry and the status page's own records. Owns no behaviour of its own: the server asks `access`
 //! before it asks `mirror`, and each part counts into `metrics`.
 
 use std::path::Path;
@@ -26,6 +26,11 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// No admin listener: `/metrics` is served on the main one.
     pub metrics_on_main: bool,
+    /// What only the status page keeps: failed requests, traffic samples,
+    /// bundle imports.
+    pub status: crate::status::Records,
+    /// Who may open the status page besides 127.0.0.1 and ::1.
+    pub status_networks: Vec<ipnet::IpNet>,
 }
 
 impl App {
@@ -59,7 +64,26 @@ impl App {
             .iter()
             .map(|p| crate::bundle::load_public_key(p))
             .collect::<Result<Vec<_>, _>>()?;
-        crate::airgap::import_bundle(&self.mirror, &keys, self.max_size, req, emit).await
+        let bundle = req.dir.file_name().map_or_else(
+            || req.dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        self.status.import_started(&bundle);
+        let seen = |e: crate::airgap::Event| {
+            self.status.import_event(&e);
+            emit(e)
+        };
+        let r = crate::airgap::import_bundle(&self.mirror, &keys, self.max_size, req, &seen).await;
+        match &r {
+            Ok(report) => self.status.import_finished(
+                true,
+                serde_json::to_value(report).expect("reports serialize"),
+            ),
+            Err(e) => self
+                .status
+                .import_finished(false, serde_json::json!({ "error": e.to_string() })),
+        }
+        r
     }
 
     fn with_mirror(config: &Config, mirror: Mirror, metrics: Arc<Metrics>) -> Arc<App> {
@@ -82,6 +106,8 @@ impl App {
                 metrics.clone(),
             ),
             metrics_on_main: config.admin_listen.is_none(),
+            status: crate::status::Records::new(),
+            status_networks: config.status_networks.clone(),
             metrics,
         })
     }

@@ -65,6 +65,7 @@ pub mod registry;
 pub mod secret;
 pub mod server;
 pub mod shared;
+pub mod status;
 pub mod sync;
 pub mod systemd;
 pub mod tls;

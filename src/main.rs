@@ -676,13 +676,23 @@ impl Operator {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
-            tracing::info!(admin = %l.local_addr()?, "serving /metrics, /healthz and /readyz");
+            tracing::info!(admin = %l.local_addr()?, "serving /metrics, /healthz, /readyz and the status page (/)");
             tasks.push(tokio::spawn(wharf::admin::serve_http(
                 app.clone(),
                 l,
                 stopped(),
             )));
         }
+        // The status page's traffic chart: a sample every 10 s.
+        let sampler = app.clone();
+        let stop_sampling = stopped();
+        tasks.push(tokio::spawn(async move {
+            sampler
+                .status
+                .sample_until(&sampler.metrics, stop_sampling)
+                .await;
+            Ok(())
+        }));
         if let Some(tier) = app.mirror.tier() {
             if let Some(addr) = tier.peer_listen() {
                 let l = tokio::net::TcpListener::bind(addr)

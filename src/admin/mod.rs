@@ -2,7 +2,8 @@
 //!
 //! - The **admin listener** (`server.admin_listen`, plain HTTP): `/metrics`,
 //!   `/healthz` and `/readyz`, for Prometheus and probes, apart from the
-//!   registry port and its TLS and access rules.
+//!   registry port and its TLS and access rules; and the status page
+//!   ([`crate::status`]) for loopback and `server.status_networks`.
 //! - The **admin socket** (`<cache dir>/admin.sock`, mode 0600, so only
 //!   wharf's user and root): the cache operations behind `wharf ls`, `du`,
 //!   `rm`, `gc`, `pin` and `unpin`. sled allows one process per database, so
@@ -402,6 +403,7 @@ pub async fn serve_http(
                     }
                 };
                 let (app, builder) = (app.clone(), builder.clone());
+                let page = crate::status::allowed(&app, peer.ip());
                 tokio::spawn(async move {
                     let _held = (permit, address);
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -409,10 +411,14 @@ pub async fn serve_http(
                         async move {
                             let method = req.method().clone();
                             let ok = method == Method::GET || method == Method::HEAD;
-                            Ok::<_, Infallible>(match req.uri().path() {
+                            let path = req.uri().path();
+                            Ok::<_, Infallible>(match path {
                                 "/metrics" if ok => metrics_response(&m, &method),
                                 "/healthz" if ok => healthz(&method),
                                 "/readyz" if ok => readyz(&m, &method).await,
+                                _ if page && crate::status::owns(path) => {
+                                    crate::status::serve(&m, &method, path, req.uri().query()).await
+                                }
                                 _ => json_response(
                                     StatusCode::NOT_FOUND,
                                     &serde_json::json!({"error": "the admin listener serves /metrics, /healthz and /readyz"}),

@@ -79,6 +79,8 @@ pub struct Evictor {
     wake: Notify,
     /// Blobs evicted since links and tags were last pruned.
     unpruned: AtomicU64,
+    /// The last pass that evicted something: when (unix ms) and its report.
+    last: Mutex<Option<(u64, EvictReport)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -204,6 +206,7 @@ impl Pass<'_> {
                 ms = report.ms,
                 "evicted least recently used blobs"
             );
+            *e.last.lock() = Some((super::meta::now_millis(), report.clone()));
         }
         report
     }
@@ -264,8 +267,14 @@ impl Evictor {
             pass: Mutex::new(()),
             wake: Notify::new(),
             unpruned: AtomicU64::new(0),
+            last: Mutex::new(None),
             metrics,
         }
+    }
+
+    /// The last pass that evicted something: when (unix ms) and its report.
+    pub fn last_eviction(&self) -> Option<(u64, EvictReport)> {
+        self.last.lock().clone()
     }
 
     pub fn limits(&self) -> &Limits {

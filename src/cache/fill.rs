@@ -91,6 +91,22 @@ struct Fill {
     /// own access first.
     upstream: String,
     repo: RepoName,
+    started: std::time::Instant,
+}
+
+/// A fill in flight as the status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FillProgress {
+    pub digest: String,
+    pub upstream: String,
+    pub repository: String,
+    /// Bytes verified into the temp file so far.
+    pub written: u64,
+    /// The size the upstream announced, once its headers came.
+    pub size: Option<u64>,
+    /// Clients reading along (the one that started it included).
+    pub readers: usize,
+    pub seconds: f64,
 }
 
 /// The registry of fills in flight, keyed by digest.
@@ -141,6 +157,7 @@ impl Fills {
             file: temp.handle(),
             upstream: origin.upstream.to_owned(),
             repo: origin.repo.clone(),
+            started: std::time::Instant::now(),
         });
         map.insert(digest.clone(), fill.clone());
         let writer = Box::new(FillWriter {
@@ -170,6 +187,34 @@ impl Fills {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Each fill in flight, oldest first (at most `max_fills` of them).
+    pub fn progress(&self) -> Vec<FillProgress> {
+        let map = self.inflight.lock();
+        let mut out: Vec<FillProgress> = map
+            .iter()
+            .map(|(d, f)| {
+                let s = f.state.borrow();
+                let size = match s.phase {
+                    Phase::Streaming { size } => size,
+                    Phase::Done { size } => Some(size),
+                    Phase::Starting | Phase::Failed(_) => None,
+                };
+                FillProgress {
+                    digest: d.to_string(),
+                    upstream: f.upstream.clone(),
+                    repository: f.repo.to_string(),
+                    written: s.written,
+                    size,
+                    // The writer's temp file and each reader hold the file.
+                    readers: Arc::strong_count(&f.file).saturating_sub(2),
+                    seconds: f.started.elapsed().as_secs_f64(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        out
     }
 
     fn remove(&self, digest: &Digest, fill: &Arc<Fill>) {

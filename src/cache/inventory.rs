@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
+use crate::registry::index_children;
 use crate::registry::manifest::references;
 use crate::registry::{Digest, RepoName};
 
@@ -26,6 +27,19 @@ pub struct Inventory {
     /// Links to anything else (layers and configs).
     pub blob_links: Vec<(String, RepoName, Digest)>,
     children: HashMap<Digest, Vec<Digest>>,
+    /// The platforms an index lists (`os/arch[/variant]`), for indexes.
+    platforms: HashMap<Digest, Vec<String>>,
+}
+
+/// The manifest types that list other manifests.
+fn is_index(media_type: Option<&str>) -> bool {
+    matches!(
+        media_type,
+        Some(
+            "application/vnd.oci.image.index.v1+json"
+                | "application/vnd.docker.distribution.manifest.list.v2+json"
+        )
+    )
 }
 
 impl Inventory {
@@ -45,9 +59,19 @@ impl Inventory {
             }
         }
         let mut children = HashMap::new();
+        let mut platforms = HashMap::new();
         for (d, rec) in &blobs {
             if rec.kind == Kind::Manifest {
                 if let Some(bytes) = store.read(d)? {
+                    if is_index(rec.media_type.as_deref()) {
+                        let listed = index_children(&bytes)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|c| c.platform.filter(|p| !p.is_unknown()))
+                            .map(|p| p.to_string())
+                            .collect();
+                        platforms.insert(d.clone(), listed);
+                    }
                     let r = references(&bytes);
                     children.insert(d.clone(), r.manifests.into_iter().chain(r.blobs).collect());
                 }
@@ -59,6 +83,7 @@ impl Inventory {
             manifest_links,
             blob_links,
             children,
+            platforms,
         })
     }
 
@@ -178,6 +203,8 @@ impl Inventory {
                 total_blobs: closure.len(),
                 last_access_ms: last_access,
                 pinned: pinned.contains(&d),
+                media_type: self.blobs.get(&d).and_then(|b| b.media_type.clone()),
+                platforms: self.platforms.get(&d).cloned().unwrap_or_default(),
             };
             let key = (up, repo.to_string());
             repo_digests.entry(key.clone()).or_default().extend(closure);
@@ -195,7 +222,7 @@ impl Inventory {
     }
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RepoListing {
     pub upstream: String,
     pub repository: String,
@@ -205,7 +232,7 @@ pub struct RepoListing {
     pub images: Vec<ImageListing>,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ImageListing {
     /// `None`: a manifest cached by digest only.
     pub tag: Option<String>,
@@ -216,4 +243,11 @@ pub struct ImageListing {
     pub total_blobs: usize,
     pub last_access_ms: u64,
     pub pinned: bool,
+    /// The manifest's type, when cached.
+    #[serde(default)]
+    pub media_type: Option<String>,
+    /// For an index: the platforms it lists (`os/arch[/variant]`, as the
+    /// upstream wrote them; attestations left out).
+    #[serde(default)]
+    pub platforms: Vec<String>,
 }

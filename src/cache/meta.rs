@@ -20,6 +20,10 @@
 //!   left out of an index, a signing key's last sequence number, an import's
 //!   progress). Added without a schema change: older wharfs never open it.
 //!
+//! Every write outside `notes` and `meta` moves [`Metadata::generation`], so
+//! a snapshot built from the records (the status page's catalog) knows
+//! whether it is still current.
+//!
 //! Schema history: 1 kept `last_access` in seconds; 2 keeps milliseconds, so
 //! LRU order holds between pulls of the same second. [`Metadata::new`]
 //! migrates 1 to 2 in place.
@@ -150,6 +154,9 @@ pub fn now_millis() -> u64 {
 /// Typed access to the metadata, over any [`Kv`] engine.
 pub struct Metadata {
     kv: Box<dyn Kv>,
+    /// Moves on every write to `tags`, `blobs`, `links` or `pins` (not on
+    /// notes): equal generations, equal records.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn tag_key(upstream: &str, repo: &RepoName, tag: &Tag) -> Vec<u8> {
@@ -166,7 +173,10 @@ impl Metadata {
             None => kv.insert(Tree::Meta, b"schema", SCHEMA_VERSION.to_string().as_bytes())?,
             Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => {}
             Some(v) if v == b"1" => {
-                let m = Metadata { kv };
+                let m = Metadata {
+                    kv,
+                    generation: Default::default(),
+                };
                 m.migrate_1_to_2()?;
                 return Ok(m);
             }
@@ -177,7 +187,35 @@ impl Metadata {
                 )))
             }
         }
-        Ok(Metadata { kv })
+        Ok(Metadata {
+            kv,
+            generation: Default::default(),
+        })
+    }
+
+    /// See the field. Read before a scan: a snapshot stamped with it may be
+    /// newer than its stamp, never older.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), CacheError> {
+        let r = self.kv.insert(tree, key, value);
+        self.moved(tree);
+        r
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), CacheError> {
+        let r = self.kv.remove(tree, key);
+        self.moved(tree);
+        r
+    }
+
+    fn moved(&self, tree: Tree) {
+        if !matches!(tree, Tree::Notes | Tree::Meta) {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// Access times from seconds to milliseconds. Rewrites every blob record,
@@ -227,7 +265,7 @@ impl Metadata {
 
     fn put_json<T: Serialize>(&self, tree: Tree, key: &[u8], v: &T) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec(v).expect("records always serialize");
-        self.kv.insert(tree, key, &bytes)
+        self.insert(tree, key, &bytes)
     }
 
     pub fn get_tag(
@@ -257,7 +295,7 @@ impl Metadata {
     }
 
     pub fn remove_tag(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> Result<(), CacheError> {
-        self.kv.remove(Tree::Tags, &tag_key(upstream, repo, tag))
+        self.remove(Tree::Tags, &tag_key(upstream, repo, tag))
     }
 
     pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, CacheError> {
@@ -269,7 +307,7 @@ impl Metadata {
     }
 
     pub fn remove_blob(&self, d: &Digest) -> Result<(), CacheError> {
-        self.kv.remove(Tree::Blobs, d.as_str().as_bytes())
+        self.remove(Tree::Blobs, d.as_str().as_bytes())
     }
 
     /// Records a read for LRU (milliseconds), if later than the recorded one.
@@ -299,7 +337,7 @@ impl Metadata {
     /// Removes a blob record by its raw key (for records whose key or value
     /// does not parse).
     pub fn remove_blob_key(&self, key: &str) -> Result<(), CacheError> {
-        self.kv.remove(Tree::Blobs, key.as_bytes())
+        self.remove(Tree::Blobs, key.as_bytes())
     }
 
     /// Every tag: `(upstream, repository, tag, record)`. Keys that do not
@@ -339,7 +377,7 @@ impl Metadata {
     }
 
     pub fn unlink(&self, upstream: &str, repo: &RepoName, d: &Digest) -> Result<(), CacheError> {
-        self.kv.remove(Tree::Links, &link_key(upstream, repo, d))
+        self.remove(Tree::Links, &link_key(upstream, repo, d))
     }
 
     pub fn pins(&self) -> Result<Vec<(String, PinRecord)>, CacheError> {
@@ -363,7 +401,7 @@ impl Metadata {
     /// Returns whether the pattern was there.
     pub fn remove_pin(&self, pattern: &str) -> Result<bool, CacheError> {
         let had = self.kv.get(Tree::Pins, pattern.as_bytes())?.is_some();
-        self.kv.remove(Tree::Pins, pattern.as_bytes())?;
+        self.remove(Tree::Pins, pattern.as_bytes())?;
         Ok(had)
     }
 
@@ -380,7 +418,7 @@ impl Metadata {
     }
 
     pub fn remove_note(&self, key: &str) -> Result<(), CacheError> {
-        self.kv.remove(Tree::Notes, key.as_bytes())
+        self.remove(Tree::Notes, key.as_bytes())
     }
 
     /// The tags of one repository: `(tag, record)`, in key order.
@@ -406,7 +444,7 @@ impl Metadata {
     pub fn link(&self, upstream: &str, repo: &RepoName, d: &Digest) -> Result<(), CacheError> {
         let key = link_key(upstream, repo, d);
         if self.kv.get(Tree::Links, &key)?.is_none() {
-            self.kv.insert(Tree::Links, &key, b"{}")?;
+            self.insert(Tree::Links, &key, b"{}")?;
         }
         Ok(())
     }
@@ -563,6 +601,7 @@ pub(crate) mod tests {
         assert_eq!(tags[1].tag.as_str(), "1.36");
         assert_eq!(tags[1].record.digest, d.to_string());
         pins_and_links(m, &repo, &d);
+        generation_moves_on_records_only(m, &repo, &d);
         m.remove_blob(&d).unwrap();
         assert_eq!(m.get_blob(&d).unwrap(), None);
         m.flush().unwrap();
@@ -612,6 +651,34 @@ pub(crate) mod tests {
         );
         m.unlink("hub", repo, d).unwrap();
         assert!(!m.is_linked("hub", repo, d).unwrap());
+    }
+
+    fn generation_moves_on_records_only(m: &Metadata, repo: &RepoName, d: &Digest) {
+        let g = m.generation();
+        m.put_note("sync-run/x", &1).unwrap();
+        m.remove_note("sync-run/x").unwrap();
+        assert_eq!(m.generation(), g, "notes are not records");
+        let writes: [&dyn Fn(); 6] = [
+            &|| m.link("hub", repo, d).unwrap(),
+            &|| m.unlink("hub", repo, d).unwrap(),
+            &|| m.touch(d, u64::MAX / 2).unwrap(),
+            &|| {
+                let rec = PinRecord {
+                    added: 1,
+                    source: None,
+                };
+                m.add_pin("p", &rec).unwrap();
+            },
+            &|| {
+                m.remove_pin("p").unwrap();
+            },
+            &|| m.remove_tag("hub", repo, &"1.36".parse().unwrap()).unwrap(),
+        ];
+        for (i, w) in writes.iter().enumerate() {
+            let before = m.generation();
+            w();
+            assert!(m.generation() > before, "write {i} moved the generation");
+        }
     }
 
     #[test]

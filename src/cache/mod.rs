@@ -11,6 +11,7 @@
 //! Knows nothing about upstreams or HTTP; never serves a byte whose digest
 //! was not verified, and never leaves a partial blob visible.
 
+mod catalog;
 mod coalesce;
 mod content;
 mod evict;
@@ -31,9 +32,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use catalog::{Catalog, Totals};
 pub use coalesce::{Coalescer, Panicked, Recover};
 pub use evict::{EvictReport, Limits, NoRoom, Reservation};
-pub use fill::{FillError, FillReader, FillReaders, FillWriter, Fills, Join};
+pub use fill::{FillError, FillProgress, FillReader, FillReaders, FillWriter, Fills, Join};
 pub use inventory::{ImageListing, Inventory, RepoListing};
 pub use meta::{
     now_millis, now_secs, BlobRecord, Kind, Kv, MemKv, Metadata, PinRecord, TagEntry, TagRecord,
@@ -185,6 +187,8 @@ pub struct Cache {
     /// Content an operation in progress relies on (a bundle import): held
     /// like pinned content by eviction until its [`Lease`] is dropped.
     leases: parking_lot::Mutex<std::collections::HashMap<Digest, usize>>,
+    /// The last snapshot as images (`ls`, `du`, the status page).
+    catalog: catalog::CatalogSlot,
     metrics: Arc<Metrics>,
 }
 
@@ -212,6 +216,10 @@ impl Drop for Lease<'_> {
 /// `wharf du`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Usage {
+    /// The metadata generation of the catalog these figures come from (the
+    /// status page's `/api/overview` carries it too).
+    #[serde(default)]
+    pub generation: u64,
     pub dir: PathBuf,
     pub blobs: u64,
     pub manifests: u64,
@@ -272,6 +280,7 @@ impl Cache {
             fill_step: settings.fill_reserve_step.max(1),
             config_pins: settings.pins.clone(),
             leases: Default::default(),
+            catalog: Default::default(),
             hot: moka::sync::Cache::builder()
                 .max_capacity(settings.memory)
                 .weigher(|_, m: &CachedManifest| m.bytes.len().try_into().unwrap_or(u32::MAX))
@@ -321,6 +330,42 @@ impl Cache {
     /// Blob downloads in progress.
     pub fn fills_in_flight(&self) -> usize {
         self.fills.len()
+    }
+
+    /// Each blob download in progress, oldest first.
+    pub fn fills_progress(&self) -> Vec<fill::FillProgress> {
+        self.fills.progress()
+    }
+
+    /// The last eviction pass that removed something: when (unix ms), and
+    /// its report.
+    pub fn last_eviction(&self) -> Option<(u64, EvictReport)> {
+        self.evictor.last_eviction()
+    }
+
+    /// A cached manifest's bytes, read from its file without keeping it in
+    /// memory (the status page's detail view); `None` for anything not
+    /// recorded as a manifest. Blocking.
+    pub fn manifest_bytes(&self, d: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+        match self.meta.get_blob(d)? {
+            Some(rec) if rec.kind == Kind::Manifest => Ok(self.store.read(d)?),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the content is cached (its record is there). Blocking.
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.meta.get_blob(d).ok().flatten().is_some()
+    }
+
+    /// The budget and watermarks.
+    pub fn limits(&self) -> &Limits {
+        self.evictor.limits()
+    }
+
+    /// Bytes free and in all on the cache's filesystem (one `statvfs`).
+    pub fn disk_space(&self) -> Result<(u64, u64), CacheError> {
+        Ok(self.store.disk_space()?)
     }
 
     /// Whether the cache can serve: its disk takes writes (`/readyz`).

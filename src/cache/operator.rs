@@ -1,26 +1,23 @@
 //! The operator's view of the cache: `wharf ls`, `du`, `rm` and `pin`, run
 //! the same way through a live server's admin socket or on a cache no server
-//! holds. Reads the metadata as a whole ([`Inventory`]); never on a
-//! request's path.
+//! holds. Reads the metadata as a whole ([`Inventory`], or its snapshot
+//! [`super::Catalog`]); never on a request's path.
 
 use std::collections::HashSet;
 
 use crate::registry::{Digest, RepoName};
 
 use super::inventory::{Inventory, RepoListing};
-use super::meta::{now_secs, Kind, PinRecord};
+use super::meta::{now_secs, PinRecord};
 use super::pins::Pin;
-use super::{release_scratch_memory, Cache, CacheError, RemoveReport, Usage};
+use super::{Cache, CacheError, RemoveReport, Usage};
 
 impl Cache {
+    /// `wharf ls`: recorded reads flushed first, so last-pulled times are
+    /// exact.
     pub fn listing(&self) -> Result<Vec<RepoListing>, CacheError> {
         self.evictor.flush_touches(&self.meta)?;
-        let inv = Inventory::load(&self.meta, &self.store)?;
-        let pinned = inv.pinned(&self.pins()?);
-        let listing = inv.listing(&pinned);
-        drop(inv);
-        release_scratch_memory();
-        Ok(listing)
+        Ok(self.catalog()?.repos.clone())
     }
 
     /// Every committed blob and manifest with its size: what a site
@@ -52,48 +49,24 @@ impl Cache {
     }
 
     pub fn usage(&self) -> Result<Usage, CacheError> {
-        let inv = Inventory::load(&self.meta, &self.store)?;
-        let pinned = inv.pinned(&self.pins()?);
+        let catalog = self.catalog()?;
         let (disk_available, disk_size) = self.store.disk_space()?;
-        let mut upstreams: std::collections::BTreeMap<String, HashSet<Digest>> = Default::default();
-        for t in &inv.tags {
-            if let Ok(d) = t.record.digest.parse::<Digest>() {
-                upstreams
-                    .entry(t.upstream.clone())
-                    .or_default()
-                    .extend(inv.closure(&d));
-            }
-        }
-        for (up, _, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-            upstreams
-                .entry(up.clone())
-                .or_default()
-                .extend(inv.closure(d));
-        }
         let limits = self.evictor.limits();
+        let t = &catalog.totals;
         Ok(Usage {
+            generation: catalog.generation,
             dir: self.dir.clone(),
-            blobs: inv.blobs.len() as u64,
-            manifests: inv
-                .blobs
-                .values()
-                .filter(|b| b.kind == Kind::Manifest)
-                .count() as u64,
-            bytes: inv.total(),
-            pinned_bytes: inv.size_of(&pinned),
+            blobs: t.blobs,
+            manifests: t.manifests,
+            bytes: t.bytes,
+            pinned_bytes: t.pinned_bytes,
             max_size: limits.max_size,
             high_watermark: limits.high,
             low_watermark: limits.low,
             disk_available,
             disk_size,
             fills_in_flight: self.fills.len(),
-            upstreams: upstreams
-                .into_iter()
-                .map(|(u, ds)| {
-                    let size = inv.size_of(&ds);
-                    (u, size)
-                })
-                .collect(),
+            upstreams: t.upstreams.clone(),
         })
     }
 

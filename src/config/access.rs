@@ -111,7 +111,10 @@ fn login_limits(
     })
 }
 
-fn parse_networks(key: &str, list: Option<Vec<String>>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+pub(super) fn parse_networks(
+    key: &str,
+    list: Option<Vec<String>>,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     list.unwrap_or_default()
         .iter()
         .map(|n| {

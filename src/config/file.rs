@@ -219,8 +219,12 @@ pub struct FileServer {
     pub plain_http: Option<bool>,
     /// `[server.tls]`: how TLS is terminated (default: `auto = true`).
     pub tls: Option<FileTls>,
-    /// Plain-HTTP listener for /metrics, /healthz and /readyz.
+    /// Plain-HTTP listener for /metrics, /healthz, /readyz and the status
+    /// page.
     pub admin_listen: Option<String>,
+    /// Networks besides 127.0.0.1 and ::1 that may open the status page on
+    /// the admin listener (default none).
+    pub status_networks: Option<Vec<String>>,
     /// How long in-flight transfers may take to finish after SIGTERM.
     pub shutdown_grace: Option<String>,
     /// Connections served at once (registry port); at the cap wharf stops

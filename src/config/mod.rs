@@ -97,6 +97,9 @@ fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// Who may open the status page on the admin listener besides 127.0.0.1
+    /// and ::1 (`server.status_networks`).
+    pub status_networks: Vec<ipnet::IpNet>,
     pub shutdown_grace: Duration,
     /// `[server]`'s connection cap, deadlines and HTTP/2 limits.
     pub server: crate::server::Limits,
@@ -210,6 +213,7 @@ impl FileConfig {
         Ok(Config {
             listen,
             admin_listen: server.admin_listen,
+            status_networks: server.status_networks,
             shutdown_grace: server.shutdown_grace,
             server: server.limits,
             log_json,

@@ -22,6 +22,7 @@ pub(super) fn listen(f: &FileServer) -> Result<SocketAddr, ConfigError> {
 /// The rest of `[server]` beside `listen` and TLS.
 pub(super) struct ServerSection {
     pub admin_listen: Option<SocketAddr>,
+    pub status_networks: Vec<ipnet::IpNet>,
     pub shutdown_grace: Duration,
     pub limits: crate::server::Limits,
 }
@@ -58,8 +59,16 @@ impl ServerSection {
             "server.shutdown_grace",
             f.shutdown_grace.as_deref().unwrap_or("30s"),
         )?;
+        let status_networks =
+            super::access::parse_networks("server.status_networks", f.status_networks.clone())?;
+        if let Some(n) = status_networks.iter().find(|n| n.prefix_len() == 0) {
+            warnings.push(format!(
+                "server.status_networks has {n}: the status page (cached images, failed requests) is open to every address that reaches the admin listener"
+            ));
+        }
         Ok(ServerSection {
             admin_listen,
+            status_networks,
             shutdown_grace,
             limits: limits(f)?,
         })

@@ -235,6 +235,15 @@ impl Mirror {
             .collect()
     }
 
+    /// Each upstream's name and health (the status page), in config order.
+    pub fn upstream_health(&self) -> Vec<(String, crate::upstream::UpstreamHealth)> {
+        self.inner
+            .upstreams
+            .iter()
+            .map(|u| (u.cfg.name.clone(), u.client.health()))
+            .collect()
+    }
+
     /// Makes metadata (and recorded reads) durable; called on shutdown.
     pub fn flush(&self) -> Result<(), MirrorError> {
         Ok(self.inner.cache.flush()?)

@@ -35,7 +35,7 @@ pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Body> {
     let mut outcome = Outcome::default();
     let mut resp = match respond(app, &req, endpoint, &mut outcome).await {
         Ok(r) => r,
-        Err(e) => failed(&req, kind, &e),
+        Err(e) => failed(app, &req, kind, &e, &outcome),
     };
     resp.headers_mut().insert(
         "docker-distribution-api-version",
@@ -48,9 +48,36 @@ pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Body> {
 }
 
 /// The error response, logged with who is to blame (wharf's own failures
-/// with their details, which never reach the client).
-fn failed<B>(req: &Request<B>, kind: RouteKind, e: &RequestError) -> Response<Body> {
+/// with their details, which never reach the client) and kept for the status
+/// page as the client was answered (no detail, no query, no header).
+fn failed<B>(
+    app: &App,
+    req: &Request<B>,
+    kind: RouteKind,
+    e: &RequestError,
+    outcome: &Outcome,
+) -> Response<Body> {
     let r = e.response(kind);
+    // A 401 to `/v2/` is how every authenticating client starts, not a
+    // problem.
+    let challenge = kind == RouteKind::Base && r.status == StatusCode::UNAUTHORIZED;
+    if !challenge {
+        app.status.problem(crate::status::Problem {
+            at_ms: crate::cache::now_millis(),
+            method: req.method().as_str().to_owned(),
+            endpoint: kind.label(),
+            path: req.uri().path().to_owned(),
+            upstream: outcome.upstream.clone(),
+            status: r.status.as_u16(),
+            code: r.code.as_str(),
+            blame: r.blame.as_str(),
+            message: r.message.clone(),
+            client: req
+                .extensions()
+                .get::<ClientInfo>()
+                .map(|c| c.addr.ip().to_string()),
+        });
+    }
     let detail = if r.blame == crate::registry::Blame::Wharf {
         format!("{e:?}")
     } else {

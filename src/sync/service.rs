@@ -95,6 +95,9 @@ pub struct Syncer {
     mirror: Mirror,
     rules: Vec<SyncRule>,
     running: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// When each scheduled rule runs next (unix seconds), as its schedule
+    /// task chose (with jitter, so it cannot be recomputed).
+    next: parking_lot::Mutex<HashMap<String, u64>>,
     metrics: SyncMetrics,
 }
 
@@ -112,6 +115,7 @@ impl Syncer {
             mirror,
             rules,
             running,
+            next: Default::default(),
             metrics: SyncMetrics::new(registry),
         }
     }
@@ -209,6 +213,19 @@ impl Syncer {
         self.mirror.cache().note(&last_run_key(rule)).ok().flatten()
     }
 
+    /// Whether the rule is running now (on its schedule or for `wharf sync`).
+    pub fn is_running(&self, rule: &str) -> bool {
+        self.running
+            .get(rule)
+            .is_some_and(|l| l.try_lock().is_err())
+    }
+
+    /// When the rule's schedule runs it next (unix seconds); `None` for a
+    /// rule with no schedule, or before its task chose.
+    pub fn next_run_at(&self, rule: &str) -> Option<u64> {
+        self.next.lock().get(rule).copied()
+    }
+
     /// Runs each scheduled rule on its schedule until the task is aborted.
     /// A rule whose last run is older than its interval runs soon after
     /// start; a rule that is running (from `wharf sync`) skips that slot.
@@ -228,6 +245,8 @@ impl Syncer {
                         let wait = next
                             .duration_since(SystemTime::now())
                             .unwrap_or(Duration::ZERO);
+                        let at = next.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                        this.next.lock().insert(rule.name.clone(), at);
                         tracing::info!(rule = %rule.name, in_s = wait.as_secs(), "next sync run");
                         tokio::time::sleep(wait).await;
                         if let Err(e) = this.run_scheduled(&rule).await {

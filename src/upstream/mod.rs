@@ -8,7 +8,9 @@ mod policy;
 mod settings;
 
 pub use auth::{parse_challenge, Challenge, Token, TokenCache, TokenResponse};
-pub use client::{ManifestBody, ManifestHead, RateLimit, UpstreamClient, UpstreamState};
+pub use client::{
+    ManifestBody, ManifestHead, RateLimit, UpstreamClient, UpstreamHealth, UpstreamState,
+};
 pub use credentials::{BasicCredentials, CredentialSource};
 pub use policy::{registrable_domain, HostSpec};
 pub use settings::{BodyLimits, UpstreamConfig};

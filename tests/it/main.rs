@@ -22,6 +22,7 @@ mod pull;
 mod redirect;
 mod shared;
 mod site;
+mod status;
 mod systemd;
 mod tls;
 mod upstream_auth;

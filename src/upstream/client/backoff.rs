@@ -49,7 +49,47 @@ fn ratelimit_value(h: &HeaderMap, name: &str) -> Option<i64> {
     header_str(h, name)?.split(';').next()?.trim().parse().ok()
 }
 
+/// What the status page shows of an upstream's state: never its `down`
+/// reason (transport text can hold URLs with credentials in them).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UpstreamHealth {
+    pub state: super::UpstreamState,
+    /// After a connection failure: seconds until requests go out again.
+    pub retry_in_s: Option<u64>,
+    /// After a 429: seconds until requests go out again.
+    pub backoff_s: Option<u64>,
+    /// 429s in a row.
+    pub strikes: u32,
+    /// Docker Hub's `ratelimit-*`, as last seen.
+    pub ratelimit_limit: Option<i64>,
+    pub ratelimit_remaining: Option<i64>,
+    pub ratelimit_window_s: Option<u64>,
+    pub ratelimit_seen_s_ago: Option<u64>,
+}
+
 impl UpstreamClient {
+    /// The state, the waits in progress and the last rate-limit figures.
+    pub fn health(&self) -> UpstreamHealth {
+        let now = Instant::now();
+        let left = |until: Instant| (until > now).then(|| (until - now).as_secs() + 1);
+        let retry_in_s = self.down.lock().as_ref().and_then(|(u, _)| left(*u));
+        let (backoff_s, strikes) = {
+            let b = self.backoff.lock();
+            (b.until.and_then(left), b.strikes)
+        };
+        let rl = self.rate_limit();
+        UpstreamHealth {
+            state: self.state(),
+            retry_in_s,
+            backoff_s,
+            strikes,
+            ratelimit_limit: rl.and_then(|r| r.limit),
+            ratelimit_remaining: rl.map(|r| r.remaining),
+            ratelimit_window_s: rl.and_then(|r| r.window),
+            ratelimit_seen_s_ago: rl.map(|r| now.saturating_duration_since(r.seen).as_secs()),
+        }
+    }
+
     /// Refuses to send while backing off after a 429.
     pub(super) fn check_backoff(&self) -> Result<(), UpstreamError> {
         if self.offline {

@@ -45,7 +45,7 @@ use super::UpstreamError;
 mod backoff;
 
 use backoff::Backoff;
-pub use backoff::RateLimit;
+pub use backoff::{RateLimit, UpstreamHealth};
 
 pub struct UpstreamClient {
     name: String,

@@ -40,6 +40,7 @@
 //!   one bucket, direct S3 operations through `object_store`, and faults
 //!   (a volume server killed, the store stopped).
 
+pub mod browser;
 mod clients;
 mod containerd;
 mod dockerd;

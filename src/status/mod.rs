@@ -1,0 +1,335 @@
+//! The status page: what the cache holds, what it saved, what the upstreams,
+//! syncs and imports are doing, and the last failed requests, for an
+//! operator's browser; and the same figures as JSON under `/api/`, so the
+//! page and scripts read one source.
+//!
+//! Served on the admin listener to 127.0.0.1, ::1 and
+//! `server.status_networks` only (others get 404 there; `/metrics` and the
+//! probes are unaffected). Views: `/`, `/upstreams/`, `/images/?q=&page=`,
+//! `/image/?upstream=&repo=&digest=`, `/sync/`, `/problems/`; JSON at
+//! `/api/overview`, `/api/upstreams`, `/api/images`, `/api/image`,
+//! `/api/sync`, `/api/problems`.
+//!
+//! Owns: the views ([`model`]), the records only it needs ([`record`]), the
+//! HTML ([`html`], [`svg`]), its stylesheet and script, routing and headers.
+//! Must never change state (GET and HEAD only; nothing written, no catalog
+//! write-back), show a credential or wharf's internal error detail, or load
+//! anything from elsewhere (the Content-Security-Policy allows only itself).
+
+pub mod html;
+pub mod model;
+pub mod record;
+pub mod svg;
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use crate::app::App;
+use crate::server::Body;
+
+pub use record::{ImportOutcome, ImportProgress, Problem, Records};
+
+/// What a view is rendered for: its name (the navigation's current entry)
+/// and the prefix its links start with.
+pub struct Page {
+    pub view: &'static str,
+    pub base: &'static str,
+}
+
+/// Every response of the page: nothing but wharf itself may be loaded,
+/// nothing inline runs, no page may frame it, nothing is cached.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The stylesheet and script, named by a hash of their content so they can
+/// be cached for ever.
+pub mod assets {
+    use std::sync::LazyLock;
+
+    pub struct Asset {
+        body: &'static str,
+        ext: &'static str,
+        pub content_type: &'static str,
+        name: LazyLock<String>,
+    }
+
+    impl Asset {
+        pub fn name(&self) -> &str {
+            &self.name
+        }
+        pub fn body(&self) -> &'static str {
+            self.body
+        }
+        pub fn ext(&self) -> &'static str {
+            self.ext
+        }
+    }
+
+    fn named(body: &str, ext: &str) -> String {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(body.as_bytes());
+        format!("status.{}.{ext}", &hex::encode(h)[..12])
+    }
+
+    const CSS_BODY: &str = include_str!("assets/status.css");
+    const JS_BODY: &str = include_str!("assets/status.js");
+
+    pub static CSS: Asset = Asset {
+        body: CSS_BODY,
+        ext: "css",
+        content_type: "text/css; charset=utf-8",
+        name: LazyLock::new(|| named(CSS_BODY, "css")),
+    };
+    pub static JS: Asset = Asset {
+        body: JS_BODY,
+        ext: "js",
+        content_type: "text/javascript; charset=utf-8",
+        name: LazyLock::new(|| named(JS_BODY, "js")),
+    };
+}
+
+/// Whether `path` belongs to the page (everything on the admin listener
+/// but `/metrics`, `/healthz` and `/readyz`).
+pub fn owns(path: &str) -> bool {
+    !matches!(path, "/metrics" | "/healthz" | "/readyz")
+}
+
+/// Whether a peer may see the page: 127.0.0.1, ::1, or a network of
+/// `server.status_networks`.
+pub fn allowed(app: &App, ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ip == std::net::Ipv4Addr::LOCALHOST
+        || ip == std::net::Ipv6Addr::LOCALHOST
+        || app.status_networks.iter().any(|n| n.contains(&ip))
+}
+
+/// Query parameters, percent-decoded (`+` is a space, as forms send it).
+fn param(query: Option<&str>, name: &str) -> String {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn with_headers(mut resp: Response<Body>, content_type: &str, store: bool) -> Response<Body> {
+    let cache = if store {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-store"
+    };
+    let pairs = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            header::HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+        (header::CACHE_CONTROL, cache),
+    ];
+    let h = resp.headers_mut();
+    for (k, v) in pairs {
+        h.insert(k, HeaderValue::from_str(v).expect("static header values"));
+    }
+    resp
+}
+
+fn respond(
+    method: &Method,
+    status: StatusCode,
+    body: String,
+    content_type: &str,
+    store: bool,
+) -> Response<Body> {
+    let len = body.len();
+    let body = if method == Method::HEAD {
+        crate::server::full_body(bytes::Bytes::new())
+    } else {
+        crate::server::full_body(body)
+    };
+    let resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
+        .expect("valid response");
+    with_headers(resp, content_type, store)
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
+
+fn json<T: serde::Serialize>(method: &Method, status: StatusCode, v: &T) -> Response<Body> {
+    let text = serde_json::to_string(v).expect("views serialize");
+    respond(method, status, text, JSON, false)
+}
+
+/// Answers a request for the page on the admin listener (the caller checked
+/// [`owns`] and [`allowed`]).
+pub async fn serve(
+    app: &Arc<App>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = json(
+            method,
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "the status page is read-only: GET or HEAD"}),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if let Some(name) = path.strip_prefix("/static/") {
+        for a in [&assets::CSS, &assets::JS] {
+            if name == a.name() {
+                return respond(
+                    method,
+                    StatusCode::OK,
+                    a.body().into(),
+                    a.content_type,
+                    true,
+                );
+            }
+        }
+        return respond(
+            method,
+            StatusCode::NOT_FOUND,
+            "not found".into(),
+            "text/plain",
+            false,
+        );
+    }
+    let (api, view) = match path.strip_prefix("/api/") {
+        Some(v) => (true, v.trim_end_matches('/')),
+        None => (false, path.trim_matches('/')),
+    };
+    let view = if view.is_empty() { "overview" } else { view };
+    let (app2, view2) = (app.clone(), view.to_owned());
+    let (q, page, upstream, repo, digest) = (
+        param(query, "q"),
+        param(query, "page").parse::<usize>().unwrap_or(1),
+        param(query, "upstream"),
+        param(query, "repo"),
+        param(query, "digest"),
+    );
+    // Views read the catalog and files: off the async threads.
+    let rendered = tokio::task::spawn_blocking(move || {
+        render(&app2, &view2, api, &q, page, &upstream, &repo, &digest)
+    })
+    .await;
+    match rendered {
+        Ok(Ok((status, text))) => {
+            respond(method, status, text, if api { JSON } else { HTML }, false)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(view, error = %e, "status page: cannot read the cache");
+            json(
+                method,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"error": "cannot read the cache; see wharf's log"}),
+            )
+        }
+        Err(_) => json(
+            method,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "the view failed; see wharf's log"}),
+        ),
+    }
+}
+
+type Rendered = Result<(StatusCode, String), crate::cache::CacheError>;
+
+/// One view as JSON or HTML. Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn render(
+    app: &App,
+    view: &str,
+    api: bool,
+    q: &str,
+    page_no: usize,
+    upstream: &str,
+    repo: &str,
+    digest: &str,
+) -> Rendered {
+    let now = crate::cache::now_millis();
+    let ok = |s: String| Ok((StatusCode::OK, s));
+    let out = |name: &'static str,
+               v: &dyn erased::View,
+               html: &dyn Fn(&Page) -> maud::Markup|
+     -> Rendered {
+        if api {
+            ok(v.json())
+        } else {
+            ok(html(&Page {
+                view: name,
+                base: "",
+            })
+            .into_string())
+        }
+    };
+    match view {
+        "overview" => {
+            let o = model::overview(app)?;
+            out("overview", &o, &|p| html::overview(p, &o))
+        }
+        "upstreams" => {
+            let u = model::upstreams(app);
+            out("upstreams", &u, &|p| html::upstreams(p, now, &u))
+        }
+        "images" => {
+            let v = model::images(app, q, page_no)?;
+            out("images", &v, &|p| html::images(p, now, &v))
+        }
+        "image" => match model::image(app, upstream, repo, digest)? {
+            Some(d) => out("images", &d, &|p| html::image(p, now, &d)),
+            None => not_found(api, now, "No such image in the cache."),
+        },
+        "sync" => {
+            let v = model::sync(app);
+            out("sync", &v, &|p| html::sync(p, now, &v))
+        }
+        "problems" => {
+            let v = model::problems(app);
+            out("problems", &v, &|p| html::problems(p, &v))
+        }
+        _ => not_found(api, now, "No such view."),
+    }
+}
+
+fn not_found(api: bool, now: u64, what: &str) -> Rendered {
+    let text = if api {
+        serde_json::json!({ "error": what }).to_string()
+    } else {
+        html::not_found(&Page { view: "", base: "" }, now, what).into_string()
+    };
+    Ok((StatusCode::NOT_FOUND, text))
+}
+
+/// Serializing a view without naming its type.
+mod erased {
+    pub trait View {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> View for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("views serialize")
+        }
+    }
+}
