@@ -56,6 +56,15 @@ fn ago(now_ms: u64, ms: u64) -> String {
     }
 }
 
+/// `42 s`, `12 min`, `3 h`.
+fn span(seconds: u64) -> String {
+    match seconds {
+        0..=119 => format!("{seconds} s"),
+        120..=7199 => format!("{} min", seconds / 60),
+        _ => format!("{} h", seconds / 3600),
+    }
+}
+
 fn percent(r: Option<f64>) -> String {
     r.map_or_else(|| "—".into(), |r| format!("{:.1} %", r * 100.0))
 }
@@ -213,7 +222,7 @@ fn traffic_table(start: &Traffic, hour: &Traffic) -> Markup {
         div.scroll { table {
             thead { tr {
                 th scope="col" { span.vh { "Measure" } }
-                @for (label, _, t) in &cols { th scope="col" { (label) " (" (t.seconds / 60) " min)" } }
+                @for (label, _, t) in &cols { th scope="col" { (label) " (" (span(t.seconds)) ")" } }
             } }
             tbody {
                 tr { th scope="row" { "Hit ratio" } @for (_, id, t) in &cols { td.num data-figure={ "hit-ratio-" (id) } { (percent(t.hit_ratio)) " (" (fig(&format!("hits-{id}"), t.hits, t.hits.to_string())) " of " (fig(&format!("lookups-{id}"), t.lookups, t.lookups.to_string())) ")" } } }
@@ -517,6 +526,15 @@ mod tests {
         assert_eq!(when(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
         assert_eq!(ago(70_000, 10_000), "1 min ago");
         assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
+    }
+
+    #[test]
+    fn the_stylesheet_and_script_load_nothing() {
+        for a in [&super::assets::CSS, &super::assets::JS] {
+            for word in ["url(", "@import", "http:", "https:", "//cdn", "eval("] {
+                assert!(!a.body().contains(word), "{} holds {word}", a.name());
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A real browser: Debian's headless Chromium, run in an isolated network
 //! namespace ([`Netns::isolated`]) whose only way out is a relay to the page
 //! under test, so nothing the page asks for can load from anywhere else;
-//! and Chromium's net log says what it asked for.
+//! [`external_refs`] says whether the page asked for anything elsewhere.
+//! (Chromium's own background requests, its component updater and network
+//! time, fail there too; they are Chromium's, not the page's.)
 //!
 //! One Chromium process per visit (`--dump-dom` or `--screenshot`, a second
 //! or two each), one at a time (a lock): the suite's heavy tests already
@@ -25,12 +27,11 @@ pub struct Browser {
     visits: usize,
 }
 
-/// What one visit left: the serialized DOM (for `--dump-dom`), Chromium's
-/// console and log lines, and every URL it requested.
+/// What one visit left: the serialized DOM (for `--dump-dom`) and
+/// Chromium's console and log lines.
 pub struct Visit {
     pub dom: String,
     pub log: String,
-    pub urls: Vec<String>,
 }
 
 impl Browser {
@@ -72,7 +73,6 @@ impl Browser {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         self.visits += 1;
         let profile = self.dir.path().join(format!("profile-{}", self.visits));
-        let netlog = self.dir.path().join(format!("net-{}.json", self.visits));
         let mut c: Command = self.ns.command("timeout");
         c.args([
             "60",
@@ -101,8 +101,7 @@ impl Browser {
             "--enable-logging=stderr",
             "--v=0",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--log-net-log={}", netlog.display()));
+        .arg(format!("--user-data-dir={}", profile.display()));
         if dark {
             c.arg("--blink-settings=preferredColorScheme=0");
         } else {
@@ -114,7 +113,6 @@ impl Browser {
         assert!(out.status.success(), "chromium {path}: {log}");
         Visit {
             dom: String::from_utf8_lossy(&out.stdout).into_owned(),
-            urls: netlog_urls(&netlog),
             log,
         }
     }
@@ -129,20 +127,30 @@ impl Browser {
     }
 }
 
-/// Every `"url"` the net log recorded.
-fn netlog_urls(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// Every URL attribute of `dom` that points at another origin than
+/// `origin` (`http://host:port`): what the page would load from elsewhere.
+pub fn external_refs(dom: &str, origin: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find("\"url\":\"") {
-        rest = &rest[i + 7..];
-        if let Some(end) = rest.find('"') {
-            out.push(rest[..end].to_owned());
-            rest = &rest[end..];
+    for attr in [
+        "src=\"",
+        "href=\"",
+        "action=\"",
+        "srcset=\"",
+        "poster=\"",
+        "data=\"",
+        "xlink:href=\"",
+    ] {
+        let mut rest = dom;
+        while let Some(i) = rest.find(attr) {
+            rest = &rest[i + attr.len()..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            let v = &rest[..end];
+            let elsewhere = v.starts_with("//") || (v.contains("://") && !v.starts_with(origin));
+            if elsewhere {
+                out.push(v.to_owned());
+            }
         }
     }
-    out.sort();
-    out.dedup();
     out
 }
 
