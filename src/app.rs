@@ -68,20 +68,41 @@ impl App {
             || req.dir.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        self.status.import_started(&bundle);
+        // Ended however the call ends: a dropped import (its client went
+        // away) must not show as running for ever.
+        struct Running<'a> {
+            records: &'a crate::status::Records,
+            id: u64,
+        }
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.records.import_finished(
+                    self.id,
+                    false,
+                    serde_json::json!({ "error": "interrupted" }),
+                );
+            }
+        }
+        let running = Running {
+            records: &self.status,
+            id: self.status.import_started(&bundle),
+        };
         let seen = |e: crate::airgap::Event| {
-            self.status.import_event(&e);
+            self.status.import_event(running.id, &e);
             emit(e)
         };
         let r = crate::airgap::import_bundle(&self.mirror, &keys, self.max_size, req, &seen).await;
         match &r {
             Ok(report) => self.status.import_finished(
+                running.id,
                 true,
                 serde_json::to_value(report).expect("reports serialize"),
             ),
-            Err(e) => self
-                .status
-                .import_finished(false, serde_json::json!({ "error": e.to_string() })),
+            Err(e) => self.status.import_finished(
+                running.id,
+                false,
+                serde_json::json!({ "error": crate::status::model::redact_urls(&e.to_string()) }),
+            ),
         }
         r
     }

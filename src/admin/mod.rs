@@ -416,7 +416,19 @@ pub async fn serve_http(
                                 "/metrics" if ok => metrics_response(&m, &method),
                                 "/healthz" if ok => healthz(&method),
                                 "/readyz" if ok => readyz(&m, &method).await,
-                                _ if page && crate::status::owns(path) => {
+                                _ if page
+                                    && crate::status::owns(path)
+                                    && crate::status::host_ok(
+                                        req.uri()
+                                            .authority()
+                                            .map(|a| a.as_str())
+                                            .or_else(|| {
+                                                req.headers()
+                                                    .get(http::header::HOST)
+                                                    .and_then(|h| h.to_str().ok())
+                                            }),
+                                    ) =>
+                                {
                                     crate::status::serve(&m, &method, path, req.uri().query()).await
                                 }
                                 _ => json_response(

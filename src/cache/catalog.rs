@@ -23,8 +23,10 @@ pub struct Catalog {
     /// The metadata generation read before the scan: the snapshot is at
     /// least this new.
     pub generation: u64,
-    /// When it was built (ms since the epoch).
+    /// When it was built (ms since the epoch, for people; its age is
+    /// measured on the monotonic clock).
     pub built_ms: u64,
+    built_at: Instant,
     /// How long building it took.
     pub build_time: Duration,
     /// Repositories in (upstream, repository) order.
@@ -87,6 +89,7 @@ impl Catalog {
         Catalog {
             generation,
             built_ms: now_millis(),
+            built_at: Instant::now(),
             build_time: started.elapsed(),
             repos,
             totals,
@@ -116,15 +119,26 @@ impl Cache {
     pub fn catalog_within(&self, fresh: Duration) -> Result<Arc<Catalog>, CacheError> {
         let usable = |c: &Option<Arc<Catalog>>| {
             let c = c.as_ref()?;
-            let age = Duration::from_millis(now_millis().saturating_sub(c.built_ms));
             let current = c.generation == self.meta.generation();
-            (current || (!fresh.is_zero() && age < fresh.max(c.build_time * 10))).then(|| c.clone())
+            let recent = !fresh.is_zero() && c.built_at.elapsed() < fresh.max(c.build_time * 10);
+            (current || recent).then(|| c.clone())
         };
         if let Some(c) = usable(&self.catalog.current.lock()) {
             return Ok(c);
         }
-        // One build at a time; whoever waited for it takes its result.
-        let _building = self.catalog.building.lock();
+        // One build at a time. A view takes the last catalog while another
+        // is being built; `ls` and `du` (fresh = 0) wait for it.
+        let _building = if fresh.is_zero() {
+            self.catalog.building.lock()
+        } else {
+            match self.catalog.building.try_lock() {
+                Some(b) => b,
+                None => match self.catalog.current.lock().clone() {
+                    Some(c) => return Ok(c),
+                    None => self.catalog.building.lock(),
+                },
+            }
+        };
         if let Some(c) = usable(&self.catalog.current.lock()) {
             return Ok(c);
         }

@@ -31,8 +31,11 @@ pub struct Inventory {
     platforms: HashMap<Digest, Vec<String>>,
 }
 
+/// Platforms of an index listed per image (`wharf ls`, the status page).
+const MAX_PLATFORMS: usize = 32;
+
 /// The manifest types that list other manifests.
-fn is_index(media_type: Option<&str>) -> bool {
+pub fn is_index(media_type: Option<&str>) -> bool {
     matches!(
         media_type,
         Some(
@@ -64,12 +67,19 @@ impl Inventory {
             if rec.kind == Kind::Manifest {
                 if let Some(bytes) = store.read(d)? {
                     if is_index(rec.media_type.as_deref()) {
-                        let listed = index_children(&bytes)
+                        let all: Vec<String> = index_children(&bytes)
                             .unwrap_or_default()
                             .into_iter()
                             .filter_map(|c| c.platform.filter(|p| !p.is_unknown()))
                             .map(|p| p.to_string())
                             .collect();
+                        // An upstream's index may list thousands: the
+                        // listing names the first few and how many more.
+                        let mut listed: Vec<String> =
+                            all.iter().take(MAX_PLATFORMS).cloned().collect();
+                        if all.len() > MAX_PLATFORMS {
+                            listed.push(format!("… {} more", all.len() - MAX_PLATFORMS));
+                        }
                         platforms.insert(d.clone(), listed);
                     }
                     let r = references(&bytes);

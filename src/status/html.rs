@@ -392,6 +392,7 @@ pub fn image(page: &Page, now_ms: u64, d: &ImageDetail) -> Markup {
                 }
             } }
         }
+        @if d.more > 0 { p.note { "… and " (d.more) " more not shown." } }
         @if let Some(m) = &d.manifest {
             details { summary { "Manifest" } pre { code { (m) } } }
         }
@@ -435,7 +436,7 @@ pub fn sync(page: &Page, now_ms: u64, v: &SyncView) -> Markup {
         }
         section aria-labelledby="imports-h" {
             h2 #imports-h { "Bundle imports" }
-            @if let Some(p) = &v.import_running {
+            @for p in &v.imports_running {
                 p {
                     "Importing " code { (p.bundle) } " since " (when(p.started_ms)) ": "
                     progress value=(p.copied) max=(p.bytes.max(1)) {} " "
@@ -443,7 +444,7 @@ pub fn sync(page: &Page, now_ms: u64, v: &SyncView) -> Markup {
                     " (" (p.blobs) " blobs; " (p.present) " already here)."
                 }
             }
-            @if v.imports.is_empty() && v.import_running.is_none() {
+            @if v.imports.is_empty() && v.imports_running.is_empty() {
                 p { "No bundle imported since start." }
             } @else if !v.imports.is_empty() {
                 div.scroll { table {

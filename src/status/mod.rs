@@ -4,7 +4,8 @@
 //! page and scripts read one source.
 //!
 //! Served on the admin listener to 127.0.0.1, ::1 and
-//! `server.status_networks` only (others get 404 there; `/metrics` and the
+//! `server.status_networks` only, and only under an address or `localhost`
+//! as its host (DNS rebinding); others get 404 there (`/metrics` and the
 //! probes are unaffected). Views: `/`, `/upstreams/`, `/images/?q=&page=`,
 //! `/image/?upstream=&repo=&digest=`, `/sync/`, `/problems/`; JSON at
 //! `/api/overview`, `/api/upstreams`, `/api/images`, `/api/image`,
@@ -105,6 +106,26 @@ pub fn allowed(app: &App, ip: std::net::IpAddr) -> bool {
         || app.status_networks.iter().any(|n| n.contains(&ip))
 }
 
+/// Whether the request names wharf by an address or `localhost`: a page
+/// elsewhere that rebinds its own DNS name to 127.0.0.1 (DNS rebinding)
+/// reaches the page with its name in `Host`, and gets 404.
+pub fn host_ok(authority: Option<&str>) -> bool {
+    let Some(a) = authority else {
+        return false;
+    };
+    let host = match a.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => a.rsplit_once(':').map_or(a, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                a
+            }
+        }),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Query parameters, percent-decoded (`+` is a space, as forms send it).
 fn param(query: Option<&str>, name: &str) -> String {
     query
@@ -170,6 +191,9 @@ fn respond(
     with_headers(resp, content_type, store)
 }
 
+/// Views rendered at once (each on a blocking thread).
+const RENDERS_AT_ONCE: usize = 4;
+
 const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 
@@ -229,7 +253,13 @@ pub async fn serve(
         param(query, "repo"),
         param(query, "digest"),
     );
-    // Views read the catalog and files: off the async threads.
+    // Views read the catalog and files: off the async threads, and at most
+    // a few at once, so page views never hold the blocking threads the
+    // registry's file work needs.
+    static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RENDERS_AT_ONCE);
+    let Ok(_permit) = RENDERS.acquire().await else {
+        unreachable!("the semaphore is never closed")
+    };
     let rendered = tokio::task::spawn_blocking(move || {
         render(&app2, &view2, api, &q, page, &upstream, &repo, &digest)
     })
@@ -331,5 +361,43 @@ mod erased {
         fn json(&self) -> String {
             serde_json::to_string(self).expect("views serialize")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_name_the_page() {
+        for ok in [
+            "127.0.0.1:9090",
+            "localhost:9090",
+            "LOCALHOST",
+            "[::1]:9090",
+            "10.0.0.5",
+            "[fe80::1]",
+        ] {
+            assert!(host_ok(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:9090",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "",
+            "localhost.evil",
+        ] {
+            assert!(!host_ok(Some(bad)), "{bad}");
+        }
+        assert!(!host_ok(None));
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let q = Some("q=a%2Fb+c&page=2&x");
+        assert_eq!(param(q, "q"), "a/b c");
+        assert_eq!(param(q, "page"), "2");
+        assert_eq!(param(q, "x"), "");
+        assert_eq!(param(None, "q"), "");
     }
 }

@@ -23,11 +23,32 @@ use super::{ImportOutcome, ImportProgress, Problem};
 
 /// Repositories per page of the Images view.
 pub const PER_PAGE: usize = 50;
+/// Layers or index entries shown in one image's detail.
+pub const MAX_ROWS: usize = 1000;
+/// Indexes of a repository searched for an entry's digest.
+const MAX_INDEXES_SEARCHED: usize = 32;
+/// A manifest larger than this is shown cut, not pretty-printed.
+const MAX_MANIFEST_SHOWN: usize = 64 << 10;
 /// Longest search accepted (bytes).
 pub const MAX_QUERY: usize = 128;
 /// How stale the catalog a view shows may be while the cache changes (see
 /// `Cache::catalog_within`).
 pub const CATALOG_FRESH: Duration = Duration::from_secs(10);
+
+/// `text` with every URL cut to its scheme and host: transport errors (sync
+/// failures, import errors) carry reqwest's URLs, which may hold a
+/// pre-signed query, a token or `user:password@`. Only the host stays.
+pub fn redact_urls(text: &str) -> String {
+    static URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?i)\b([a-z][a-z0-9+.-]*)://([^\s/?#"'<>]*)[^\s"'<>),;]*"#)
+            .expect("a valid pattern")
+    });
+    URL.replace_all(text, |c: &regex::Captures<'_>| {
+        let host = c[2].rsplit('@').next().unwrap_or("");
+        format!("{}://{host}/…", &c[1])
+    })
+    .into_owned()
+}
 
 /// Lookups answered from the cache over all lookups: `hit`, `revalidated`
 /// and `stale` over every `wharf_cache_results_total` result but `pass`.
@@ -408,6 +429,8 @@ pub struct ImageDetail {
     pub blobs: Vec<BlobRow>,
     /// An index's entries.
     pub children: Vec<ChildRow>,
+    /// Rows past [`MAX_ROWS`] not shown.
+    pub more: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -446,22 +469,27 @@ pub fn image(
         return Ok(None);
     };
     let rows: Vec<_> = repo.images.iter().filter(|i| i.digest == digest).collect();
-    let mut bytes = cache.manifest_bytes(&d)?;
     if rows.is_empty() {
-        // An entry of an index listed here?
-        let listed_child = repo.images.iter().any(|i| {
-            !i.platforms.is_empty()
-                && i.digest
+        // An entry of an index listed here? (The first few indexes only:
+        // each is a file to read.)
+        let listed_child = repo
+            .images
+            .iter()
+            .filter(|i| crate::cache::is_index(i.media_type.as_deref()))
+            .take(MAX_INDEXES_SEARCHED)
+            .any(|i| {
+                i.digest
                     .parse()
                     .ok()
                     .and_then(|p| cache.manifest_bytes(&p).ok().flatten())
                     .and_then(|b| crate::registry::index_children(&b))
                     .is_some_and(|c| c.iter().any(|c| c.digest == d))
-        });
+            });
         if !listed_child {
             return Ok(None);
         }
     }
+    let bytes = cache.manifest_bytes(&d)?;
     let media_type = rows.first().and_then(|r| r.media_type.clone()).or_else(|| {
         let b = bytes.as_ref()?;
         let v: serde_json::Value = serde_json::from_slice(b).ok()?;
@@ -470,10 +498,12 @@ pub fn image(
     let cached = |d: &crate::registry::Digest| cache.has_blob(d);
     let mut blobs = Vec::new();
     let mut children = Vec::new();
+    let mut more = 0;
     if let Some(b) = &bytes {
         match crate::registry::index_children(b) {
             Some(kids) => {
-                for c in kids {
+                more = kids.len().saturating_sub(MAX_ROWS);
+                for c in kids.into_iter().take(MAX_ROWS) {
                     children.push(ChildRow {
                         cached: cached(&c.digest),
                         digest: c.digest.to_string(),
@@ -482,7 +512,9 @@ pub fn image(
                 }
             }
             None => {
-                for (d, size) in crate::registry::manifest::blob_descriptors(b) {
+                let all = crate::registry::manifest::blob_descriptors(b);
+                more = all.len().saturating_sub(MAX_ROWS);
+                for (d, size) in all.into_iter().take(MAX_ROWS) {
                     blobs.push(BlobRow {
                         cached: cached(&d),
                         digest: d.to_string(),
@@ -492,12 +524,20 @@ pub fn image(
             }
         }
     }
-    let manifest = bytes.take().map(|b| {
-        let pretty = serde_json::from_slice::<serde_json::Value>(&b)
-            .ok()
-            .and_then(|v| serde_json::to_string_pretty(&v).ok())
-            .unwrap_or_else(|| String::from_utf8_lossy(&b).into_owned());
-        cut(&pretty, 64 << 10).to_owned()
+    // Pretty-printed when small; a large manifest is shown as cut.
+    let manifest = bytes.map(|b| {
+        if b.len() <= MAX_MANIFEST_SHOWN {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| String::from_utf8_lossy(&b).into_owned())
+        } else {
+            format!(
+                "{}… ({} bytes in all)",
+                String::from_utf8_lossy(&b[..MAX_MANIFEST_SHOWN]),
+                b.len()
+            )
+        }
     });
     Ok(Some(ImageDetail {
         upstream: upstream.to_owned(),
@@ -514,13 +554,14 @@ pub fn image(
         manifest,
         blobs,
         children,
+        more,
     }))
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SyncView {
     pub rules: Vec<RuleView>,
-    pub import_running: Option<ImportProgress>,
+    pub imports_running: Vec<ImportProgress>,
     pub imports: Vec<ImportOutcome>,
 }
 
@@ -549,17 +590,20 @@ pub fn sync(app: &App) -> SyncView {
             running: app.sync.is_running(&r.name),
             next_run: app.sync.next_run_at(&r.name),
             last: app.sync.last_run(&r.name).map(|mut s| {
-                // What a page can show: the counts and failures, not the
-                // list of every reference synced.
+                // What a page can show: the counts and failures (their
+                // reasons without URLs), not every reference synced.
                 s.refs.clear();
+                for f in &mut s.failed {
+                    f.reason = redact_urls(&f.reason);
+                }
                 s
             }),
         })
         .collect();
-    let (import_running, imports) = app.status.imports();
+    let (imports_running, imports) = app.status.imports();
     SyncView {
         rules,
-        import_running,
+        imports_running,
         imports,
     }
 }
@@ -580,6 +624,21 @@ pub fn problems(app: &App) -> Problems {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_keep_only_their_host() {
+        let t = "error sending request for url (https://user:pw@bucket.s3.amazonaws.com/blob?X-Amz-Signature=abc): \
+                 connect to http://127.0.0.1:9/v2/ failed; see file:///etc/x";
+        let r = redact_urls(t);
+        assert_eq!(
+            r,
+            "error sending request for url (https://bucket.s3.amazonaws.com/…): \
+             connect to http://127.0.0.1:9/… failed; see file:///…"
+        );
+        for secret in ["pw", "Signature", "abc", "/v2/", "etc"] {
+            assert!(!r.contains(secret), "{secret} in {r}");
+        }
+    }
 
     #[test]
     fn quantiles_interpolate_like_promql() {

@@ -1,6 +1,6 @@
 //! What the status page needs that nothing else keeps: the last failed
 //! requests, a sample of the traffic counters every 10 seconds for the last
-//! hour, and the bundle imports (the one running and the last few).
+//! hour, and the bundle imports (those running and the last few).
 //!
 //! Owns: three bounded rings in memory (about 150 KiB at most), lost at
 //! restart. Must never keep a credential, a request's query or headers, or
@@ -72,10 +72,12 @@ pub struct Sample {
     pub lookups: u64,
 }
 
-/// Bundle imports: the running one and the last finished ones.
+/// Bundle imports: those running (each under the id its start returned)
+/// and the last finished ones.
 #[derive(Default)]
 struct Imports {
-    running: Option<ImportProgress>,
+    next_id: u64,
+    running: Vec<(u64, ImportProgress)>,
     done: VecDeque<ImportOutcome>,
 }
 
@@ -126,6 +128,7 @@ impl Records {
     /// Keeps a failed request (the oldest goes past [`PROBLEMS`]).
     pub fn problem(&self, mut p: Problem) {
         p.path = cut(&p.path, MAX_PATH);
+        p.method = cut(&p.method, 16);
         p.message = cut(&p.message, MAX_MESSAGE);
         let mut q = self.problems.lock();
         if q.len() == PROBLEMS {
@@ -171,23 +174,30 @@ impl Records {
         }
     }
 
-    /// An import begins (one runs at a time: the bundle lock).
-    pub fn import_started(&self, bundle: &str) {
-        self.imports.lock().running = Some(ImportProgress {
-            bundle: cut(bundle, MAX_PATH),
-            started_ms: now_millis(),
-            blobs: 0,
-            bytes: 0,
-            present: 0,
-            copied: 0,
-        });
+    /// An import begins; the id names it in its events and its end.
+    pub fn import_started(&self, bundle: &str) -> u64 {
+        let mut imports = self.imports.lock();
+        imports.next_id += 1;
+        let id = imports.next_id;
+        imports.running.push((
+            id,
+            ImportProgress {
+                bundle: cut(bundle, MAX_PATH),
+                started_ms: now_millis(),
+                blobs: 0,
+                bytes: 0,
+                present: 0,
+                copied: 0,
+            },
+        ));
+        id
     }
 
     /// An import's event (see `airgap::Event`).
-    pub fn import_event(&self, e: &crate::airgap::Event) {
+    pub fn import_event(&self, id: u64, e: &crate::airgap::Event) {
         use crate::airgap::Event;
         let mut imports = self.imports.lock();
-        let Some(p) = imports.running.as_mut() else {
+        let Some((_, p)) = imports.running.iter_mut().find(|(i, _)| *i == id) else {
             return;
         };
         match e {
@@ -206,12 +216,13 @@ impl Records {
         }
     }
 
-    /// The running import ended with `report` (its report, or its error).
-    pub fn import_finished(&self, ok: bool, report: serde_json::Value) {
+    /// Import `id` ended with `report` (its report, or its error).
+    pub fn import_finished(&self, id: u64, ok: bool, report: serde_json::Value) {
         let mut imports = self.imports.lock();
-        let Some(p) = imports.running.take() else {
+        let Some(at) = imports.running.iter().position(|(i, _)| *i == id) else {
             return;
         };
+        let (_, p) = imports.running.remove(at);
         if imports.done.len() == IMPORTS {
             imports.done.pop_front();
         }
@@ -224,10 +235,13 @@ impl Records {
         });
     }
 
-    /// The running import, and the finished ones newest first.
-    pub fn imports(&self) -> (Option<ImportProgress>, Vec<ImportOutcome>) {
+    /// The running imports, and the finished ones newest first.
+    pub fn imports(&self) -> (Vec<ImportProgress>, Vec<ImportOutcome>) {
         let i = self.imports.lock();
-        (i.running.clone(), i.done.iter().rev().cloned().collect())
+        (
+            i.running.iter().map(|(_, p)| p.clone()).collect(),
+            i.done.iter().rev().cloned().collect(),
+        )
     }
 }
 
@@ -339,25 +353,36 @@ mod tests {
     fn an_import_is_followed_then_kept() {
         use crate::airgap::Event;
         let r = Records::new();
-        r.import_started("site-2026-11");
-        r.import_event(&Event::Planned {
-            refs: 2,
-            blobs: 3,
-            bytes: 300,
-            left_out: 1,
-        });
-        r.import_event(&Event::Copied {
-            bytes: 100,
-            total: 300,
-        });
+        let other = r.import_started("other");
+        let id = r.import_started("site-2026-11");
+        r.import_event(
+            id,
+            &Event::Planned {
+                refs: 2,
+                blobs: 3,
+                bytes: 300,
+                left_out: 1,
+            },
+        );
+        r.import_event(
+            id,
+            &Event::Copied {
+                bytes: 100,
+                total: 300,
+            },
+        );
         let (running, done) = r.imports();
-        let p = running.unwrap();
+        assert_eq!(running.len(), 2, "two at once");
+        let p = &running[1];
         assert_eq!((p.blobs, p.bytes, p.present, p.copied), (3, 300, 1, 100));
         assert!(done.is_empty());
-        r.import_finished(false, serde_json::json!({"error": "bad signature"}));
+        r.import_finished(id, false, serde_json::json!({"error": "bad signature"}));
         let (running, done) = r.imports();
-        assert!(running.is_none());
+        assert_eq!(running.len(), 1);
+        assert_eq!(running[0].bundle, "other", "the other one still runs");
         assert_eq!(done[0].bundle, "site-2026-11");
         assert!(!done[0].ok);
+        r.import_finished(other, true, serde_json::json!({}));
+        assert!(r.imports().0.is_empty());
     }
 }

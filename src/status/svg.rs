@@ -47,13 +47,17 @@ pub fn series(points: &[Rate]) -> Markup {
         .map(|p| p.served.max(p.fetched))
         .fold(0.0, f64::max)
         .max(1.0);
-    let (t0, t1) = (points[0].at_ms, points[points.len() - 1].at_ms);
+    // Wall-clock samples: a clock stepped back must not wrap.
+    let (t0, t1) = (
+        points[0].at_ms,
+        points[points.len() - 1].at_ms.max(points[0].at_ms),
+    );
     let span = (t1 - t0).max(1) as f64;
     let line = |f: &dyn Fn(&Rate) -> f64| {
         points
             .iter()
             .map(|p| {
-                let x = (p.at_ms - t0) as f64 / span * W;
+                let x = (p.at_ms.saturating_sub(t0) as f64 / span * W).min(W);
                 let y = H - f(p) / peak * (H - 4.0);
                 format!("{x:.1},{y:.1}")
             })
