@@ -3,8 +3,10 @@
 # a CNCF distribution upstream with the test images, wharf (release build) in
 # front of it with its admin listener, a few pulls through wharf (misses,
 # hits, an upstream 404), 30 s for the traffic chart's samples, then headless
-# Chromium at 1280x800. Loopback only; everything started here is stopped on
-# exit. Needs scripts/install-deps.sh (docker-registry, skopeo, chromium).
+# Chromium at 1280x1150. Loopback only; everything started here is stopped on
+# exit. It runs scripts/install-deps.sh itself (root, for missing packages),
+# builds the release binary (minutes on 2 cores), takes about a minute after
+# that, and overwrites OUT.png (default docs/status-overview.png).
 #
 #   scripts/screenshot.sh [OUT.png]
 set -euo pipefail
@@ -36,7 +38,7 @@ YML
 docker-registry serve "$work/up.yml" 2>/dev/null & pids+=($!)
 wait_for "http://127.0.0.1:$up/v2/"
 for t in small large ev1 ev2 ev3 multi; do
-  skopeo copy --quiet --all --dest-tls-verify=false "oci:target/test-images:$t" "docker://127.0.0.1:$up/library/$t:1"
+  skopeo copy --quiet --all --dest-tls-verify=false "oci:target/test-images/oci:$t" "docker://127.0.0.1:$up/library/$t:1"
 done
 
 cat > "$work/wharf.toml" <<TOML
@@ -67,6 +69,6 @@ mkdir -p "$(dirname "$out")"
 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --hide-scrollbars --force-device-scale-factor=1 --blink-settings=preferredColorScheme=1 \
-  --user-data-dir="$work/chromium" --window-size=1280,800 --virtual-time-budget=3000 \
+  --user-data-dir="$work/chromium" --window-size=1280,1150 --virtual-time-budget=3000 \
   --screenshot="$out" "http://127.0.0.1:$admin/" 2>/dev/null
 echo "wrote $out"

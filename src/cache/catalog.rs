@@ -144,9 +144,15 @@ impl Cache {
         }
         let generation = self.meta.generation();
         let inv = Inventory::load(&self.meta, &self.store)?;
-        let built = Arc::new(Catalog::build(generation, &inv, &self.pins()?));
+        let mut built = Catalog::build(generation, &inv, &self.pins()?);
         drop(inv);
+        // The listing was allocated among the inventory's (100,000 records
+        // and every manifest): kept as it is, its strings would pin pages
+        // of that freed scratch memory for as long as the catalog lives.
+        // A copy made now packs them together; the originals go back.
+        built.repos = built.repos.clone();
         release_scratch_memory();
+        let built = Arc::new(built);
         tracing::debug!(
             generation,
             ms = built.build_time.as_millis() as u64,

@@ -57,7 +57,7 @@ fn ago(now_ms: u64, ms: u64) -> String {
 }
 
 /// `42 s`, `12 min`, `3 h`.
-fn span(seconds: u64) -> String {
+pub fn span(seconds: u64) -> String {
     match seconds {
         0..=119 => format!("{seconds} s"),
         120..=7199 => format!("{} min", seconds / 60),
@@ -172,7 +172,7 @@ pub fn overview(page: &Page, o: &Overview) -> Markup {
             h2 #traffic-h { "Traffic" }
             (traffic_table(&o.since_start, &o.last_hour))
             (svg::series(&o.series))
-            p.note { "Served: blob bytes sent to clients. Fetched: blob bytes received from upstreams. Saved: served minus fetched (sync, prefetch and imports fetch without serving, so it is a lower bound)." }
+            p.note { "Served: blob bytes sent to clients. Fetched: blob bytes received from upstreams. Saved: served minus fetched (sync and prefetch fetch without serving, so it is a lower bound)." }
         }
         section aria-labelledby="fills-h" {
             h2 #fills-h { "Downloads in flight" }

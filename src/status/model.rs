@@ -107,8 +107,8 @@ pub struct Traffic {
     pub served_upstream: u64,
     pub fetched: u64,
     /// Bytes clients got that no upstream sent for them: served minus
-    /// fetched, at least 0. A lower bound: sync, prefetch and imports fetch
-    /// without serving.
+    /// fetched, at least 0. A lower bound: sync and prefetch fetch without
+    /// serving.
     pub saved: u64,
     pub hits: u64,
     pub lookups: u64,

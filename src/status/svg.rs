@@ -64,9 +64,9 @@ pub fn series(points: &[Rate]) -> Markup {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let minutes = (t1 - t0) / 60_000;
+    let over = super::html::span((t1 - t0) / 1000);
     let label = format!(
-        "Bytes per second over the last {minutes} min: served to clients and fetched from upstreams; peak {}/s",
+        "Bytes per second over the last {over}: served to clients and fetched from upstreams; peak {}/s",
         bytes(peak as u64)
     );
     html! {
@@ -79,7 +79,7 @@ pub fn series(points: &[Rate]) -> Markup {
             }
             figcaption {
                 span.key.served { "served" } " " span.key.fetched { "fetched" }
-                " · per second, last " (minutes) " min · peak " (bytes(peak as u64)) "/s"
+                " · per second, last " (over) " · peak " (bytes(peak as u64)) "/s"
             }
         }
     }
