@@ -15,21 +15,8 @@ use super::model::{
 };
 use super::{assets, svg, Page};
 
-/// `1536` → `1.5 KiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+/// `1536` → `1.5 KiB` (as `wharf sync` prints sizes).
+pub use crate::sync::human_bytes as bytes;
 
 /// Unix milliseconds as `2026-11-30 12:00:00 UTC`.
 pub fn when(ms: u64) -> String {

@@ -848,10 +848,16 @@ impl WrongBytes {
                     if path.contains("/blobs/") {
                         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
                         let chunk = vec![b'w'; 64 * 1024];
-                        for _ in 0..16 {
+                        for i in 0..16 {
                             let _ = s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
                             let _ = s.write_all(&chunk);
                             let _ = s.write_all(b"\r\n");
+                            if i == 0 {
+                                // wharf's answer to a client that can take a
+                                // stream starts with the first bytes: let it
+                                // start before the body ends (and fails).
+                                std::thread::sleep(Duration::from_millis(300));
+                            }
                         }
                         let _ = s.write_all(b"0\r\n\r\n");
                     } else if path == "/v2/" {
@@ -942,16 +948,24 @@ fn failed_fills_of_unknown_length_never_look_complete() {
     });
     let status = http10.0.lines().next().unwrap_or_default().to_owned();
     assert!(status.contains(" 502 "), "HTTP/1.0 over TLS: {status}");
-    assert!(
-        http11.0.starts_with("HTTP/1.1 200") && !http11.0.ends_with("0\r\n\r\n"),
-        "chunked, without its terminator: {:?}",
-        &http11.0[..http11.0.len().min(200)]
-    );
-    assert!(
-        http11.1.is_err(),
-        "the TLS connection of a failed fill ends without close_notify: {:?}",
-        http11.1
-    );
+    // Streaming had started when the fill failed (the upstream pauses after
+    // its first chunk): the body stops without its terminator. Should the
+    // whole body have come and failed first (a loaded machine), the answer
+    // is a 502: a failure the client sees either way.
+    if http11.0.starts_with("HTTP/1.1 502") {
+        assert!(http11.0.contains("DIGEST_INVALID"), "{}", http11.0);
+    } else {
+        assert!(
+            http11.0.starts_with("HTTP/1.1 200") && !http11.0.ends_with("0\r\n\r\n"),
+            "chunked, without its terminator: {:?}",
+            &http11.0[..http11.0.len().min(200)]
+        );
+        assert!(
+            http11.1.is_err(),
+            "the TLS connection of a failed fill ends without close_notify: {:?}",
+            http11.1
+        );
+    }
     Honest {
         base: format!("https://{}", tw.addr),
         ca: Some(&tw.cache_dir().join("tls/ca.crt")),
