@@ -344,7 +344,7 @@ const ADMIN_MAX_PER_ADDRESS: usize = 16;
 
 /// Where the kubelet's probes (`host: 127.0.0.1`) and a local operator come
 /// from: exactly 127.0.0.1 or ::1, not all of 127/8.
-fn is_probe_peer(ip: std::net::IpAddr) -> bool {
+pub(crate) fn is_probe_peer(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
         std::net::IpAddr::V6(v6) => {

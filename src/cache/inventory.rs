@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::registry::index_children;
 use crate::registry::manifest::references;
+use crate::registry::{index_children, is_index_type};
 use crate::registry::{Digest, RepoName};
 
 use super::meta::{BlobRecord, Kind, Metadata, TagEntry};
@@ -34,17 +34,6 @@ pub struct Inventory {
 /// Platforms of an index listed per image (`wharf ls`, the status page).
 const MAX_PLATFORMS: usize = 32;
 
-/// The manifest types that list other manifests.
-pub fn is_index(media_type: Option<&str>) -> bool {
-    matches!(
-        media_type,
-        Some(
-            "application/vnd.oci.image.index.v1+json"
-                | "application/vnd.docker.distribution.manifest.list.v2+json"
-        )
-    )
-}
-
 impl Inventory {
     pub fn load(meta: &Metadata, store: &BlobStore) -> Result<Inventory, CacheError> {
         let mut blobs = HashMap::new();
@@ -66,7 +55,7 @@ impl Inventory {
         for (d, rec) in &blobs {
             if rec.kind == Kind::Manifest {
                 if let Some(bytes) = store.read(d)? {
-                    if is_index(rec.media_type.as_deref()) {
+                    if rec.media_type.as_deref().is_some_and(is_index_type) {
                         let all: Vec<String> = index_children(&bytes)
                             .unwrap_or_default()
                             .into_iter()

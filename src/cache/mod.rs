@@ -36,7 +36,7 @@ pub use catalog::{Catalog, Totals};
 pub use coalesce::{Coalescer, Panicked, Recover};
 pub use evict::{EvictReport, Limits, NoRoom, Reservation};
 pub use fill::{FillError, FillProgress, FillReader, FillReaders, FillWriter, Fills, Join};
-pub use inventory::{is_index, ImageListing, Inventory, RepoListing};
+pub use inventory::{ImageListing, Inventory, RepoListing};
 pub use meta::{
     now_millis, now_secs, BlobRecord, Kind, Kv, MemKv, Metadata, PinRecord, TagEntry, TagRecord,
 };

@@ -15,7 +15,9 @@ pub use endpoint::{Endpoint, Route, RouteKind};
 pub use error::{error_json, Blame, ErrorResponse, OciCode};
 pub use media::{is_manifest_type, Accept, MediaType, MANIFEST_TYPES, MAX_MANIFEST_BYTES};
 pub use name::{Reference, RepoName, Tag, MAX_NAME_LEN};
-pub use platform::{index_children, select_children, Child, Platform, PlatformError, PlatformSpec};
+pub use platform::{
+    index_children, is_index_type, select_children, Child, Platform, PlatformError, PlatformSpec,
+};
 
 /// A client sent something that is not a valid protocol word.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -225,6 +225,14 @@ const INDEX_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
+/// Whether a media type (parameters allowed) is one that lists other
+/// manifests: an OCI index or a Docker manifest list.
+pub fn is_index_type(media_type: &str) -> bool {
+    media_type
+        .parse::<MediaType>()
+        .is_ok_and(|m| INDEX_TYPES.contains(&m.essence().as_str()))
+}
+
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
 
@@ -235,10 +243,7 @@ const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
 pub fn index_children(bytes: &[u8]) -> Option<Vec<Child>> {
     let raw: RawIndex = serde_json::from_slice(bytes).ok()?;
     if let Some(mt) = &raw.media_type {
-        let is_index = mt
-            .parse::<MediaType>()
-            .is_ok_and(|m| INDEX_TYPES.contains(&m.essence().as_str()));
-        if !is_index {
+        if !is_index_type(mt) {
             return None;
         }
     }

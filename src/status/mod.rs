@@ -100,10 +100,11 @@ pub fn owns(path: &str) -> bool {
 /// Whether a peer may see the page: 127.0.0.1, ::1, or a network of
 /// `server.status_networks`.
 pub fn allowed(app: &App, ip: std::net::IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    ip == std::net::Ipv4Addr::LOCALHOST
-        || ip == std::net::Ipv6Addr::LOCALHOST
-        || app.status_networks.iter().any(|n| n.contains(&ip))
+    crate::admin::is_probe_peer(ip)
+        || app
+            .status_networks
+            .iter()
+            .any(|n| n.contains(&ip.to_canonical()))
 }
 
 /// Whether the request names wharf by an address or `localhost`: a page

@@ -18,7 +18,7 @@ use crate::cache::{now_millis, FillProgress, RepoListing};
 use crate::sync::Summary;
 use crate::upstream::UpstreamHealth;
 
-use super::record::{sum, Sample};
+use super::record::{prefix as cut, sum, Sample};
 use super::{ImportOutcome, ImportProgress, Problem};
 
 /// Repositories per page of the Images view.
@@ -404,14 +404,6 @@ pub fn images(app: &App, q: &str, page: usize) -> Result<Images, crate::cache::C
     })
 }
 
-fn cut(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct ImageDetail {
     pub upstream: String,
@@ -475,7 +467,11 @@ pub fn image(
         let listed_child = repo
             .images
             .iter()
-            .filter(|i| crate::cache::is_index(i.media_type.as_deref()))
+            .filter(|i| {
+                i.media_type
+                    .as_deref()
+                    .is_some_and(crate::registry::is_index_type)
+            })
             .take(MAX_INDEXES_SEARCHED)
             .any(|i| {
                 i.digest

@@ -103,15 +103,21 @@ pub struct ImportOutcome {
     pub report: serde_json::Value,
 }
 
+/// At most `max` bytes of `s`, on a character boundary.
+pub(super) fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `s` cut at `max` bytes, marked with `…` when it was.
 fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", prefix(s, max))
 }
 
 impl Records {
