@@ -2,7 +2,8 @@
 //! and render server-side with 100,000 cached blobs (5,000 images of a
 //! manifest, a config and 23 layers of which 5 are shared, in 500
 //! repositories of 10 tags on two upstreams, with 125 multi-platform indexes
-//! and 63 pins), and how long the catalog the views read takes to build.
+//! and 63 pins; every blob linked to its repository, as a pull through wharf
+//! links it), and how long the catalog the views read takes to build.
 //!
 //! `cargo bench --bench status_page`: 100,000 blobs unless WHARF_BENCH_BLOBS
 //! says otherwise; with WHARF_BENCH_KEEP set (to anything) the cache is kept
@@ -50,6 +51,9 @@ fn populate(dir: &std::path::Path, images: usize) -> usize {
                 "digest": d.to_string(), "size": size})
         };
         let mut layers = Vec::new();
+        // What a pull through wharf links to the repository: every blob it
+        // filled there (the shared ones too), and the manifest.
+        let mut links = Vec::new();
         for l in 0..LAYERS {
             // Every image shares its first 5 layers with the others (a base
             // image); the rest are its own.
@@ -65,6 +69,7 @@ fn populate(dir: &std::path::Path, images: usize) -> usize {
                 BlobRecord::blob(body.len() as u64, i as u64),
             );
             blobs += usize::from(l >= SHARED || i == 0);
+            links.push(d.clone());
             layers.push(desc(&d, body.len()));
         }
         let config = format!("{{\"config\":{{}},\"image\":{i}}}");
@@ -75,6 +80,7 @@ fn populate(dir: &std::path::Path, images: usize) -> usize {
             BlobRecord::blob(config.len() as u64, 1),
         );
         blobs += 1;
+        links.push(cd.clone());
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2, "mediaType": IMAGE_MT,
             "config": desc(&cd, config.len()), "layers": layers}))
@@ -91,6 +97,9 @@ fn populate(dir: &std::path::Path, images: usize) -> usize {
         meta.put_tag(up, &repo_name, &tag.parse().unwrap(), &md, &image_mt, 1)
             .unwrap();
         meta.link(up, &repo_name, &md).unwrap();
+        for d in &links {
+            meta.link(up, &repo_name, d).unwrap();
+        }
         // Every 40th image: an index over it and the previous one.
         if let Some((prev, _)) = last.filter(|_| i % 40 == 0) {
             let index = serde_json::to_vec(&serde_json::json!({

@@ -48,9 +48,8 @@ def main():
     ap.add_argument("--binary", default="target/release/wharf")
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--after-ls", action="store_true",
-                    help="run `wharf ls` through the server first: its full scan leaves what the "
-                         "page's first catalog build would (about 22 MiB on 100,000 blobs), so what "
-                         "remains is the page's own cost")
+                    help="run `wharf ls` through the server first, so the catalog the views read "
+                         "is built before the first reading: what remains is the views' own cost")
     a = ap.parse_args()
     port, admin = free_port(), free_port()
     work = tempfile.mkdtemp(prefix="wharf-status-rss-")

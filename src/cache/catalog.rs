@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::inventory::{Inventory, RepoListing};
-use super::meta::{now_millis, Kind};
+use super::meta::now_millis;
 use super::{release_scratch_memory, Cache, CacheError};
 
 /// A snapshot of the cache as images.
@@ -52,39 +52,16 @@ pub struct Totals {
 impl Catalog {
     fn build(generation: u64, inv: &Inventory, pins: &[super::pins::Pin]) -> Catalog {
         let started = Instant::now();
-        let pinned = inv.pinned(pins);
+        let pinned = inv.pinned_ids(pins);
         let repos = inv.listing(&pinned);
-        let mut upstreams: std::collections::BTreeMap<&str, std::collections::HashSet<_>> =
-            Default::default();
-        for t in &inv.tags {
-            if let Ok(d) = t.record.digest.parse() {
-                upstreams
-                    .entry(t.upstream.as_str())
-                    .or_default()
-                    .extend(inv.closure(&d));
-            }
-        }
-        for (up, _, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-            upstreams
-                .entry(up.as_str())
-                .or_default()
-                .extend(inv.closure(d));
-        }
         let totals = Totals {
-            blobs: inv.blobs.len() as u64,
-            manifests: inv
-                .blobs
-                .values()
-                .filter(|b| b.kind == Kind::Manifest)
-                .count() as u64,
+            blobs: inv.blob_count() as u64,
+            manifests: inv.manifest_count() as u64,
             bytes: inv.total(),
-            pinned_bytes: inv.size_of(&pinned),
+            pinned_bytes: inv.size_of_set(&pinned),
             repositories: repos.len() as u64,
             images: repos.iter().map(|r| r.images.len() as u64).sum(),
-            upstreams: upstreams
-                .into_iter()
-                .map(|(u, ds)| (u.to_owned(), inv.size_of(&ds)))
-                .collect(),
+            upstreams: inv.upstream_sizes(),
         };
         Catalog {
             generation,
@@ -166,7 +143,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::meta::{BlobRecord, Metadata};
+    use crate::cache::meta::{BlobRecord, Kind, Metadata};
     use crate::cache::CacheSettings;
     use crate::registry::{Digest, MediaType};
 

@@ -326,12 +326,24 @@ impl Metadata {
     /// reported as `Err` with its key, so callers can drop it.
     pub fn blobs(&self) -> Result<Vec<BlobEntry>, CacheError> {
         let mut out = Vec::new();
-        self.kv.scan(Tree::Blobs, b"", &mut |k, v| {
-            let key = String::from_utf8_lossy(k).into_owned();
-            out.push((key, serde_json::from_slice(v).map_err(|_| ())));
-            true
-        })?;
+        self.each_blob(&mut |key, rec| out.push((key.to_owned(), rec)))?;
         Ok(out)
+    }
+
+    /// [`blobs`](Self::blobs) one at a time, in digest order, without
+    /// collecting them: what a scan of 100,000 records that keeps little
+    /// of each uses, so its scratch memory stays small.
+    pub fn each_blob(
+        &self,
+        f: &mut dyn FnMut(&str, Result<BlobRecord, ()>),
+    ) -> Result<(), CacheError> {
+        self.kv.scan(Tree::Blobs, b"", &mut |k, v| {
+            f(
+                &String::from_utf8_lossy(k),
+                serde_json::from_slice(v).map_err(|_| ()),
+            );
+            true
+        })
     }
 
     /// Removes a blob record by its raw key (for records whose key or value
@@ -364,16 +376,28 @@ impl Metadata {
     /// Every link: `(upstream, repository, digest)`.
     pub fn links(&self) -> Result<Vec<(String, RepoName, Digest)>, CacheError> {
         let mut out = Vec::new();
-        self.kv.scan(Tree::Links, b"", &mut |k, _| {
-            let k = String::from_utf8_lossy(k);
-            let parsed = k.split_once('/').and_then(|(up, rest)| {
-                let (repo, d) = rest.split_once('@')?;
-                Some((up.to_owned(), repo.parse().ok()?, d.parse().ok()?))
-            });
-            out.extend(parsed);
-            true
+        self.each_link(&mut |up, repo, d| {
+            if let (Ok(repo), Ok(d)) = (repo.parse(), d.parse()) {
+                out.push((up.to_owned(), repo, d));
+            }
         })?;
         Ok(out)
+    }
+
+    /// Every link's `(upstream, repository, digest)` as written, in key
+    /// order, without collecting or parsing them (see
+    /// [`each_blob`](Self::each_blob)). Keys that do not split are skipped.
+    pub fn each_link(&self, f: &mut dyn FnMut(&str, &str, &str)) -> Result<(), CacheError> {
+        self.kv.scan(Tree::Links, b"", &mut |k, _| {
+            let k = String::from_utf8_lossy(k);
+            if let Some((up, (repo, d))) = k
+                .split_once('/')
+                .and_then(|(up, rest)| Some((up, rest.split_once('@')?)))
+            {
+                f(up, repo, d);
+            }
+            true
+        })
     }
 
     pub fn unlink(&self, upstream: &str, repo: &RepoName, d: &Digest) -> Result<(), CacheError> {

@@ -83,13 +83,13 @@ impl Cache {
             doomed.extend(inv.closure(r));
         }
         if target.reference.is_none() {
-            for (up, r, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
+            for (up, r, d) in inv.links() {
                 if target.owns(up, r) {
-                    doomed.extend(inv.closure(d));
+                    doomed.extend(inv.closure(&d));
                 }
             }
         }
-        if !doomed.iter().any(|d| inv.blobs.contains_key(d)) && report.tags_removed == 0 {
+        if !doomed.iter().any(|d| inv.blob(d).is_some()) && report.tags_removed == 0 {
             return Err(CacheError::Invalid(format!("{image}: not in the cache")));
         }
         // The repository's other tags keep their content and its links.
@@ -104,9 +104,9 @@ impl Cache {
                 }
             }
         }
-        for (up, r, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-            if target.owns(up, r) && doomed.contains(d) {
-                self.meta.unlink(up, r, d)?;
+        for (up, r, d) in inv.links() {
+            if target.owns(up, r) && doomed.contains(&d) {
+                self.meta.unlink(up, r, &d)?;
                 report.links_removed += 1;
             }
         }
@@ -151,20 +151,12 @@ impl Cache {
         report: &mut RemoveReport,
     ) -> Result<(), CacheError> {
         let inv = Inventory::load(&self.meta, &self.store)?;
-        let mut kept: HashSet<Digest> = inv.pinned(&self.pins()?);
-        for t in &inv.tags {
-            if let Ok(d) = t.record.digest.parse::<Digest>() {
-                kept.extend(inv.closure(&d));
-            }
-        }
-        for (_, _, d) in inv.manifest_links.iter().chain(&inv.blob_links) {
-            kept.extend(inv.closure(d));
-        }
+        let kept = inv.in_use(&self.pins()?);
         for d in doomed {
-            let Some(rec) = inv.blobs.get(&d) else {
+            let Some(rec) = inv.blob(&d) else {
                 continue;
             };
-            if kept.contains(&d) {
+            if kept.contains(&inv, &d) {
                 report.blobs_kept += 1;
                 continue;
             }
