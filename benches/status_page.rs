@@ -1,7 +1,7 @@
 //! The status page with a large cache: how long each view takes to gather
 //! and render server-side with 100,000 cached blobs (5,000 images of a
-//! manifest, a config and 23 layers of which 5 are shared, in 500
-//! repositories of 10 tags on two upstreams, with 125 multi-platform indexes
+//! manifest, a config and 23 layers of which 5 are shared, in 1,000
+//! repositories of 5 tags on two upstreams, with 125 multi-platform indexes
 //! and 63 pins; every blob linked to its repository, as a pull through wharf
 //! links it), and how long the catalog the views read takes to build.
 //!

@@ -552,25 +552,31 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     rt.block_on(serve_until_signal(config))
 }
 
-/// One glibc malloc arena for the whole server, unless `MALLOC_ARENA_MAX`
-/// (glibc's own setting) says otherwise; before any thread starts.
+/// One glibc malloc arena for the whole server, unless the operator set
+/// glibc's own `MALLOC_ARENA_MAX` (or `arena_max` in `GLIBC_TUNABLES`);
+/// before any thread starts.
 ///
-/// glibc gives each new thread an arena of its own (up to 8 per core) and
-/// keeps the pages freed inside one. A blocking thread that
-/// reads the whole metadata (the status page's first view, `wharf ls`, an
-/// eviction pass with pins) then left its scan's pages and sled's reloaded
-/// ones resident in a second arena: 24 MiB on a 100,000-blob cache, on a
-/// server otherwise at 57 MiB. With one arena the freed space is reused and
-/// the first view costs nothing measurable (`benches/status_rss.py`).
-/// Small allocations still come from per-thread caches without the lock;
-/// the throughput figures with and without it are in the README.
+/// glibc gives each new thread an arena of its own (up to 8 per core). A
+/// blocking thread that reads the whole metadata (the status page's first
+/// view, `wharf ls`, an eviction pass with pins) reloads sled's page cache
+/// into its arena while the main arena's copies are freed: freed chunks
+/// among live ones, so `malloc_trim` cannot give the pages back, and 24 MiB
+/// stayed resident on a 100,000-blob cache, on a server otherwise at 57
+/// MiB. With one arena the freed space is reused and the first view costs
+/// 0.5 MiB (`benches/status_rss.py`). The price is one lock for what the
+/// per-thread caches (7 chunks per size up to 1 KiB) do not hold;
+/// `benches/compare.py` measured no loss (README, "The status page").
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: a tuning call with no pointer, made before other threads
-        // exist.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+    {
+        let tuned = std::env::var_os("GLIBC_TUNABLES")
+            .is_some_and(|t| t.to_string_lossy().contains("malloc.arena_max"));
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !tuned {
+            // SAFETY: a tuning call with no pointer, made before other
+            // threads exist.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 1);
+            }
         }
     }
 }

@@ -42,12 +42,14 @@ impl Cache {
     fn pass(&self, need: u64) -> Result<EvictReport, CacheError> {
         let mut pass = self.evictor.begin_pass();
         self.evictor.flush_touches(&self.meta)?;
-        let blobs = self
-            .meta
-            .blobs()?
-            .into_iter()
-            .filter_map(|(k, r)| Some((k.parse().ok()?, r.ok()?)))
-            .collect();
+        // Streamed: a list of the parsed records only, not of the raw
+        // ones too (half the peak on a large cache).
+        let mut blobs = Vec::new();
+        self.meta.each_blob(&mut |k, r| {
+            if let (Ok(d), Ok(r)) = (k.parse(), r) {
+                blobs.push((d, r));
+            }
+        })?;
         let pins = self.pins()?;
         let mut pinned = if pins.is_empty() {
             Default::default()
