@@ -541,7 +541,6 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     raise_open_file_limit(config.server.max_connections);
-    one_malloc_arena();
     // Streamed bodies hold no blocking thread (server/body.rs): the pool
     // serves file system work and fills, and stays tokio's size.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -550,35 +549,6 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(serve_until_signal(config))
-}
-
-/// One glibc malloc arena for the whole server, unless the operator set
-/// glibc's own `MALLOC_ARENA_MAX` (or `arena_max` in `GLIBC_TUNABLES`);
-/// before any thread starts.
-///
-/// glibc gives each new thread an arena of its own (up to 8 per core). A
-/// blocking thread that reads the whole metadata (the status page's first
-/// view, `wharf ls`, an eviction pass with pins) reloads sled's page cache
-/// into its arena while the main arena's copies are freed: freed chunks
-/// among live ones, so `malloc_trim` cannot give the pages back, and 24 MiB
-/// stayed resident on a 100,000-blob cache, on a server otherwise at 57
-/// MiB. With one arena the freed space is reused and the first view costs
-/// 0.5 MiB (`benches/status_rss.py`). The price is one lock for what the
-/// per-thread caches (7 chunks per size up to 1 KiB) do not hold;
-/// `benches/compare.py` measured no loss (README, "The status page").
-fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let tuned = std::env::var_os("GLIBC_TUNABLES")
-            .is_some_and(|t| t.to_string_lossy().contains("malloc.arena_max"));
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !tuned {
-            // SAFETY: a tuning call with no pointer, made before other
-            // threads exist.
-            unsafe {
-                libc::mallopt(libc::M_ARENA_MAX, 1);
-            }
-        }
-    }
 }
 
 /// Raises the soft open-file limit to the hard one (systemd's unit sets
