@@ -120,15 +120,20 @@ impl Cache {
             return Ok(c);
         }
         let generation = self.meta.generation();
-        let inv = Inventory::load(&self.meta, &self.store)?;
-        let mut built = Catalog::build(generation, &inv, &self.pins()?);
-        drop(inv);
-        // The listing was allocated among the inventory's (100,000 records
-        // and every manifest): kept as it is, its strings would pin pages
-        // of that freed scratch memory for as long as the catalog lives.
-        // A copy made now packs them together; the originals go back.
-        built.repos = built.repos.clone();
-        release_scratch_memory();
+        let pins = self.pins()?;
+        let (meta, store) = (self.meta.clone(), self.store.clone());
+        let built = self.scan.run(move || -> Result<Catalog, CacheError> {
+            let inv = Inventory::load(&meta, &store)?;
+            let mut built = Catalog::build(generation, &inv, &pins);
+            drop(inv);
+            // The listing was allocated among the inventory's scratch: kept
+            // as it is, its strings would pin pages of that freed memory for
+            // as long as the catalog lives. A copy made now packs them
+            // together; the originals go back.
+            built.repos = built.repos.clone();
+            release_scratch_memory();
+            Ok(built)
+        })?;
         let built = Arc::new(built);
         tracing::debug!(
             generation,

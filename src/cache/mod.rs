@@ -22,6 +22,7 @@ mod notes;
 mod operator;
 mod pins;
 mod reconcile;
+mod scan_thread;
 mod sled_kv;
 mod store;
 mod upkeep;
@@ -175,8 +176,10 @@ pub struct Origin<'a> {
 /// copy) and every deletion live here.
 pub struct Cache {
     dir: PathBuf,
-    store: BlobStore,
-    meta: Metadata,
+    store: Arc<BlobStore>,
+    meta: Arc<Metadata>,
+    /// Where the whole metadata is read (see `scan_thread.rs`).
+    scan: scan_thread::ScanThread,
     fills: Fills,
     evictor: Evictor,
     /// See [`CacheSettings::fill_reserve_step`].
@@ -262,8 +265,13 @@ impl Cache {
         metrics: Arc<Metrics>,
     ) -> Result<(Cache, ReconcileReport), CacheError> {
         let started = std::time::Instant::now();
-        let store = BlobStore::open(dir)?;
-        let report = reconcile::reconcile(&store, &meta, false)?;
+        let store = Arc::new(BlobStore::open(dir)?);
+        let meta = Arc::new(meta);
+        let scan = scan_thread::ScanThread::start()?;
+        let report = {
+            let (store, meta) = (store.clone(), meta.clone());
+            scan.run(move || reconcile::reconcile(&store, &meta, false))?
+        };
         if report.files_removed + report.records_removed > 0 {
             tracing::warn!(
                 files_removed = report.files_removed,
@@ -275,6 +283,7 @@ impl Cache {
             dir: dir.to_owned(),
             store,
             meta,
+            scan,
             fills: Fills::default(),
             evictor: Evictor::new(settings.limits.clone(), metrics.clone()),
             fill_step: settings.fill_reserve_step.max(1),
