@@ -5,8 +5,9 @@
 //! serve the operator (`operator.rs`). Behind it, components no caller
 //! touches: the blob store, the metadata (`Kv`), [`Fills`] for streamed
 //! downloads shared by concurrent readers, the evictor that chooses victims
-//! (the cache alone deletes), reconciliation for crash recovery, and the
-//! [`Inventory`] of images. [`Coalescer`] is for callers' small fetches.
+//! (the cache alone deletes), reconciliation for crash recovery, the
+//! [`Inventory`] of images, and the one thread full scans of the metadata
+//! run on (`scan_thread.rs`). [`Coalescer`] is for callers' small fetches.
 //!
 //! Knows nothing about upstreams or HTTP; never serves a byte whose digest
 //! was not verified, and never leaves a partial blob visible.
