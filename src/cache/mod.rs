@@ -6,8 +6,8 @@
 //! touches: the blob store, the metadata (`Kv`), [`Fills`] for streamed
 //! downloads shared by concurrent readers, the evictor that chooses victims
 //! (the cache alone deletes), reconciliation for crash recovery, the
-//! [`Inventory`] of images, and the one thread full scans of the metadata
-//! run on (`scan_thread.rs`). [`Coalescer`] is for callers' small fetches.
+//! [`Inventory`] of images, and the thread the start-up reconciliation and
+//! catalog builds run on (`scan_thread.rs`). [`Coalescer`] is for callers' small fetches.
 //!
 //! Knows nothing about upstreams or HTTP; never serves a byte whose digest
 //! was not verified, and never leaves a partial blob visible.

@@ -1,6 +1,7 @@
-//! The one thread that reads the whole metadata: the start-up
+//! The thread that reads the whole metadata for the start-up
 //! reconciliation and every catalog build (`wharf ls`, `wharf du`, the
-//! status page) run on it, one at a time.
+//! status page), one at a time. Eviction passes, `gc` and `rm` still scan
+//! on their caller's blocking thread: moving them here is the next step.
 //!
 //! Why a thread of its own: glibc gives each thread an arena. sled's page
 //! cache is filled by whichever thread reads; when a full scan ran on a
@@ -8,7 +9,7 @@
 //! arena while the copies in the arena of the thread that filled it at start
 //! were freed among live memory, where `malloc_trim` cannot return them: the
 //! status page's first view left 25 MiB resident on a 100,000-blob cache.
-//! With every full scan on one thread, the pages freed and loaded stay in one
+//! With those scans on one thread, the pages freed and loaded stay in one
 //! arena and are reused (`benches/status_rss.py`). Serialising the scans also
 //! bounds their scratch memory to one at a time.
 //!
