@@ -185,11 +185,12 @@ fn main() {
         catalog.totals.blobs,
         catalog.totals.bytes
     );
-    let some = &catalog.repos[catalog.repos.len() / 2];
+    println!("catalog: {} bytes on the heap", catalog.heap_bytes());
+    let some = catalog.repos().nth(catalog.repos().len() / 2).unwrap();
     let (up, repo, digest) = (
-        some.upstream.clone(),
-        some.repository.clone(),
-        some.images[0].digest.clone(),
+        some.upstream().to_owned(),
+        some.repository().to_owned(),
+        some.images().next().unwrap().digest().to_owned(),
     );
     drop(catalog);
     let rss_catalog = rss_kib();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::inventory::{Inventory, RepoListing};
+use super::inventory::{ImageListing, Inventory, RepoListing};
 use super::meta::now_millis;
 use super::{release_scratch_memory, Cache, CacheError};
 
@@ -29,8 +29,9 @@ pub struct Catalog {
     built_at: Instant,
     /// How long building it took.
     pub build_time: Duration,
-    /// Repositories in (upstream, repository) order.
-    pub repos: Vec<RepoListing>,
+    /// Repositories in (upstream, repository) order, packed: see
+    /// [`Catalog::repos`].
+    rows: Rows,
     pub totals: Totals,
 }
 
@@ -54,6 +55,7 @@ impl Catalog {
         let started = Instant::now();
         let pinned = inv.pinned_ids(pins);
         let repos = inv.listing(&pinned);
+        let rows = Rows::pack(&repos);
         let totals = Totals {
             blobs: inv.blob_count() as u64,
             manifests: inv.manifest_count() as u64,
@@ -68,7 +70,7 @@ impl Catalog {
             built_ms: now_millis(),
             built_at: Instant::now(),
             build_time: started.elapsed(),
-            repos,
+            rows,
             totals,
         }
     }
@@ -124,24 +126,279 @@ impl Cache {
         let (meta, store) = (self.meta.clone(), self.store.clone());
         let built = self.scan.run(move || -> Result<Catalog, CacheError> {
             let inv = Inventory::load(&meta, &store)?;
-            let mut built = Catalog::build(generation, &inv, &pins);
+            let built = Catalog::build(generation, &inv, &pins);
             drop(inv);
-            // The listing was allocated among the inventory's scratch: kept
-            // as it is, its strings would pin pages of that freed memory for
-            // as long as the catalog lives. A copy made now packs them
-            // together; the originals go back.
-            built.repos = built.repos.clone();
             release_scratch_memory();
             Ok(built)
         })?;
         let built = Arc::new(built);
         tracing::debug!(
+            bytes = built.rows.heap_bytes(),
             generation,
             ms = built.build_time.as_millis() as u64,
             "cache catalog built"
         );
         *self.catalog.current.lock() = Some(built.clone());
         Ok(built)
+    }
+}
+
+impl Catalog {
+    /// The repositories, in (upstream, repository) order.
+    pub fn repos(&self) -> impl ExactSizeIterator<Item = Repo<'_>> + Clone + '_ {
+        self.rows.repos.iter().map(|row| Repo {
+            rows: &self.rows,
+            row,
+        })
+    }
+
+    /// Everything, as `wharf ls` sends it.
+    pub fn listing(&self) -> Vec<RepoListing> {
+        self.repos().map(|r| r.to_listing()).collect()
+    }
+
+    /// Bytes the catalog holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.rows.heap_bytes()
+    }
+}
+
+/// A catalog's rows, packed: every string in one buffer (names of
+/// upstreams, media types, tags and platforms stored once however often they
+/// recur), rows of fixed size pointing into it. 5,000 images take about
+/// 0.7 MB this way, against 1.8 MB as [`RepoListing`]s, in four allocations
+/// instead of twenty thousand, which matters because the catalog outlives
+/// the scan that built it: its small strings would pin pages of the scan's
+/// freed scratch for as long as it lives.
+#[derive(Debug, Default)]
+struct Rows {
+    text: String,
+    repos: Vec<RepoRow>,
+    images: Vec<ImageRow>,
+    platforms: Vec<Str>,
+}
+
+/// A string in [`Rows::text`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Str {
+    at: u32,
+    len: u32,
+}
+
+impl Str {
+    /// No string (an `Option`'s `None`).
+    const NONE: Str = Str {
+        at: u32::MAX,
+        len: 0,
+    };
+}
+
+#[derive(Debug)]
+struct RepoRow {
+    upstream: Str,
+    repository: Str,
+    size: u64,
+    images: std::ops::Range<u32>,
+}
+
+#[derive(Debug)]
+struct ImageRow {
+    tag: Str,
+    digest: Str,
+    media_type: Str,
+    size: u64,
+    last_access_ms: u64,
+    cached_blobs: u32,
+    total_blobs: u32,
+    platforms: std::ops::Range<u32>,
+    pinned: bool,
+}
+
+impl Rows {
+    fn pack(repos: &[RepoListing]) -> Rows {
+        // Sized exactly first, so that nothing is reallocated (and left
+        // behind) while packing.
+        let (mut images, mut platforms) = (0, 0);
+        for r in repos {
+            images += r.images.len();
+            platforms += r.images.iter().map(|i| i.platforms.len()).sum::<usize>();
+        }
+        let mut rows = Rows {
+            text: String::new(),
+            repos: Vec::with_capacity(repos.len()),
+            images: Vec::with_capacity(images),
+            platforms: Vec::with_capacity(platforms),
+        };
+        // Strings that recur (upstreams, tags, media types, platforms) are
+        // stored once; repositories and digests are not looked up, they
+        // rarely recur.
+        let mut text = Packer::default();
+        for r in repos {
+            let first = rows.images.len() as u32;
+            for i in &r.images {
+                let first_platform = rows.platforms.len() as u32;
+                for p in &i.platforms {
+                    let p = text.put(p, true);
+                    rows.platforms.push(p);
+                }
+                rows.images.push(ImageRow {
+                    tag: i.tag.as_deref().map_or(Str::NONE, |t| text.put(t, true)),
+                    digest: text.put(&i.digest, false),
+                    media_type: i
+                        .media_type
+                        .as_deref()
+                        .map_or(Str::NONE, |m| text.put(m, true)),
+                    size: i.size,
+                    last_access_ms: i.last_access_ms,
+                    cached_blobs: u32::try_from(i.cached_blobs).unwrap_or(u32::MAX),
+                    total_blobs: u32::try_from(i.total_blobs).unwrap_or(u32::MAX),
+                    platforms: first_platform..rows.platforms.len() as u32,
+                    pinned: i.pinned,
+                });
+            }
+            rows.repos.push(RepoRow {
+                upstream: text.put(&r.upstream, true),
+                repository: text.put(&r.repository, false),
+                size: r.size,
+                images: first..rows.images.len() as u32,
+            });
+        }
+        rows.text.reserve_exact(text.len);
+        for s in text.parts {
+            rows.text.push_str(s);
+        }
+        rows
+    }
+
+    fn str(&self, s: Str) -> Option<&str> {
+        (s != Str::NONE).then(|| &self.text[s.at as usize..s.at as usize + s.len as usize])
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.repos.capacity() * std::mem::size_of::<RepoRow>()
+            + self.images.capacity() * std::mem::size_of::<ImageRow>()
+            + self.platforms.capacity() * std::mem::size_of::<Str>()
+    }
+}
+
+/// The text of [`Rows`] while it is being packed.
+#[derive(Default)]
+struct Packer<'a> {
+    parts: Vec<&'a str>,
+    len: usize,
+    interned: std::collections::HashMap<&'a str, Str>,
+}
+
+impl<'a> Packer<'a> {
+    fn put(&mut self, s: &'a str, intern: bool) -> Str {
+        if let Some(&at) = intern.then(|| self.interned.get(s)).flatten() {
+            return at;
+        }
+        let at = Str {
+            at: u32::try_from(self.len).expect("a catalog under 4 GiB of text"),
+            len: u32::try_from(s.len()).expect("a name under 4 GiB"),
+        };
+        self.len += s.len();
+        self.parts.push(s);
+        if intern {
+            self.interned.insert(s, at);
+        }
+        at
+    }
+}
+
+/// A repository of a [`Catalog`].
+#[derive(Clone, Copy)]
+pub struct Repo<'a> {
+    rows: &'a Rows,
+    row: &'a RepoRow,
+}
+
+impl<'a> Repo<'a> {
+    pub fn upstream(&self) -> &'a str {
+        self.rows.str(self.row.upstream).unwrap_or_default()
+    }
+
+    pub fn repository(&self) -> &'a str {
+        self.rows.str(self.row.repository).unwrap_or_default()
+    }
+
+    /// Bytes of its images (content its images share counted once).
+    pub fn size(&self) -> u64 {
+        self.row.size
+    }
+
+    pub fn images(&self) -> impl ExactSizeIterator<Item = Image<'a>> + Clone + 'a {
+        let rows = self.rows;
+        let range = self.row.images.start as usize..self.row.images.end as usize;
+        rows.images[range]
+            .iter()
+            .map(move |row| Image { rows, row })
+    }
+
+    pub fn to_listing(&self) -> RepoListing {
+        RepoListing {
+            upstream: self.upstream().to_owned(),
+            repository: self.repository().to_owned(),
+            size: self.size(),
+            images: self.images().map(|i| i.to_listing()).collect(),
+        }
+    }
+}
+
+/// An image (a tag, or a manifest cached by digest only) of a [`Repo`].
+#[derive(Clone, Copy)]
+pub struct Image<'a> {
+    rows: &'a Rows,
+    row: &'a ImageRow,
+}
+
+impl<'a> Image<'a> {
+    /// `None`: a manifest cached by digest only.
+    pub fn tag(&self) -> Option<&'a str> {
+        self.rows.str(self.row.tag)
+    }
+
+    pub fn digest(&self) -> &'a str {
+        self.rows.str(self.row.digest).unwrap_or_default()
+    }
+
+    /// The manifest's type, when cached.
+    pub fn media_type(&self) -> Option<&'a str> {
+        self.rows.str(self.row.media_type)
+    }
+
+    /// Bytes of its content in the cache.
+    pub fn size(&self) -> u64 {
+        self.row.size
+    }
+
+    pub fn last_access_ms(&self) -> u64 {
+        self.row.last_access_ms
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.row.pinned
+    }
+
+    pub fn to_listing(&self) -> ImageListing {
+        let r = self.row;
+        ImageListing {
+            tag: self.tag().map(str::to_owned),
+            digest: self.digest().to_owned(),
+            size: r.size,
+            cached_blobs: r.cached_blobs as usize,
+            total_blobs: r.total_blobs as usize,
+            last_access_ms: r.last_access_ms,
+            pinned: r.pinned,
+            media_type: self.media_type().map(str::to_owned),
+            platforms: self.rows.platforms[r.platforms.start as usize..r.platforms.end as usize]
+                .iter()
+                .filter_map(|&p| self.rows.str(p))
+                .map(str::to_owned)
+                .collect(),
+        }
     }
 }
 
@@ -225,6 +482,85 @@ mod tests {
             .map(|&n| n as u64)
             .sum::<u64>();
         assert_eq!(now.totals.bytes - manifests_bytes(&cache), sizes);
+    }
+
+    #[test]
+    fn packed_rows_give_back_what_was_packed() {
+        let image =
+            |tag: Option<&str>, digest: &str, mt: Option<&str>, platforms: &[&str]| ImageListing {
+                tag: tag.map(str::to_owned),
+                digest: digest.to_owned(),
+                size: digest.len() as u64 * 1000,
+                cached_blobs: 3,
+                total_blobs: 4,
+                last_access_ms: 17,
+                pinned: tag == Some("stable"),
+                media_type: mt.map(str::to_owned),
+                platforms: platforms.iter().map(|&p| p.to_owned()).collect(),
+            };
+        let index = "application/vnd.oci.image.index.v1+json";
+        let repos = vec![
+            RepoListing {
+                upstream: "gar".into(),
+                repository: "team/a".into(),
+                size: 5,
+                images: vec![
+                    image(
+                        Some("stable"),
+                        "sha256:aa",
+                        Some(index),
+                        &["linux/amd64", "linux/arm64/v8"],
+                    ),
+                    image(None, "sha256:bbb", None, &[]),
+                ],
+            },
+            // A repository without images, and one whose tag and platform
+            // recur: stored once, read back the same.
+            RepoListing {
+                upstream: "hub".into(),
+                repository: "library/empty".into(),
+                size: 0,
+                images: vec![],
+            },
+            RepoListing {
+                upstream: "hub".into(),
+                repository: "library/<b>".into(),
+                size: u64::MAX,
+                images: vec![image(
+                    Some("stable"),
+                    "sha256:cc",
+                    Some(index),
+                    &["linux/amd64"],
+                )],
+            },
+        ];
+        let rows = Rows::pack(&repos);
+        let catalog = Catalog {
+            generation: 1,
+            built_ms: 0,
+            built_at: Instant::now(),
+            build_time: Duration::ZERO,
+            rows,
+            totals: Totals::default(),
+        };
+        let back = catalog.listing();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&repos).unwrap()
+        );
+        let text = &catalog.rows.text;
+        assert_eq!(text.matches("linux/amd64").count(), 1, "{text}");
+        assert_eq!(text.matches(index).count(), 1);
+        assert_eq!(text.matches("stable").count(), 1);
+        assert_eq!(text.matches("hub").count(), 1);
+        let r = catalog.repos().nth(2).unwrap();
+        assert_eq!((r.upstream(), r.repository()), ("hub", "library/<b>"));
+        let i = r.images().next().unwrap();
+        assert_eq!(
+            (i.tag(), i.digest(), i.pinned()),
+            (Some("stable"), "sha256:cc", true)
+        );
+        assert!(catalog.heap_bytes() >= text.len());
     }
 
     fn manifests_bytes(cache: &Cache) -> u64 {

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use catalog::{Catalog, Totals};
+pub use catalog::{Catalog, Image, Repo, Totals};
 pub use coalesce::{Coalescer, Panicked, Recover};
 pub use evict::{EvictReport, Limits, NoRoom, Reservation};
 pub use fill::{FillError, FillProgress, FillReader, FillReaders, FillWriter, Fills, Join};

@@ -17,7 +17,7 @@ impl Cache {
     /// exact.
     pub fn listing(&self) -> Result<Vec<RepoListing>, CacheError> {
         self.evictor.flush_touches(&self.meta)?;
-        Ok(self.catalog()?.repos.clone())
+        Ok(self.catalog()?.listing())
     }
 
     /// Every committed blob and manifest with its size: what a site

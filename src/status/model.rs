@@ -372,33 +372,32 @@ pub struct Images {
 pub fn images(app: &App, q: &str, page: usize) -> Result<Images, crate::cache::CacheError> {
     let catalog = app.mirror.cache().catalog_within(CATALOG_FRESH)?;
     let q = cut(q.trim(), MAX_QUERY).to_lowercase();
-    let matches = |r: &&RepoListing| {
+    let matches = |r: &crate::cache::Repo| {
         q.is_empty()
-            || format!("{}/{}", r.upstream, r.repository)
+            || format!("{}/{}", r.upstream(), r.repository())
                 .to_lowercase()
                 .contains(&q)
-            || r.images.iter().any(|i| {
-                i.tag
-                    .as_deref()
-                    .is_some_and(|t| t.to_lowercase().contains(&q))
-                    || i.digest.starts_with(&q)
+            || r.images().any(|i| {
+                i.tag().is_some_and(|t| t.to_lowercase().contains(&q)) || i.digest().starts_with(&q)
             })
     };
-    let matched: Vec<&RepoListing> = catalog.repos.iter().filter(matches).collect();
-    let pages = matched.len().div_ceil(PER_PAGE).max(1);
+    let total = catalog.repos().len();
+    let matched: Vec<crate::cache::Repo> = catalog.repos().filter(matches).collect();
+    let count = matched.len();
+    let pages = count.div_ceil(PER_PAGE).max(1);
     let page = page.clamp(1, pages);
     Ok(Images {
         generation: catalog.generation,
         catalog_built_ms: catalog.built_ms,
         page,
         pages,
-        matched: matched.len(),
-        total: catalog.repos.len(),
+        matched: count,
+        total,
         repos: matched
             .into_iter()
             .skip((page - 1) * PER_PAGE)
             .take(PER_PAGE)
-            .cloned()
+            .map(|r| r.to_listing())
             .collect(),
         q,
     })
@@ -451,30 +450,24 @@ pub fn image(
     let cache = app.mirror.cache();
     let catalog = cache.catalog_within(CATALOG_FRESH)?;
     let Some(repo) = catalog
-        .repos
-        .iter()
-        .find(|r| r.upstream == upstream && r.repository == repository)
+        .repos()
+        .find(|r| r.upstream() == upstream && r.repository() == repository)
     else {
         return Ok(None);
     };
     let Ok(d) = digest.parse::<crate::registry::Digest>() else {
         return Ok(None);
     };
-    let rows: Vec<_> = repo.images.iter().filter(|i| i.digest == digest).collect();
+    let rows: Vec<_> = repo.images().filter(|i| i.digest() == digest).collect();
     if rows.is_empty() {
         // An entry of an index listed here? (The first few indexes only:
         // each is a file to read.)
         let listed_child = repo
-            .images
-            .iter()
-            .filter(|i| {
-                i.media_type
-                    .as_deref()
-                    .is_some_and(crate::registry::is_index_type)
-            })
+            .images()
+            .filter(|i| i.media_type().is_some_and(crate::registry::is_index_type))
             .take(MAX_INDEXES_SEARCHED)
             .any(|i| {
-                i.digest
+                i.digest()
                     .parse()
                     .ok()
                     .and_then(|p| cache.manifest_bytes(&p).ok().flatten())
@@ -486,11 +479,15 @@ pub fn image(
         }
     }
     let bytes = cache.manifest_bytes(&d)?;
-    let media_type = rows.first().and_then(|r| r.media_type.clone()).or_else(|| {
-        let b = bytes.as_ref()?;
-        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
-        Some(v.get("mediaType")?.as_str()?.to_owned())
-    });
+    let media_type = rows
+        .first()
+        .and_then(|r| r.media_type())
+        .map(str::to_owned)
+        .or_else(|| {
+            let b = bytes.as_ref()?;
+            let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+            Some(v.get("mediaType")?.as_str()?.to_owned())
+        });
     let cached = |d: &crate::registry::Digest| cache.has_blob(d);
     let mut blobs = Vec::new();
     let mut children = Vec::new();
@@ -539,13 +536,17 @@ pub fn image(
         upstream: upstream.to_owned(),
         repository: repository.to_owned(),
         digest: digest.to_owned(),
-        tags: rows.iter().filter_map(|r| r.tag.clone()).collect(),
+        tags: rows
+            .iter()
+            .filter_map(|r| r.tag())
+            .map(str::to_owned)
+            .collect(),
         media_type,
-        pinned: rows.iter().any(|r| r.pinned),
-        last_access_ms: rows.iter().map(|r| r.last_access_ms).max().unwrap_or(0),
+        pinned: rows.iter().any(|r| r.pinned()),
+        last_access_ms: rows.iter().map(|r| r.last_access_ms()).max().unwrap_or(0),
         size: rows.first().map_or_else(
             || blobs.iter().filter(|b| b.cached).map(|b| b.size).sum(),
-            |r| r.size,
+            |r| r.size(),
         ),
         manifest,
         blobs,
