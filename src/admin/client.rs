@@ -38,7 +38,7 @@ pub fn run(config: &Config, op: &Op) -> anyhow::Result<(serde_json::Value, Via)>
     let meta = open_metadata(&config.cache_dir).map_err(|e| open_failed(config, &sock, e))?;
     let (cache, _) = Cache::open(&config.cache_dir, meta, &config.cache, Arc::default())
         .with_context(|| format!("cannot open the cache in {}", config.cache_dir.display()))?;
-    let v = execute(&cache, op, false)?;
+    let v = serde_json::from_str(&execute(&cache, op, false)?)?;
     cache.flush()?;
     Ok((v, Via::Direct))
 }

@@ -73,22 +73,24 @@ impl Op {
     }
 }
 
-/// Runs an operation on an open cache. `live`: a server is using it.
-/// Blocking (file system walks).
-pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<serde_json::Value, CacheError> {
-    let json = |v: serde_json::Result<serde_json::Value>| v.expect("reports serialize");
+/// Runs an operation on an open cache and answers with its report as JSON
+/// text, serialized straight from the report (`ls` of a large cache is
+/// megabytes: no `serde_json::Value` tree in between). `live`: a server is
+/// using the cache. Blocking (file system walks).
+pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<String, CacheError> {
+    let json = |v: serde_json::Result<String>| v.expect("reports serialize");
     Ok(match op {
-        Op::Ls => json(serde_json::to_value(cache.listing()?)),
-        Op::Du => json(serde_json::to_value(cache.usage()?)),
-        Op::Rm { image } => json(serde_json::to_value(cache.remove_image(image)?)),
-        Op::Gc { verify } => json(serde_json::to_value(cache.gc(*verify, live)?)),
+        Op::Ls => cache.listing_json()?,
+        Op::Du => json(serde_json::to_string(&cache.usage()?)),
+        Op::Rm { image } => json(serde_json::to_string(&cache.remove_image(image)?)),
+        Op::Gc { verify } => json(serde_json::to_string(&cache.gc(*verify, live)?)),
         Op::Pin { pattern } => {
-            serde_json::json!({ "pattern": pattern, "added": cache.pin(pattern)? })
+            serde_json::json!({ "pattern": pattern, "added": cache.pin(pattern)? }).to_string()
         }
         Op::Unpin { pattern } => {
-            serde_json::json!({ "pattern": pattern, "removed": cache.unpin(pattern)? })
+            serde_json::json!({ "pattern": pattern, "removed": cache.unpin(pattern)? }).to_string()
         }
-        Op::Inventory => json(serde_json::to_value(crate::airgap::SiteInventory::of(
+        Op::Inventory => json(serde_json::to_string(&crate::airgap::SiteInventory::of(
             cache,
         )?)),
         Op::Sync { .. } | Op::BundleCreate(_) | Op::BundleImport(_) => {
@@ -100,7 +102,8 @@ pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<serde_json::Value, 
             .pin_list()?
             .into_iter()
             .map(|(p, from_config)| serde_json::json!({ "pattern": p, "config": from_config }))
-            .collect::<Vec<_>>()),
+            .collect::<Vec<_>>())
+        .to_string(),
     })
 }
 
@@ -173,7 +176,10 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let text = v.to_string();
+    json_text_response(status, v.to_string())
+}
+
+fn json_text_response(status: StatusCode, text: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -214,7 +220,7 @@ async fn socket_request(app: &Arc<App>, req: Request<hyper::body::Incoming>) -> 
     let cache = app.mirror.cache().clone();
     let op2 = op.clone();
     match tokio::task::spawn_blocking(move || execute(&cache, &op2, true)).await {
-        Ok(Ok(v)) => json_response(StatusCode::OK, &v),
+        Ok(Ok(text)) => json_text_response(StatusCode::OK, text),
         Ok(Err(e)) => {
             let status = if matches!(e, CacheError::Invalid(_)) {
                 StatusCode::BAD_REQUEST

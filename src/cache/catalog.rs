@@ -157,6 +157,20 @@ impl Catalog {
         self.repos().map(|r| r.to_listing()).collect()
     }
 
+    /// [`Catalog::listing`] as JSON, serialized a repository at a time:
+    /// `wharf ls` of 5,000 images is megabytes of JSON, which an
+    /// intermediate `Vec` or `serde_json::Value` would hold several times
+    /// over.
+    pub fn listing_json(&self) -> String {
+        struct All<'a>(&'a Catalog);
+        impl Serialize for All<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.repos().map(|r| r.to_listing()))
+            }
+        }
+        serde_json::to_string(&All(self)).expect("a listing serializes")
+    }
+
     /// Bytes the catalog holds on the heap.
     pub fn heap_bytes(&self) -> usize {
         self.rows.heap_bytes()
@@ -547,6 +561,10 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&repos).unwrap()
+        );
+        assert_eq!(
+            catalog.listing_json(),
+            serde_json::to_string(&repos).unwrap()
         );
         let text = &catalog.rows.text;
         assert_eq!(text.matches("linux/amd64").count(), 1, "{text}");

@@ -7,17 +7,17 @@ use std::collections::HashSet;
 
 use crate::registry::{Digest, RepoName};
 
-use super::inventory::{Inventory, RepoListing};
+use super::inventory::Inventory;
 use super::meta::{now_secs, PinRecord};
 use super::pins::Pin;
 use super::{Cache, CacheError, RemoveReport, Usage};
 
 impl Cache {
-    /// `wharf ls`: recorded reads flushed first, so last-pulled times are
-    /// exact.
-    pub fn listing(&self) -> Result<Vec<RepoListing>, CacheError> {
+    /// `wharf ls`, as JSON ([`super::Catalog::listing_json`]): recorded
+    /// reads flushed first, so last-pulled times are exact.
+    pub fn listing_json(&self) -> Result<String, CacheError> {
         self.evictor.flush_touches(&self.meta)?;
-        Ok(self.catalog()?.listing())
+        Ok(self.catalog()?.listing_json())
     }
 
     /// Every committed blob and manifest with its size: what a site
