@@ -4,9 +4,10 @@
 //! built at, so two answers with the same generation come from the same
 //! snapshot and agree to the byte.
 //!
-//! Owns: the snapshot and when to rebuild it. Builds run on the caller's
-//! (blocking) thread, never on a request's path, and never write: a page
-//! view cannot change what it shows.
+//! Owns: the snapshot, how it is stored (packed: [`Catalog::repos`] reads it
+//! in place) and when to rebuild it. Builds run on the scan thread while the
+//! caller (a blocking thread) waits, never on a request's path, and never
+//! write: a page view cannot change what it shows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
