@@ -75,8 +75,10 @@ impl Op {
 
 /// Runs an operation on an open cache and answers with its report as JSON
 /// text, serialized straight from the report (`ls` of a large cache is
-/// megabytes: no `serde_json::Value` tree in between). `live`: a server is
-/// using the cache. Blocking (file system walks).
+/// megabytes: no `serde_json::Value` tree in between), so its keys come in
+/// the report's field order (the CLI reads them by name, and `--json`
+/// prints them sorted). `live`: a server is using the cache. Blocking (file
+/// system walks).
 pub fn execute(cache: &Cache, op: &Op, live: bool) -> Result<String, CacheError> {
     let json = |v: serde_json::Result<String>| v.expect("reports serialize");
     Ok(match op {

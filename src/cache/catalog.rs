@@ -6,8 +6,9 @@
 //!
 //! Owns: the snapshot, how it is stored (packed: [`Catalog::repos`] reads it
 //! in place) and when to rebuild it. Builds run on the scan thread while the
-//! caller (a blocking thread) waits, never on a request's path, and never
-//! write: a page view cannot change what it shows.
+//! caller (a blocking thread: `ls`, `du`, a status-page view) waits, never
+//! on a registry request's path, and never write: a page view cannot change
+//! what it shows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,11 +53,17 @@ pub struct Totals {
 }
 
 impl Catalog {
-    fn build(generation: u64, inv: &Inventory, pins: &[super::pins::Pin]) -> Catalog {
-        let started = Instant::now();
+    /// From the inventory read since `started`, which it drops before
+    /// packing: the packed rows are then allocated after its scratch went
+    /// back.
+    fn build(
+        generation: u64,
+        inv: Inventory,
+        pins: &[super::pins::Pin],
+        started: Instant,
+    ) -> Catalog {
         let pinned = inv.pinned_ids(pins);
         let repos = inv.listing(&pinned);
-        let rows = Rows::pack(&repos);
         let totals = Totals {
             blobs: inv.blob_count() as u64,
             manifests: inv.manifest_count() as u64,
@@ -66,6 +73,10 @@ impl Catalog {
             images: repos.iter().map(|r| r.images.len() as u64).sum(),
             upstreams: inv.upstream_sizes(),
         };
+        drop((pinned, inv));
+        let rows = Rows::pack(&repos);
+        drop(repos);
+        release_scratch_memory();
         Catalog {
             generation,
             built_ms: now_millis(),
@@ -126,11 +137,11 @@ impl Cache {
         let pins = self.pins()?;
         let (meta, store) = (self.meta.clone(), self.store.clone());
         let built = self.scan.run(move || -> Result<Catalog, CacheError> {
+            // Timed from the scan: the build time sets how long a view may
+            // reuse the catalog.
+            let started = Instant::now();
             let inv = Inventory::load(&meta, &store)?;
-            let built = Catalog::build(generation, &inv, &pins);
-            drop(inv);
-            release_scratch_memory();
-            Ok(built)
+            Ok(Catalog::build(generation, inv, &pins, started))
         })?;
         let built = Arc::new(built);
         tracing::debug!(
@@ -153,12 +164,8 @@ impl Catalog {
         })
     }
 
-    /// Everything, as `wharf ls` sends it.
-    pub fn listing(&self) -> Vec<RepoListing> {
-        self.repos().map(|r| r.to_listing()).collect()
-    }
-
-    /// [`Catalog::listing`] as JSON, serialized a repository at a time:
+    /// Every repository's [`Repo::to_listing`], as the JSON array `wharf
+    /// ls` sends, serialized a repository at a time:
     /// `wharf ls` of 5,000 images is megabytes of JSON, which an
     /// intermediate `Vec` or `serde_json::Value` would hold several times
     /// over.
@@ -231,8 +238,8 @@ struct ImageRow {
 
 impl Rows {
     fn pack(repos: &[RepoListing]) -> Rows {
-        // Sized exactly first, so that nothing is reallocated (and left
-        // behind) while packing.
+        // The rows and the text are sized exactly first, so that they are
+        // not reallocated (leaving copies behind) while packing.
         let (mut images, mut platforms) = (0, 0);
         for r in repos {
             images += r.images.len();
@@ -249,9 +256,9 @@ impl Rows {
         // rarely recur.
         let mut text = Packer::default();
         for r in repos {
-            let first = rows.images.len() as u32;
+            let first = row_index(rows.images.len());
             for i in &r.images {
-                let first_platform = rows.platforms.len() as u32;
+                let first_platform = row_index(rows.platforms.len());
                 for p in &i.platforms {
                     let p = text.put(p, true);
                     rows.platforms.push(p);
@@ -267,7 +274,7 @@ impl Rows {
                     last_access_ms: i.last_access_ms,
                     cached_blobs: u32::try_from(i.cached_blobs).unwrap_or(u32::MAX),
                     total_blobs: u32::try_from(i.total_blobs).unwrap_or(u32::MAX),
-                    platforms: first_platform..rows.platforms.len() as u32,
+                    platforms: first_platform..row_index(rows.platforms.len()),
                     pinned: i.pinned,
                 });
             }
@@ -275,7 +282,7 @@ impl Rows {
                 upstream: text.put(&r.upstream, true),
                 repository: text.put(&r.repository, false),
                 size: r.size,
-                images: first..rows.images.len() as u32,
+                images: first..row_index(rows.images.len()),
             });
         }
         rows.text.reserve_exact(text.len);
@@ -295,6 +302,10 @@ impl Rows {
             + self.images.capacity() * std::mem::size_of::<ImageRow>()
             + self.platforms.capacity() * std::mem::size_of::<Str>()
     }
+}
+
+fn row_index(n: usize) -> u32 {
+    u32::try_from(n).expect("a catalog under 4 billion rows")
 }
 
 /// The text of [`Rows`] while it is being packed.
@@ -501,18 +512,23 @@ mod tests {
 
     #[test]
     fn packed_rows_give_back_what_was_packed() {
-        let image =
-            |tag: Option<&str>, digest: &str, mt: Option<&str>, platforms: &[&str]| ImageListing {
+        let image = |tag: Option<&str>, digest: &str, mt: Option<&str>, platforms: &[&str]| {
+            // Every figure differs from image to image and from field
+            // to field, so a row or a field read in place of another
+            // shows.
+            let n: u64 = digest.bytes().map(u64::from).sum();
+            ImageListing {
                 tag: tag.map(str::to_owned),
                 digest: digest.to_owned(),
-                size: digest.len() as u64 * 1000,
-                cached_blobs: 3,
-                total_blobs: 4,
-                last_access_ms: 17,
+                size: n * 1000,
+                cached_blobs: n as usize % 97,
+                total_blobs: n as usize % 89 + 100,
+                last_access_ms: n * 3,
                 pinned: tag == Some("stable"),
                 media_type: mt.map(str::to_owned),
                 platforms: platforms.iter().map(|&p| p.to_owned()).collect(),
-            };
+            }
+        };
         let index = "application/vnd.oci.image.index.v1+json";
         let repos = vec![
             RepoListing {
@@ -529,13 +545,20 @@ mod tests {
                     image(None, "sha256:bbb", None, &[]),
                 ],
             },
-            // A repository without images, and one whose tag and platform
-            // recur: stored once, read back the same.
+            // A repository without images; empty strings, which are not
+            // `None`; a tag and a platform that recur: stored once, read
+            // back the same.
             RepoListing {
                 upstream: "hub".into(),
                 repository: "library/empty".into(),
                 size: 0,
                 images: vec![],
+            },
+            RepoListing {
+                upstream: "hub".into(),
+                repository: "library/odd".into(),
+                size: 1,
+                images: vec![image(Some(""), "sha256:ddd", Some(""), &[""])],
             },
             RepoListing {
                 upstream: "hub".into(),
@@ -558,7 +581,7 @@ mod tests {
             rows,
             totals: Totals::default(),
         };
-        let back = catalog.listing();
+        let back: Vec<RepoListing> = catalog.repos().map(|r| r.to_listing()).collect();
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&repos).unwrap()
@@ -572,7 +595,7 @@ mod tests {
         assert_eq!(text.matches(index).count(), 1);
         assert_eq!(text.matches("stable").count(), 1);
         assert_eq!(text.matches("hub").count(), 1);
-        let r = catalog.repos().nth(2).unwrap();
+        let r = catalog.repos().nth(3).unwrap();
         assert_eq!((r.upstream(), r.repository()), ("hub", "library/<b>"));
         let i = r.images().next().unwrap();
         assert_eq!(

@@ -886,10 +886,22 @@ fn waiting_nodes_stream_the_leaders_fill_and_finish_it_from_the_upstream_if_it_d
     let before = f.up.gets(&path);
     let tmp = tempfile::tempdir().unwrap();
     std::thread::scope(|s| {
-        for (i, n) in pair.iter().enumerate() {
-            let to = tmp.path().join(format!("copy{i}"));
-            s.spawn(move || skopeo_copy(n, "library/big:1", &to));
-        }
+        // The second pull starts once the first node is downloading the
+        // layer (4 s at this pace), so it finds a fill to follow however
+        // slowly the machine starts skopeo; both started blind, a second
+        // skopeo late by more than the fill found the layer in the tier and
+        // read no peer.
+        let to = tmp.path().join("copy0");
+        let first = &pair[0];
+        s.spawn(move || skopeo_copy(first, "library/big:1", &to));
+        eventually(
+            Duration::from_secs(60),
+            "the first node downloading the layer",
+            || first.metric("wharf_fills_in_flight") >= 1.0,
+        );
+        let to = tmp.path().join("copy1");
+        let second = &pair[1];
+        s.spawn(move || skopeo_copy(second, "library/big:1", &to));
     });
     assert_eq!(
         dir_contents(&tmp.path().join("copy0")),
@@ -900,16 +912,25 @@ fn waiting_nodes_stream_the_leaders_fill_and_finish_it_from_the_upstream_if_it_d
         1,
         "the layer came from the upstream once"
     );
-    eventually(
-        Duration::from_secs(10),
-        "the follower's read counted",
-        || {
+    let peer_reads = || {
+        pair.iter()
+            .map(|n| n.metric("wharf_shared_peer_reads_total{result=\"done\"}"))
+            .collect::<Vec<f64>>()
+    };
+    if poll_until(Duration::from_secs(10), || {
+        peer_reads().iter().sum::<f64>() == 1.0
+    })
+    .is_none()
+    {
+        panic!(
+            "the follower's read was not counted: peer reads done per node {:?}, \
+             fills in flight {:?}",
+            peer_reads(),
             pair.iter()
-                .map(|n| n.metric("wharf_shared_peer_reads_total{result=\"done\"}"))
-                .sum::<f64>()
-                == 1.0
-        },
-    );
+                .map(|n| n.metric("wharf_fills_in_flight"))
+                .collect::<Vec<_>>()
+        );
+    }
     drop(pair);
 
     // The leader killed while a follower streams from it: the follower's
