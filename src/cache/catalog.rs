@@ -53,9 +53,10 @@ pub struct Totals {
 }
 
 impl Catalog {
-    /// From the inventory read since `started`, which it drops before
-    /// packing: the packed rows are then allocated after its scratch went
-    /// back.
+    /// From the inventory read since `started`. The rows are packed while
+    /// the inventory still lives, so that they do not land among its freed
+    /// scratch (`benches/status_rss.py` on a cold server: 4.3–5.4 MiB in
+    /// three runs packed after the drop, 3.2–4.5 MiB in eight packed before).
     fn build(
         generation: u64,
         inv: Inventory,
@@ -64,6 +65,7 @@ impl Catalog {
     ) -> Catalog {
         let pinned = inv.pinned_ids(pins);
         let repos = inv.listing(&pinned);
+        let rows = Rows::pack(&repos);
         let totals = Totals {
             blobs: inv.blob_count() as u64,
             manifests: inv.manifest_count() as u64,
@@ -73,9 +75,7 @@ impl Catalog {
             images: repos.iter().map(|r| r.images.len() as u64).sum(),
             upstreams: inv.upstream_sizes(),
         };
-        drop((pinned, inv));
-        let rows = Rows::pack(&repos);
-        drop(repos);
+        drop((pinned, inv, repos));
         release_scratch_memory();
         Catalog {
             generation,
