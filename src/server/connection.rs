@@ -150,12 +150,17 @@ where
         let wait = limit
             .min(shared.limits.idle_timeout)
             .saturating_sub(state.idle_for());
+        // `biased`, the stall first: a body that gave up on its reader
+        // closes its channel right after `stall()`, and hyper, seeing the
+        // body end early, would otherwise often end the connection first,
+        // uncounted.
         tokio::select! {
-            r = conn.as_mut() => return r,
+            biased;
             _ = state.stalled() => {
                 shared.metrics.drop_conn(Dropped::WriteTimeout, peer);
                 return Ok(());
             }
+            r = conn.as_mut() => return r,
             // A client that does not let a graceful close finish (it never
             // reads the GOAWAY) is dropped.
             _ = tokio::time::sleep(shared.limits.header_timeout), if closing && !*stop.borrow() => {

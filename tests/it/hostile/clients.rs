@@ -317,9 +317,10 @@ fn tls_non_readers_of_a_cached_blob_do_not_hang_the_server() {
     while closed("write_timeout") < N as f64 {
         assert!(
             Instant::now() < deadline,
-            "the write deadline closed {} of {N} non-readers in 120 s ({} connections open; closed for other reasons: header_timeout {}, idle_timeout {}, malformed {}, address_limit {})",
+            "the write deadline closed {} of {N} non-readers in 120 s ({} other connections open; closed for other reasons: header_timeout {}, idle_timeout {}, malformed {}, address_limit {})",
             closed("write_timeout"),
-            a.metric("wharf_connections_open"),
+            // Besides the scrape that reads it.
+            a.metric("wharf_connections_open") - 1.0,
             closed("header_timeout"),
             closed("idle_timeout"),
             closed("malformed"),
