@@ -37,6 +37,9 @@
 //! - [`systemd`]: the service manager's side of `wharf serve`: ready,
 //!   stopping, and watchdog pings while a self-check passes.
 //! - [`watched`]: files re-read when they change (credentials, htpasswd).
+//! - [`own_thread`]: threads of wharf's own that run one job at a time
+//!   (`wharf-scan` for whole-metadata scans, `wharf-status` for the status
+//!   page's views); a leaf.
 //! - [`admin`]: the operator side: `/metrics`, `/healthz`, `/readyz` on the
 //!   admin listener, and the `wharf ls/du/rm/gc/pin` operations, run through
 //!   the running server's admin socket or on a cache no server holds.
@@ -61,6 +64,7 @@ pub mod config;
 pub mod metrics;
 pub mod mirror;
 pub mod nodeconfig;
+pub mod own_thread;
 pub mod registry;
 pub mod secret;
 pub mod server;

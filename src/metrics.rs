@@ -34,6 +34,9 @@ pub struct Metrics {
     pub cache_pinned_size: IntGauge,
     pub cache_blobs: IntGauge,
     pub cache_max_size: IntGauge,
+    /// Heap bytes of the last catalog of cached images (what the status
+    /// page, `ls` and `du` read).
+    pub catalog_bytes: IntGauge,
     /// Docker Hub's `ratelimit-limit` / `ratelimit-remaining`, as last seen.
     pub upstream_ratelimit_limit: IntGaugeVec,
     pub upstream_ratelimit_remaining: IntGaugeVec,
@@ -142,6 +145,10 @@ impl Metrics {
             cache_max_size: one_gauge(
                 "wharf_cache_max_size_bytes",
                 "The configured cache.max_size (0: the filesystem's size)",
+            ),
+            catalog_bytes: one_gauge(
+                "wharf_catalog_bytes",
+                "Heap bytes held by the last catalog of cached images (read by the status page, ls and du)",
             ),
             upstream_ratelimit_limit: gauge(
                 "wharf_upstream_ratelimit_limit",

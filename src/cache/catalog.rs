@@ -144,8 +144,9 @@ impl Cache {
             Ok(Catalog::build(generation, inv, &pins, started))
         })?;
         let built = Arc::new(built);
+        self.metrics.catalog_bytes.set(built.heap_bytes() as i64);
         tracing::debug!(
-            bytes = built.rows.heap_bytes(),
+            bytes = built.heap_bytes(),
             generation,
             ms = built.build_time.as_millis() as u64,
             "cache catalog built"

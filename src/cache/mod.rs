@@ -7,7 +7,7 @@
 //! downloads shared by concurrent readers, the evictor that chooses victims
 //! (the cache alone deletes), reconciliation for crash recovery, the
 //! [`Inventory`] of images, and the thread the start-up reconciliation and
-//! catalog builds run on (`scan_thread.rs`). [`Coalescer`] is for callers' small fetches.
+//! catalog builds run on (`crate::own_thread`). [`Coalescer`] is for callers' small fetches.
 //!
 //! Knows nothing about upstreams or HTTP; never serves a byte whose digest
 //! was not verified, and never leaves a partial blob visible.
@@ -23,7 +23,6 @@ mod notes;
 mod operator;
 mod pins;
 mod reconcile;
-mod scan_thread;
 mod sled_kv;
 mod store;
 mod upkeep;
@@ -179,8 +178,8 @@ pub struct Cache {
     dir: PathBuf,
     store: Arc<BlobStore>,
     meta: Arc<Metadata>,
-    /// Where the whole metadata is read (see `scan_thread.rs`).
-    scan: scan_thread::ScanThread,
+    /// Where the whole metadata is read (`wharf-scan`, see `crate::own_thread`).
+    scan: crate::own_thread::OwnThread,
     fills: Fills,
     evictor: Evictor,
     /// See [`CacheSettings::fill_reserve_step`].
@@ -268,7 +267,7 @@ impl Cache {
         let started = std::time::Instant::now();
         let store = Arc::new(BlobStore::open(dir)?);
         let meta = Arc::new(meta);
-        let scan = scan_thread::ScanThread::start()?;
+        let scan = crate::own_thread::OwnThread::start("wharf-scan")?;
         let report = {
             let (store, meta) = (store.clone(), meta.clone());
             scan.run(move || reconcile::reconcile(&store, &meta, false))?

@@ -28,6 +28,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::app::App;
+use crate::own_thread::OwnThread;
 use crate::server::Body;
 
 pub use record::{ImportOutcome, ImportProgress, Problem, Records};
@@ -192,8 +193,34 @@ fn respond(
     with_headers(resp, content_type, store)
 }
 
-/// Views rendered at once (each on a blocking thread).
+/// Views rendering or waiting for the render thread.
 const RENDERS_AT_ONCE: usize = 4;
+
+/// The thread every view renders on, started with the first view.
+fn render_thread() -> Option<&'static OwnThread> {
+    static THREAD: std::sync::OnceLock<OwnThread> = std::sync::OnceLock::new();
+    if THREAD.get().is_none() {
+        match OwnThread::start("wharf-status") {
+            // Two first views may race: one thread is kept, the other ends.
+            Ok(t) => drop(THREAD.set(t)),
+            Err(e) => tracing::warn!(error = %e, "status page: cannot start its thread"),
+        }
+    }
+    THREAD.get()
+}
+
+/// After a view, at most once a second: hand what views freed back to the
+/// system (`malloc_trim`), so that a page left open, refreshing every 10 s,
+/// does not keep the peak of its largest view resident. A trim walks every
+/// arena, so it is not done after each of a burst of views.
+fn release_render_memory() {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    let mut last = LAST.lock();
+    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+        crate::cache::release_scratch_memory();
+        *last = Some(std::time::Instant::now());
+    }
+}
 
 const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
@@ -254,17 +281,30 @@ pub async fn serve(
         param(query, "repo"),
         param(query, "digest"),
     );
-    // Views read the catalog and files: off the async threads, and at most
-    // a few at once, so page views never hold the blocking threads the
-    // registry's file work needs.
+    // Views read the catalog and files: off the async threads, on one
+    // thread of their own (its arena is all the memory views leave behind),
+    // with at most a few waiting.
     static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RENDERS_AT_ONCE);
     let Ok(_permit) = RENDERS.acquire().await else {
         unreachable!("the semaphore is never closed")
     };
-    let rendered = tokio::task::spawn_blocking(move || {
-        render(&app2, &view2, api, &q, page, &upstream, &repo, &digest)
-    })
-    .await;
+    let Some(thread) = render_thread() else {
+        return json(
+            method,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "cannot start the status page's thread; see wharf's log"}),
+        );
+    };
+    let rendered = thread
+        .run_async(move || {
+            // A view that panics answers 500; the thread goes on.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                render(&app2, &view2, api, &q, page, &upstream, &repo, &digest)
+            }));
+            release_render_memory();
+            r
+        })
+        .await;
     match rendered {
         Ok(Ok((status, text))) => {
             respond(method, status, text, if api { JSON } else { HTML }, false)

@@ -226,6 +226,13 @@ fn status_figures_equal_metrics_du_and_ls_and_the_page_stays_private() {
         .map(|r| r["images"].as_array().unwrap().len())
         .sum();
     assert_eq!(u["images"].as_u64().unwrap() as usize, rows);
+    // The catalog the page read is on the books: it holds at least each
+    // image's digest (71 bytes of text).
+    assert!(
+        m("wharf_catalog_bytes") >= 71 * rows as u64,
+        "wharf_catalog_bytes {} for {rows} images",
+        m("wharf_catalog_bytes")
+    );
     // Traffic since start: the counters, summed as /metrics has them.
     let t = &o["since_start"];
     let sum = |prefix: &str| -> u64 {
