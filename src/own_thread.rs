@@ -66,11 +66,15 @@ impl OwnThread {
         }
     }
 
-    /// [`run`](Self::run) for async callers: no thread waits meanwhile.
+    /// [`run`](Self::run) for async callers: no thread waits meanwhile. If
+    /// the caller is dropped before the job's turn (a client went away), the
+    /// job is dropped unrun.
     pub async fn run_async<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let (done, result) = tokio::sync::oneshot::channel();
         self.send(Box::new(move || {
-            let _ = done.send(catch_unwind(AssertUnwindSafe(f)));
+            if !done.is_closed() {
+                let _ = done.send(catch_unwind(AssertUnwindSafe(f)));
+            }
         }));
         match result.await {
             Ok(Ok(v)) => v,
@@ -108,5 +112,40 @@ mod tests {
         }));
         assert!(caught.is_err());
         assert_eq!(rt.block_on(t.run_async(|| 8)), 8);
+    }
+
+    #[test]
+    fn a_job_whose_async_caller_is_gone_does_not_run() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let t = OwnThread::start("test-own").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let ran = std::sync::Arc::new(AtomicBool::new(false));
+        std::thread::scope(|s| {
+            let (started, is_started) = mpsc::channel();
+            let (gate, wait) = mpsc::channel::<()>();
+            s.spawn(|| {
+                t.run(move || {
+                    started.send(()).unwrap();
+                    wait.recv().unwrap()
+                })
+            });
+            is_started.recv().unwrap();
+            // Queued behind the running job, then its caller gives up.
+            let r = ran.clone();
+            let waited = rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(20),
+                    t.run_async(move || r.store(true, Ordering::SeqCst)),
+                )
+                .await
+            });
+            assert!(waited.is_err());
+            gate.send(()).unwrap();
+        });
+        assert_eq!(t.run(|| 9), 9, "later jobs run");
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned job ran");
     }
 }

@@ -150,17 +150,22 @@ where
         let wait = limit
             .min(shared.limits.idle_timeout)
             .saturating_sub(state.idle_for());
-        // `biased`, the stall first: a body that gave up on its reader
-        // closes its channel right after `stall()`, and hyper, seeing the
-        // body end early, would otherwise often end the connection first,
-        // uncounted.
+        // A body that gave up on its reader closes its channel right after
+        // `stall()`, and hyper, seeing the body end early, may end the
+        // connection first: the stall is checked first (`biased`) and again
+        // when the connection ends, so it is counted either way.
         tokio::select! {
             biased;
             _ = state.stalled() => {
                 shared.metrics.drop_conn(Dropped::WriteTimeout, peer);
                 return Ok(());
             }
-            r = conn.as_mut() => return r,
+            r = conn.as_mut() => {
+                if state.has_stalled() {
+                    shared.metrics.drop_conn(Dropped::WriteTimeout, peer);
+                }
+                return r;
+            }
             // A client that does not let a graceful close finish (it never
             // reads the GOAWAY) is dropped.
             _ = tokio::time::sleep(shared.limits.header_timeout), if closing && !*stop.borrow() => {

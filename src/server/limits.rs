@@ -264,6 +264,8 @@ pub struct ConnState {
     /// all connections (`None`: unbounded, outside a server).
     shared_bodies: Option<Arc<tokio::sync::Semaphore>>,
     stalled: tokio::sync::Notify,
+    /// Set by [`stall`](Self::stall), before the body's channel closes.
+    has_stalled: AtomicBool,
     failed: AtomicBool,
     /// A request has started (before that, the header timeout applies).
     started: AtomicBool,
@@ -300,7 +302,14 @@ impl ConnState {
     /// connection is to be closed.
     pub fn stall(&self) {
         self.fail();
+        self.has_stalled.store(true, Ordering::Release);
         self.stalled.notify_one();
+    }
+
+    /// A response body stalled (whether or not [`stalled`](Self::stalled)
+    /// was woken yet).
+    pub fn has_stalled(&self) -> bool {
+        self.has_stalled.load(Ordering::Acquire)
     }
 
     /// Completes once a response body stalled.

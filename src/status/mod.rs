@@ -193,28 +193,41 @@ fn respond(
     with_headers(resp, content_type, store)
 }
 
-/// Views rendering or waiting for the render thread.
+/// Views rendering or queued for the render thread: a view waits for a
+/// place before it is queued, and a view whose client went away gives its
+/// place back without being rendered.
 const RENDERS_AT_ONCE: usize = 4;
+static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RENDERS_AT_ONCE);
 
 /// The thread every view renders on, started with the first view.
 fn render_thread() -> Option<&'static OwnThread> {
     static THREAD: std::sync::OnceLock<OwnThread> = std::sync::OnceLock::new();
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if THREAD.get().is_none() {
         match OwnThread::start("wharf-status") {
             // Two first views may race: one thread is kept, the other ends.
             Ok(t) => drop(THREAD.set(t)),
-            Err(e) => tracing::warn!(error = %e, "status page: cannot start its thread"),
+            Err(e) => {
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "status page: cannot start its thread");
+                }
+            }
         }
     }
     THREAD.get()
 }
 
-/// After a view, at most once a second: hand what views freed back to the
-/// system (`malloc_trim`), so that a page left open, refreshing every 10 s,
-/// does not keep the peak of its largest view resident. A trim walks every
-/// arena, so it is not done after each of a burst of views.
+/// After a view, when no other view waits, at most once a second: hand
+/// what is free back to the system (`malloc_trim`), so that a page left
+/// open, refreshing every 10 s, does not keep the peak of its largest view
+/// resident. A trim walks (and briefly locks) every arena, so a burst of
+/// views gets one trim when it ends, not one per view. Runs on the render
+/// thread, which holds a place of `RENDERS` meanwhile.
 fn release_render_memory() {
     static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    if RENDERS.available_permits() + 1 < RENDERS_AT_ONCE {
+        return;
+    }
     let mut last = LAST.lock();
     if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
         crate::cache::release_scratch_memory();
@@ -282,10 +295,11 @@ pub async fn serve(
         param(query, "digest"),
     );
     // Views read the catalog and files: off the async threads, on one
-    // thread of their own (its arena is all the memory views leave behind),
-    // with at most a few waiting.
-    static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RENDERS_AT_ONCE);
-    let Ok(_permit) = RENDERS.acquire().await else {
+    // thread of their own (so the memory they free is reused there, not
+    // spread over the blocking threads' arenas), a few queued at most. One
+    // view waiting for a catalog build (0.6 s at 100,000 blobs) holds up the
+    // others meanwhile.
+    let Ok(permit) = RENDERS.acquire().await else {
         unreachable!("the semaphore is never closed")
     };
     let Some(thread) = render_thread() else {
@@ -297,6 +311,7 @@ pub async fn serve(
     };
     let rendered = thread
         .run_async(move || {
+            let _place = permit;
             // A view that panics answers 500; the thread goes on.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 render(&app2, &view2, api, &q, page, &upstream, &repo, &digest)
