@@ -157,12 +157,12 @@ where
         tokio::select! {
             biased;
             _ = state.stalled() => {
-                shared.metrics.drop_conn(Dropped::WriteTimeout, peer);
+                state.count_write_timeout(&shared.metrics, peer);
                 return Ok(());
             }
             r = conn.as_mut() => {
                 if state.has_stalled() {
-                    shared.metrics.drop_conn(Dropped::WriteTimeout, peer);
+                    state.count_write_timeout(&shared.metrics, peer);
                 }
                 return r;
             }

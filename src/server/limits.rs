@@ -266,6 +266,9 @@ pub struct ConnState {
     stalled: tokio::sync::Notify,
     /// Set by [`stall`](Self::stall), before the body's channel closes.
     has_stalled: AtomicBool,
+    /// The connection was counted as closed by `write_timeout` (a blocked
+    /// write and a stalled body may both see it: counted once).
+    write_timeout_counted: AtomicBool,
     failed: AtomicBool,
     /// A request has started (before that, the header timeout applies).
     started: AtomicBool,
@@ -310,6 +313,14 @@ impl ConnState {
     /// was woken yet).
     pub fn has_stalled(&self) -> bool {
         self.has_stalled.load(Ordering::Acquire)
+    }
+
+    /// Counts the connection as closed by `write_timeout`, once however
+    /// many of its parts saw the deadline.
+    pub fn count_write_timeout(&self, metrics: &ServerMetrics, peer: std::net::SocketAddr) {
+        if !self.write_timeout_counted.swap(true, Ordering::AcqRel) {
+            metrics.drop_conn(Dropped::WriteTimeout, peer);
+        }
     }
 
     /// Completes once a response body stalled.
@@ -453,7 +464,7 @@ impl<T> Guarded<T> {
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         if timer.as_mut().poll(cx).is_ready() {
-            self.metrics.drop_conn(Dropped::WriteTimeout, self.peer);
+            self.state.count_write_timeout(&self.metrics, self.peer);
             self.state.fail();
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -217,12 +217,24 @@ fn render_thread() -> Option<&'static OwnThread> {
     THREAD.get()
 }
 
-/// After a view, when no other view waits, at most once a second: hand
-/// what is free back to the system (`malloc_trim`), so that a page left
-/// open, refreshing every 10 s, does not keep the peak of its largest view
-/// resident. A trim walks (and briefly locks) every arena, so a burst of
-/// views gets one trim when it ends, not one per view. Runs on the render
-/// thread, which holds a place of `RENDERS` meanwhile.
+/// A view's place among `RENDERS`, held from before it is queued until its
+/// job ends on the render thread, rendered or dropped unrun (its client
+/// left); then [`release_render_memory`].
+struct Place(#[allow(dead_code)] tokio::sync::SemaphorePermit<'static>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        release_render_memory();
+    }
+}
+
+/// After a view, when no other view holds a place, and at most once a
+/// second: hand what is free back to the system (`malloc_trim`), so that a
+/// page left open, refreshing every 10 s, does not keep the peak of its
+/// largest view resident. A trim walks (and briefly locks) every arena, so
+/// a burst of views gets at most one a second, not one per view, and none
+/// if it ends within a second of the last. Runs on the render thread, while
+/// the caller still holds its place.
 fn release_render_memory() {
     static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
     if RENDERS.available_permits() + 1 < RENDERS_AT_ONCE {
@@ -299,9 +311,6 @@ pub async fn serve(
     // spread over the blocking threads' arenas), a few queued at most. One
     // view waiting for a catalog build (0.6 s at 100,000 blobs) holds up the
     // others meanwhile.
-    let Ok(permit) = RENDERS.acquire().await else {
-        unreachable!("the semaphore is never closed")
-    };
     let Some(thread) = render_thread() else {
         return json(
             method,
@@ -309,15 +318,17 @@ pub async fn serve(
             &serde_json::json!({"error": "cannot start the status page's thread; see wharf's log"}),
         );
     };
+    let Ok(place) = RENDERS.acquire().await.map(Place) else {
+        unreachable!("the semaphore is never closed")
+    };
     let rendered = thread
         .run_async(move || {
-            let _place = permit;
+            // Given back (and the trim tried) when the job ends.
+            let _place = place;
             // A view that panics answers 500; the thread goes on.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 render(&app2, &view2, api, &q, page, &upstream, &repo, &digest)
-            }));
-            release_render_memory();
-            r
+            }))
         })
         .await;
     match rendered {
