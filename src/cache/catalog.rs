@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::inventory::{ImageListing, Inventory, RepoListing};
 use super::meta::now_millis;
-use super::{release_scratch_memory, Cache, CacheError};
+use super::{Cache, CacheError};
+use crate::memory::release_scratch_memory;
 
 /// A snapshot of the cache as images.
 #[derive(Debug)]

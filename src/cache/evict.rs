@@ -217,7 +217,7 @@ impl Drop for Pass<'_> {
         if !self.finished {
             self.evictor.usage.fetch_add(self.before, Ordering::Relaxed);
         }
-        super::release_scratch_memory();
+        crate::memory::release_scratch_memory();
     }
 }
 

@@ -46,6 +46,7 @@ pub use reconcile::ReconcileReport;
 pub use sled_kv::SledKv;
 pub use store::BlobStore;
 
+use crate::memory::release_scratch_memory;
 use crate::metrics::Metrics;
 use crate::registry::{Digest, MediaType, RepoName};
 
@@ -71,18 +72,6 @@ pub enum CacheError {
         "the cache metadata in {0} is in use by another process (one wharf per cache directory)"
     )]
     Locked(String),
-}
-
-/// Reconciliation, eviction passes and the operator's listings allocate tens
-/// of MiB of short-lived lists on a large cache; glibc keeps freed memory in
-/// its arenas, so hand it back to the system rather than carry it as idle RSS
-/// for months.
-pub fn release_scratch_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; no pointer is involved.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 impl CacheError {

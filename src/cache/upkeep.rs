@@ -10,9 +10,8 @@ use std::time::Duration;
 use super::evict::{Reservation, Verdict};
 use super::inventory::Inventory;
 use super::reconcile;
-use super::{
-    release_scratch_memory, Cache, CacheError, EvictReport, GcReport, NoRoom, ReconcileReport,
-};
+use super::{Cache, CacheError, EvictReport, GcReport, NoRoom, ReconcileReport};
+use crate::memory::release_scratch_memory;
 
 impl Cache {
     /// Claims room for a fill of `size` bytes, evicting if needed.

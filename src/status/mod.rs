@@ -242,7 +242,7 @@ fn release_render_memory() {
     }
     let mut last = LAST.lock();
     if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-        crate::cache::release_scratch_memory();
+        crate::memory::release_scratch_memory();
         *last = Some(std::time::Instant::now());
     }
 }
