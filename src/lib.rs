@@ -37,8 +37,9 @@
 //! - [`systemd`]: the service manager's side of `wharf serve`: ready,
 //!   stopping, and watchdog pings while a self-check passes.
 //! - [`watched`]: files re-read when they change (credentials, htpasswd).
-//! - [`memory`]: how freed memory goes back to the system (glibc's trim
-//!   threshold, set at start, and the trims after scans and views); a leaf.
+//! - [`memory`]: how freed memory goes back to the system (the trims after
+//!   scans and views, and returnable scratch room for a thread of wharf's
+//!   own); a leaf.
 //! - [`own_thread`]: threads of wharf's own that run one job at a time
 //!   (`wharf-scan` for whole-metadata scans, `wharf-status` for the status
 //!   page's views); a leaf.

@@ -238,11 +238,9 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
-    // Before any thread starts (src/memory.rs).
-    let allocator = wharf::memory::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(config, allocator),
+        Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => with_logs(|| check_config(config)),
         Command::Trust { config, host, out } => with_logs(|| trust(config, host, out)),
         Command::Ls { config, json } => with_logs(|| wharf::admin::client::ls(load(config)?, json)),
@@ -530,7 +528,7 @@ fn trust(path: Option<PathBuf>, host: Option<String>, out: Option<PathBuf>) -> a
     Ok(())
 }
 
-fn serve(path: Option<PathBuf>, allocator: wharf::memory::Allocator) -> anyhow::Result<()> {
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -541,12 +539,6 @@ fn serve(path: Option<PathBuf>, allocator: wharf::memory::Allocator) -> anyhow::
     init_logging(config.log_json);
     for w in &config.warnings {
         tracing::warn!("{w}");
-    }
-    match allocator {
-        wharf::memory::Allocator::OperatorTunables => {
-            tracing::info!("GLIBC_TUNABLES sets malloc's thresholds: wharf leaves them as set")
-        }
-        a => tracing::debug!(allocator = ?a, "allocator settings"),
     }
     raise_open_file_limit(config.server.max_connections);
     // Streamed bodies hold no blocking thread (server/body.rs): the pool

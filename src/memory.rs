@@ -1,74 +1,36 @@
-//! How wharf hands freed memory back to the system: glibc's allocator
-//! settings, made once at start ([`tune_allocator`]), and the trims after
-//! scans and status views ([`release_scratch_memory`]).
+//! How freed memory goes back to the system (glibc's allocator): the trims
+//! after scans, eviction passes and status views
+//! ([`release_scratch_memory`]), and scratch room for a thread of wharf's
+//! own that `malloc_trim` can return ([`reserve_returnable_scratch`]).
 //!
-//! Why a setting: glibc's thresholds are dynamic by default. The first time
-//! a block above the mmap threshold (128 KiB) is freed, the threshold rises
-//! to that block's size (up to 32 MiB) and the trim threshold to twice it.
-//! Start-up frees lists of megabytes on a large cache (10 MiB at 100,000
-//! blobs), so from then on no thread's arena gave back free memory at its
-//! top below 20 MiB, and `malloc_trim` never returns the top of a thread's
-//! arena (only free pages among live ones, and the main arena's top). The
-//! status page's render thread kept some 770 KiB it had freed that way
-//! (`benches/status_rss.py`). Fixing the trim threshold at
-//! [`TRIM_THRESHOLD`] turns the dynamic thresholds off: the mmap threshold
-//! stays at glibc's 128 KiB, the blocks above it are mapped and unmapped
-//! whole, and an arena keeps at most the threshold plus glibc's 128 KiB pad
-//! free at its top.
+//! What glibc returns: `malloc_trim` gives back the free pages inside freed
+//! blocks in every arena, but the free top of an arena only for the main
+//! arena. Any other arena gives its top back on its own only once the top
+//! exceeds the trim threshold, and glibc raises that threshold to twice the
+//! largest mapped block freed so far: start-up frees lists of megabytes on
+//! a large cache (10 MiB at 100,000 blobs), after which no such arena
+//! returned a top below 20 MiB. So a thread whose peak extends its arena's
+//! top keeps that peak resident: the status page's render thread kept some
+//! 770 KiB that way (`benches/status_rss.py`).
 //!
-//! An operator's `GLIBC_TUNABLES` naming `glibc.malloc.trim_threshold` or
-//! `glibc.malloc.mmap_threshold` wins: wharf then leaves the allocator as
-//! set.
+//! Fixing the thresholds for the whole process would return it, and was
+//! measured: it cost 25–50 % more CPU per GiB served over TLS, because
+//! every buffer of 128 KiB or more was then mapped and unmapped, and tops
+//! trimmed and regrown, on the request path. So this module leaves glibc's
+//! settings alone and works per thread instead.
 //!
-//! Owns: the allocator's settings and trims. Never allocates or holds memory
-//! itself; [`tune_allocator`] runs before any thread of wharf's starts.
+//! Owns: the trims and the scratch reservation. Must never: change the
+//! allocator's process-wide settings. The trim runs after an eviction pass,
+//! which a fill may start; the reservation runs once on a thread of wharf's
+//! own, never on a request's path.
 
-/// Free memory at the top of an arena beyond this (and glibc's 128 KiB pad)
-/// goes back to the system when a block next to it is freed.
-pub const TRIM_THRESHOLD: usize = 256 << 10;
-
-/// What [`tune_allocator`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Allocator {
-    /// Trim threshold fixed at [`TRIM_THRESHOLD`].
-    Tuned,
-    /// `GLIBC_TUNABLES` sets the thresholds: left as the operator set them.
-    OperatorTunables,
-    /// Not glibc: nothing to set.
-    Other,
-}
-
-/// Sets the allocator's trim threshold (see the module doc). Call first in
-/// `main`, before any thread starts.
-pub fn tune_allocator() -> Allocator {
-    let operator = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
-        t.contains("glibc.malloc.trim_threshold") || t.contains("glibc.malloc.mmap_threshold")
-    });
-    if operator {
-        return Allocator::OperatorTunables;
-    }
-    set_trim_threshold(TRIM_THRESHOLD)
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set_trim_threshold(bytes: usize) -> Allocator {
-    let bytes = libc::c_int::try_from(bytes).expect("a trim threshold fits an int");
-    // SAFETY: mallopt only changes the allocator's parameters.
-    match unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, bytes) } {
-        1 => Allocator::Tuned,
-        _ => Allocator::Other,
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set_trim_threshold(_: usize) -> Allocator {
-    Allocator::Other
-}
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Reconciliation, eviction passes, the operator's listings and the status
 /// page's views allocate short-lived lists (tens of MiB of them on a large
-/// cache); glibc keeps freed memory among live blocks in its arenas, so hand
-/// it back to the system rather than carry it as idle RSS for months.
+/// cache); glibc keeps freed memory in its arenas, so hand what it can
+/// return back to the system rather than carry it as idle RSS for months.
 pub fn release_scratch_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; no pointer is involved.
@@ -77,49 +39,155 @@ pub fn release_scratch_memory() {
     }
 }
 
+/// Blocks of the scratch room: below glibc's default mmap threshold
+/// (128 KiB, and it only rises unless the operator sets it), so they come
+/// from the thread's arena. With a lower threshold set, each is mapped and
+/// unmapped on its own and there is no room; nothing else changes.
+const ROOM_BLOCK: usize = 64 << 10;
+
+type Block = Box<[MaybeUninit<u8>]>;
+
+thread_local! {
+    /// The room's last block, kept: it holds the room apart from the
+    /// arena's top.
+    static FENCE: RefCell<Option<Block>> = const { RefCell::new(None) };
+}
+
+/// Makes about `bytes` of free room in the calling thread's arena, fenced
+/// off from the arena's top by the room's last block, which the thread
+/// keeps. Allocations from that arena (glibc picks a free block before the
+/// top) are then served from the room first, and when freed they join it,
+/// not the top, so [`release_scratch_memory`] returns their pages. Beyond
+/// the room the top grows as before. Blocks taken from holes the arena
+/// already had are returned with those holes. Call once, first thing on a
+/// thread of wharf's own; the room is virtual until used (the trim at the
+/// end returns the blocks' header pages).
+pub(crate) fn reserve_returnable_scratch(bytes: usize) {
+    // Touch the thread-local first: registering its destructor allocates,
+    // and that block would otherwise sit in the room for good.
+    FENCE.with(|f| debug_assert!(f.borrow().is_none(), "one room per thread"));
+    let mut room: Vec<Block> = (0..bytes.div_ceil(ROOM_BLOCK).max(2))
+        .map(|_| Box::new_uninit_slice(ROOM_BLOCK))
+        .collect();
+    // If any block came from the top, the last one did, above the others.
+    let fence = room.pop();
+    drop(std::hint::black_box(room));
+    FENCE.with(|f| *f.borrow_mut() = std::hint::black_box(fence));
+    release_scratch_memory();
+}
+
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
+    use std::hint::black_box;
 
-    /// Read without allocating: a block it left cached near the arena's
-    /// top would keep the freed blocks from joining the top.
-    fn rss_kib() -> u64 {
+    /// Anonymous memory resident, in KiB, from `smaps_rollup` (exact, where
+    /// `RssAnon` in `status` may be per-CPU approximate). Read without
+    /// allocating: a block left cached near the room or the arena's top
+    /// would change what it measures.
+    fn rss_anon_kib() -> u64 {
         use std::io::Read;
         let mut buf = [0u8; 8192];
-        let mut f = std::fs::File::open("/proc/self/status").unwrap();
+        let mut f = std::fs::File::open("/proc/self/smaps_rollup").unwrap();
         let mut n = 0;
         while let Ok(got @ 1..) = f.read(&mut buf[n..]) {
             n += got;
         }
-        let status = std::str::from_utf8(&buf[..n]).unwrap();
-        let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+        let rollup = std::str::from_utf8(&buf[..n]).unwrap();
+        let line = rollup
+            .lines()
+            .find(|l| l.starts_with("Anonymous:"))
+            .unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
-    /// As start-up does on a large cache: a block of 10 MiB freed (glibc's
-    /// dynamic thresholds would rise to 10 and 20 MiB), then a thread
-    /// allocates 8 MiB in small blocks and frees them. Tuned, those 8 MiB
-    /// leave the thread's arena: its top is above the threshold; untuned,
-    /// all 8 MiB stay. (nextest runs each test in a process of its own, so
-    /// the setting and the RSS are this test's.)
-    #[test]
-    fn memory_a_thread_freed_goes_back_after_a_large_block_was_freed() {
-        assert_eq!(tune_allocator(), Allocator::Tuned);
-        let big = std::hint::black_box(vec![1u8; 10 << 20]);
-        drop(big);
-        let grew = std::thread::spawn(|| {
-            let before = rss_kib();
-            let blocks: Vec<Vec<u8>> = (0..2048).map(|_| vec![1u8; 4000]).collect();
-            let held = rss_kib();
-            drop(std::hint::black_box(blocks));
-            (held - before, rss_kib().saturating_sub(before))
+    const CHILD: &str = "WHARF_MEMORY_TEST_CHILD";
+
+    /// Whether this is the process that measures: the test re-runs itself
+    /// alone in a process of its own, where nothing else allocates (RSS is
+    /// the process's), and checks that it passed.
+    fn in_own_process(name: &str) -> bool {
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD, "1");
+        // glibc's allocator as it starts by default.
+        for var in [
+            "GLIBC_TUNABLES",
+            "MALLOC_ARENA_MAX",
+            "MALLOC_ARENA_TEST",
+            "MALLOC_TRIM_THRESHOLD_",
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TOP_PAD_",
+            "MALLOC_MMAP_MAX_",
+        ] {
+            child.env_remove(var);
+        }
+        let out = child.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "the measuring process failed:\n{text}"
+        );
+        assert!(
+            text.contains("1 passed"),
+            "the measuring process ran it:\n{text}"
+        );
+        false
+    }
+
+    /// As on a large cache: start-up frees a 10 MiB block (glibc's
+    /// thresholds rise to 10 and 20 MiB); then a thread of wharf's own
+    /// allocates 2.2 MiB, as a view's lists and page, frees it and trims.
+    /// Returns (KiB held, KiB still resident after the trim).
+    fn peak_and_kept(room: bool) -> (u64, u64) {
+        drop(black_box(vec![1u8; 10 << 20]));
+        std::thread::spawn(move || {
+            if room {
+                reserve_returnable_scratch(4 << 20);
+            }
+            let before = rss_anon_kib();
+            let rows: Vec<Vec<u8>> = (0..512).map(|_| vec![1u8; 4000]).collect();
+            let page = vec![1u8; 200 << 10];
+            let held = rss_anon_kib();
+            drop(black_box((rows, page)));
+            release_scratch_memory();
+            let kept = rss_anon_kib();
+            (held.saturating_sub(before), kept.saturating_sub(before))
         })
         .join()
-        .unwrap();
-        assert!(grew.0 >= 6 << 10, "the blocks were resident: {grew:?} KiB");
+        .unwrap()
+    }
+
+    #[test]
+    fn a_thread_with_returnable_scratch_gives_its_peak_back() {
+        if !in_own_process("memory::tests::a_thread_with_returnable_scratch_gives_its_peak_back") {
+            return;
+        }
+        let (held, kept) = peak_and_kept(true);
+        assert!(held >= 1536, "the blocks were resident: {held} KiB");
         assert!(
-            grew.1 < 1 << 10,
-            "freed, they left less than 1 MiB resident: {grew:?} KiB (held, after)"
+            kept < 256,
+            "{kept} of {held} KiB stayed resident after the trim"
+        );
+    }
+
+    /// What the room works around: without it, the thread's arena keeps
+    /// its peak at its top, which `malloc_trim` does not return.
+    #[test]
+    fn without_the_room_a_threads_arena_keeps_its_peak() {
+        if !in_own_process("memory::tests::without_the_room_a_threads_arena_keeps_its_peak") {
+            return;
+        }
+        let (held, kept) = peak_and_kept(false);
+        assert!(held >= 1536, "the blocks were resident: {held} KiB");
+        assert!(
+            kept * 4 >= held * 3,
+            "{kept} of {held} KiB stayed resident after the trim"
         );
     }
 }

@@ -10,11 +10,12 @@
 //! by whichever thread reads; when a full scan ran on a random blocking
 //! thread, sled reloaded its 16 MiB cache into that thread's arena while the
 //! copies in the arena of the thread that filled it at start were freed
-//! among live memory, where `malloc_trim` cannot return them: the status
-//! page's first view left 25 MiB resident on a 100,000-blob cache. Work of
-//! one kind on one thread frees and reuses memory in one arena
-//! (`benches/status_rss.py`), and running one job at a time bounds the
-//! scratch memory to one job's.
+//! among live memory and at that arena's top, where `malloc_trim` returns
+//! only whole free pages and never a thread arena's top (`crate::memory`):
+//! the status page's first view left 25 MiB resident on a 100,000-blob
+//! cache. Work of one kind on one thread frees and reuses memory in one
+//! arena (`benches/status_rss.py`), and running one job at a time bounds
+//! the scratch memory to one job's.
 //!
 //! Owns: the thread and its queue. Never runs anything on a registry
 //! request's path. [`OwnThread::run`] blocks its caller until the job has
@@ -32,10 +33,19 @@ pub struct OwnThread {
 impl OwnThread {
     /// Starts the thread `name`; it ends when this is dropped.
     pub fn start(name: &str) -> std::io::Result<OwnThread> {
+        OwnThread::start_with(name, || {})
+    }
+
+    /// Starts the thread `name`, which runs `first` before any job.
+    pub fn start_with(
+        name: &str,
+        first: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<OwnThread> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                first();
                 for job in rx {
                     job();
                 }

@@ -199,13 +199,27 @@ fn respond(
 const RENDERS_AT_ONCE: usize = 4;
 static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RENDERS_AT_ONCE);
 
+/// Room the render thread's views take their memory from, so that the
+/// trim after them returns it (`crate::memory`): a view's peak is under
+/// 1 MiB at 100,000 blobs (a page of 50 repositories rendered twice over,
+/// as its body and inside the layout); beyond the room the render thread's
+/// arena grows as any thread's does.
+const RENDER_SCRATCH: usize = 4 << 20;
+
 /// The thread every view renders on, started with the first view.
 fn render_thread() -> Option<&'static OwnThread> {
     static THREAD: std::sync::OnceLock<OwnThread> = std::sync::OnceLock::new();
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // One start at a time: a second thread would end, and its room stay
+    // in its arena.
+    static STARTING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
     if THREAD.get().is_none() {
-        match OwnThread::start("wharf-status") {
-            // Two first views may race: one thread is kept, the other ends.
+        let _one = STARTING.lock();
+        if let Some(t) = THREAD.get() {
+            return Some(t);
+        }
+        let room = || crate::memory::reserve_returnable_scratch(RENDER_SCRATCH);
+        match OwnThread::start_with("wharf-status", room) {
             Ok(t) => drop(THREAD.set(t)),
             Err(e) => {
                 if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -229,10 +243,11 @@ impl Drop for Place {
 }
 
 /// After a view, when no other view holds a place, and at most once a
-/// second: hand what is free back to the system (`malloc_trim`), so that a
-/// page left open, refreshing every 10 s, does not keep the peak of its
-/// largest view resident. A trim walks (and briefly locks) every arena, so
-/// a burst of views gets at most one a second, not one per view, and none
+/// second: hand the free pages back to the system (`malloc_trim`), so that
+/// a page left open, refreshing every 10 s, does not keep the peak of its
+/// largest view resident (the views' memory comes from the thread's
+/// returnable room, [`RENDER_SCRATCH`]). A trim walks (and briefly locks)
+/// every arena, so a burst of views gets at most one a second, not one per view, and none
 /// if it ends within a second of the last. Runs on the render thread, while
 /// the caller still holds its place.
 fn release_render_memory() {
