@@ -151,7 +151,7 @@ def main():
                   for r in ls for i in r["images"]]
     log = open(os.path.join(work, "wharf.log"), "w")
     p = subprocess.Popen([a.binary, "serve", "--config", conf], stderr=log,
-                         env=dict(os.environ, RUST_LOG="warn"))
+                         env=dict(os.environ, WHARF_LOG="warn"))
     started = time.monotonic()
     try:
         for _ in range(600):
