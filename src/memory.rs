@@ -1,7 +1,7 @@
 //! How freed memory goes back to the system (glibc's allocator): the trims
 //! after scans, eviction passes and status views
 //! ([`release_scratch_memory`]), and scratch room for a thread of wharf's
-//! own that `malloc_trim` can return ([`reserve_returnable_scratch`]).
+//! own that `malloc_trim` can return (`reserve_returnable_scratch`).
 //!
 //! What glibc returns: `malloc_trim` gives back the free pages inside freed
 //! blocks in every arena, but the free top of an arena only for the main

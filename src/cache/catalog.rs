@@ -6,10 +6,9 @@
 //!
 //! Owns: the snapshot, how it is stored (packed: [`Catalog::repos`] reads it
 //! in place) and when to rebuild it. Builds run on the scan thread while the
-//! caller (a blocking thread for `ls` and `du`, the `wharf-status` thread for
-//! a status-page view) waits, never
-//! on a registry request's path, and never write: a page view cannot change
-//! what it shows.
+//! caller (a blocking thread for `ls` and `du`, the `wharf-status` thread
+//! for a status-page view) waits, never on a registry request's path, and
+//! never write: a page view cannot change what it shows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -247,9 +247,9 @@ impl Drop for Place {
 /// a page left open, refreshing every 10 s, does not keep the peak of its
 /// largest view resident (the views' memory comes from the thread's
 /// returnable room, [`RENDER_SCRATCH`]). A trim walks (and briefly locks)
-/// every arena, so a burst of views gets at most one a second, not one per view, and none
-/// if it ends within a second of the last. Runs on the render thread, while
-/// the caller still holds its place.
+/// every arena, so a burst of views gets at most one a second, not one per
+/// view, and none if it ends within a second of the last. Runs on the
+/// render thread, while the caller still holds its place.
 fn release_render_memory() {
     static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
     if RENDERS.available_permits() + 1 < RENDERS_AT_ONCE {
